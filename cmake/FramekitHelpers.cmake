@@ -1,0 +1,41 @@
+# Shared settings for framekit's own targets.
+
+# Warnings for the project's own code only; consumers never inherit them.
+function(framekit_set_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Werror)
+endfunction()
+
+# Sanitizer flags, applied to every target in a sanitizer build (tests and libraries alike).
+if(FRAMEKIT_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(FRAMEKIT_SANITIZE STREQUAL "address")
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined
+                      -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+elseif(NOT FRAMEKIT_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "FRAMEKIT_SANITIZE must be '', 'thread' or 'address'")
+endif()
+
+# framekit_add_module(NAME SOURCES ... DEPS ...): a module library framekit_NAME with the alias
+# framekit::NAME, its public headers under NAME/include, and install/export rules.
+function(framekit_add_module name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(framekit_${name} ${ARG_SOURCES})
+  add_library(framekit::${name} ALIAS framekit_${name})
+  target_compile_features(framekit_${name} PUBLIC cxx_std_20)
+  target_include_directories(framekit_${name} PUBLIC
+    $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include>
+    $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
+  target_link_libraries(framekit_${name} PUBLIC ${ARG_PUBLIC_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  set_target_properties(framekit_${name} PROPERTIES
+    EXPORT_NAME ${name}
+    POSITION_INDEPENDENT_CODE ON)
+  framekit_set_warnings(framekit_${name})
+  if(FRAMEKIT_INSTALL)
+    install(DIRECTORY include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+    install(TARGETS framekit_${name} EXPORT framekitTargets
+      ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+      LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  endif()
+endfunction()

@@ -1,0 +1,15 @@
+// The umbrella header: every public framekit header of the modules linked into
+// framekit::framekit.
+#ifndef FRAMEKIT_FRAMEKIT_H_
+#define FRAMEKIT_FRAMEKIT_H_
+
+#include "framekit/ctx/app_context.h"
+#include "framekit/ctx/caller.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/ctx/key.h"
+#include "framekit/ctx/options.h"
+#include "framekit/ctx/pair.h"
+#include "framekit/ctx/panic.h"
+#include "framekit/resolvers/frame_resolvers.h"
+
+#endif  // FRAMEKIT_FRAMEKIT_H_

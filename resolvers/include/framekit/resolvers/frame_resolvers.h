@@ -1,0 +1,204 @@
+// FrameResolvers: the ordered registry of frame resolvers every dispatcher applies.
+//
+// A frame resolver looks at the calling frame and the call's options and appends the pairs the
+// new call's frame should carry (a network route, a tenant label, ...). Resolvers are
+// registered once, at boot; every dispatcher applies the whole registry generically, so a new
+// frame option is one resolver and one Register line.
+//
+// Example:
+//   inline const framekit::Key<std::string> kTenant{"app.tenant"};
+//
+//   auto resolvers = std::make_shared<framekit::FrameResolvers>();
+//   FRAMEKIT_RETURN_IF_ERROR(resolvers->Register(
+//       "app.tenant", /*order=*/300,
+//       [](const framekit::Frame& parent, const framekit::Options& options,
+//          framekit::PairList& out) -> absl::Status {
+//         if (auto tenant = options.GetString("tenant")) {
+//           out.push_back(framekit::Pair::Of(kTenant, std::string(*tenant)));
+//         }
+//         return absl::OkStatus();
+//       }));
+//   resolvers->Seal();
+//
+//   framekit::PairList pairs;
+//   FRAMEKIT_RETURN_IF_ERROR(resolvers->Resolve(parent, options, pairs));
+//   framekit::Frame call = parent.Fork().With(pairs);
+#ifndef FRAMEKIT_RESOLVERS_FRAME_RESOLVERS_H_
+#define FRAMEKIT_RESOLVERS_FRAME_RESOLVERS_H_
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "framekit/ctx/app_context.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/ctx/options.h"
+#include "framekit/ctx/pair.h"
+#include "framekit/resolvers/internal/cow_registry.h"
+
+namespace framekit {
+
+// A frame resolver: appends pairs for a new call to `out`, or fails the call.
+// Re-entrancy: a resolver may call Register (no lock is held while it runs); the registration
+// takes effect from the next Resolve call. A resolver must only append to `out`.
+using FrameResolverFn =
+    std::function<absl::Status(const Frame& parent, const Options& options, PairList& out)>;
+
+// A claim's predicate: true when the call selects the frame option the claim names.
+using ClaimPredicate = std::function<bool(const Frame& parent, const Options& options)>;
+
+// One registration, for RegisterAll.
+struct ResolverRegistration {
+  std::string name;
+  int order = 0;
+  FrameResolverFn fn;
+  std::vector<std::string> covers;  // claims this resolver covers
+};
+
+// The payload type URLs of FrameResolvers errors.
+inline constexpr std::string_view kResolverNotRegisteredUrl = "type.framekit/ResolverNotRegistered";
+inline constexpr std::string_view kRollbackFailureUrl = "type.framekit/RollbackFailure";
+
+namespace resolvers_internal {
+
+struct ResolverEntry {
+  std::string name;
+  int order = 0;
+  FrameResolverFn fn;
+  std::vector<std::string> covers;
+};
+
+struct ClaimEntry {
+  std::string name;
+  ClaimPredicate predicate;
+};
+
+// The claims of a snapshot, and the subset no resolver of that snapshot covers: the only ones
+// Resolve evaluates.
+struct ClaimSet {
+  std::vector<std::shared_ptr<const ClaimEntry>> all;
+  std::vector<const ClaimEntry*> uncovered;
+
+  void Refresh(const std::vector<const ResolverEntry*>& entries);
+  bool idle() const { return uncovered.empty(); }
+};
+
+}  // namespace resolvers_internal
+
+// The registry. See the file comment.
+//
+// Resolve order: ascending `order`, ties broken by name. Resolve appends each resolver's pairs
+// after those already in `pairs`. The first error stops the walk: no later resolver runs, the
+// rollback actions of the pairs appended by this call run in reverse order, `pairs` is
+// restored to exactly what the caller passed in, and the error keeps its code and payloads
+// with the message `frame resolver "NAME": <original message>`. A resolver that throws is
+// isolated: the exception becomes an Internal status carrying an ExtensionPanic (phase
+// "resolve"), wrapped the same way.
+//
+// Fail-closed claims: RegisterClaim names a frame option and a predicate that says a call
+// selects it; a resolver declares the claims it covers. When a call selects a claim no
+// registered resolver covers, Resolve fails with FailedPrecondition (IsResolverNotRegistered)
+// before any resolver runs.
+//
+// Thread-safety: thread-safe. Any number of Resolve calls may run concurrently with each other
+// and with writers; each sees the old snapshot or the new one, never a torn one.
+//
+// Memory ordering: Resolve does one acquire load of an immutable snapshot and no atomic
+// read-modify-write; writers copy on write under a mutex and publish with a release store.
+//
+// NOTE: registration is a boot-time act. Every snapshot ever published is kept until the
+// registry is destroyed, so that a concurrent Resolve never reads freed memory; a registry
+// that is written without bound grows without bound.
+class FrameResolvers final : public StagedRegistry {
+ public:
+  FrameResolvers();
+  ~FrameResolvers();
+  FrameResolvers(const FrameResolvers&) = delete;
+  FrameResolvers& operator=(const FrameResolvers&) = delete;
+
+  // Registers `fn` under `name` at `order`. InvalidArgument for an empty name or an empty
+  // `fn`; AlreadyExists for a name registered already (whatever its order); FailedPrecondition
+  // after Seal(). `covers` lists the claims this resolver covers.
+  absl::Status Register(std::string name, int order, FrameResolverFn fn);
+  absl::Status Register(std::string name, int order, FrameResolverFn fn,
+                        std::vector<std::string> covers);
+  // Registers a batch atomically: all or nothing, one publication. Errors as for Register,
+  // including a name repeated within the batch.
+  absl::Status RegisterAll(std::vector<ResolverRegistration> batch);
+  // Registers a claim. InvalidArgument for an empty name or predicate; AlreadyExists for a
+  // claim name registered already; FailedPrecondition after Seal().
+  absl::Status RegisterClaim(std::string name, ClaimPredicate predicate);
+
+  // Appends the pairs of every resolver to `pairs`. See the class comment for the semantics.
+  // With nothing registered this is one acquire load and one test, and never allocates.
+  absl::Status Resolve(const Frame& parent, const Options& options, PairList& pairs) const {
+    const Snapshot* snapshot = registry_.Load();
+    if (snapshot->idle) [[likely]] {
+      return absl::OkStatus();
+    }
+    return ResolveSnapshot(*snapshot, parent, options, pairs);
+  }
+
+  // Resolver names in resolve order.
+  std::vector<std::string> names() const;
+  // Number of registered resolvers.
+  std::size_t size() const { return registry_.Load()->entries.size(); }
+  // Registered claim names, sorted.
+  std::vector<std::string> claims() const;
+
+  // Refuses every later registration (FailedPrecondition). Idempotent.
+  void Seal() { registry_.Seal(); }
+  bool sealed() const { return registry_.sealed(); }
+
+  // StagedRegistry: while staging, Register/RegisterAll/RegisterClaim validate against the
+  // published and the staged registrations, then hold them back; CommitStaging publishes them
+  // as one snapshot, AbortStaging drops them.
+  void BeginStaging() override;
+  absl::Status CommitStaging() override;
+  void AbortStaging() override;
+
+ private:
+  using Registry =
+      resolvers_internal::CowRegistry<resolvers_internal::ResolverEntry,
+                                      resolvers_internal::ClaimSet>;
+  using Snapshot = Registry::Snapshot;
+
+  absl::Status ResolveSnapshot(const Snapshot& snapshot, const Frame& parent,
+                               const Options& options, PairList& pairs) const;
+  absl::Status Publish(std::vector<ResolverRegistration> resolvers,
+                       std::vector<resolvers_internal::ClaimEntry> claims);
+
+  Registry registry_;
+
+  std::mutex staging_mu_;
+  bool staging_ ABSL_GUARDED_BY(staging_mu_) = false;
+  std::vector<ResolverRegistration> staged_ ABSL_GUARDED_BY(staging_mu_);
+  std::vector<resolvers_internal::ClaimEntry> staged_claims_ ABSL_GUARDED_BY(staging_mu_);
+};
+
+// Applies `registry` to a new call. A nullptr registry returns OK and leaves `pairs` as they
+// are.
+inline absl::Status Resolve(const FrameResolvers* registry, const Frame& parent,
+                            const Options& options, PairList& pairs) {
+  if (registry == nullptr) return absl::OkStatus();
+  return registry->Resolve(parent, options, pairs);
+}
+
+// Whether `status` is Resolve's fail-closed error: a call selected a claim that no registered
+// resolver covers.
+bool IsResolverNotRegistered(const absl::Status& status);
+// The claim a IsResolverNotRegistered status names, or empty.
+std::string NotRegisteredClaim(const absl::Status& status);
+// The rollback failures ("pair NAME: message") attached to a Resolve error, in the order the
+// rollbacks ran; empty when every rollback succeeded.
+std::vector<std::string> RollbackFailures(const absl::Status& status);
+
+}  // namespace framekit
+
+#endif  // FRAMEKIT_RESOLVERS_FRAME_RESOLVERS_H_
