@@ -1,6 +1,7 @@
 #include "framekit/ctx/options.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <system_error>
@@ -57,7 +58,7 @@ OptionValue ParseBare(std::string_view text) {
   }
   double real = 0;
   if (auto [ptr, ec] = std::from_chars(text.data(), end, real, std::chars_format::fixed);
-      ec == std::errc() && ptr == end) {
+      ec == std::errc() && ptr == end && std::isfinite(real)) {
     return real;
   }
   return std::string(text);

@@ -83,7 +83,7 @@ class Pair {
     return pair;
   }
 
-  Pair() noexcept = default;
+  Pair() noexcept {}  // NOLINT(modernize-use-equals-default): storage_ stays uninitialized
   Pair(const Pair& other) : key_(other.key_), ops_(other.ops_), rollback_(other.rollback_) {
     if (ops_ == nullptr) {
       std::memcpy(storage_, other.storage_, sizeof(std::uintptr_t));

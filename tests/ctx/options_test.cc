@@ -1,0 +1,92 @@
+#include "framekit/ctx/options.h"
+
+#include <cstdint>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace framekit {
+namespace {
+
+TEST(Options, TypedGettersReturnValuesOfTheirType) {
+  const Options options{{"s", "text"}, {"i", std::int64_t{7}}, {"b", true}, {"d", 0.5}};
+  EXPECT_EQ(options.GetString("s"), "text");
+  EXPECT_EQ(options.GetInt("i"), 7);
+  EXPECT_EQ(options.GetBool("b"), true);
+  EXPECT_EQ(options.GetDouble("d"), 0.5);
+  EXPECT_EQ(options.size(), 4u);
+}
+
+TEST(Options, WrongTypeOrMissingKeyReadsNothing) {
+  const Options options{{"s", "text"}, {"i", 7}, {"b", false}, {"d", 1.0}};
+  EXPECT_FALSE(options.GetInt("s").has_value());
+  EXPECT_FALSE(options.GetString("i").has_value());
+  EXPECT_FALSE(options.GetDouble("i").has_value());
+  EXPECT_FALSE(options.GetBool("d").has_value());
+  EXPECT_FALSE(options.GetString("missing").has_value());
+  EXPECT_FALSE(options.Contains("missing"));
+}
+
+// Tests that a string literal never turns into a bool.
+TEST(Options, StringLiteralIsAString) {
+  Options options;
+  options.Set("network", "tor");
+  EXPECT_EQ(options.GetString("network"), "tor");
+  EXPECT_FALSE(options.GetBool("network").has_value());
+}
+
+TEST(Options, SetReplacesAndLaterInitializerEntriesWin) {
+  Options options{{"k", "a"}, {"k", "b"}};
+  EXPECT_EQ(options.GetString("k"), "b");
+  options.Set("k", std::int64_t{3});
+  EXPECT_EQ(options.GetInt("k"), 3);
+  EXPECT_FALSE(options.GetString("k").has_value());
+  EXPECT_TRUE(options.Erase("k"));
+  EXPECT_FALSE(options.Erase("k"));
+  EXPECT_TRUE(options.empty());
+}
+
+TEST(Options, MergeLetsOverridesWin) {
+  const Options base{{"network", "corp"}, {"retries", 2}};
+  const Options overrides{{"network", "tor"}, {"strict", true}};
+  const Options merged = Options::Merge(base, overrides);
+  EXPECT_EQ(merged.GetString("network"), "tor");
+  EXPECT_EQ(merged.GetInt("retries"), 2);
+  EXPECT_EQ(merged.GetBool("strict"), true);
+  EXPECT_EQ(Options::Merge(base, Options()), base);
+  EXPECT_EQ(Options::Merge(Options(), overrides), overrides);
+  // Inputs unchanged.
+  EXPECT_EQ(base.GetString("network"), "corp");
+}
+
+TEST(Options, ParseReadsEveryValueType) {
+  absl::StatusOr<Options> parsed =
+      Options::Parse(R"(network=tor,name="a \"b\" c",n=-12,on=true,off=false,ratio=0.25)");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->GetString("network"), "tor");
+  EXPECT_EQ(parsed->GetString("name"), "a \"b\" c");
+  EXPECT_EQ(parsed->GetInt("n"), -12);
+  EXPECT_EQ(parsed->GetBool("on"), true);
+  EXPECT_EQ(parsed->GetBool("off"), false);
+  EXPECT_EQ(parsed->GetDouble("ratio"), 0.25);
+  EXPECT_TRUE(Options::Parse("")->empty());
+}
+
+TEST(Options, ParseRejectsMalformedInputWithContext) {
+  for (const char* bad : {"=x", "k", "k=", "k=v,", "k=\"open", "k=a\"b", "k v=1", "k=1,,j=2",
+                          "k=\"\\n\""}) {
+    absl::StatusOr<Options> parsed = Options::Parse(bad);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(parsed.status().message().find("offset"), absl::string_view::npos) << bad;
+  }
+}
+
+TEST(Options, ToStringRoundTrips) {
+  const Options options{{"s", "with \"quotes\" and \\"}, {"i", -3}, {"b", true}, {"d", 100.0}};
+  absl::StatusOr<Options> again = Options::Parse(options.ToString());
+  ASSERT_TRUE(again.ok()) << again.status() << " for " << options.ToString();
+  EXPECT_EQ(*again, options);
+}
+
+}  // namespace
+}  // namespace framekit

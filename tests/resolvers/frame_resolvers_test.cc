@@ -1,0 +1,518 @@
+#include "framekit/resolvers/frame_resolvers.h"
+
+#include <atomic>
+#include <latch>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "framekit/ctx/app_context.h"
+#include "framekit/ctx/panic.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace framekit {
+namespace {
+
+using testing::ElementsAre;
+using testing::HasSubstr;
+
+const Key<std::string> kTrace{"test.trace"};
+const Key<int> kIndex{"test.index"};
+const Key<std::string> kNetwork{"test.network"};
+
+// A resolver that appends (kTrace, name).
+FrameResolverFn Appends(std::string name) {
+  return [name](const Frame&, const Options&, PairList& out) {
+    out.push_back(Pair::Of(kTrace, name));
+    return absl::OkStatus();
+  };
+}
+
+FrameResolverFn Fails(absl::Status status) {
+  return [status](const Frame&, const Options&, PairList&) { return status; };
+}
+
+std::vector<std::string> Traces(const PairList& pairs) {
+  std::vector<std::string> out;
+  for (const Pair& pair : pairs) {
+    if (const std::string* trace = pair.As(kTrace)) out.push_back(*trace);
+  }
+  return out;
+}
+
+TEST(FrameResolvers, ResolvesInOrderThenName) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("c", 20, Appends("c")).ok());
+  ASSERT_TRUE(resolvers.Register("b", 10, Appends("b")).ok());
+  ASSERT_TRUE(resolvers.Register("a", 20, Appends("a")).ok());
+  ASSERT_TRUE(resolvers.Register("z", -5, Appends("z")).ok());
+  EXPECT_THAT(resolvers.names(), ElementsAre("z", "b", "a", "c"));
+  EXPECT_EQ(resolvers.size(), 4u);
+  PairList pairs;
+  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("z", "b", "a", "c"));
+}
+
+TEST(FrameResolvers, AppendsAfterThePairsPassedIn) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("r", 1, Appends("r")).ok());
+  PairList pairs;
+  pairs.push_back(Pair::Of(kTrace, "caller"));
+  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("caller", "r"));
+}
+
+TEST(FrameResolvers, ResolversSeeParentAndOptions) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers
+                  .Register("net", 200,
+                            [](const Frame& parent, const Options& options, PairList& out) {
+                              std::string net(options.GetString("network").value_or("none"));
+                              if (const std::string* inherited = parent.Find(kNetwork)) {
+                                net += "/" + *inherited;
+                              }
+                              out.push_back(Pair::Of(kNetwork, net));
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  PairList pairs;
+  ASSERT_TRUE(
+      resolvers.Resolve(Frame().With(kNetwork, "up"), Options{{"network", "tor"}}, pairs).ok());
+  ASSERT_EQ(pairs.size(), 1u);
+  EXPECT_EQ(*pairs[0].As(kNetwork), "tor/up");
+}
+
+TEST(FrameResolvers, EmptyRegistryLeavesPairsAlone) {
+  FrameResolvers resolvers;
+  PairList pairs;
+  pairs.push_back(Pair::Of(kTrace, "x"));
+  EXPECT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("x"));
+}
+
+TEST(FrameResolvers, NullRegistryIsANoOp) {
+  PairList pairs;
+  pairs.push_back(Pair::Of(kTrace, "x"));
+  EXPECT_TRUE(Resolve(nullptr, Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("x"));
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("r", 1, Appends("r")).ok());
+  EXPECT_TRUE(Resolve(&resolvers, Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("x", "r"));
+}
+
+TEST(FrameResolvers, FirstErrorStopsRestoresAndWraps) {
+  FrameResolvers resolvers;
+  int later_runs = 0;
+  ASSERT_TRUE(resolvers.Register("first", 1, Appends("first")).ok());
+  absl::Status original = absl::NotFoundError("no such network");
+  original.SetPayload("type.test/Detail", absl::Cord("detail"));
+  ASSERT_TRUE(resolvers.Register("broken", 2, Fails(original)).ok());
+  ASSERT_TRUE(resolvers
+                  .Register("later", 3,
+                            [&](const Frame&, const Options&, PairList&) {
+                              ++later_runs;
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  PairList pairs;
+  pairs.push_back(Pair::Of(kTrace, "caller"));
+  const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(status.message(), "frame resolver \"broken\": no such network");
+  EXPECT_EQ(status.GetPayload("type.test/Detail"), absl::Cord("detail"));
+  EXPECT_EQ(later_runs, 0);
+  EXPECT_THAT(Traces(pairs), ElementsAre("caller"));
+}
+
+// Tests that pairs are restored exactly even when the failing resolver tampered with them.
+TEST(FrameResolvers, RestoresPairsAResolverRemoved) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("a", 1, Appends("a")).ok());
+  ASSERT_TRUE(resolvers
+                  .Register("vandal", 2,
+                            [](const Frame&, const Options&, PairList& out) {
+                              out.clear();
+                              out.push_back(Pair::Of(kTrace, "junk"));
+                              return absl::InternalError("vandalised");
+                            })
+                  .ok());
+  PairList pairs;
+  pairs.push_back(Pair::Of(kTrace, "x"));
+  pairs.push_back(Pair::Of(kTrace, "y"));
+  EXPECT_FALSE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("x", "y"));
+}
+
+TEST(FrameResolvers, ThrowingResolverIsIsolated) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("ok", 1, Appends("ok")).ok());
+  ASSERT_TRUE(resolvers
+                  .Register("thrower", 2,
+                            [](const Frame&, const Options&, PairList& out) -> absl::Status {
+                              out.push_back(Pair::Of(kTrace, "half"));
+                              throw std::runtime_error("kaput");
+                            })
+                  .ok());
+  PairList pairs;
+  absl::Status status;
+  EXPECT_NO_THROW(status = resolvers.Resolve(Frame(), Options(), pairs));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(status.message()), testing::StartsWith("frame resolver \"thrower\": "));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("kaput"));
+  const auto panic = GetExtensionPanic(status);
+  ASSERT_TRUE(panic.has_value());
+  EXPECT_EQ(panic->extension, "thrower");
+  EXPECT_EQ(panic->phase, Phase::kResolve);
+  EXPECT_EQ(panic->type, "std::runtime_error");
+  EXPECT_TRUE(pairs.empty());
+}
+
+TEST(FrameResolvers, ThrowingNonStdTypesIsIsolated) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers
+                  .Register("int", 1,
+                            [](const Frame&, const Options&, PairList&) -> absl::Status {
+                              throw 7;
+                            })
+                  .ok());
+  PairList pairs;
+  const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
+  ASSERT_TRUE(IsExtensionPanic(status));
+  EXPECT_EQ(GetExtensionPanic(status)->message, "7");
+}
+
+TEST(FrameResolvers, RegisterRejectsBadInput) {
+  FrameResolvers resolvers;
+  EXPECT_EQ(resolvers.Register("", 1, Appends("x")).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(resolvers.Register("x", 1, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(resolvers.Register("x", 1, FrameResolverFn()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(resolvers.Register("x", 1, Appends("x"), {""}).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(resolvers.Register("x", 1, Appends("x")).ok());
+  const absl::Status duplicate = resolvers.Register("x", 99, Appends("x2"));
+  EXPECT_EQ(duplicate.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(std::string(duplicate.message()), HasSubstr("\"x\""));
+  EXPECT_EQ(resolvers.size(), 1u);
+}
+
+TEST(FrameResolvers, RegisterAfterSealFails) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("x", 1, Appends("x")).ok());
+  resolvers.Seal();
+  EXPECT_TRUE(resolvers.sealed());
+  EXPECT_EQ(resolvers.Register("y", 2, Appends("y")).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(resolvers.RegisterClaim("c", [](const Frame&, const Options&) { return true; }).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(resolvers.names(), ElementsAre("x"));
+  PairList pairs;
+  EXPECT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());  // reads still work
+  EXPECT_THAT(Traces(pairs), ElementsAre("x"));
+}
+
+TEST(FrameResolvers, RegisterAllIsAllOrNothing) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("existing", 1, Appends("existing")).ok());
+  std::vector<ResolverRegistration> bad;
+  bad.push_back({"new1", 2, Appends("new1"), {}});
+  bad.push_back({"existing", 3, Appends("dup"), {}});
+  EXPECT_EQ(resolvers.RegisterAll(std::move(bad)).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(resolvers.names(), ElementsAre("existing"));
+
+  std::vector<ResolverRegistration> repeated;
+  repeated.push_back({"same", 2, Appends("a"), {}});
+  repeated.push_back({"same", 3, Appends("b"), {}});
+  EXPECT_EQ(resolvers.RegisterAll(std::move(repeated)).code(), absl::StatusCode::kAlreadyExists);
+
+  std::vector<ResolverRegistration> invalid;
+  invalid.push_back({"fine", 2, Appends("a"), {}});
+  invalid.push_back({"", 3, Appends("b"), {}});
+  EXPECT_EQ(resolvers.RegisterAll(std::move(invalid)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(resolvers.names(), ElementsAre("existing"));
+
+  std::vector<ResolverRegistration> good;
+  good.push_back({"b", 5, Appends("b"), {}});
+  good.push_back({"a", 0, Appends("a"), {}});
+  ASSERT_TRUE(resolvers.RegisterAll(std::move(good)).ok());
+  EXPECT_THAT(resolvers.names(), ElementsAre("a", "existing", "b"));
+}
+
+ClaimPredicate SelectsNetwork() {
+  return [](const Frame&, const Options& options) {
+    const auto network = options.GetString("network");
+    return network.has_value() && !network->empty();
+  };
+}
+
+TEST(FrameResolvers, UncoveredSelectedClaimFailsClosed) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.RegisterClaim("network", SelectsNetwork()).ok());
+  ASSERT_TRUE(resolvers.Register("unrelated", 1, Appends("unrelated")).ok());
+  PairList pairs;
+  const absl::Status status = resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(IsResolverNotRegistered(status));
+  EXPECT_EQ(NotRegisteredClaim(status), "network");
+  EXPECT_THAT(std::string(status.message()), HasSubstr("\"network\""));
+  EXPECT_TRUE(pairs.empty());  // no resolver ran
+  // A call that does not select the claim is fine.
+  EXPECT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("unrelated"));
+}
+
+TEST(FrameResolvers, ClaimOnAnEmptyRegistryStillFailsClosed) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.RegisterClaim("network", SelectsNetwork()).ok());
+  PairList pairs;
+  EXPECT_TRUE(IsResolverNotRegistered(
+      resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs)));
+}
+
+TEST(FrameResolvers, CoveredClaimLetsItsResolverRun) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.RegisterClaim("network", SelectsNetwork()).ok());
+  ASSERT_TRUE(resolvers.Register("overlay", 200, Appends("overlay"), {"network"}).ok());
+  PairList pairs;
+  ASSERT_TRUE(resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs).ok());
+  EXPECT_THAT(Traces(pairs), ElementsAre("overlay"));
+  EXPECT_THAT(resolvers.claims(), ElementsAre("network"));
+}
+
+TEST(FrameResolvers, ClaimRejectsBadInput) {
+  FrameResolvers resolvers;
+  EXPECT_EQ(resolvers.RegisterClaim("", SelectsNetwork()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(resolvers.RegisterClaim("x", nullptr).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(resolvers.RegisterClaim("x", SelectsNetwork()).ok());
+  EXPECT_EQ(resolvers.RegisterClaim("x", SelectsNetwork()).code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST(FrameResolvers, ThrowingClaimPredicateIsAnError) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers
+                  .RegisterClaim("weird",
+                                 [](const Frame&, const Options&) -> bool {
+                                   throw std::logic_error("predicate broke");
+                                 })
+                  .ok());
+  PairList pairs;
+  const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("predicate broke"));
+}
+
+TEST(FrameResolvers, RollbacksRunInReverseOnALaterFailure) {
+  FrameResolvers resolvers;
+  std::vector<std::string> undone;
+  auto opens = [&undone](std::string name) -> FrameResolverFn {
+    return [&undone, name](const Frame&, const Options&, PairList& out) {
+      out.push_back(Pair::Of(kTrace, name, [&undone, name] {
+        undone.push_back(name);
+        return absl::OkStatus();
+      }));
+      out.push_back(Pair::Of(kIndex, 0));  // no rollback
+      return absl::OkStatus();
+    };
+  };
+  ASSERT_TRUE(resolvers.Register("open1", 1, opens("r1")).ok());
+  ASSERT_TRUE(resolvers.Register("open2", 2, opens("r2")).ok());
+  ASSERT_TRUE(resolvers.Register("fail", 3, Fails(absl::UnavailableError("down"))).ok());
+  PairList pairs;
+  pairs.push_back(Pair::Of(kTrace, "caller", [&undone] {
+    undone.push_back("caller");  // not appended by this call: must not run
+    return absl::OkStatus();
+  }));
+  const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(undone, ElementsAre("r2", "r1"));
+  EXPECT_TRUE(RollbackFailures(status).empty());
+  EXPECT_THAT(Traces(pairs), ElementsAre("caller"));
+}
+
+TEST(FrameResolvers, RollbackFailuresAreAttachedNotLost) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers
+                  .Register("opens", 1,
+                            [](const Frame&, const Options&, PairList& out) {
+                              out.push_back(Pair::Of(kTrace, "a", [] {
+                                return absl::DataLossError("socket leak");
+                              }));
+                              out.push_back(Pair::Of(kIndex, 1, []() -> absl::Status {
+                                throw std::runtime_error("rollback threw");
+                              }));
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  ASSERT_TRUE(resolvers.Register("fail", 2, Fails(absl::InternalError("later"))).ok());
+  PairList pairs;
+  const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
+  EXPECT_EQ(status.message(), "frame resolver \"fail\": later");
+  const std::vector<std::string> failures = RollbackFailures(status);
+  ASSERT_EQ(failures.size(), 2u);
+  EXPECT_THAT(failures[0], HasSubstr("test.index"));
+  EXPECT_THAT(failures[0], HasSubstr("rollback threw"));
+  EXPECT_THAT(failures[1], HasSubstr("socket leak"));
+}
+
+// Tests that a resolver may register another resolver without deadlocking, and that the
+// registration is invisible to the pass that made it and visible to the next one.
+TEST(FrameResolvers, ReentrantRegisterTakesEffectNextPass) {
+  FrameResolvers resolvers;
+  bool registered = false;
+  ASSERT_TRUE(resolvers
+                  .Register("registrar", 1,
+                            [&](const Frame&, const Options&, PairList& out) {
+                              if (!registered) {
+                                registered = true;
+                                EXPECT_TRUE(resolvers.Register("late", 2, Appends("late")).ok());
+                              }
+                              out.push_back(Pair::Of(kTrace, "registrar"));
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  PairList first;
+  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), first).ok());
+  EXPECT_THAT(Traces(first), ElementsAre("registrar"));
+  PairList second;
+  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), second).ok());
+  EXPECT_THAT(Traces(second), ElementsAre("registrar", "late"));
+}
+
+TEST(FrameResolvers, StagedRegistrationsPublishOnCommitOnly) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("base", 1, Appends("base")).ok());
+  resolvers.BeginStaging();
+  ASSERT_TRUE(resolvers.Register("staged", 2, Appends("staged")).ok());
+  EXPECT_EQ(resolvers.Register("staged", 3, Appends("again")).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(resolvers.Register("base", 3, Appends("again")).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(resolvers.names(), ElementsAre("base"));  // not yet visible
+  ASSERT_TRUE(resolvers.CommitStaging().ok());
+  EXPECT_THAT(resolvers.names(), ElementsAre("base", "staged"));
+
+  resolvers.BeginStaging();
+  ASSERT_TRUE(resolvers.Register("dropped", 4, Appends("dropped")).ok());
+  ASSERT_TRUE(resolvers.RegisterClaim("claim", SelectsNetwork()).ok());
+  resolvers.AbortStaging();
+  EXPECT_THAT(resolvers.names(), ElementsAre("base", "staged"));
+  EXPECT_TRUE(resolvers.claims().empty());
+  // The dropped name is free again.
+  EXPECT_TRUE(resolvers.Register("dropped", 4, Appends("dropped")).ok());
+}
+
+TEST(FrameResolvers, AppContextStagesTheInstalledRegistry) {
+  AppContext app;
+  auto resolvers = std::make_shared<FrameResolvers>();
+  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
+  EXPECT_EQ(app.frame_resolvers(), resolvers.get());
+  EXPECT_EQ(app.SetFrameResolvers(std::make_shared<FrameResolvers>()).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  app.BeginStage();
+  ASSERT_TRUE(app.frame_resolvers()->Register("failed-component", 1, Appends("x")).ok());
+  app.AbortStage();
+  EXPECT_EQ(resolvers->size(), 0u);
+
+  app.BeginStage();
+  ASSERT_TRUE(app.frame_resolvers()->Register("good-component", 1, Appends("x")).ok());
+  EXPECT_EQ(resolvers->size(), 0u);
+  ASSERT_TRUE(app.CommitStage().ok());
+  EXPECT_THAT(resolvers->names(), ElementsAre("good-component"));
+
+  app.Seal();
+  EXPECT_EQ(app.SetFrameResolvers(std::make_shared<FrameResolvers>()).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(FrameResolvers, AbortedStageUninstallsARegistryItInstalled) {
+  AppContext app;
+  app.BeginStage();
+  ASSERT_TRUE(app.SetFrameResolvers(std::make_shared<FrameResolvers>()).ok());
+  app.AbortStage();
+  EXPECT_EQ(app.frame_resolvers(), nullptr);
+}
+
+// Readers resolve without pause while a writer registers hundreds of resolvers with increasing
+// orders. Every snapshot is a prefix 0..k-1 of the registrations; a torn or unordered snapshot
+// shows up as a gap or an inversion, and a reader never sees k go down.
+TEST(FrameResolvers, ConcurrentResolveSeesWholeOrderedSnapshots) {
+  constexpr int kResolvers = 300;
+  constexpr int kReaders = 3;
+  FrameResolvers resolvers;
+  std::atomic<bool> done{false};
+  std::atomic<int> violations{0};
+  std::atomic<long> reads{0};
+  std::latch start(kReaders + 1);
+
+  std::vector<std::thread> readers;
+  for (int r = 0; r < kReaders; ++r) {
+    readers.emplace_back([&] {
+      start.arrive_and_wait();
+      std::size_t last_size = 0;
+      bool final_pass = false;
+      while (true) {
+        final_pass = done.load(std::memory_order_acquire);
+        PairList pairs;
+        if (!resolvers.Resolve(Frame(), Options(), pairs).ok()) ++violations;
+        for (std::size_t i = 0; i < pairs.size(); ++i) {
+          const int* index = pairs[i].As(kIndex);
+          if (index == nullptr || *index != static_cast<int>(i)) ++violations;
+        }
+        if (pairs.size() < last_size) ++violations;
+        last_size = pairs.size();
+        reads.fetch_add(1, std::memory_order_relaxed);
+        if (final_pass) {
+          if (last_size != static_cast<std::size_t>(kResolvers)) ++violations;
+          break;
+        }
+      }
+    });
+  }
+  start.arrive_and_wait();
+  for (int i = 0; i < kResolvers; ++i) {
+    ASSERT_TRUE(resolvers
+                    .Register("r" + std::to_string(i), i,
+                              [i](const Frame&, const Options&, PairList& out) {
+                                out.push_back(Pair::Of(kIndex, i));
+                                return absl::OkStatus();
+                              })
+                    .ok());
+  }
+  done.store(true, std::memory_order_release);
+  for (auto& reader : readers) reader.join();
+  EXPECT_EQ(violations.load(), 0);
+  EXPECT_GT(reads.load(), kReaders);
+  EXPECT_EQ(resolvers.size(), static_cast<std::size_t>(kResolvers));
+}
+
+TEST(FrameResolvers, ConcurrentRegistrationsAllLand) {
+  FrameResolvers resolvers;
+  constexpr int kWriters = 4;
+  constexpr int kEach = 50;
+  std::latch start(kWriters);
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      start.arrive_and_wait();
+      for (int i = 0; i < kEach; ++i) {
+        const std::string name = "w" + std::to_string(w) + "." + std::to_string(i);
+        if (!resolvers.Register(name, i, Appends(name)).ok()) ++failures;
+        // Everyone also races for one shared name: exactly one wins.
+        (void)resolvers.Register("shared", 0, Appends("shared"));
+      }
+    });
+  }
+  for (auto& writer : writers) writer.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(resolvers.size(), static_cast<std::size_t>(kWriters * kEach + 1));
+}
+
+}  // namespace
+}  // namespace framekit
