@@ -10,6 +10,10 @@
 #include "framekit/ctx/options.h"
 #include "framekit/ctx/pair.h"
 #include "framekit/ctx/panic.h"
+#include "framekit/dispatch/fault_monitor.h"
+#include "framekit/dispatch/fault_policy.h"
+#include "framekit/dispatch/guard.h"
+#include "framekit/dispatch/recovery_registry.h"
 #include "framekit/resolvers/frame_resolvers.h"
 
 #endif  // FRAMEKIT_FRAMEKIT_H_

@@ -1,0 +1,149 @@
+// FaultMonitor: where every isolated fault goes — one structured log record (rate-limited),
+// exact counters, and the fault-intensity alarm.
+//
+// The guards of framekit/dispatch/guard.h report each fault they catch to a FaultMonitor: the
+// process-wide DefaultFaultMonitor() unless the caller names its own. A monitor
+//   - writes one spdlog record per fault: extension, phase, type, message, nested levels and the
+//     throw-site stack, at error level;
+//   - rate-limits those records per (extension, phase): at most one full record per
+//     `record_interval`, the rest counted and summed up in one "suppressed N" record;
+//   - counts every fault exactly per (extension, phase), readable as a snapshot or in the
+//     Prometheus text exposition format;
+//   - applies a FaultPolicy per extension: K faults within T raise an alarm (an error record
+//     and the host's callback) once per episode, and yield the verdict dispatchers act on.
+//
+// Example:
+//   framekit::dispatch::FaultMonitorOptions options;
+//   options.logger = spdlog::stderr_color_mt("faults");
+//   options.policy.max_faults = 5;
+//   options.policy.window = std::chrono::seconds(10);
+//   options.on_alarm = [](const framekit::dispatch::FaultAlarm& alarm) { Page(alarm.extension); };
+//   framekit::dispatch::FaultMonitor monitor(std::move(options));
+//   auto event = framekit::dispatch::CallPoll({"billing", monitor}, [&] { return ext.Poll(); });
+//   std::string metrics = monitor.RenderPrometheus();
+#ifndef FRAMEKIT_DISPATCH_FAULT_MONITOR_H_
+#define FRAMEKIT_DISPATCH_FAULT_MONITOR_H_
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "framekit/ctx/panic.h"
+#include "framekit/dispatch/fault_policy.h"
+#include "spdlog/logger.h"
+
+namespace framekit::dispatch {
+
+// The alarm raised when an extension reaches its fault intensity limit.
+struct FaultAlarm {
+  std::string extension;
+  int faults = 0;                     // faults within the window (the policy's K)
+  std::chrono::nanoseconds window{};  // the policy's T
+  FaultVerdict verdict = FaultVerdict::kAlarm;
+  ExtensionPanic last;  // the fault that tripped the limit
+};
+
+// The exact counts of one (extension, phase).
+struct FaultCounter {
+  std::string extension;
+  Phase phase = Phase::kInvoke;
+  std::uint64_t faults = 0;              // every fault reported, exactly
+  std::uint64_t records_suppressed = 0;  // fault records the rate limit held back
+  friend bool operator==(const FaultCounter&, const FaultCounter&) = default;
+};
+
+// What a guard learns about the fault it just caught.
+struct FaultReport {
+  ExtensionPanic panic;
+  FaultVerdict verdict = FaultVerdict::kContinue;
+};
+
+struct FaultMonitorOptions {
+  // Where records go. Null: spdlog::default_logger(), looked up at each record.
+  std::shared_ptr<spdlog::logger> logger;
+  // Injectable clock for the rate limit and the fault policy. Empty: the steady clock.
+  FaultClock clock;
+  // At most one full fault record (with its stack) per (extension, phase) per interval.
+  std::chrono::nanoseconds record_interval = std::chrono::seconds(1);
+  // K faults within T on one extension raise an alarm.
+  FaultPolicy policy;
+  // Called once per episode, after the alarm record, on the thread that reported the fault and
+  // with no monitor lock held.
+  // Re-entrancy: it may call any FaultMonitor method. An exception it throws is logged and
+  // swallowed: the alarm callback runs inside a guard's fault path.
+  std::function<void(const FaultAlarm&)> on_alarm;
+};
+
+// Thread-safe. Bookkeeping happens under one internal mutex held only for counter and window
+// updates; records are written and the alarm callback is called after the lock is released, so
+// a sink or a callback may report faults itself without deadlocking.
+class FaultMonitor {
+ public:
+  FaultMonitor() : FaultMonitor(FaultMonitorOptions{}) {}
+  explicit FaultMonitor(FaultMonitorOptions options);
+  FaultMonitor(const FaultMonitor&) = delete;
+  FaultMonitor& operator=(const FaultMonitor&) = delete;
+
+  // Counts `panic`, writes its record unless the rate limit holds it back, applies the fault
+  // policy (raising the alarm when an episode starts) and returns the verdict. `detail`, when
+  // non-empty, is added to the record (the host function's name, the finalized id, ...).
+  // Never throws: a failure to log is swallowed, since this runs on a guard's fault path.
+  FaultVerdict Report(const ExtensionPanic& panic, std::string_view detail = {}) noexcept;
+
+  // Writes the pending "suppressed N" summaries now (they are otherwise written just before the
+  // next full record of the same extension and phase). For shutdown, and for tests.
+  void FlushSuppressed() noexcept;
+
+  // Every (extension, phase) that faulted, sorted by extension then phase.
+  std::vector<FaultCounter> Counters() const;
+  // Faults reported for one (extension, phase); 0 when none.
+  std::uint64_t faults(std::string_view extension, Phase phase) const;
+  // Alarms raised for `extension`; 0 when none.
+  std::uint64_t alarms(std::string_view extension) const;
+
+  // The counters in the Prometheus text exposition format (version 0.0.4):
+  // framekit_faults_total{extension,phase}, framekit_fault_records_suppressed_total{extension,
+  // phase} and framekit_fault_alarms_total{extension}.
+  std::string RenderPrometheus() const;
+
+  // The logger records go to (the default logger when none was given).
+  std::shared_ptr<spdlog::logger> logger() const;
+  // The monitor's clock, read.
+  std::chrono::steady_clock::time_point now() const { return FaultNow(options_.clock); }
+
+ private:
+  static constexpr std::size_t kPhases = 7;
+  struct PhaseState {
+    std::uint64_t faults = 0;
+    std::uint64_t suppressed_total = 0;
+    std::uint64_t suppressed_pending = 0;
+    bool has_record = false;
+    std::chrono::steady_clock::time_point last_record{};
+    std::chrono::steady_clock::time_point pending_since{};
+  };
+  struct ExtensionState {
+    std::array<PhaseState, kPhases> phases;
+    FaultIntensity intensity;
+    std::uint64_t alarms = 0;
+  };
+
+  const FaultMonitorOptions options_;
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, ExtensionState> extensions_ ABSL_GUARDED_BY(mu_);
+};
+
+// The process-wide monitor the guards use when the caller names none: the default spdlog
+// logger, the steady clock, the default FaultPolicy and no alarm callback. Never destroyed.
+FaultMonitor& DefaultFaultMonitor();
+
+}  // namespace framekit::dispatch
+
+#endif  // FRAMEKIT_DISPATCH_FAULT_MONITOR_H_

@@ -1,0 +1,252 @@
+#include "framekit/dispatch/fault_monitor.h"
+
+#include <algorithm>
+#include <exception>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "framekit/dispatch/internal/log_format.h"
+#include "spdlog/spdlog.h"
+
+namespace framekit::dispatch {
+namespace {
+
+using dispatch_internal::Quote;
+
+std::size_t PhaseIndex(Phase phase) { return static_cast<std::size_t>(phase); }
+
+constexpr std::array<Phase, 7> kAllPhases = {Phase::kSetup,    Phase::kPoll, Phase::kTeardown,
+                                             Phase::kFinalize, Phase::kHost, Phase::kResolve,
+                                             Phase::kInvoke};
+
+std::int64_t Millis(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+// One "suppressed N" summary waiting to be written.
+struct Summary {
+  std::string extension;
+  Phase phase;
+  std::uint64_t suppressed;
+  std::chrono::nanoseconds over;
+};
+
+std::string SummaryText(const Summary& s) {
+  return absl::StrCat("fault records suppressed extension=", Quote(s.extension),
+                      " phase=", Quote(PhaseName(s.phase)), " suppressed=", s.suppressed,
+                      " over_ms=", Millis(s.over));
+}
+
+std::string FaultText(const ExtensionPanic& panic, std::string_view detail, std::uint64_t count) {
+  std::string text = absl::StrCat("fault extension=", Quote(panic.extension),
+                                  " phase=", Quote(PhaseName(panic.phase)),
+                                  " type=", Quote(panic.type), " message=", Quote(panic.message));
+  if (!detail.empty()) absl::StrAppend(&text, " detail=", Quote(detail));
+  absl::StrAppend(&text, " nested=[");
+  for (std::size_t i = 0; i < panic.nested.size(); ++i) {
+    absl::StrAppend(&text, i == 0 ? "" : ", ", Quote(panic.nested[i]));
+  }
+  absl::StrAppend(&text, "] count=", count, " stack=", Quote(panic.stack));
+  return text;
+}
+
+std::string AlarmText(const FaultAlarm& alarm) {
+  const std::string_view verdict = FaultVerdictName(alarm.verdict);
+  return absl::StrCat("fault alarm extension=", Quote(alarm.extension), " faults=", alarm.faults,
+                      " window_ms=", Millis(alarm.window), " verdict=", Quote(verdict),
+                      " last_phase=", Quote(PhaseName(alarm.last.phase)),
+                      " last_type=", Quote(alarm.last.type),
+                      " last_message=", Quote(alarm.last.message));
+}
+
+void AppendPrometheusLabel(std::string& out, std::string_view value) {
+  for (char c : value) {
+    switch (c) {
+      case '\\':
+        out += "\\\\";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        out += c;
+    }
+  }
+}
+
+}  // namespace
+
+FaultMonitor::FaultMonitor(FaultMonitorOptions options) : options_(std::move(options)) {}
+
+std::shared_ptr<spdlog::logger> FaultMonitor::logger() const {
+  return options_.logger != nullptr ? options_.logger : spdlog::default_logger();
+}
+
+FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view detail) noexcept {
+  try {
+    const auto now = FaultNow(options_.clock);
+    std::optional<Summary> summary;
+    bool write_record = false;
+    std::uint64_t count = 0;
+    std::optional<FaultAlarm> alarm;
+    FaultVerdict verdict = FaultVerdict::kContinue;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = extensions_.find(absl::string_view(panic.extension.data(), panic.extension.size()));
+      if (it == extensions_.end()) {
+        it = extensions_.try_emplace(panic.extension).first;
+        it->second.intensity = FaultIntensity(options_.policy);
+      }
+      ExtensionState& ext = it->second;
+      PhaseState& state = ext.phases[PhaseIndex(panic.phase)];
+      count = ++state.faults;
+      if (!state.has_record || now - state.last_record >= options_.record_interval) {
+        if (state.suppressed_pending > 0) {
+          summary = Summary{panic.extension, panic.phase, state.suppressed_pending,
+                            now - state.pending_since};
+          state.suppressed_pending = 0;
+        }
+        state.has_record = true;
+        state.last_record = now;
+        write_record = true;
+      } else {
+        if (state.suppressed_pending == 0) state.pending_since = now;
+        ++state.suppressed_pending;
+        ++state.suppressed_total;
+      }
+      const FaultIntensity::Outcome outcome = ext.intensity.Record(now);
+      verdict = outcome.verdict;
+      if (outcome.episode_started) {
+        ++ext.alarms;
+        alarm = FaultAlarm{panic.extension, outcome.faults_in_window, options_.policy.window,
+                           outcome.verdict, panic};
+      }
+    }
+    const std::shared_ptr<spdlog::logger> log = logger();
+    if (log != nullptr) {
+      if (summary.has_value()) log->warn("{}", SummaryText(*summary));
+      if (write_record) log->error("{}", FaultText(panic, detail, count));
+      if (alarm.has_value()) log->error("{}", AlarmText(*alarm));
+    }
+    if (alarm.has_value() && options_.on_alarm) {
+      try {
+        options_.on_alarm(*alarm);
+      } catch (...) {
+        const ExtensionPanic thrown = DescribeCurrentException("fault alarm callback", panic.phase);
+        if (log != nullptr) {
+          log->error("fault alarm callback threw type={} message={}", Quote(thrown.type),
+                     Quote(thrown.message));
+        }
+      }
+    }
+    return verdict;
+  } catch (...) {
+    // Out of memory while bookkeeping: the fault is still isolated, only its record is lost.
+    return FaultVerdict::kContinue;
+  }
+}
+
+void FaultMonitor::FlushSuppressed() noexcept {
+  try {
+    const auto now = FaultNow(options_.clock);
+    std::vector<Summary> summaries;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [name, ext] : extensions_) {
+        for (Phase phase : kAllPhases) {
+          PhaseState& state = ext.phases[PhaseIndex(phase)];
+          if (state.suppressed_pending == 0) continue;
+          summaries.push_back({name, phase, state.suppressed_pending, now - state.pending_since});
+          state.suppressed_pending = 0;
+        }
+      }
+    }
+    std::sort(summaries.begin(), summaries.end(), [](const Summary& a, const Summary& b) {
+      return std::tie(a.extension, a.phase) < std::tie(b.extension, b.phase);
+    });
+    const std::shared_ptr<spdlog::logger> log = logger();
+    if (log == nullptr) return;
+    for (const Summary& s : summaries) log->warn("{}", SummaryText(s));
+  } catch (...) {
+  }
+}
+
+std::vector<FaultCounter> FaultMonitor::Counters() const {
+  std::vector<FaultCounter> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, ext] : extensions_) {
+      for (Phase phase : kAllPhases) {
+        const PhaseState& state = ext.phases[PhaseIndex(phase)];
+        if (state.faults == 0) continue;
+        out.push_back({name, phase, state.faults, state.suppressed_total});
+      }
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const FaultCounter& a, const FaultCounter& b) {
+    return std::tie(a.extension, a.phase) < std::tie(b.extension, b.phase);
+  });
+  return out;
+}
+
+std::uint64_t FaultMonitor::faults(std::string_view extension, Phase phase) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto it = extensions_.find(absl::string_view(extension.data(), extension.size()));
+  return it == extensions_.end() ? 0 : it->second.phases[PhaseIndex(phase)].faults;
+}
+
+std::uint64_t FaultMonitor::alarms(std::string_view extension) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto it = extensions_.find(absl::string_view(extension.data(), extension.size()));
+  return it == extensions_.end() ? 0 : it->second.alarms;
+}
+
+std::string FaultMonitor::RenderPrometheus() const {
+  const std::vector<FaultCounter> counters = Counters();
+  std::vector<std::pair<std::string, std::uint64_t>> alarm_counts;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, ext] : extensions_) alarm_counts.emplace_back(name, ext.alarms);
+  }
+  std::sort(alarm_counts.begin(), alarm_counts.end());
+
+  std::string out;
+  const auto per_phase = [&](std::string_view metric, std::string_view help, auto value) {
+    absl::StrAppend(&out, "# HELP ", absl::string_view(metric.data(), metric.size()), " ",
+                    absl::string_view(help.data(), help.size()), "\n# TYPE ",
+                    absl::string_view(metric.data(), metric.size()), " counter\n");
+    for (const FaultCounter& c : counters) {
+      out.append(metric);
+      out += "{extension=\"";
+      AppendPrometheusLabel(out, c.extension);
+      out += "\",phase=\"";
+      out.append(PhaseName(c.phase));
+      absl::StrAppend(&out, "\"} ", value(c), "\n");
+    }
+  };
+  per_phase("framekit_faults_total", "Exceptions thrown by extension code, by phase.",
+            [](const FaultCounter& c) { return c.faults; });
+  per_phase("framekit_fault_records_suppressed_total",
+            "Fault log records held back by the rate limit.",
+            [](const FaultCounter& c) { return c.records_suppressed; });
+  out +=
+      "# HELP framekit_fault_alarms_total Fault-intensity alarms raised.\n"
+      "# TYPE framekit_fault_alarms_total counter\n";
+  for (const auto& [name, alarms] : alarm_counts) {
+    out += "framekit_fault_alarms_total{extension=\"";
+    AppendPrometheusLabel(out, name);
+    absl::StrAppend(&out, "\"} ", alarms, "\n");
+  }
+  return out;
+}
+
+FaultMonitor& DefaultFaultMonitor() {
+  static FaultMonitor* const monitor = new FaultMonitor();
+  return *monitor;
+}
+
+}  // namespace framekit::dispatch
