@@ -4,12 +4,16 @@
 #define FRAMEKIT_FRAMEKIT_H_
 
 #include "framekit/ctx/app_context.h"
+#include "framekit/ctx/boot.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/key.h"
 #include "framekit/ctx/options.h"
 #include "framekit/ctx/pair.h"
 #include "framekit/ctx/panic.h"
+#include "framekit/net/dial.h"
+#include "framekit/net/network.h"
+#include "framekit/net/overlay.h"
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/fault_policy.h"
 #include "framekit/dispatch/guard.h"
