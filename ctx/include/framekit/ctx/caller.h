@@ -18,11 +18,16 @@ namespace framekit {
 
 // The identity of a call's originator. Empty fields are unknown.
 struct CallerContext {
-  std::string user_id;
-  std::string role;
-  std::string tenant_id;
-  std::string email;
-  std::vector<std::string> groups;
+  // Default member initializers let callers name only the fields they know
+  // (`{.user_id = "u1", .tenant_id = "acme"}`) without -Wmissing-field-initializers.
+  std::string user_id = {};
+  std::string role = {};
+  std::string tenant_id = {};
+  std::string email = {};
+  std::vector<std::string> groups = {};
+
+  // "caller{user=..., role=..., tenant=...}" (known fields only), for diagnostics.
+  std::string DebugString() const;
 
   friend bool operator==(const CallerContext&, const CallerContext&) = default;
 };

@@ -12,6 +12,7 @@
 #ifndef FRAMEKIT_CTX_KEY_H_
 #define FRAMEKIT_CTX_KEY_H_
 
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -53,7 +54,7 @@ const T& StoredValue(const void* storage) {
 }
 
 // Renders a value for diagnostics (Frame::DebugString): strings quoted, numbers and bools as
-// text, anything else as an opaque marker.
+// text, types with a `DebugString()` member through it, anything else as an opaque marker.
 template <class T>
 std::string FormatStored(const void* storage) {
   const T& value = StoredValue<T>(storage);
@@ -66,6 +67,10 @@ std::string FormatStored(const void* storage) {
     out.append(std::string_view(value));
     out.push_back('"');
     return out;
+  } else if constexpr (requires {
+                         { value.DebugString() } -> std::convertible_to<std::string>;
+                       }) {
+    return value.DebugString();
   } else {
     return "<" + std::to_string(sizeof(T)) + "-byte value>";
   }
