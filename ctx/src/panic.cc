@@ -2,6 +2,7 @@
 
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <execinfo.h>
 
 #include <atomic>
 #include <cstdint>
@@ -12,7 +13,6 @@
 #include <string>
 #include <typeinfo>
 
-#include "absl/debugging/stacktrace.h"
 #include "absl/debugging/symbolize.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
@@ -26,10 +26,12 @@ constexpr int kMaxThrowFrames = 48;
 
 std::atomic<bool> g_capture_throw_stack{false};
 
-// The stack of the most recent throw on this thread, recorded by the __cxa_throw hook below.
+// The stack of the most recent throw on this thread, recorded by the __cxa_throw hook below,
+// with the type thrown so that DescribeCurrentException never attributes it to another exception.
 struct ThrowStack {
   void* pcs[kMaxThrowFrames];
   int depth = 0;
+  const std::type_info* type = nullptr;
 };
 thread_local ThrowStack t_throw_stack;
 
@@ -41,9 +43,11 @@ std::string Demangle(const char* mangled) {
   return status == 0 && demangled != nullptr ? std::string(demangled.get()) : std::string(mangled);
 }
 
-std::string CurrentTypeName() { return Demangle(abi::__cxa_current_exception_type() == nullptr
-                                                    ? nullptr
-                                                    : abi::__cxa_current_exception_type()->name()); }
+std::string CurrentTypeName() {
+  return Demangle(abi::__cxa_current_exception_type() == nullptr
+                      ? nullptr
+                      : abi::__cxa_current_exception_type()->name());
+}
 
 // The text of the exception `e`; called from a catch(...) handler with `e` current.
 std::string MessageOf(const std::exception_ptr& e) {
@@ -122,13 +126,20 @@ bool GetField(std::string_view& in, std::string& field) {
 
 std::string_view PhaseName(Phase phase) {
   switch (phase) {
-    case Phase::kSetup: return "setup";
-    case Phase::kPoll: return "poll";
-    case Phase::kTeardown: return "teardown";
-    case Phase::kFinalize: return "finalize";
-    case Phase::kHost: return "host";
-    case Phase::kResolve: return "resolve";
-    case Phase::kInvoke: return "invoke";
+    case Phase::kSetup:
+      return "setup";
+    case Phase::kPoll:
+      return "poll";
+    case Phase::kTeardown:
+      return "teardown";
+    case Phase::kFinalize:
+      return "finalize";
+    case Phase::kHost:
+      return "host";
+    case Phase::kResolve:
+      return "resolve";
+    case Phase::kInvoke:
+      return "invoke";
   }
   return "unknown";
 }
@@ -138,7 +149,12 @@ ExtensionPanic DescribeCurrentException(std::string_view extension, Phase phase)
   panic.extension = std::string(extension);
   panic.phase = phase;
   if (t_throw_stack.depth > 0) {
-    panic.stack = SymbolizeStack(t_throw_stack);
+    // Only the stack of the exception being handled: a rethrow through std::rethrow_exception
+    // (or an exception_ptr carried from another thread) never passed through the hook.
+    const std::type_info* current = abi::__cxa_current_exception_type();
+    if (current != nullptr && t_throw_stack.type != nullptr && *current == *t_throw_stack.type) {
+      panic.stack = SymbolizeStack(t_throw_stack);
+    }
     t_throw_stack.depth = 0;
   }
   panic.type = CurrentTypeName();
@@ -154,11 +170,10 @@ ExtensionPanic DescribeCurrentException(std::string_view extension, Phase phase)
 
 absl::Status PanicStatus(const ExtensionPanic& panic) {
   const std::string_view phase = PhaseName(panic.phase);
-  absl::Status status(
-      absl::StatusCode::kInternal,
-      absl::StrCat("extension \"", panic.extension, "\" threw in ",
-                   absl::string_view(phase.data(), phase.size()), ": ", panic.type, ": ",
-                   panic.message));
+  absl::Status status(absl::StatusCode::kInternal,
+                      absl::StrCat("extension \"", panic.extension, "\" threw in ",
+                                   absl::string_view(phase.data(), phase.size()), ": ", panic.type,
+                                   ": ", panic.message));
   std::string payload;
   PutField(payload, panic.extension);
   PutField(payload, phase);
@@ -173,8 +188,7 @@ absl::Status PanicStatus(const ExtensionPanic& panic) {
 }
 
 bool IsExtensionPanic(const absl::Status& status) {
-  return status
-      .GetPayload(absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size()))
+  return status.GetPayload(absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size()))
       .has_value();
 }
 
@@ -225,9 +239,18 @@ extern "C" {
 [[noreturn]] void __cxa_throw(void* object, std::type_info* type, void (*destroy)(void*)) {
   using ThrowFn = void (*)(void*, std::type_info*, void (*)(void*));
   static const ThrowFn next = reinterpret_cast<ThrowFn>(dlsym(RTLD_NEXT, "__cxa_throw"));
+  framekit::ThrowStack& stack = framekit::t_throw_stack;
   if (framekit::g_capture_throw_stack.load(std::memory_order_relaxed)) {
-    framekit::ThrowStack& stack = framekit::t_throw_stack;
-    stack.depth = absl::GetStackTrace(stack.pcs, framekit::kMaxThrowFrames, /*skip_count=*/1);
+    // glibc's backtrace() walks the unwind tables, so it works in code built without frame
+    // pointers (absl::GetStackTrace on this platform follows frame pointers and finds nothing
+    // in an -O2 build). Frame 0 is this hook; drop it.
+    void* pcs[framekit::kMaxThrowFrames + 1];
+    const int depth = backtrace(pcs, framekit::kMaxThrowFrames + 1);
+    stack.depth = depth > 1 ? depth - 1 : 0;
+    for (int i = 0; i < stack.depth; ++i) stack.pcs[i] = pcs[i + 1];
+    stack.type = type;
+  } else if (stack.depth != 0) {
+    stack.depth = 0;  // a stack recorded earlier must not be attributed to this exception
   }
   if (next == nullptr) std::abort();  // no C++ runtime to forward to: cannot happen when linked
   next(object, type, destroy);

@@ -76,9 +76,14 @@ absl::Status IsolateStatus(std::string_view extension, Phase phase, Fn&& fn) {
   }
 }
 
-// Throw-site stack capture: when on, every C++ throw in the process records its stack (abseil
-// stacktrace) in a thread-local slot that DescribeCurrentException symbolizes. Off by default;
-// when off, a throw costs one relaxed atomic load more. Returns the previous setting.
+// Throw-site stack capture: when on, every C++ throw in the process records its stack (glibc
+// backtrace(), which follows the unwind tables and so works without frame pointers) together
+// with the thrown type in a thread-local slot; DescribeCurrentException symbolizes it (abseil
+// symbolizer) when the exception being handled has that type. Off by default; when off, a throw
+// costs one relaxed atomic load and one thread-local read more, and the no-fault path nothing.
+// Returns the previous setting.
+// NOTE: an exception rethrown with std::rethrow_exception, or carried to another thread in an
+// exception_ptr, does not pass through the hook: its stack is empty rather than wrong.
 bool SetThrowStackCapture(bool enabled);
 bool ThrowStackCaptureEnabled();
 
