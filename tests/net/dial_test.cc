@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <latch>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -133,8 +134,14 @@ class Microsocks {
     std::vector<char*> argv;
     for (std::string& arg : args) argv.push_back(arg.data());
     argv.push_back(nullptr);
-    if (const int err = posix_spawn(&pid_, kMicrosocks, nullptr, nullptr, argv.data(), environ);
-        err != 0) {
+    // microsocks logs every client to stderr; keep the test output readable.
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+    const int err = posix_spawn(&pid_, kMicrosocks, &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (err != 0) {
       pid_ = -1;
       return absl::InternalError(std::string("posix_spawn microsocks: ") + std::strerror(err));
     }
@@ -311,6 +318,27 @@ TEST_F(DialTest, UnknownNetworkOnFrameIsNotFound) {
   absl::StatusOr<Connection> conn =
       Dial(Frame().With(NetworkKey(), "i2p"), *networks, "127.0.0.1", echo_.port(), kTimeout);
   EXPECT_TRUE(IsNetworkNotFound(conn.status())) << conn.status();
+}
+
+// Tests that dials from several threads at once each take their own frame's route.
+TEST_F(DialTest, ConcurrentDialsTakeTheirOwnRoutes) {
+  auto networks = Registry(ClearnetPolicy::kDeny);
+  constexpr int kThreads = 4;
+  std::latch start(kThreads);
+  std::vector<absl::StatusOr<std::string>> seen(kThreads, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      const Frame frame = CallFrame(networks, {{"network", i % 2 == 0 ? "tor" : "lan"}});
+      start.arrive_and_wait();
+      seen[i] = PeerSeen(frame, *networks);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    ASSERT_TRUE(seen[i].ok()) << seen[i].status();
+    EXPECT_EQ(*seen[i], i % 2 == 0 ? "127.0.0.5" : "127.0.0.7");
+  }
 }
 
 TEST(Connection, IsMoveOnlyAndClosesOnce) {
