@@ -49,9 +49,13 @@ for corpus in tests/fuzz/corpus/*/; do
   work=build/fuzz/corpus-$name
   rm -rf "$work" && mkdir -p "$work" && cp "$corpus"* "$work"/
   echo "fuzzing $name"
-  "./build/fuzz/tests/fuzz/$name" -max_total_time="$fuzz_seconds" -print_final_stats=1 \
-    "$work" 2>&1 | grep -E '^(stat::number_of_executed_units|stat::new_units_added|Done|INFO: seed corpus)' || true
-  test "${PIPESTATUS[0]}" -eq 0
+  if ! "./build/fuzz/tests/fuzz/$name" -max_total_time="$fuzz_seconds" -print_final_stats=1 \
+      "$work" > "build/fuzz/$name.log" 2>&1; then
+    tail -n 60 "build/fuzz/$name.log"
+    echo "fuzzer $name failed (log above; reproducer in build/fuzz)"
+    exit 1
+  fi
+  grep -E '^(stat::number_of_executed_units|stat::new_units_added|Done)' "build/fuzz/$name.log" || true
   fuzzers=$((fuzzers + 1))
 done
 
