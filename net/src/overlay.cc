@@ -4,7 +4,9 @@
 #include <string>
 #include <utility>
 #include <variant>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "framekit/ctx/internal/status_macros.h"
@@ -29,46 +31,86 @@ using net_internal::AsAbsl;
 using net_internal::NetworkNotFoundError;
 
 // What the overlay resolver closes over. Everything that does not depend on the call is
-// decided here, once, so that the per-call path is an option lookup, at most one hash lookup
-// and one push_back.
-struct OverlayState {
-  std::shared_ptr<const NetworkRegistry> networks;
-  std::string app_default;
-  bool default_known = false;
-  bool clearnet_allowed = false;
-  const Key<std::string>* key = nullptr;
-};
-
-absl::Status Select(const OverlayState& state, const Options& options, PairList& out) {
-  if (const OptionValue* value = options.Get(kNetworkOption); value != nullptr) {
-    const std::string* id = std::get_if<std::string>(value);
-    if (id == nullptr) {
-      return absl::InvalidArgumentError("option \"network\" must be a string");
-    }
-    if (!id->empty()) {
-      if (*id == kClearnet) {
-        if (!state.clearnet_allowed) {
-          return absl::PermissionDeniedError(
-              "option network=clearnet: the network configuration does not allow clearnet "
-              "overrides");
+// decided here, once: the pair of every configured network is built ahead, so that the
+// per-call path is an option lookup, an id lookup and one copy of a prebuilt pair (an inline
+// string copy, no allocation for ids of up to 15 characters).
+class OverlayState {
+ public:
+  OverlayState(std::shared_ptr<const NetworkRegistry> networks, std::string app_default)
+      : networks_(std::move(networks)), app_default_(std::move(app_default)) {
+    const Key<std::string>& key = NetworkKey();
+    if (networks_ != nullptr) {
+      clearnet_allowed_ = networks_->clearnet_allowed();
+      for (const std::string& id : networks_->ids()) {
+        if (networks_->ids().size() <= kLinearLimit) {
+          small_.push_back({id, Pair::Of(key, id)});
+        } else {
+          large_.emplace(id, Pair::Of(key, id));
         }
-        out.push_back(Pair::Of(*state.key, *id));
-        return absl::OkStatus();
       }
-      if (state.networks == nullptr || !state.networks->Contains(*id)) {
+      if (const Pair* pair = FindPair(app_default_)) default_pair_ = *pair;
+    }
+    clearnet_pair_ = Pair::Of(key, std::string(kClearnet));
+  }
+
+  absl::Status Select(const Options& options, PairList& out) const {
+    if (const OptionValue* value = options.Get(kNetworkOption); value != nullptr) {
+      const std::string* id = std::get_if<std::string>(value);
+      if (id == nullptr) {
+        return absl::InvalidArgumentError("option \"network\" must be a string");
+      }
+      if (!id->empty()) {
+        if (const Pair* pair = FindPair(*id); pair != nullptr) [[likely]] {
+          out.push_back(*pair);
+          return absl::OkStatus();
+        }
+        // "clearnet" is never a network id, so it is only looked at once the lookup missed.
+        if (*id == kClearnet) {
+          if (!clearnet_allowed_) {
+            return absl::PermissionDeniedError(
+                "option network=clearnet: the network configuration does not allow clearnet "
+                "overrides");
+          }
+          out.push_back(clearnet_pair_);
+          return absl::OkStatus();
+        }
         return NetworkNotFoundError(*id, "selected by option \"network\"");
       }
-      out.push_back(Pair::Of(*state.key, *id));
-      return absl::OkStatus();
     }
+    if (app_default_.empty()) return absl::OkStatus();
+    if (default_pair_.empty()) [[unlikely]] {
+      return NetworkNotFoundError(app_default_, "the app default");
+    }
+    out.push_back(default_pair_);
+    return absl::OkStatus();
   }
-  if (state.app_default.empty()) return absl::OkStatus();
-  if (!state.default_known) [[unlikely]] {
-    return NetworkNotFoundError(state.app_default, "the app default");
+
+ private:
+  // Up to this many networks, a linear scan comparing sizes first beats hashing the id.
+  static constexpr std::size_t kLinearLimit = 8;
+
+  struct Entry {
+    std::string id;
+    Pair pair;
+  };
+
+  const Pair* FindPair(std::string_view id) const {
+    for (const Entry& entry : small_) {
+      if (entry.id.size() == id.size() && entry.id == id) return &entry.pair;
+    }
+    if (large_.empty()) return nullptr;
+    const auto it = large_.find(AsAbsl(id));
+    return it == large_.end() ? nullptr : &it->second;
   }
-  out.push_back(Pair::Of(*state.key, state.app_default));
-  return absl::OkStatus();
-}
+
+  std::shared_ptr<const NetworkRegistry> networks_;
+  std::string app_default_;
+  bool clearnet_allowed_ = false;
+  std::vector<Entry> small_;
+  absl::flat_hash_map<std::string, Pair> large_;
+  Pair default_pair_;  // empty when the default is unset or not configured
+  Pair clearnet_pair_;
+};
 
 }  // namespace
 
@@ -84,15 +126,10 @@ const Key<std::shared_ptr<const NetworkRegistry>>& NetworkRegistryKey() {
 
 FrameResolverFn OverlayResolver(std::shared_ptr<const NetworkRegistry> networks,
                                 std::string app_default) {
-  auto state = std::make_shared<OverlayState>();
-  state->default_known = networks != nullptr && networks->Contains(app_default);
-  state->clearnet_allowed = networks != nullptr && networks->clearnet_allowed();
-  state->networks = std::move(networks);
-  state->app_default = std::move(app_default);
-  state->key = &NetworkKey();
-  return [state = std::shared_ptr<const OverlayState>(std::move(state))](
-             const Frame&, const Options& options, PairList& out) -> absl::Status {
-    return Select(*state, options, out);
+  auto state = std::make_shared<const OverlayState>(std::move(networks), std::move(app_default));
+  return [state = std::move(state)](const Frame&, const Options& options,
+                                    PairList& out) -> absl::Status {
+    return state->Select(options, out);
   };
 }
 
