@@ -121,7 +121,11 @@ bool IsValidNetworkId(std::string_view id) {
 
 bool IsValidIpAddress(std::string_view address) {
   char buf[INET6_ADDRSTRLEN + 1];
-  if (address.empty() || address.size() >= sizeof(buf)) return false;
+  // inet_pton reads a C string: an embedded NUL would hide the rest of the input.
+  if (address.empty() || address.size() >= sizeof(buf) ||
+      address.find('\0') != std::string_view::npos) {
+    return false;
+  }
   address.copy(buf, address.size());
   buf[address.size()] = '\0';
   unsigned char out[sizeof(struct in6_addr)];

@@ -57,6 +57,17 @@ TEST(NetworkRegistry, RejectsMalformedNetworks) {
   EXPECT_EQ(networks.size(), 0u);
 }
 
+// Tests that an address with an embedded NUL is refused, not read up to the NUL (found by the
+// fuzzer: "::\0\0\0\01" passed as "::").
+TEST(NetworkRegistry, RejectsAddressWithEmbeddedNul) {
+  using namespace std::string_literals;
+  EXPECT_FALSE(IsValidIpAddress("::\0\0\0\0001"s));
+  EXPECT_FALSE(IsValidHost("127.0.0.1\0evil"s));
+  NetworkRegistry networks;
+  EXPECT_EQ(networks.Add(Network::Direct("lan", "::\0\0\0\0001"s)).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(NetworkId, Grammar) {
   EXPECT_TRUE(IsValidNetworkId("tor"));
   EXPECT_TRUE(IsValidNetworkId("corp-egress.eu_1"));
