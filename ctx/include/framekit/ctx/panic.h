@@ -84,6 +84,8 @@ absl::Status IsolateStatus(std::string_view extension, Phase phase, Fn&& fn) {
 // Returns the previous setting.
 // NOTE: an exception rethrown with std::rethrow_exception, or carried to another thread in an
 // exception_ptr, does not pass through the hook: its stack is empty rather than wrong.
+// Memory ordering: the setting is one relaxed atomic flag; a throw racing with a change on
+// another thread may or may not capture, and nothing else is published through it.
 bool SetThrowStackCapture(bool enabled);
 bool ThrowStackCaptureEnabled();
 

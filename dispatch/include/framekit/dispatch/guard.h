@@ -59,6 +59,7 @@ namespace framekit::dispatch {
 
 // Names the extension a guarded call belongs to and the monitor its faults go to.
 // Implicitly built from a name (then DefaultFaultMonitor() is used) or from {name, monitor}.
+// Thread-compatible value type, cheap to copy (a view and a pointer).
 // NOTE: holds a view of the name: the name must outlive the guarded call (always true for the
 // guards' by-value parameter; HostFunc copies it).
 class ExtRef {
@@ -151,8 +152,8 @@ namespace framekit::dispatch {
 // `on_fault(FaultReport&&)`, whose result converts to fn's result type. Use it for an error
 // convention the phase guards don't cover, or when the verdict matters to the caller (a process
 // stops on kEvict). `detail` is added to the fault's log record.
-// Thread cancellation is rethrown. `on_fault` runs outside the catch block's lock-free fast
-// path but inside the catch block; an exception it throws propagates.
+// Thread cancellation is rethrown. `on_fault` runs inside the catch block with no framekit lock
+// held; an exception it throws propagates to the caller.
 template <class Fn, class OnFault>
 std::invoke_result_t<Fn&> Guard(ExtRef ext, Phase phase, Fn&& fn, OnFault&& on_fault,
                                 std::string_view detail = {}) {
