@@ -1,0 +1,229 @@
+// FunctionExecutor: a registry of named, versioned handlers and the dispatcher that invokes them.
+//
+// Every Invoke forks the caller's frame and applies the AppContext's FrameResolvers
+// generically: the executor knows nothing of networks, tenants or any other frame option; a
+// new option is one resolver, and the handler finds its pair on the frame it receives. In order,
+// a call
+//   1. merges the function's default options with the call's (the call wins);
+//   2. forks the parent frame and applies the registry (a failure stops the call: the handler
+//      never runs and the error names the resolver);
+//   3. attaches the caller ("caller" option), trace id ("trace_id") and deadline
+//      ("timeout_ms", or the parent frame's deadline, whichever is earlier);
+//   4. runs the interceptors;
+//   5. runs the handler under the invoke guard: a throw becomes an Internal status carrying an
+//      ExtensionPanic with phase "invoke", reported to the fault monitor, whose policy may
+//      disable the version until the next Deploy.
+// A call without a deadline runs on the caller's thread. A call with one runs on a worker and
+// returns DeadlineExceeded at the deadline even if the handler never returns: the call frame's
+// stop token is triggered and the worker is quarantined until the handler gives up.
+//
+// Example:
+//   framekit::dispatch::FunctionExecutor executor(app);
+//   FRAMEKIT_RETURN_IF_ERROR(executor.Register(
+//       "greet",
+//       [](const framekit::Frame& frame, std::string_view payload,
+//          framekit::dispatch::Sink& out) -> absl::Status {
+//         return out.Write(absl::StrCat("hello ", payload));
+//       },
+//       framekit::Options{{"timeout_ms", 500}}));
+//   absl::StatusOr<std::string> reply =
+//       executor.Invoke(parent, "greet", "world", framekit::Options{{"network", "tor"}});
+#ifndef FRAMEKIT_DISPATCH_FUNCTION_EXECUTOR_H_
+#define FRAMEKIT_DISPATCH_FUNCTION_EXECUTOR_H_
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "framekit/ctx/app_context.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/ctx/key.h"
+#include "framekit/ctx/options.h"
+#include "framekit/dispatch/fault_monitor.h"
+#include "framekit/dispatch/interceptors.h"
+
+namespace framekit::dispatch {
+
+// Option keys the executor itself reads (every option also reaches the resolvers).
+inline constexpr std::string_view kTimeoutOption = "timeout_ms";  // int64 > 0: the call's timeout
+inline constexpr std::string_view kCallerOption = "caller";       // string: the caller's user id
+inline constexpr std::string_view kTraceIdOption = "trace_id";    // string: the call's trace id
+
+// The trace id a call carries (inherited by nested calls).
+const Key<std::string>& TraceIdKey();
+
+// Where a handler writes its output, chunk by chunk.
+// Thread-safety: a sink is written by one handler at a time.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  // Delivers `chunk`. A non-OK status (the caller went away, the stream was closed) tells the
+  // handler to stop producing; it should return that status.
+  virtual absl::Status Write(std::string_view chunk) = 0;
+};
+
+// A handler: reads the call's frame and payload and writes its output to `out`.
+// The frame is immutable; its stop_token() is triggered at the call's deadline (and when the
+// parent's scope is cancelled), and a handler should check it when it may run long.
+// Re-entrancy: a handler may invoke other functions (pass `frame` as the parent) and may call
+// any executor method. A throw is isolated by the invoke guard.
+// NOTE: `payload` is valid until the handler returns; copy what it keeps.
+using Handler =
+    std::function<absl::Status(const Frame& frame, std::string_view payload, Sink& out)>;
+
+// One version of a function.
+struct FunctionVersion {
+  int version = 0;  // 1, 2, ... in Deploy order
+  Clock::time_point deployed{};
+  bool active = false;
+  bool disabled = false;  // disabled by the fault policy (only ever the active version)
+};
+
+// What Get returns.
+struct FunctionInfo {
+  std::string name;
+  int active_version = 0;
+  bool disabled = false;
+  Options defaults;
+};
+
+// One finished call.
+struct InvocationRecord {
+  std::uint64_t id = 0;  // unique per executor, increasing
+  std::string function;
+  int version = 0;
+  Clock::time_point start{};  // steady clock, as deadlines are
+  Clock::time_point end{};
+  bool ok = false;
+  absl::Status error;  // OK when ok
+  std::chrono::nanoseconds duration{};
+  std::uint64_t output_bytes = 0;
+  std::string caller;  // the caller's user id, or empty
+  std::string trace_id;
+};
+
+// The latency histogram's bucket upper bounds: 1 µs, 4 µs, ..., 4^12 µs (about 16.8 s), +Inf.
+inline constexpr int kLatencyBuckets = 14;
+std::chrono::nanoseconds LatencyBucketBound(int bucket);
+
+// Per-function counters, a consistent-enough snapshot of relaxed atomics.
+struct FunctionCounters {
+  std::uint64_t calls = 0;     // every Invoke that reached the function (found and enabled)
+  std::uint64_t errors = 0;    // calls that did not end OK (faults and timeouts included)
+  std::uint64_t faults = 0;    // handler or interceptor throws
+  std::uint64_t timeouts = 0;  // calls that hit their deadline
+  std::array<std::uint64_t, kLatencyBuckets> latency{};  // calls per latency bucket
+};
+
+struct FunctionExecutorOptions {
+  // Run around every call; nullptr for none.
+  std::shared_ptr<const Interceptors> interceptors = nullptr;
+  // Receives handler faults and decides the fault policy: a kEvict verdict disables the
+  // version that faulted until the next Deploy; kAlarm only raises the alarm. nullptr:
+  // DefaultFaultMonitor(). Must outlive the executor.
+  FaultMonitor* monitor = nullptr;
+  // Threads that run deadline calls (not counting quarantined ones).
+  int deadline_workers = 4;
+  // Workers stuck in a handler past its deadline that the executor tolerates; with this many
+  // quarantined, new deadline calls fail fast with ResourceExhausted.
+  int max_quarantined = 4;
+  // Invocation records kept per function (ListInvocations returns the newest 100 of them).
+  int records_per_function = 128;
+};
+
+// The function registry and its dispatcher.
+//
+// Thread-safety: thread-safe. Configuration (Register, Deploy, Remove) may run concurrently
+// with calls; a call uses the version that was active when it started.
+// NOTE: the destructor waits for every worker, quarantined ones included: a handler that never
+// returns blocks it. Calls must not be running when the executor is destroyed.
+class FunctionExecutor {
+ public:
+  // `app` supplies the FrameResolvers (read at each call) and must outlive the executor.
+  explicit FunctionExecutor(const AppContext& app, FunctionExecutorOptions options = {});
+  ~FunctionExecutor();
+  FunctionExecutor(const FunctionExecutor&) = delete;
+  FunctionExecutor& operator=(const FunctionExecutor&) = delete;
+
+  // Registers `name` with `handler` as version 1 and `defaults` as its default options.
+  // InvalidArgument for an invalid name (1-128 of [A-Za-z0-9_.-], starting with a letter or
+  // digit) or an empty handler; AlreadyExists when `name` is registered.
+  absl::Status Register(std::string name, Handler handler, Options defaults = {});
+  // Records `handler` as the next version of `name` and makes it active (re-enabling the
+  // function if the fault policy had disabled it). Returns the new version number.
+  // NotFound for an unknown name; InvalidArgument for an empty handler.
+  absl::StatusOr<int> Deploy(std::string_view name, Handler handler);
+  // Every version of `name`, oldest first. NotFound for an unknown name.
+  absl::StatusOr<std::vector<FunctionVersion>> ListVersions(std::string_view name) const;
+  absl::StatusOr<FunctionInfo> Get(std::string_view name) const;
+  // Registered names, sorted.
+  std::vector<std::string> List() const;
+  // Removes `name`; calls already running finish. NotFound for an unknown name.
+  absl::Status Remove(std::string_view name);
+
+  // Invokes `name` and returns everything its handler wrote. Fails with
+  //   NotFound            unknown function;
+  //   FailedPrecondition  the active version was disabled by the fault policy;
+  //   the resolver's error (message `frame resolver "NAME": ...`): the handler did not run;
+  //   an interceptor's status: the handler did not run;
+  //   DeadlineExceeded    the deadline passed (returned at the deadline, handler or not);
+  //   ResourceExhausted   a deadline call while max_quarantined workers are quarantined;
+  //   Cancelled           the parent frame's scope was cancelled during a deadline call;
+  //   Internal + ExtensionPanic (phase "invoke")   the handler or an interceptor threw;
+  //   the handler's own status.
+  absl::StatusOr<std::string> Invoke(const Frame& parent, std::string_view name,
+                                     std::string_view payload, const Options& options = {});
+  // As Invoke, but chunks go to `sink` as the handler writes them. Returns the call's status.
+  // NOTE: on a deadline call `sink` is written from a worker thread, one write at a time; after
+  // InvokeStream returns, `sink` is never written again (a late write gets Cancelled).
+  absl::Status InvokeStream(const Frame& parent, std::string_view name, std::string_view payload,
+                            const Options& options, Sink& sink);
+
+  // The newest min(100, records_per_function) records of `name`, newest first. NotFound for an
+  // unknown name.
+  absl::StatusOr<std::vector<InvocationRecord>> ListInvocations(std::string_view name) const;
+  absl::StatusOr<FunctionCounters> Counters(std::string_view name) const;
+  // Workers currently stuck in a handler past its deadline.
+  int quarantined() const;
+
+ private:
+  struct Version;
+  struct Function;
+  struct CallState;
+  class Workers;
+
+  absl::Status Dispatch(const Frame& parent, std::string_view name, std::string_view payload,
+                        const Options& options, CallKind kind, Sink& sink, std::string* output,
+                        std::uint64_t* output_bytes);
+  absl::Status RunWithDeadline(const std::shared_ptr<Function>& function,
+                               const std::shared_ptr<Version>& version, CallKind kind,
+                               const Frame& frame, const Options& options, std::string_view payload,
+                               Sink* user_sink, std::string* output, bool& timed_out);
+  absl::Status Lookup(std::string_view name, std::shared_ptr<Function>& function,
+                      std::shared_ptr<Version>& version) const;
+  absl::Status RunHandler(Version& version, Call& call, Sink& sink);
+
+  const AppContext& app_;
+  const FunctionExecutorOptions options_;
+  FaultMonitor* const monitor_;
+  std::unique_ptr<Workers> workers_;
+  std::atomic<std::uint64_t> next_id_{1};
+
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Function>> functions_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace framekit::dispatch
+
+#endif  // FRAMEKIT_DISPATCH_FUNCTION_EXECUTOR_H_

@@ -1,0 +1,567 @@
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "framekit/ctx/app_context.h"
+#include "framekit/ctx/caller.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/ctx/panic.h"
+#include "framekit/dispatch/fault_monitor.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/dispatch/interceptors.h"
+#include "framekit/resolvers/frame_resolvers.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace framekit::dispatch {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+inline const Key<std::string> kTenant{"test.tenant"};
+
+// An app whose registry holds a brand-new "tenant" resolver the dispatchers have never heard of.
+struct TenantApp {
+  TenantApp() {
+    resolvers = std::make_shared<FrameResolvers>();
+    EXPECT_TRUE(resolvers
+                    ->Register("test.tenant", 300,
+                               [](const Frame&, const Options& options, PairList& out) {
+                                 if (auto tenant = options.GetString("tenant")) {
+                                   if (*tenant == "forbidden") {
+                                     return absl::PermissionDeniedError("tenant is forbidden");
+                                   }
+                                   out.push_back(Pair::Of(kTenant, std::string(*tenant)));
+                                 }
+                                 return absl::OkStatus();
+                               })
+                    .ok());
+    EXPECT_TRUE(app.SetFrameResolvers(resolvers).ok());
+    app.Seal();
+  }
+  AppContext app;
+  std::shared_ptr<FrameResolvers> resolvers;
+};
+
+Handler Echo() {
+  return [](const Frame&, std::string_view payload, Sink& out) { return out.Write(payload); };
+}
+
+// Blocks until `release` counts down, ignoring the stop token.
+Handler Hang(std::latch& started, std::latch& release) {
+  return [&started, &release](const Frame&, std::string_view, Sink&) {
+    started.count_down();
+    release.wait();
+    return absl::OkStatus();
+  };
+}
+
+void WaitForQuarantine(const FunctionExecutor& executor, int want) {
+  for (int i = 0; i < 10000 && executor.quarantined() != want; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(executor.quarantined(), want);
+}
+
+TEST(Interceptors, RunInOrderThenName) {
+  Interceptors interceptors;
+  std::vector<std::string> seen;
+  auto record = [&seen](std::string name) {
+    return [&seen, name](Call& call, const Next& next) {
+      seen.push_back(name);
+      return next(call);
+    };
+  };
+  ASSERT_TRUE(interceptors.Register("b", 10, record("b")).ok());
+  ASSERT_TRUE(interceptors.Register("a", 10, record("a")).ok());
+  ASSERT_TRUE(interceptors.Register("z", 1, record("z")).ok());
+  EXPECT_THAT(interceptors.names(), ElementsAre("z", "a", "b"));
+  Call call;
+  bool ran = false;
+  ASSERT_TRUE(interceptors
+                  .Run(call,
+                       [&](Call&) {
+                         ran = true;
+                         return absl::OkStatus();
+                       })
+                  .ok());
+  EXPECT_TRUE(ran);
+  EXPECT_THAT(seen, ElementsAre("z", "a", "b"));
+}
+
+TEST(Interceptors, RejectsDuplicatesAndUnregisters) {
+  Interceptors interceptors;
+  auto pass = [](Call& call, const Next& next) { return next(call); };
+  ASSERT_TRUE(interceptors.Register("a", 1, pass).ok());
+  EXPECT_EQ(interceptors.Register("a", 2, pass).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(interceptors.Register("", 2, pass).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(interceptors.Register("b", 2, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(interceptors.Unregister("a").ok());
+  EXPECT_EQ(interceptors.Unregister("a").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(interceptors.size(), 0u);
+  interceptors.Seal();
+  EXPECT_EQ(interceptors.Register("c", 1, pass).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(FunctionExecutor, InterceptorShortCircuitsAndSeesFrameAndOptions) {
+  TenantApp app;
+  auto interceptors = std::make_shared<Interceptors>();
+  std::string seen_tenant;
+  ASSERT_TRUE(interceptors
+                  ->Register("quota", 1,
+                             [&](Call& call, const Next& next) -> absl::Status {
+                               if (const std::string* t = call.frame.Find(kTenant))
+                                 seen_tenant = *t;
+                               if (call.options->GetBool("over_quota").value_or(false)) {
+                                 return absl::ResourceExhaustedError("quota");
+                               }
+                               return next(call);
+                             })
+                  .ok());
+  FunctionExecutor executor(app.app, {.interceptors = interceptors});
+  std::atomic<int> runs{0};
+  ASSERT_TRUE(executor
+                  .Register("f",
+                            [&](const Frame&, std::string_view, Sink& out) {
+                              ++runs;
+                              return out.Write("ran");
+                            })
+                  .ok());
+  auto blocked = executor.Invoke(Frame(), "f", "", {{"tenant", "acme"}, {"over_quota", true}});
+  EXPECT_EQ(blocked.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(runs.load(), 0);
+  EXPECT_EQ(seen_tenant, "acme");
+  auto passed = executor.Invoke(Frame(), "f", "", {{"tenant", "acme"}});
+  ASSERT_TRUE(passed.ok()) << passed.status();
+  EXPECT_EQ(*passed, "ran");
+}
+
+TEST(FunctionExecutor, ThrowingInterceptorIsIsolated) {
+  AppContext app;
+  auto interceptors = std::make_shared<Interceptors>();
+  ASSERT_TRUE(interceptors
+                  ->Register("boom", 1,
+                             [](Call&, const Next&) -> absl::Status {
+                               throw std::runtime_error("interceptor broke");
+                             })
+                  .ok());
+  FunctionExecutor executor(app, {.interceptors = interceptors});
+  bool ran = false;
+  ASSERT_TRUE(executor
+                  .Register("f",
+                            [&](const Frame&, std::string_view, Sink&) {
+                              ran = true;
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  auto result = executor.Invoke(Frame(), "f", "");
+  ASSERT_TRUE(IsExtensionPanic(result.status())) << result.status();
+  EXPECT_EQ(GetExtensionPanic(result.status())->extension, "interceptor boom");
+  EXPECT_FALSE(ran);
+}
+
+TEST(FunctionExecutor, RegistryLifecycle) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  EXPECT_EQ(executor.Register("", Echo()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor.Register("bad name", Echo()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor.Register("-x", Echo()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor.Register("f", nullptr).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(executor.Register("f", Echo(), {{"tenant", "dflt"}}).ok());
+  ASSERT_TRUE(executor.Register("a.b-c_1", Echo()).ok());
+  EXPECT_EQ(executor.Register("f", Echo()).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(executor.List(), ElementsAre("a.b-c_1", "f"));
+
+  auto v2 = executor.Deploy(
+      "f", [](const Frame&, std::string_view, Sink& out) { return out.Write("v2"); });
+  ASSERT_TRUE(v2.ok());
+  EXPECT_EQ(*v2, 2);
+  auto versions = executor.ListVersions("f");
+  ASSERT_TRUE(versions.ok());
+  ASSERT_EQ(versions->size(), 2u);
+  EXPECT_FALSE((*versions)[0].active);
+  EXPECT_TRUE((*versions)[1].active);
+  EXPECT_EQ(*executor.Invoke(Frame(), "f", "x"), "v2");
+  auto info = executor.Get("f");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->active_version, 2);
+  EXPECT_EQ(info->defaults.GetString("tenant"), "dflt");
+
+  EXPECT_EQ(executor.Deploy("nope", Echo()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(executor.ListVersions("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(executor.Get("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(executor.Invoke(Frame(), "nope", "").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(executor.Remove("f").ok());
+  EXPECT_EQ(executor.Remove("f").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(executor.Invoke(Frame(), "f", "").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Tests the generic contract: a resolver registered at boot puts its pair on the handler's
+// frame, and the call's option beats the function's default.
+TEST(FunctionExecutor, HandlerSeesNewResolverPair) {
+  TenantApp app;
+  FunctionExecutor executor(app.app);
+  auto tenant_of = [](const Frame& frame, std::string_view, Sink& out) {
+    const std::string* tenant = frame.Find(kTenant);
+    return out.Write(tenant == nullptr ? "<none>" : *tenant);
+  };
+  ASSERT_TRUE(executor.Register("who", tenant_of, {{"tenant", "default-co"}}).ok());
+  EXPECT_EQ(*executor.Invoke(Frame(), "who", ""), "default-co");
+  EXPECT_EQ(*executor.Invoke(Frame(), "who", "", {{"tenant", "acme"}}), "acme");
+  // Also on the deadline path.
+  EXPECT_EQ(*executor.Invoke(Frame(), "who", "", {{"tenant", "acme"}, {"timeout_ms", 5000}}),
+            "acme");
+}
+
+TEST(FunctionExecutor, FailingResolverKeepsHandlerFromRunning) {
+  TenantApp app;
+  FunctionExecutor executor(app.app);
+  std::atomic<int> runs{0};
+  ASSERT_TRUE(executor
+                  .Register("f",
+                            [&](const Frame&, std::string_view, Sink&) {
+                              ++runs;
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  for (const Options& options :
+       {Options{{"tenant", "forbidden"}}, Options{{"tenant", "forbidden"}, {"timeout_ms", 5000}}}) {
+    auto result = executor.Invoke(Frame(), "f", "", options);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_THAT(result.status().message(), HasSubstr("frame resolver \"test.tenant\""));
+  }
+  EXPECT_EQ(runs.load(), 0);
+}
+
+TEST(FunctionExecutor, AttachesCallerAndTraceAndRecordsThem) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  ASSERT_TRUE(executor
+                  .Register("f",
+                            [](const Frame& frame, std::string_view, Sink& out) {
+                              const CallerContext* caller = CallerOf(frame);
+                              const std::string* trace = frame.Find(TraceIdKey());
+                              return out.Write(absl::StrCat(caller ? caller->user_id : "-", "/",
+                                                            trace ? *trace : "-"));
+                            })
+                  .ok());
+  auto result = executor.Invoke(Frame(), "f", "", {{"caller", "u1"}, {"trace_id", "t-9"}});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, "u1/t-9");
+  ASSERT_FALSE(executor.Invoke(Frame(), "f", "", {{"timeout_ms", -1}}).ok());
+  auto records = executor.ListInvocations("f");
+  ASSERT_TRUE(records.ok());
+  ASSERT_EQ(records->size(), 2u);
+  const InvocationRecord& newest = (*records)[0];
+  EXPECT_FALSE(newest.ok);
+  EXPECT_EQ(newest.error.code(), absl::StatusCode::kInvalidArgument);
+  const InvocationRecord& first = (*records)[1];
+  EXPECT_TRUE(first.ok);
+  EXPECT_EQ(first.function, "f");
+  EXPECT_EQ(first.version, 1);
+  EXPECT_EQ(first.caller, "u1");
+  EXPECT_EQ(first.trace_id, "t-9");
+  EXPECT_EQ(first.output_bytes, 6u);
+  EXPECT_LT(first.id, newest.id);
+  EXPECT_GE(first.end, first.start);
+}
+
+TEST(FunctionExecutor, ListInvocationsReturnsNewestHundred) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  ASSERT_TRUE(executor.Register("f", Echo()).ok());
+  for (int i = 0; i < 250; ++i) ASSERT_TRUE(executor.Invoke(Frame(), "f", "x").ok());
+  auto records = executor.ListInvocations("f");
+  ASSERT_TRUE(records.ok());
+  ASSERT_EQ(records->size(), 100u);
+  for (std::size_t i = 1; i < records->size(); ++i) {
+    EXPECT_GT((*records)[i - 1].id, (*records)[i].id);
+  }
+  auto counters = executor.Counters("f");
+  ASSERT_TRUE(counters.ok());
+  EXPECT_EQ(counters->calls, 250u);
+  std::uint64_t histogram = 0;
+  for (std::uint64_t n : counters->latency) histogram += n;
+  EXPECT_EQ(histogram, 250u);
+}
+
+TEST(FunctionExecutor, ThrowingHandlersOfEveryKindAreIsolated) {
+  AppContext app;
+  FaultMonitor monitor;
+  FunctionExecutor executor(app, {.monitor = &monitor});
+  std::vector<Handler> throwers = {
+      [](const Frame&, std::string_view, Sink&) -> absl::Status {
+        throw std::runtime_error("runtime");
+      },
+      [](const Frame&, std::string_view, Sink&) -> absl::Status { throw 42; },
+      [](const Frame&, std::string_view, Sink&) -> absl::Status { throw "c string"; },
+      [](const Frame&, std::string_view, Sink&) -> absl::Status {
+        struct Custom {};
+        throw Custom{};
+      },
+  };
+  ASSERT_TRUE(executor.Register("ok", Echo()).ok());
+  for (std::size_t i = 0; i < throwers.size(); ++i) {
+    const std::string name = absl::StrCat("t", i);
+    ASSERT_TRUE(executor.Register(name, throwers[i]).ok());
+    for (const Options& options : {Options{}, Options{{"timeout_ms", 5000}}}) {
+      auto result = executor.Invoke(Frame(), name, "", options);
+      ASSERT_FALSE(result.ok());
+      auto panic = GetExtensionPanic(result.status());
+      ASSERT_TRUE(panic.has_value()) << result.status();
+      EXPECT_EQ(panic->phase, Phase::kInvoke);
+      EXPECT_EQ(panic->extension, absl::StrCat(name, "@v1"));
+      EXPECT_EQ(*executor.Invoke(Frame(), "ok", "fine", options), "fine");
+    }
+    EXPECT_EQ(executor.Counters(name)->faults, 2u);
+  }
+  EXPECT_EQ(monitor.faults("t0@v1", Phase::kInvoke), 2u);
+}
+
+TEST(FunctionExecutor, FaultPolicyDisablesUntilRedeployed) {
+  AppContext app;
+  FaultMonitorOptions monitor_options;
+  monitor_options.policy = {
+      .max_faults = 3, .window = std::chrono::hours(1), .on_trip = FaultVerdict::kEvict};
+  FaultMonitor monitor(std::move(monitor_options));
+  FunctionExecutor executor(app, {.monitor = &monitor});
+  ASSERT_TRUE(executor
+                  .Register("flaky",
+                            [](const Frame&, std::string_view, Sink&) -> absl::Status {
+                              throw std::runtime_error("again");
+                            })
+                  .ok());
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(IsExtensionPanic(executor.Invoke(Frame(), "flaky", "").status()));
+  EXPECT_EQ(executor.Invoke(Frame(), "flaky", "").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(executor.Get("flaky")->disabled);
+  EXPECT_EQ(monitor.alarms("flaky@v1"), 1u);
+  ASSERT_TRUE(executor.Deploy("flaky", Echo()).ok());
+  EXPECT_EQ(*executor.Invoke(Frame(), "flaky", "back"), "back");
+}
+
+// Tests that a handler ignoring its stop token still yields DeadlineExceeded on time, and that
+// its worker is quarantined until the handler returns.
+TEST(FunctionExecutor, DeadlineWithHandlerIgnoringStopToken) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  std::latch started(1), release(1);
+  ASSERT_TRUE(executor.Register("hang", Hang(started, release)).ok());
+  ASSERT_TRUE(executor.Register("ok", Echo()).ok());
+  const auto before = Clock::now();
+  auto result = executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 50}});
+  const auto took = Clock::now() - before;
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_GE(took, std::chrono::milliseconds(50));
+  EXPECT_LT(took, std::chrono::seconds(5));
+  started.wait();
+  EXPECT_EQ(executor.quarantined(), 1);
+  EXPECT_EQ(*executor.Invoke(Frame(), "ok", "fine", {{"timeout_ms", 5000}}), "fine");
+  EXPECT_EQ(executor.Counters("hang")->timeouts, 1u);
+  release.count_down();
+  WaitForQuarantine(executor, 0);
+}
+
+TEST(FunctionExecutor, DeadlineWithHandlerHonouringStopToken) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  std::atomic<bool> saw_stop{false};
+  std::latch finished(1);
+  ASSERT_TRUE(executor
+                  .Register("polite",
+                            [&](const Frame& frame, std::string_view, Sink&) {
+                              std::mutex mu;
+                              std::condition_variable_any cv;
+                              std::unique_lock<std::mutex> lock(mu);
+                              std::stop_token token = frame.stop_token();
+                              cv.wait(lock, token, [] { return false; });
+                              saw_stop = token.stop_requested();
+                              finished.count_down();
+                              return absl::CancelledError("stopped");
+                            })
+                  .ok());
+  auto result = executor.Invoke(Frame(), "polite", "", {{"timeout_ms", 20}});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  finished.wait();
+  EXPECT_TRUE(saw_stop.load());
+  WaitForQuarantine(executor, 0);
+}
+
+TEST(FunctionExecutor, QuarantineBoundFailsFast) {
+  AppContext app;
+  FunctionExecutor executor(app, {.deadline_workers = 1, .max_quarantined = 1});
+  std::latch started(1), release(1);
+  ASSERT_TRUE(executor.Register("hang", Hang(started, release)).ok());
+  ASSERT_TRUE(executor.Register("ok", Echo()).ok());
+  EXPECT_EQ(executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 10}}).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  started.wait();
+  ASSERT_EQ(executor.quarantined(), 1);
+  EXPECT_EQ(executor.Invoke(Frame(), "ok", "x", {{"timeout_ms", 5000}}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(*executor.Invoke(Frame(), "ok", "no deadline"), "no deadline");
+  release.count_down();
+  WaitForQuarantine(executor, 0);
+  EXPECT_EQ(*executor.Invoke(Frame(), "ok", "again", {{"timeout_ms", 5000}}), "again");
+}
+
+TEST(FunctionExecutor, ParentCancellationEndsDeadlineCall) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  std::latch started(1);
+  ASSERT_TRUE(executor
+                  .Register("wait",
+                            [&](const Frame& frame, std::string_view, Sink&) {
+                              started.count_down();
+                              std::mutex mu;
+                              std::condition_variable_any cv;
+                              std::unique_lock<std::mutex> lock(mu);
+                              cv.wait(lock, frame.stop_token(), [] { return false; });
+                              return absl::CancelledError("stopped");
+                            })
+                  .ok());
+  auto [parent, canceller] = Frame().WithCancel();
+  std::thread cancel([&, c = canceller] {
+    started.wait();
+    c.Cancel();
+  });
+  auto result = executor.Invoke(parent, "wait", "", {{"timeout_ms", 60000}});
+  cancel.join();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+}
+
+class VectorSink final : public Sink {
+ public:
+  absl::Status Write(std::string_view chunk) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    chunks_.emplace_back(chunk);
+    if (first_) first_->count_down();
+    first_ = nullptr;
+    return absl::OkStatus();
+  }
+  std::vector<std::string> chunks() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return chunks_;
+  }
+  std::latch* first_ = nullptr;
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> chunks_;
+};
+
+// Tests that the caller sees a chunk while the handler is still running, with and without a
+// deadline.
+TEST(FunctionExecutor, InvokeStreamDeliversChunksAsProduced) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  std::latch* first_seen = nullptr;
+  ASSERT_TRUE(executor
+                  .Register("stream",
+                            [&](const Frame&, std::string_view, Sink& out) {
+                              FRAMEKIT_RETURN_IF_ERROR(out.Write("one"));
+                              first_seen->wait();  // the caller's sink has it already
+                              return out.Write("two");
+                            })
+                  .ok());
+  for (const Options& options : {Options{}, Options{{"timeout_ms", 5000}}}) {
+    std::latch seen(1);
+    first_seen = &seen;
+    VectorSink sink;
+    sink.first_ = &seen;
+    ASSERT_TRUE(executor.InvokeStream(Frame(), "stream", "", options, sink).ok());
+    EXPECT_THAT(sink.chunks(), ElementsAre("one", "two"));
+    EXPECT_EQ(executor.ListInvocations("stream")->front().output_bytes, 6u);
+  }
+}
+
+TEST(FunctionExecutor, InvokeStreamLateWriteAfterDeadlineIsRefused) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  std::latch timed_out(1), wrote(1);
+  absl::Status late;
+  ASSERT_TRUE(executor
+                  .Register("slow",
+                            [&](const Frame&, std::string_view, Sink& out) {
+                              timed_out.wait();
+                              late = out.Write("late");
+                              wrote.count_down();
+                              return late;
+                            })
+                  .ok());
+  VectorSink sink;
+  EXPECT_EQ(executor.InvokeStream(Frame(), "slow", "", {{"timeout_ms", 10}}, sink).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  timed_out.count_down();
+  wrote.wait();
+  EXPECT_EQ(late.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(sink.chunks().empty());
+  WaitForQuarantine(executor, 0);
+}
+
+TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
+  TenantApp app;
+  FunctionExecutor executor(app.app, {.deadline_workers = 4, .max_quarantined = 8});
+  std::latch started(2), release(1);
+  ASSERT_TRUE(executor.Register("hang", Hang(started, release)).ok());
+  ASSERT_TRUE(executor
+                  .Register("boom",
+                            [](const Frame&, std::string_view, Sink&) -> absl::Status {
+                              throw std::logic_error("boom");
+                            })
+                  .ok());
+  ASSERT_TRUE(executor
+                  .Register("tenant",
+                            [](const Frame& frame, std::string_view, Sink& out) {
+                              const std::string* tenant = frame.Find(kTenant);
+                              return out.Write(tenant ? *tenant : "-");
+                            })
+                  .ok());
+  constexpr int kThreads = 4;
+  constexpr int kCalls = 200;
+  std::atomic<int> failures{0};
+  std::latch go(kThreads + 2);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      go.arrive_and_wait();
+      if (executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 20}}).status().code() !=
+          absl::StatusCode::kDeadlineExceeded) {
+        ++failures;
+      }
+    });
+  }
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      go.arrive_and_wait();
+      const std::string tenant = absl::StrCat("t", t);
+      for (int i = 0; i < kCalls; ++i) {
+        Options options{{"tenant", tenant}};
+        if (i % 2 == 0) options.Set("timeout_ms", std::int64_t{10000});
+        auto result = executor.Invoke(Frame(), "tenant", "", options);
+        if (!result.ok() || *result != tenant) ++failures;
+        if (!IsExtensionPanic(executor.Invoke(Frame(), "boom", "", options).status())) ++failures;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  started.wait();
+  release.count_down();
+  WaitForQuarantine(executor, 0);
+  EXPECT_EQ(executor.Counters("tenant")->calls, static_cast<std::uint64_t>(kThreads * kCalls));
+}
+
+}  // namespace
+}  // namespace framekit::dispatch
