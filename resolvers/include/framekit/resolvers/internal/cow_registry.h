@@ -61,7 +61,7 @@ class CowRegistry {
     // Adds `entry` in order. AlreadyExists when its name is in the draft already.
     absl::Status Add(std::unique_ptr<Entry> entry) {
       std::string_view name = entry->name;
-      if (names_.contains(name)) {
+      if (Contains(name)) {
         return absl::AlreadyExistsError(
             absl::StrCat(kind_, " \"", absl::string_view(name.data(), name.size()),
                          "\" is registered already"));
@@ -70,7 +70,7 @@ class CowRegistry {
       const auto at = std::upper_bound(snapshot_->entries.begin(), snapshot_->entries.end(), raw,
                                        [](const Entry* a, const Entry* b) { return Less(*a, *b); });
       snapshot_->entries.insert(at, raw);
-      names_.insert(std::string_view(raw->name));
+      if (indexed_) names_.insert(std::string_view(raw->name));
       added_.push_back(std::move(entry));
       return absl::OkStatus();
     }
@@ -84,24 +84,40 @@ class CowRegistry {
                                                 absl::string_view(name.data(), name.size()),
                                                 "\" is not registered"));
       }
-      names_.erase(std::string_view((*it)->name));
+      if (indexed_) names_.erase(std::string_view((*it)->name));
       entries.erase(it);
       return absl::OkStatus();
     }
-    bool Contains(std::string_view name) const { return names_.contains(name); }
+    bool Contains(std::string_view name) const {
+      if (indexed_) return names_.contains(name);
+      const auto& entries = snapshot_->entries;
+      return std::any_of(entries.begin(), entries.end(),
+                         [name](const Entry* e) { return std::string_view(e->name) == name; });
+    }
     const std::vector<const Entry*>& entries() const { return snapshot_->entries; }
     Extra& extra() { return snapshot_->extra; }
 
    private:
     friend class CowRegistry;
     Draft(const Snapshot& current, std::string_view kind)
-        : snapshot_(std::make_unique<Snapshot>(current)), kind_(kind) {
-      names_.reserve(current.entries.size() + 1);
-      for (const Entry* e : current.entries) names_.insert(std::string_view(e->name));
+        : snapshot_(std::make_unique<Snapshot>()), kind_(kind) {
+      // Room for the usual one-entry change, so the insert does not reallocate.
+      snapshot_->entries.reserve(current.entries.size() + 1);
+      snapshot_->entries = current.entries;
+      snapshot_->extra = current.extra;
+      // Small drafts check names by scanning; large ones build an index once.
+      indexed_ = current.entries.size() > kScanLimit;
+      if (indexed_) {
+        names_.reserve(current.entries.size() + 1);
+        for (const Entry* e : current.entries) names_.insert(std::string_view(e->name));
+      }
     }
 
+    static constexpr std::size_t kScanLimit = 32;
+
     std::unique_ptr<Snapshot> snapshot_;
-    absl::flat_hash_set<std::string_view> names_;
+    bool indexed_ = false;
+    absl::flat_hash_set<std::string_view> names_;  // when indexed_
     std::vector<std::unique_ptr<Entry>> added_;
     std::string kind_;
   };
