@@ -365,8 +365,9 @@ def context_lines(ctx, cases):
         f"CPU frequency scaling: {'on' if ctx.get('cpu_scaling_enabled') else 'off'}",
         "- Load average when the run started (1, 5, 15 min): "
         + (", ".join(f"{x:.2f}" for x in load) if load else "not reported"),
-        f"- Repetitions per case: {reps}; each figure is the median"
-        + (" of the repetitions" if reps > 1 else " (single run, no aggregates)"),
+        f"- Repetitions per case: {reps}; "
+        + ("each figure is the median of the repetitions" if reps > 1
+           else "each figure is from a single run (no aggregates)"),
     ]
     for key, label in (("framekit_commit", "framekit commit"),
                        ("framekit_build_type", "framekit build type"),
