@@ -33,7 +33,9 @@ function(framekit_add_module name)
     POSITION_INDEPENDENT_CODE ON)
   framekit_set_warnings(framekit_${name})
   if(FRAMEKIT_INSTALL)
-    install(DIRECTORY include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+    # testing/ holds helpers for the project's own tests and examples; they are not installed.
+    install(DIRECTORY include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+            PATTERN testing EXCLUDE)
     install(TARGETS framekit_${name} EXPORT framekitTargets
       ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
       LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
