@@ -1,0 +1,600 @@
+#include "host.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <latch>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/dispatch/process_manager.h"
+#include "framekit/framekit.h"
+#include "framekit/net/testing/loopback.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace framekit::host {
+namespace {
+
+using Millis = std::chrono::duration<double, std::milli>;
+
+// The host's own frame option: the tenant label, from the caller's identity.
+const Key<std::string> kTenantLabel{"host.tenant"};
+constexpr int kTenantOrder = 300;
+
+// What one workload call saw.
+struct CallResult {
+  int function = 0;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  bool panic = false;
+  double ms = 0;
+  std::string expected_network;  // fetch only
+  std::string network;           // fetch only: from the handler's frame
+  std::string source;            // fetch only: what the echo server saw
+  bool output_ok = true;
+  std::string error;
+};
+
+double Percentile(std::vector<double> values, double p) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const std::size_t index =
+      std::min(values.size() - 1, static_cast<std::size_t>(p * static_cast<double>(values.size())));
+  return values[index];
+}
+
+}  // namespace
+
+struct Host::State {
+  HostConfig config;
+  std::unique_ptr<net::loopback::PeerEchoServer> echo;
+  std::vector<std::unique_ptr<net::loopback::Socks5Proxy>> proxies;
+  std::vector<std::string> notes;
+  std::shared_ptr<spdlog::logger> logger;
+
+  AppContext app;
+  std::shared_ptr<const net::NetworkRegistry> networks;
+  std::unique_ptr<dispatch::FaultMonitor> monitor;
+  std::unique_ptr<dispatch::FunctionExecutor> executor;
+  std::unique_ptr<dispatch::ProcessManager> processes;
+
+  struct FunctionState {
+    std::atomic<std::uint64_t> calls{0};
+    std::atomic<std::uint64_t> injected{0};
+  };
+  struct ProcessState {
+    dispatch::Pid pid = 0;
+    std::atomic<std::uint64_t> polls{0};
+    std::atomic<std::uint64_t> ticks{0};
+    std::atomic<std::uint64_t> injected{0};
+  };
+  std::vector<std::unique_ptr<FunctionState>> function_states;
+  std::vector<std::unique_ptr<ProcessState>> process_states;
+  std::atomic<int> tenant_mismatches{0};
+
+  ~State() {
+    // Processes and calls reference everything above; stop them first.
+    if (processes != nullptr) processes->Shutdown();
+    processes.reset();
+    executor.reset();
+  }
+
+  // Checks that the host's resolver reached the handler: the tenant label equals the caller's.
+  void CheckTenant(const Frame& frame) {
+    const std::string* label = frame.Find(kTenantLabel);
+    const CallerContext* caller = CallerOf(frame);
+    if (label == nullptr || caller == nullptr || *label != caller->tenant_id) ++tenant_mismatches;
+  }
+
+  dispatch::Handler MakeHandler(std::size_t index) {
+    const FunctionConfig& f = config.functions[index];
+    FunctionState* counters = function_states[index].get();
+    if (f.handler == "echo") {
+      return [this](const Frame& frame, std::string_view payload, dispatch::Sink& out) {
+        CheckTenant(frame);
+        return out.Write(payload);
+      };
+    }
+    if (f.handler == "fetch") {
+      return [this](const Frame& frame, std::string_view, dispatch::Sink& out) -> absl::Status {
+        CheckTenant(frame);
+        const std::string* network = frame.Find(net::NetworkKey());
+        absl::StatusOr<net::Connection> conn =
+            net::Dial(frame, *networks, "127.0.0.1", echo->port(), std::chrono::seconds(2));
+        if (!conn.ok()) return conn.status();
+        std::string seen;
+        while (true) {
+          absl::StatusOr<std::string> chunk = conn->Read(64, std::chrono::seconds(2));
+          if (!chunk.ok()) return chunk.status();
+          if (chunk->empty()) break;
+          seen += *chunk;
+        }
+        if (!seen.empty() && seen.back() == '\n') seen.pop_back();
+        return out.Write(
+            absl::StrCat("network=", network == nullptr ? "" : *network, " source=", seen));
+      };
+    }
+    if (f.handler == "slow") {
+      return [this, sleep = f.sleep](const Frame& frame, std::string_view,
+                                     dispatch::Sink&) -> absl::Status {
+        CheckTenant(frame);
+        // Runs past its deadline unless told to stop; honours the frame's stop token.
+        std::mutex mu;
+        std::condition_variable_any cv;
+        std::unique_lock<std::mutex> lock(mu);
+        std::stop_token token = frame.stop_token();
+        if (cv.wait_for(lock, token, sleep, [] { return false; }), token.stop_requested()) {
+          return absl::CancelledError("slow: stopped");
+        }
+        return absl::OkStatus();
+      };
+    }
+    // faulty
+    return [this, counters, every = f.fault_every, name = f.name](
+               const Frame& frame, std::string_view, dispatch::Sink& out) -> absl::Status {
+      CheckTenant(frame);
+      const std::uint64_t n = counters->calls.fetch_add(1) + 1;
+      if (n % static_cast<std::uint64_t>(every) == 0) {
+        counters->injected.fetch_add(1);
+        throw std::runtime_error(absl::StrCat(name, ": injected fault on call ", n));
+      }
+      return out.Write("ok");
+    };
+  }
+
+  dispatch::ProcessSpec MakeProcess(std::size_t index) {
+    const ProcessConfig& p = config.processes[index];
+    ProcessState* counters = process_states[index].get();
+    dispatch::ProcessSpec spec;
+    spec.name = p.name;
+    spec.idle_interval = p.interval;
+    // A poller that faults now and then keeps running; a flood of faults would stop it.
+    spec.poll_faults = {.max_faults = 50,
+                        .window = std::chrono::seconds(1),
+                        .on_trip = dispatch::FaultVerdict::kEvict};
+    spec.setup = [this](dispatch::ProcessContext& context) {
+      CheckTenant(context.frame());
+      return absl::OkStatus();
+    };
+    spec.poll = [counters, every = p.fault_every, name = p.name](dispatch::ProcessContext&) {
+      const std::uint64_t n = counters->polls.fetch_add(1) + 1;
+      if (every > 0 && n % static_cast<std::uint64_t>(every) == 0) {
+        counters->injected.fetch_add(1);
+        throw std::runtime_error(absl::StrCat(name, ": injected poll fault ", n));
+      }
+      counters->ticks.fetch_add(1);
+      return dispatch::Step::kIdle;
+    };
+    return spec;
+  }
+};
+
+Host::Host(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Host::~Host() = default;
+
+const std::vector<std::string>& Host::notes() const { return state_->notes; }
+
+absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
+  auto state = std::make_unique<State>();
+  state->config = std::move(config);
+  HostConfig& cfg = state->config;
+  // Fault records carry the stack of the throw site.
+  SetThrowStackCapture(true);
+  // Fault records go to stderr, so that --json output on stdout stays clean.
+  state->logger = spdlog::get("framekit-host");
+  if (state->logger == nullptr) state->logger = spdlog::stderr_color_mt("framekit-host");
+
+  absl::StatusOr<std::unique_ptr<net::loopback::PeerEchoServer>> echo =
+      net::loopback::PeerEchoServer::Start();
+  if (!echo.ok()) return echo.status();
+  state->echo = *std::move(echo);
+
+  // Launch the proxies; a missing microsocks drops its network (and says so).
+  for (const LaunchedProxy& launched : cfg.launched_proxies) {
+    auto network = std::find_if(cfg.networks.networks.begin(), cfg.networks.networks.end(),
+                                [&](const net::Network& n) { return n.id == launched.network_id; });
+    absl::StatusOr<std::unique_ptr<net::loopback::Socks5Proxy>> proxy =
+        net::loopback::Socks5Proxy::Start({.bind_address = launched.egress,
+                                           .username = network->username,
+                                           .password = network->password});
+    if (proxy.ok()) {
+      network->proxy_port = (*proxy)->port();
+      state->proxies.push_back(*std::move(proxy));
+      continue;
+    }
+    state->notes.push_back(absl::StrCat("network \"", launched.network_id, "\" is not available: ",
+                                        proxy.status().message(), "; running without it"));
+    cfg.networks.networks.erase(network);
+    auto& fetch = cfg.workload.fetch_networks;
+    fetch.erase(std::remove(fetch.begin(), fetch.end(), launched.network_id), fetch.end());
+    if (cfg.networks.app_default == launched.network_id) {
+      cfg.networks.app_default =
+          cfg.networks.networks.empty() ? "" : cfg.networks.networks.front().id;
+      state->notes.push_back(
+          absl::StrCat("the app default network is now \"", cfg.networks.app_default, "\""));
+    }
+    // Functions that default to the missing network leave the workload.
+    for (const FunctionConfig& f : cfg.functions) {
+      if (f.defaults.GetString("network") != launched.network_id) continue;
+      auto& mix = cfg.workload.mix;
+      mix.erase(
+          std::remove_if(mix.begin(), mix.end(), [&](const auto& m) { return m.first == f.name; }),
+          mix.end());
+      state->notes.push_back(absl::StrCat("function \"", f.name, "\" leaves the workload"));
+    }
+  }
+  if (cfg.workload.mix.empty()) return absl::FailedPreconditionError("no function left to call");
+
+  // Boot: the registry, the network overlay, and the host's own tenant resolver.
+  BootSequence boot;
+  FRAMEKIT_RETURN_IF_ERROR(boot.Add({"resolvers", {}, [](AppContext& app) -> absl::Status {
+                                       auto resolvers = std::make_shared<FrameResolvers>();
+                                       FRAMEKIT_RETURN_IF_ERROR(
+                                           net::RegisterNetworkClaim(*resolvers));
+                                       return app.SetFrameResolvers(resolvers);
+                                     }}));
+  FRAMEKIT_RETURN_IF_ERROR(boot.Add(net::NetworkComponent(cfg.networks, {"resolvers"})));
+  FRAMEKIT_RETURN_IF_ERROR(
+      boot.Add({"tenant", {"resolvers"}, [](AppContext& app) {
+                  return app.frame_resolvers()->Register(
+                      "host.tenant", kTenantOrder,
+                      [](const Frame& parent, const Options&, PairList& out) -> absl::Status {
+                        const CallerContext* caller = CallerOf(parent);
+                        if (caller == nullptr || caller->tenant_id.empty()) {
+                          return absl::UnauthenticatedError("the call has no caller tenant");
+                        }
+                        out.push_back(Pair::Of(kTenantLabel, caller->tenant_id));
+                        return absl::OkStatus();
+                      });
+                }}));
+  FRAMEKIT_RETURN_IF_ERROR(boot.Run(state->app));
+  state->app.frame_resolvers()->Seal();
+  const auto* networks = state->app.Get(net::NetworkRegistryKey());
+  if (networks == nullptr || *networks == nullptr) {
+    return absl::InternalError("boot: the network component stored no registry");
+  }
+  state->networks = *networks;
+
+  dispatch::FaultMonitorOptions monitor_options;
+  monitor_options.logger = state->logger;
+  monitor_options.policy = {.max_faults = 5,
+                            .window = std::chrono::seconds(1),
+                            .on_trip = dispatch::FaultVerdict::kAlarm};
+  state->monitor = std::make_unique<dispatch::FaultMonitor>(monitor_options);
+
+  dispatch::FunctionExecutorOptions executor_options;
+  executor_options.monitor = state->monitor.get();
+  executor_options.deadline_workers = cfg.workload.threads + 2;
+  executor_options.max_quarantined = 8;
+  state->executor = std::make_unique<dispatch::FunctionExecutor>(state->app, executor_options);
+  for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
+    state->function_states.push_back(std::make_unique<State::FunctionState>());
+    FRAMEKIT_RETURN_IF_ERROR(state->executor->Register(cfg.functions[i].name, state->MakeHandler(i),
+                                                       cfg.functions[i].defaults));
+  }
+
+  dispatch::ProcessManagerOptions process_options;
+  process_options.monitor = state->monitor.get();
+  process_options.workers = 2;
+  state->processes = std::make_unique<dispatch::ProcessManager>(state->app, process_options);
+  const Frame process_parent =
+      WithCaller(Frame(), {.user_id = "host", .tenant_id = cfg.workload.tenants.front()});
+  for (std::size_t i = 0; i < cfg.processes.size(); ++i) {
+    state->process_states.push_back(std::make_unique<State::ProcessState>());
+    absl::StatusOr<dispatch::Pid> pid =
+        state->processes->Start(process_parent, state->MakeProcess(i));
+    if (!pid.ok()) {
+      return absl::Status(pid.status().code(), absl::StrCat("process \"", cfg.processes[i].name,
+                                                            "\": ", pid.status().message()));
+    }
+    state->process_states.back()->pid = *pid;
+  }
+  return std::unique_ptr<Host>(new Host(std::move(state)));
+}
+
+absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>& progress) {
+  State& s = *state_;
+  const HostConfig& cfg = s.config;
+  const WorkloadConfig& w = cfg.workload;
+
+  // The call schedule: function indexes in proportion to their weights.
+  std::vector<int> schedule;
+  for (const auto& [name, weight] : w.mix) {
+    const auto it = std::find_if(cfg.functions.begin(), cfg.functions.end(),
+                                 [&](const FunctionConfig& f) { return f.name == name; });
+    for (int k = 0; k < weight; ++k)
+      schedule.push_back(static_cast<int>(it - cfg.functions.begin()));
+  }
+
+  std::atomic<int> next{0};
+  std::atomic<int> done{0};
+  std::vector<std::vector<CallResult>> per_thread(static_cast<std::size_t>(w.threads));
+  const auto started = std::chrono::steady_clock::now();
+  std::latch finished(w.threads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < w.threads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<CallResult>& results = per_thread[static_cast<std::size_t>(t)];
+      for (int i = next.fetch_add(1); i < w.calls; i = next.fetch_add(1)) {
+        CallResult r;
+        r.function = schedule[static_cast<std::size_t>(i) % schedule.size()];
+        const FunctionConfig& f = cfg.functions[static_cast<std::size_t>(r.function)];
+        const CallerContext caller{
+            .user_id = absl::StrCat("user-", i % 7),
+            .tenant_id = w.tenants[static_cast<std::size_t>(i) % w.tenants.size()]};
+        const Frame parent = WithCaller(Frame(), caller).WithTimeout(w.deadline);
+        Options options;
+        if (f.handler == "fetch") {
+          const std::string choice =
+              w.fetch_networks.empty()
+                  ? "default"
+                  : w.fetch_networks[static_cast<std::size_t>(i) % w.fetch_networks.size()];
+          if (choice != "default") options.Set("network", choice);
+          // What must be selected: the call's option, else the function's default, else the app's.
+          r.expected_network = choice != "default" ? choice
+                               : f.defaults.GetString("network")
+                                   ? std::string(*f.defaults.GetString("network"))
+                                   : cfg.networks.app_default;
+        }
+        const std::string payload = absl::StrCat("call-", i);
+        const auto t0 = std::chrono::steady_clock::now();
+        absl::StatusOr<std::string> output = s.executor->Invoke(parent, f.name, payload, options);
+        r.ms = Millis(std::chrono::steady_clock::now() - t0).count();
+        r.code = output.status().code();
+        r.panic = IsExtensionPanic(output.status());
+        if (!output.ok()) r.error = output.status().ToString();
+        if (output.ok() && f.handler == "echo") r.output_ok = *output == payload;
+        if (output.ok() && f.handler == "fetch") {
+          const std::size_t network_at = output->find("network="),
+                            source_at = output->find(" source=");
+          r.output_ok = network_at == 0 && source_at != std::string::npos;
+          if (r.output_ok) {
+            r.network = output->substr(8, source_at - 8);
+            r.source = output->substr(source_at + 8);
+          }
+        }
+        results.push_back(std::move(r));
+        done.fetch_add(1, std::memory_order_relaxed);
+      }
+      finished.count_down();
+    });
+  }
+  while (!finished.try_wait()) {
+    if (progress) progress(done.load(std::memory_order_relaxed), w.calls);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // display refresh only
+  }
+  for (std::thread& thread : threads) thread.join();
+  if (progress) progress(w.calls, w.calls);
+
+  Summary summary;
+  summary.calls = w.calls;
+  summary.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  summary.notes = s.notes;
+  std::vector<std::vector<double>> latencies(cfg.functions.size());
+  for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
+    summary.functions.push_back(
+        {.name = cfg.functions[i].name, .handler = cfg.functions[i].handler});
+  }
+  for (const net::Network& n : cfg.networks.networks) {
+    NetworkSummary ns{.id = n.id, .kind = std::string(n.kind_name())};
+    if (n.kind == net::Network::Kind::kDirect) {
+      ns.expected_source = n.bind_address.empty() ? "127.0.0.1" : n.bind_address;
+    } else {
+      const auto launched =
+          std::find_if(cfg.launched_proxies.begin(), cfg.launched_proxies.end(),
+                       [&](const LaunchedProxy& p) { return p.network_id == n.id; });
+      ns.expected_source = launched != cfg.launched_proxies.end() && !launched->egress.empty()
+                               ? launched->egress
+                               : "";
+    }
+    summary.networks.push_back(std::move(ns));
+  }
+  auto violation = [&summary](std::string text) {
+    if (summary.violations.size() < 50) summary.violations.push_back(std::move(text));
+  };
+
+  for (const auto& results : per_thread) {
+    for (const CallResult& r : results) {
+      FunctionSummary& fs = summary.functions[static_cast<std::size_t>(r.function)];
+      latencies[static_cast<std::size_t>(r.function)].push_back(r.ms);
+      ++fs.calls;
+      if (r.code == absl::StatusCode::kOk) {
+        ++fs.ok;
+      } else if (r.panic) {
+        ++fs.faults;
+      } else if (r.code == absl::StatusCode::kDeadlineExceeded) {
+        ++fs.timeouts;
+      } else {
+        ++fs.other_errors;
+      }
+      const std::string& handler = fs.handler;
+      if ((handler == "echo" || handler == "fetch") && r.code != absl::StatusCode::kOk) {
+        violation(absl::StrCat("healthy call to \"", fs.name, "\" failed: ", r.error));
+      }
+      if (!r.output_ok) violation(absl::StrCat("\"", fs.name, "\" returned a wrong output"));
+      if (handler == "slow" && r.code != absl::StatusCode::kDeadlineExceeded) {
+        violation(absl::StrCat("a call to \"", fs.name, "\" did not end at its deadline: ",
+                               r.code == absl::StatusCode::kOk ? "OK" : r.error));
+      }
+      if (handler == "faulty" && r.code != absl::StatusCode::kOk && !r.panic) {
+        violation(absl::StrCat("a call to \"", fs.name,
+                               "\" failed without an isolated fault: ", r.error));
+      }
+      if (handler == "fetch" && r.code == absl::StatusCode::kOk) {
+        if (r.network != r.expected_network) {
+          violation(absl::StrCat("a call to \"", fs.name, "\" took network \"", r.network,
+                                 "\" but its options selected \"", r.expected_network, "\""));
+        }
+        auto ns = std::find_if(summary.networks.begin(), summary.networks.end(),
+                               [&](const NetworkSummary& n) { return n.id == r.network; });
+        if (ns != summary.networks.end()) {
+          ++ns->calls;
+          ++ns->sources[r.source];
+          if (!ns->expected_source.empty() && r.source != ns->expected_source) {
+            violation(absl::StrCat("a call on \"", ns->id, "\" arrived from ", r.source,
+                                   ", not from ", ns->expected_source));
+          }
+        }
+      }
+    }
+  }
+  for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
+    FunctionSummary& fs = summary.functions[i];
+    fs.p50_ms = Percentile(latencies[i], 0.50);
+    fs.p99_ms = Percentile(latencies[i], 0.99);
+    absl::StatusOr<dispatch::FunctionCounters> counters = s.executor->Counters(fs.name);
+    if (counters.ok()) {
+      fs.executor_faults = counters->faults;
+      fs.executor_timeouts = counters->timeouts;
+    }
+    const std::uint64_t injected = s.function_states[i]->injected.load();
+    // The executor reports a function's faults under "NAME@vVERSION".
+    const absl::StatusOr<dispatch::FunctionInfo> info = s.executor->Get(fs.name);
+    const std::string extension = absl::StrCat(fs.name, "@v", info.ok() ? info->active_version : 0);
+    const std::uint64_t monitored = s.monitor->faults(extension, Phase::kInvoke);
+    summary.alarms += s.monitor->alarms(extension);
+    if (fs.handler == "faulty") {
+      if (static_cast<std::uint64_t>(fs.faults) != injected || fs.executor_faults != injected ||
+          monitored != injected) {
+        violation(absl::StrCat("\"", fs.name, "\": ", injected, " faults injected, ", fs.faults,
+                               " isolated, executor counted ", fs.executor_faults,
+                               ", fault monitor counted ", monitored));
+      }
+      if (fs.ok + fs.faults != fs.calls) {
+        violation(absl::StrCat("\"", fs.name, "\": ", fs.ok, " ok + ", fs.faults,
+                               " faults != ", fs.calls, " calls"));
+      }
+    }
+    if (fs.executor_timeouts != static_cast<std::uint64_t>(fs.timeouts)) {
+      violation(absl::StrCat("\"", fs.name, "\": ", fs.timeouts,
+                             " calls timed out, executor counted ", fs.executor_timeouts));
+    }
+  }
+  if (s.tenant_mismatches.load() != 0) {
+    violation(absl::StrCat(s.tenant_mismatches.load(),
+                           " handlers did not see their caller's tenant label on their frame"));
+  }
+
+  // Stop the processes and check their counts.
+  for (std::size_t i = 0; i < cfg.processes.size(); ++i) {
+    State::ProcessState& ps = *s.process_states[i];
+    (void)s.processes->Stop(ps.pid, std::chrono::seconds(1));
+    absl::StatusOr<dispatch::ProcessExit> exit = s.processes->Wait(ps.pid, std::chrono::seconds(5));
+    ProcessSummary out{.name = cfg.processes[i].name, .kind = cfg.processes[i].kind};
+    out.injected_faults = ps.injected.load();
+    out.ticks = ps.ticks.load();
+    out.exit = exit.ok() ? exit->status.ToString() : exit.status().ToString();
+    for (const dispatch::ProcessInfo& info : s.processes->List()) {
+      if (info.pid != ps.pid) continue;
+      out.state = std::string(dispatch::ProcessStateName(info.state));
+      out.faults = info.faults;
+    }
+    if (out.ticks == 0)
+      violation(absl::StrCat("process \"", out.name, "\" never polled successfully"));
+    if (out.faults != out.injected_faults) {
+      violation(absl::StrCat("process \"", out.name, "\": ", out.injected_faults,
+                             " poll faults injected, ", out.faults, " counted"));
+    }
+    if (out.state != "exited") violation(absl::StrCat("process \"", out.name, "\" did not stop"));
+    summary.processes.push_back(std::move(out));
+  }
+  for (const dispatch::FaultCounter& c : s.monitor->Counters()) summary.isolated_faults += c.faults;
+  for (const ProcessConfig& p : cfg.processes) summary.alarms += s.monitor->alarms(p.name);
+  s.monitor->FlushSuppressed();
+  return summary;
+}
+
+std::string SummaryText(const Summary& summary) {
+  std::string out;
+  absl::StrAppendFormat(&out, "framekit-host: %d calls in %.2f s\n\n", summary.calls,
+                        summary.seconds);
+  for (const std::string& note : summary.notes) absl::StrAppend(&out, "note: ", note, "\n");
+  if (!summary.notes.empty()) out.push_back('\n');
+  absl::StrAppendFormat(&out, "%-16s %-7s %6s %6s %6s %8s %6s %9s %9s\n", "function", "handler",
+                        "calls", "ok", "faults", "timeouts", "other", "p50 ms", "p99 ms");
+  for (const FunctionSummary& f : summary.functions) {
+    absl::StrAppendFormat(&out, "%-16s %-7s %6d %6d %6d %8d %6d %9.2f %9.2f\n", f.name, f.handler,
+                          f.calls, f.ok, f.faults, f.timeouts, f.other_errors, f.p50_ms, f.p99_ms);
+  }
+  absl::StrAppendFormat(&out, "\n%-16s %-7s %6s  %s\n", "network", "kind", "calls",
+                        "source address seen by the echo server (calls)");
+  for (const NetworkSummary& n : summary.networks) {
+    std::string sources;
+    for (const auto& [source, count] : n.sources) {
+      absl::StrAppend(&sources, sources.empty() ? "" : ", ", source, " (", count, ")");
+    }
+    absl::StrAppendFormat(&out, "%-16s %-7s %6d  %s\n", n.id, n.kind, n.calls,
+                          sources.empty() ? "-" : sources);
+  }
+  absl::StrAppendFormat(&out, "\n%-16s %-7s %-8s %8s %8s %8s  %s\n", "process", "kind", "state",
+                        "polls ok", "faults", "injected", "exit");
+  for (const ProcessSummary& p : summary.processes) {
+    absl::StrAppendFormat(&out, "%-16s %-7s %-8s %8d %8d %8d  %s\n", p.name, p.kind, p.state,
+                          p.ticks, p.faults, p.injected_faults, p.exit);
+  }
+  absl::StrAppendFormat(&out, "\nisolation: %d faults isolated and counted, %d alarms raised\n",
+                        summary.isolated_faults, summary.alarms);
+  if (summary.ok()) {
+    absl::StrAppend(&out,
+                    "result: PASS: every healthy call succeeded on the network its options "
+                    "selected, and every injected fault was isolated and counted\n");
+  } else {
+    absl::StrAppend(&out, "result: FAIL\n");
+    for (const std::string& v : summary.violations) absl::StrAppend(&out, "  - ", v, "\n");
+  }
+  return out;
+}
+
+nlohmann::json SummaryJson(const Summary& summary) {
+  nlohmann::json j;
+  j["calls"] = summary.calls;
+  j["seconds"] = summary.seconds;
+  j["ok"] = summary.ok();
+  j["notes"] = summary.notes;
+  j["violations"] = summary.violations;
+  j["isolated_faults"] = summary.isolated_faults;
+  j["alarms"] = summary.alarms;
+  j["functions"] = nlohmann::json::array();
+  for (const FunctionSummary& f : summary.functions) {
+    j["functions"].push_back({{"name", f.name},
+                              {"handler", f.handler},
+                              {"calls", f.calls},
+                              {"ok", f.ok},
+                              {"faults", f.faults},
+                              {"timeouts", f.timeouts},
+                              {"other_errors", f.other_errors},
+                              {"p50_ms", f.p50_ms},
+                              {"p99_ms", f.p99_ms},
+                              {"executor_faults", f.executor_faults},
+                              {"executor_timeouts", f.executor_timeouts}});
+  }
+  j["networks"] = nlohmann::json::array();
+  for (const NetworkSummary& n : summary.networks) {
+    j["networks"].push_back({{"id", n.id},
+                             {"kind", n.kind},
+                             {"expected_source", n.expected_source},
+                             {"calls", n.calls},
+                             {"sources", n.sources}});
+  }
+  j["processes"] = nlohmann::json::array();
+  for (const ProcessSummary& p : summary.processes) {
+    j["processes"].push_back({{"name", p.name},
+                              {"kind", p.kind},
+                              {"state", p.state},
+                              {"polls_ok", p.ticks},
+                              {"faults", p.faults},
+                              {"injected_faults", p.injected_faults},
+                              {"exit", p.exit}});
+  }
+  return j;
+}
+
+}  // namespace framekit::host
