@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The project's main job, from a fresh Debian 12 machine: installs missing packages, builds,
-# and runs the example host.
+# The project's main job, from a fresh Debian 12 machine: installs missing packages, builds, and
+# runs the demo host (framekit-host) on its built-in configuration. Arguments go to the host,
+# e.g. scripts/run.sh --json, scripts/run.sh --calls 2000 --threads 8, scripts/run.sh --help.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 framekit_install_deps
-framekit_configure_build build/plain -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
-exec ./build/plain/examples/boot_example/framekit_boot_example "$@"
+echo "framekit: building (first run takes a few minutes)..." >&2
+framekit_configure_build build/plain -DCMAKE_BUILD_TYPE=RelWithDebInfo > build-run.log 2>&1 || {
+  tail -n 40 build-run.log >&2
+  exit 1
+}
+rm -f build-run.log
+exec ./build/plain/examples/host/framekit-host "$@"

@@ -220,9 +220,8 @@ std::string Frame::DebugString() const {
   std::vector<std::string> parts;
   parts.reserve(size());
   ForEach([&parts](const Pair& pair, ValueOrigin origin) {
-    std::string part = pair.DebugString();
-    if (origin == ValueOrigin::kInherited) part.insert(0, "*");
-    parts.push_back(std::move(part));
+    // Inherited values are marked with a leading "*".
+    parts.push_back((origin == ValueOrigin::kInherited ? "*" : "") + pair.DebugString());
   });
   std::sort(parts.begin(), parts.end());
   return "{" + absl::StrJoin(parts, ", ") + "}";

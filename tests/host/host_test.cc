@@ -1,0 +1,211 @@
+// The demo host end to end: in-process, as the framekit-host binary (exit status and --json
+// summary), and with bad configurations.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "framekit/net/testing/loopback.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "host.h"
+#include "host_config.h"
+
+namespace framekit::host {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Ran {
+  int exit_code = -1;
+  std::string out;
+};
+
+// Runs a shell command, capturing stdout (stderr goes to a file the caller may read).
+Ran RunCommand(const std::string& command) {
+  Ran ran;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return ran;
+  char buffer[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) ran.out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  ran.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return ran;
+}
+
+HostConfig SmallDefault(int calls, int threads) {
+  absl::StatusOr<HostConfig> config = ParseHostConfig(DefaultConfigYaml(), "<built-in>");
+  EXPECT_TRUE(config.ok()) << config.status();
+  config->workload.calls = calls;
+  config->workload.threads = threads;
+  return *config;
+}
+
+// The invariants a summary must satisfy whatever the run: the counts add up.
+void ExpectCountsAddUp(const nlohmann::json& j) {
+  int calls = 0, fetched = 0;
+  for (const auto& f : j["functions"]) {
+    EXPECT_EQ(f["ok"].get<int>() + f["faults"].get<int>() + f["timeouts"].get<int>() +
+                  f["other_errors"].get<int>(),
+              f["calls"].get<int>())
+        << f;
+    calls += f["calls"].get<int>();
+    if (f["handler"] == "fetch") fetched += f["ok"].get<int>();
+    if (f["handler"] == "faulty") {
+      EXPECT_EQ(f["faults"], f["executor_faults"]) << f;
+      EXPECT_GT(f["faults"].get<int>(), 0) << "the workload injects faults";
+    }
+    if (f["handler"] == "slow") {
+      EXPECT_EQ(f["timeouts"], f["calls"]) << f;
+      EXPECT_EQ(f["timeouts"], f["executor_timeouts"]) << f;
+    }
+    if (f["handler"] == "echo") {
+      EXPECT_EQ(f["ok"], f["calls"]) << f;
+    }
+  }
+  EXPECT_EQ(calls, j["calls"].get<int>());
+  int routed = 0;
+  for (const auto& n : j["networks"]) {
+    int seen = 0;
+    for (const auto& [source, count] : n["sources"].items()) {
+      EXPECT_EQ(source, n["expected_source"].get<std::string>()) << n;
+      seen += count.get<int>();
+    }
+    EXPECT_EQ(seen, n["calls"].get<int>()) << n;
+    routed += n["calls"].get<int>();
+  }
+  // Every successful fetch took one of the configured networks.
+  EXPECT_EQ(routed, fetched);
+  for (const auto& p : j["processes"]) {
+    EXPECT_EQ(p["state"], "exited") << p;
+    EXPECT_EQ(p["faults"], p["injected_faults"]) << p;
+  }
+}
+
+TEST(Host, DefaultWorkloadPassesInProcess) {
+  absl::StatusOr<std::unique_ptr<Host>> host = Host::Start(SmallDefault(120, 3));
+  ASSERT_TRUE(host.ok()) << host.status();
+  absl::StatusOr<Summary> summary = (*host)->Run(nullptr);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_TRUE(summary->ok()) << SummaryText(*summary);
+  const nlohmann::json j = SummaryJson(*summary);
+  ExpectCountsAddUp(j);
+  if (net::loopback::Socks5Proxy::Available()) {
+    // Both networks carried traffic: lo-proxy arrives from the proxy's egress address.
+    for (const auto& n : j["networks"]) {
+    EXPECT_GT(n["calls"].get<int>(), 0) << n;
+  }
+  }
+}
+
+TEST(Host, BinaryPrintsJsonAndExitsZero) {
+  const Ran ran = RunCommand(std::string(FRAMEKIT_HOST_BINARY) +
+                             " --json --calls 80 --threads 2 2>/dev/null");
+  ASSERT_EQ(ran.exit_code, 0) << ran.out;
+  const nlohmann::json j = nlohmann::json::parse(ran.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(j.is_discarded()) << ran.out;
+  EXPECT_EQ(j["ok"], true);
+  EXPECT_EQ(j["calls"], 80);
+  EXPECT_TRUE(j["violations"].empty());
+  ExpectCountsAddUp(j);
+}
+
+struct BadConfig {
+  const char* name;
+  const char* yaml;
+  std::vector<std::string> expected;  // substrings of the error
+};
+
+class HostBadConfig : public ::testing::TestWithParam<BadConfig> {};
+
+TEST_P(HostBadConfig, IsRejectedWithLineAndKey) {
+  const BadConfig& bad = GetParam();
+  absl::StatusOr<HostConfig> config = ParseHostConfig(bad.yaml, "bad.yaml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  for (const std::string& part : bad.expected) {
+    EXPECT_THAT(std::string(config.status().message()), HasSubstr(part));
+  }
+}
+
+constexpr char kFunctions[] = "functions: [{name: echo, handler: echo}]\n";
+constexpr char kWorkload[] = "workload: {calls: 10, mix: {echo: 1}}\n";
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, HostBadConfig,
+    ::testing::Values(
+        BadConfig{"UnknownDefaultNetwork",
+                  "networks:\n  default: nowhere\n  list:\n    - {id: a, type: direct}\n"
+                  "functions: [{name: echo, handler: echo}]\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"bad.yaml:2:", "networks.default", "unknown network \"nowhere\""}},
+        BadConfig{"DuplicateNetworkIds",
+                  "networks:\n  list:\n    - {id: a, type: direct}\n    - {id: a, type: direct}\n"
+                  "functions: [{name: echo, handler: echo}]\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"bad.yaml:4:", "networks.list[1].id", "duplicate network id"}},
+        BadConfig{"MissingHandler",
+                  "networks: {list: []}\nfunctions:\n  - name: echo\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"bad.yaml:3:", "functions[0].handler", "missing"}},
+        BadConfig{"WrongType",
+                  "networks: {list: []}\nfunctions: [{name: echo, handler: echo}]\n"
+                  "workload:\n  calls: many\n  mix: {echo: 1}\n",
+                  {"bad.yaml:4:", "workload.calls", "expected an integer"}},
+        BadConfig{"UnknownKey",
+                  "networks: {list: []}\nfunctions: [{name: echo, handler: echo, colour: red}]\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"bad.yaml:2:", "functions[0].colour", "unknown key"}},
+        BadConfig{"UnknownHandler",
+                  "networks: {list: []}\nfunctions: [{name: x, handler: teleport}]\n"
+                  "workload: {calls: 10, mix: {x: 1}}\n",
+                  {"functions[0].handler", "expected echo, fetch, slow or faulty"}},
+        BadConfig{"MixNamesUnknownFunction",
+                  "networks: {list: []}\nfunctions: [{name: echo, handler: echo}]\n"
+                  "workload: {calls: 10, mix: {ghost: 1}}\n",
+                  {"bad.yaml:3:", "workload.mix.ghost", "unknown function"}},
+        BadConfig{"InvalidNetworkId",
+                  "networks: {list: [{id: Bad_ID, type: direct}]}\n"
+                  "functions: [{name: echo, handler: echo}]\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"bad.yaml:1:", "networks.list[0].id", "invalid network id"}},
+        BadConfig{"BadBindAddress",
+                  "networks: {list: [{id: a, type: direct, bind: 999.1.1.1}]}\n"
+                  "functions: [{name: echo, handler: echo}]\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"networks.list[0].bind", "expected an IP address"}},
+        BadConfig{"PortOutOfRange",
+                  "networks: {list: [{id: a, type: socks5, host: 127.0.0.1, port: 70000}]}\n"
+                  "functions: [{name: echo, handler: echo}]\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"networks.list[0].port", "must be in [1, 65535]"}},
+        BadConfig{"MalformedYaml", "networks: [unclosed\n", {"bad.yaml:"}},
+        BadConfig{"MissingWorkload", "networks: {list: []}\nfunctions: []\n", {"workload", "missing"}}),
+    [](const ::testing::TestParamInfo<BadConfig>& info) { return info.param.name; });
+
+TEST(Host, BinaryRejectsABadConfigFileNamingIt) {
+  const std::string path = ::testing::TempDir() + "/framekit_host_bad.yaml";
+  {
+    std::ofstream file(path);
+    file << "networks:\n  default: nowhere\n  list: []\n" << kFunctions << kWorkload;
+  }
+  const Ran ran =
+      RunCommand(std::string(FRAMEKIT_HOST_BINARY) + " --config " + path + " 2>&1 >/dev/null");
+  EXPECT_EQ(ran.exit_code, 2);
+  EXPECT_THAT(ran.out, HasSubstr(path + ":2:"));
+  EXPECT_THAT(ran.out, HasSubstr("networks.default"));
+}
+
+TEST(Host, BootFailureNamesTheComponent) {
+  HostConfig config = SmallDefault(10, 1);
+  // Bypass the parser's check: the network component itself must refuse an unknown default.
+  config.networks.app_default = "nowhere";
+  absl::StatusOr<std::unique_ptr<Host>> host = Host::Start(config);
+  ASSERT_FALSE(host.ok());
+  EXPECT_THAT(std::string(host.status().message()), HasSubstr("boot component \"net\""));
+}
+
+}  // namespace
+}  // namespace framekit::host
