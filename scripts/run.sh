@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 framekit_install_deps
 echo "framekit: building (first run takes a few minutes)..." >&2
-framekit_configure_build build/plain -DCMAKE_BUILD_TYPE=RelWithDebInfo > build-run.log 2>&1 || {
-  tail -n 40 build-run.log >&2
+mkdir -p build
+framekit_configure_build build/plain -DCMAKE_BUILD_TYPE=RelWithDebInfo > build/run.log 2>&1 || {
+  tail -n 40 build/run.log >&2
   exit 1
 }
-rm -f build-run.log
 exec ./build/plain/examples/host/framekit-host "$@"
