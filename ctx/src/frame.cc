@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <functional>
+#include <memory>
 #include <new>
 #include <optional>
 #include <stop_token>
@@ -10,7 +11,6 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
-#include "boost/container/small_vector.hpp"
 
 namespace framekit {
 namespace ctx_internal {
@@ -40,8 +40,8 @@ constexpr std::less<const KeyBase*> kKeyLess;
 // Layout of one allocation: FrameNode | Pair[own] | const KeyBase*[cap] | uintptr_t[cap].
 struct Block {
   static std::size_t Size(std::size_t own, std::size_t cap) {
-    return sizeof(FrameNode) + own * sizeof(Pair) + cap * (sizeof(const KeyBase*) +
-                                                           sizeof(std::uintptr_t));
+    return sizeof(FrameNode) + own * sizeof(Pair) +
+           cap * (sizeof(const KeyBase*) + sizeof(std::uintptr_t));
   }
   static Pair* Pairs(FrameNode* node) { return reinterpret_cast<Pair*>(node + 1); }
   static const KeyBase** Keys(FrameNode* node, std::size_t own) {
@@ -102,7 +102,13 @@ std::uintptr_t LookupSorted(const FrameNode& node, const KeyBase* key) noexcept 
 
 void ReleaseNode(const FrameNode* node) noexcept {
   // Iterative, so that releasing a long chain never recurses.
-  while (node != nullptr && node->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+  //
+  // Memory ordering: a count of 1 seen with an acquire load means this reference is the only
+  // one: no other thread holds one to copy from, so no increment can race, and the acquire
+  // pairs with the release of every earlier decrement. The node can then be destroyed without
+  // the read-modify-write (which costs as much as the rest of a short-lived frame's release).
+  while (node != nullptr && (node->refs.load(std::memory_order_acquire) == 1 ||
+                             node->refs.fetch_sub(1, std::memory_order_acq_rel) == 1)) {
     const FrameNode* parent = node->parent;
     DestroyNode(node);
     node = parent;
@@ -114,24 +120,52 @@ void ReleaseNode(const FrameNode* node) noexcept {
 using ctx_internal::FrameNode;
 using ctx_internal::kSetHereBit;
 
-Frame Frame::With(std::span<const Pair> pairs) const {
-  // (key, position) of every non-empty pair; the last pair of a key wins.
-  struct Slot {
-    const KeyBase* key;
-    std::uint32_t position;
-  };
-  boost::container::small_vector<Slot, 16> slots;
-  for (std::size_t i = 0; i < pairs.size(); ++i) {
-    if (!pairs[i].empty()) slots.push_back({pairs[i].key_, static_cast<std::uint32_t>(i)});
+namespace {
+
+// (key, position) of one non-empty pair being added.
+struct Slot {
+  const KeyBase* key;
+  std::uint32_t position;
+};
+
+// Sorts by key, the last position of a key first; then keeps one slot per key (the last pair of
+// a key wins). Returns the number kept. Insertion sort: With adds a handful of pairs.
+std::size_t SortAndDedupe(Slot* slots, std::size_t n) {
+  for (std::size_t i = 1; i < n; ++i) {
+    const Slot slot = slots[i];
+    std::size_t j = i;
+    while (j > 0 && (ctx_internal::kKeyLess(slot.key, slots[j - 1].key) ||
+                     (slot.key == slots[j - 1].key && slot.position > slots[j - 1].position))) {
+      slots[j] = slots[j - 1];
+      --j;
+    }
+    slots[j] = slot;
   }
-  if (slots.empty()) return *this;
-  std::sort(slots.begin(), slots.end(), [](const Slot& a, const Slot& b) {
-    if (a.key != b.key) return ctx_internal::kKeyLess(a.key, b.key);
-    return a.position > b.position;
-  });
-  const auto last = std::unique(slots.begin(), slots.end(),
-                                [](const Slot& a, const Slot& b) { return a.key == b.key; });
-  const std::size_t own = static_cast<std::size_t>(last - slots.begin());
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (kept == 0 || slots[kept - 1].key != slots[i].key) slots[kept++] = slots[i];
+  }
+  return kept;
+}
+
+}  // namespace
+
+Frame Frame::With(std::span<const Pair> pairs) const {
+  // Up to 16 pairs are ordered on the stack; more go to the heap.
+  constexpr std::size_t kStackSlots = 16;
+  Slot stack_slots[kStackSlots];
+  std::unique_ptr<Slot[]> heap_slots;
+  Slot* slots = stack_slots;
+  if (pairs.size() > kStackSlots) {
+    heap_slots = std::make_unique<Slot[]>(pairs.size());
+    slots = heap_slots.get();
+  }
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < pairs.size(); ++i) {
+    if (!pairs[i].empty()) slots[n++] = {pairs[i].key_, static_cast<std::uint32_t>(i)};
+  }
+  if (n == 0) return *this;
+  const std::size_t own = SortAndDedupe(slots, n);
   const std::size_t inherited = node_ == nullptr ? 0 : node_->index_size;
 
   FrameNode* node = ctx_internal::NewNode(node_, own, own + inherited);
@@ -145,22 +179,26 @@ Frame Frame::With(std::span<const Pair> pairs) const {
   // Merge the parent's sorted index with the new sorted keys; new pairs shadow old ones.
   auto* keys = const_cast<const KeyBase**>(node->keys);
   auto* entries = const_cast<std::uintptr_t*>(node->entries);
-  std::size_t p = 0, n = 0, out = 0;
-  while (p < inherited || n < own) {
-    const bool take_new =
-        p == inherited ||
-        (n < own && !ctx_internal::kKeyLess(node_->keys[p], slots[n].key));
-    if (take_new) {
-      if (p < inherited && node_->keys[p] == slots[n].key) ++p;  // shadowed
-      keys[out] = slots[n].key;
-      entries[out] = reinterpret_cast<std::uintptr_t>(&own_pairs[n]) | kSetHereBit;
-      ++n;
-    } else {
-      keys[out] = node_->keys[p];
-      entries[out] = node_->entries[p];
-      ++p;
+  std::size_t p = 0, k = 0, out = 0;
+  while (p < inherited && k < own) {
+    const KeyBase* old_key = node_->keys[p];
+    if (ctx_internal::kKeyLess(old_key, slots[k].key)) {
+      keys[out] = old_key;
+      entries[out++] = node_->entries[p++];
+      continue;
     }
-    ++out;
+    if (old_key == slots[k].key) ++p;  // shadowed by the new pair
+    keys[out] = slots[k].key;
+    entries[out++] = reinterpret_cast<std::uintptr_t>(&own_pairs[k]) | kSetHereBit;
+    ++k;
+  }
+  for (; p < inherited; ++p, ++out) {
+    keys[out] = node_->keys[p];
+    entries[out] = node_->entries[p];
+  }
+  for (; k < own; ++k, ++out) {
+    keys[out] = slots[k].key;
+    entries[out] = reinterpret_cast<std::uintptr_t>(&own_pairs[k]) | kSetHereBit;
   }
   node->index_size = static_cast<std::uint32_t>(out);
   return result;
