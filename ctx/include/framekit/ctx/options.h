@@ -28,12 +28,23 @@ namespace framekit {
 // as std::int64_t{N} or plain int literals.
 using OptionValue = std::variant<std::string, std::int64_t, bool, double>;
 
-// Per-call options: a small map from string keys to OptionValue, sorted by key.
+// Per-call options: a small flat map from string keys to OptionValue.
+//
+// Iteration order: by key length, then by key. (Ordering by length first makes a lookup compare
+// lengths, one integer, before any bytes: most probes of a small map never touch the text.)
 //
 // Thread-safety: thread-compatible (const methods may run concurrently).
 class Options {
  public:
-  using Map = boost::container::flat_map<std::string, OptionValue, std::less<>>;
+  // Shorter keys first, then lexicographic; transparent, so lookups take std::string_view.
+  struct KeyOrder {
+    using is_transparent = void;
+    bool operator()(std::string_view a, std::string_view b) const {
+      if (a.size() != b.size()) return a.size() < b.size();
+      return a < b;
+    }
+  };
+  using Map = boost::container::flat_map<std::string, OptionValue, KeyOrder>;
   using const_iterator = Map::const_iterator;
 
   Options() = default;
