@@ -1,0 +1,216 @@
+// ProcessManager: long-lived extension processes (actors) on a bounded pool of worker threads.
+//
+// Start forks the caller's frame and applies the AppContext's FrameResolvers generically, as
+// FunctionExecutor does: a process finds every resolver's pair on ctx.frame(), and a failing
+// resolver (or interceptor) means the process never starts. A process then lives through
+//   setup     under CallSetup: an error or a fault (ExtensionPanic) is a failed start;
+//   poll      one step at a time under the poll guard: a fault is counted, logged (rate-limited
+//             by the FaultMonitor) and the loop goes on, until `poll_faults` (K within T) stops
+//             the process with that reason;
+//   teardown  under CallTeardown (faults logged and swallowed), skipped after a failed setup;
+//   finalize  under CallFinalize (faults logged and swallowed), always.
+// Steps are scheduled on the manager's workers: an idle process holds no thread. A process that
+// exits with an error is restarted when its spec says so, at most `max_restarts` times within
+// `restart_window`; past that it stays down with its last error.
+//
+// Example:
+//   framekit::dispatch::ProcessManager manager(app, {.workers = 4});
+//   framekit::dispatch::ProcessSpec spec;
+//   spec.name = "echo";
+//   spec.poll = [](framekit::dispatch::ProcessContext& ctx) {
+//     std::optional<std::string> message = ctx.Receive();
+//     if (!message) return framekit::dispatch::Step::kIdle;
+//     Handle(ctx.frame(), *message);
+//     return framekit::dispatch::Step::kBusy;
+//   };
+//   absl::StatusOr<framekit::dispatch::Pid> pid = manager.Start(parent, spec, {{"tenant",
+//   "acme"}}); FRAMEKIT_RETURN_IF_ERROR(manager.Send(*pid, "hello"));
+//   FRAMEKIT_RETURN_IF_ERROR(manager.Stop(*pid, std::chrono::seconds(1)));
+#ifndef FRAMEKIT_DISPATCH_PROCESS_MANAGER_H_
+#define FRAMEKIT_DISPATCH_PROCESS_MANAGER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <queue>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "framekit/ctx/app_context.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/ctx/options.h"
+#include "framekit/dispatch/fault_monitor.h"
+#include "framekit/dispatch/fault_policy.h"
+#include "framekit/dispatch/interceptors.h"
+
+namespace framekit::dispatch {
+
+using Pid = std::uint64_t;
+
+// What one poll did. kIdle is also what a faulted poll counts as.
+enum class Step {
+  kIdle,  // nothing to do: park until a message, a stop or `idle_interval`
+  kBusy,  // did work: poll again as soon as a worker is free
+  kDone,  // finished: teardown, finalize, exit OK
+};
+
+enum class RestartPolicy { kNever, kOnFailure };
+
+enum class ProcessState { kStarting, kRunning, kStopping, kExited };
+// "starting", "running", "stopping", "exited".
+std::string_view ProcessStateName(ProcessState state);
+
+class ProcessManager;
+
+// What a process's lifecycle functions see. Valid only inside them.
+// Thread-safety: used by one lifecycle call at a time (a process never runs two steps at once).
+class ProcessContext {
+ public:
+  Pid pid() const { return pid_; }
+  // The process's frame: forked from Start's parent, resolved, cancellable.
+  const Frame& frame() const { return frame_; }
+  // Stopped by Stop(), by Shutdown() and when the parent frame's scope is cancelled.
+  std::stop_token stop_token() const { return frame_.stop_token(); }
+  // The oldest mailbox message, or nullopt when the mailbox is empty. Never blocks.
+  std::optional<std::string> Receive();
+  // How many times this process was restarted.
+  int restarts() const { return restarts_; }
+
+ private:
+  friend class ProcessManager;
+  ProcessManager* manager_ = nullptr;
+  void* process_ = nullptr;
+  Pid pid_ = 0;
+  Frame frame_;
+  int restarts_ = 0;
+};
+
+// How to run one process. Lifecycle functions run on the manager's workers, one at a time per
+// process; they may throw (every phase is guarded).
+// Re-entrancy: they may call any ProcessManager method except Wait/Stop on their own pid (which
+// would wait for themselves) and Shutdown.
+struct ProcessSpec {
+  std::string name;  // 1-128 of [A-Za-z0-9_.-]; also the extension name faults are reported under
+  std::function<absl::Status(ProcessContext&)> setup = nullptr;  // optional
+  std::function<Step(ProcessContext&)> poll = nullptr;           // required
+  std::function<void(ProcessContext&)> teardown = nullptr;       // optional
+  std::function<void(ProcessContext&)> finalize = nullptr;       // optional
+  // Send fails with ResourceExhausted when this many messages are waiting.
+  std::size_t mailbox_capacity = 64;
+  // How long a kIdle poll parks the process when no message or stop arrives.
+  std::chrono::milliseconds idle_interval{10};
+  // K poll faults within T stop the process (any verdict but kContinue stops it).
+  FaultPolicy poll_faults = {
+      .max_faults = 5, .window = std::chrono::seconds(10), .on_trip = FaultVerdict::kEvict};
+  RestartPolicy restart = RestartPolicy::kNever;
+  // At most this many restarts within `restart_window`; then the process stays down.
+  int max_restarts = 3;
+  std::chrono::nanoseconds restart_window = std::chrono::seconds(60);
+};
+
+// How a process ended, as Wait returns it.
+struct ProcessExit {
+  absl::Status status;  // the exit status: see Wait
+  int restarts = 0;     // restarts before this final exit
+};
+
+// One process, as List shows it.
+struct ProcessInfo {
+  Pid pid = 0;
+  std::string name;
+  ProcessState state = ProcessState::kStarting;
+  Clock::time_point started{};
+  std::uint64_t faults = 0;  // poll faults over the process's life
+  int restarts = 0;
+  absl::Status exit;  // meaningful once kExited
+};
+
+struct ProcessManagerOptions {
+  // Worker threads; every process step runs on one of them.
+  int workers = 4;
+  // Run on Start around admission (CallKind::kStart): a refusal means the process never starts.
+  std::shared_ptr<const Interceptors> interceptors = nullptr;
+  // Receives faults; nullptr: DefaultFaultMonitor(). Must outlive the manager.
+  FaultMonitor* monitor = nullptr;
+};
+
+// Thread-safety: thread-safe. Lifecycle code never runs under the manager's lock.
+// NOTE: exited processes are kept (for Wait and List) until the manager is destroyed.
+class ProcessManager {
+ public:
+  // `app` supplies the FrameResolvers and must outlive the manager.
+  explicit ProcessManager(const AppContext& app, ProcessManagerOptions options = {});
+  // Shutdown().
+  ~ProcessManager();
+  ProcessManager(const ProcessManager&) = delete;
+  ProcessManager& operator=(const ProcessManager&) = delete;
+
+  // Starts `spec` with `options` and returns its pid; setup runs asynchronously (its failure
+  // is the exit status Wait returns). Fails, and nothing starts, with InvalidArgument for a bad
+  // spec, the resolver's error (`frame resolver "NAME": ...`), an interceptor's status, or
+  // FailedPrecondition after Shutdown().
+  absl::StatusOr<Pid> Start(const Frame& parent, ProcessSpec spec, const Options& options = {});
+  // Queues `message`. NotFound for an unknown pid; FailedPrecondition once the process is
+  // stopping or exited; ResourceExhausted when the mailbox is full (never a silent drop).
+  absl::Status Send(Pid pid, std::string message);
+  // Cancels the process's frame (its stop token fires) and waits up to `grace` for it to exit.
+  // OK when it exited in time (or had already); DeadlineExceeded when it overran `grace` (it
+  // still exits when its current step returns); NotFound for an unknown pid.
+  absl::Status Stop(Pid pid, Clock::duration grace);
+  // Waits up to `timeout` for the process to exit and returns how it ended. Its status is OK
+  // after kDone or a Stop, setup's error (an ExtensionPanic when setup threw), or Aborted
+  // carrying the last ExtensionPanic when poll faults reached the spec's policy. Fails with
+  // NotFound for an unknown pid, DeadlineExceeded when it is still running at the timeout.
+  absl::StatusOr<ProcessExit> Wait(Pid pid, Clock::duration timeout);
+  // Every process, by pid.
+  std::vector<ProcessInfo> List() const;
+  // Stops every process, waits for them to exit, joins every worker. Idempotent.
+  // NOTE: blocks while a lifecycle function ignores its stop token.
+  void Shutdown();
+
+ private:
+  friend class ProcessContext;
+  struct Process;
+  struct Timer {
+    Clock::time_point at;
+    std::uint64_t generation;
+    std::shared_ptr<Process> process;
+    bool operator>(const Timer& other) const { return at > other.at; }
+  };
+
+  void WorkerLoop();
+  void RunStep(const std::shared_ptr<Process>& process);
+  void WakeLocked(const std::shared_ptr<Process>& process) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::shared_ptr<Process> Find(Pid pid) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const AppContext& app_;
+  const ProcessManagerOptions options_;
+  FaultMonitor* const monitor_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;  // a step is runnable, a timer is due, or stopping
+  std::condition_variable exit_cv_;  // a process exited
+  std::map<Pid, std::shared_ptr<Process>> processes_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<Process>> run_queue_ ABSL_GUARDED_BY(mu_);
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_ ABSL_GUARDED_BY(mu_);
+  Pid next_pid_ ABSL_GUARDED_BY(mu_) = 1;
+  int live_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool workers_stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace framekit::dispatch
+
+#endif  // FRAMEKIT_DISPATCH_PROCESS_MANAGER_H_

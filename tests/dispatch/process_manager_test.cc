@@ -1,0 +1,416 @@
+#include "framekit/dispatch/process_manager.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "framekit/ctx/app_context.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/ctx/panic.h"
+#include "framekit/dispatch/interceptors.h"
+#include "framekit/resolvers/frame_resolvers.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace framekit::dispatch {
+namespace {
+
+using ::testing::HasSubstr;
+
+inline const Key<std::string> kTenant{"test.process_tenant"};
+constexpr auto kLong = std::chrono::seconds(30);
+
+struct TenantApp {
+  TenantApp() {
+    auto resolvers = std::make_shared<FrameResolvers>();
+    EXPECT_TRUE(resolvers
+                    ->Register("test.tenant", 300,
+                               [](const Frame&, const Options& options, PairList& out) {
+                                 if (auto tenant = options.GetString("tenant")) {
+                                   if (*tenant == "forbidden") {
+                                     return absl::PermissionDeniedError("tenant is forbidden");
+                                   }
+                                   out.push_back(Pair::Of(kTenant, std::string(*tenant)));
+                                 }
+                                 return absl::OkStatus();
+                               })
+                    .ok());
+    EXPECT_TRUE(app.SetFrameResolvers(resolvers).ok());
+    app.Seal();
+  }
+  AppContext app;
+};
+
+// Blocks until the frame's stop token fires.
+void WaitForStop(const ProcessContext& ctx) {
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, ctx.stop_token(), [] { return false; });
+}
+
+ProcessSpec Idle(std::string name) {
+  ProcessSpec spec;
+  spec.name = std::move(name);
+  spec.poll = [](ProcessContext&) { return Step::kIdle; };
+  return spec;
+}
+
+const ProcessInfo* InfoOf(const std::vector<ProcessInfo>& list, Pid pid) {
+  for (const ProcessInfo& info : list) {
+    if (info.pid == pid) return &info;
+  }
+  return nullptr;
+}
+
+// Tests the generic contract: a process finds a brand-new resolver's pair on its frame.
+TEST(ProcessManager, ProcessSeesNewResolverPair) {
+  TenantApp app;
+  ProcessManager manager(app.app);
+  std::string tenant;
+  ProcessSpec spec = Idle("tenant");
+  spec.setup = [&](ProcessContext& ctx) {
+    const std::string* t = ctx.frame().Find(kTenant);
+    tenant = t ? *t : "<none>";
+    return absl::OkStatus();
+  };
+  spec.poll = [](ProcessContext&) { return Step::kDone; };
+  auto pid = manager.Start(Frame(), spec, {{"tenant", "acme"}});
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  auto exit = manager.Wait(*pid, kLong);
+  ASSERT_TRUE(exit.ok());
+  EXPECT_TRUE(exit->status.ok()) << exit->status;
+  EXPECT_EQ(tenant, "acme");
+}
+
+TEST(ProcessManager, FailingResolverKeepsProcessFromStarting) {
+  TenantApp app;
+  ProcessManager manager(app.app);
+  std::atomic<int> setups{0};
+  ProcessSpec spec = Idle("p");
+  spec.setup = [&](ProcessContext&) {
+    ++setups;
+    return absl::OkStatus();
+  };
+  auto pid = manager.Start(Frame(), spec, {{"tenant", "forbidden"}});
+  EXPECT_EQ(pid.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(pid.status().message(), HasSubstr("frame resolver \"test.tenant\""));
+  manager.Shutdown();
+  EXPECT_EQ(setups.load(), 0);
+  EXPECT_TRUE(manager.List().empty());
+}
+
+TEST(ProcessManager, InterceptorRefusesStart) {
+  AppContext app;
+  auto interceptors = std::make_shared<Interceptors>();
+  ASSERT_TRUE(interceptors
+                  ->Register("deny", 1,
+                             [](Call& call, const Next& next) -> absl::Status {
+                               if (call.kind == CallKind::kStart && call.target == "blocked") {
+                                 return absl::PermissionDeniedError("no");
+                               }
+                               return next(call);
+                             })
+                  .ok());
+  ProcessManager manager(app, {.workers = 2, .interceptors = interceptors});
+  EXPECT_EQ(manager.Start(Frame(), Idle("blocked")).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(manager.Start(Frame(), Idle("allowed")).ok());
+}
+
+TEST(ProcessManager, RejectsBadSpecsAndUnknownPids) {
+  AppContext app;
+  ProcessManager manager(app);
+  EXPECT_EQ(manager.Start(Frame(), Idle("")).status().code(), absl::StatusCode::kInvalidArgument);
+  ProcessSpec no_poll;
+  no_poll.name = "x";
+  EXPECT_EQ(manager.Start(Frame(), no_poll).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager.Send(999, "m").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager.Stop(999, kLong).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager.Wait(999, kLong).status().code(), absl::StatusCode::kNotFound);
+  auto pid = manager.Start(Frame(), Idle("idle"));
+  ASSERT_TRUE(pid.ok());
+  EXPECT_EQ(manager.Wait(*pid, std::chrono::milliseconds(1)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(ProcessManager, DeliversMessagesInOrder) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::vector<std::string> got;
+  std::latch three(3);
+  ProcessSpec spec = Idle("echo");
+  spec.poll = [&](ProcessContext& ctx) {
+    std::optional<std::string> message = ctx.Receive();
+    if (!message) return Step::kIdle;
+    got.push_back(*message);
+    three.count_down();
+    return Step::kBusy;
+  };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_TRUE(pid.ok());
+  for (const char* m : {"a", "b", "c"}) ASSERT_TRUE(manager.Send(*pid, m).ok());
+  three.wait();
+  ASSERT_TRUE(manager.Stop(*pid, kLong).ok());
+  EXPECT_EQ(got, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(manager.Send(*pid, "late").code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(ProcessManager, FullMailboxIsResourceExhausted) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::latch release(1);
+  ProcessSpec spec = Idle("slow");
+  spec.mailbox_capacity = 2;
+  spec.setup = [&](ProcessContext&) {
+    release.wait();  // nothing is drained while setup runs
+    return absl::OkStatus();
+  };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_TRUE(pid.ok());
+  EXPECT_TRUE(manager.Send(*pid, "1").ok());
+  EXPECT_TRUE(manager.Send(*pid, "2").ok());
+  EXPECT_EQ(manager.Send(*pid, "3").code(), absl::StatusCode::kResourceExhausted);
+  release.count_down();
+  EXPECT_TRUE(manager.Stop(*pid, kLong).ok());
+}
+
+// Tests that a process faulting on every poll is stopped by its fault policy, with teardown and
+// finalize run, while a healthy process beside it goes on.
+TEST(ProcessManager, ProcessFaultingEveryPollStopsAtIntensity) {
+  AppContext app;
+  FaultMonitor monitor;
+  ProcessManager manager(app, {.workers = 2, .monitor = &monitor});
+  std::atomic<int> polls{0}, teardowns{0}, finalizes{0};
+  ProcessSpec bad;
+  bad.name = "bad";
+  bad.poll = [&](ProcessContext&) -> Step {
+    ++polls;
+    throw std::runtime_error("poll broke");
+  };
+  bad.idle_interval = std::chrono::milliseconds(1);
+  bad.poll_faults = {
+      .max_faults = 3, .window = std::chrono::hours(1), .on_trip = FaultVerdict::kEvict};
+  bad.teardown = [&](ProcessContext&) { ++teardowns; };
+  bad.finalize = [&](ProcessContext&) { ++finalizes; };
+  std::latch healthy_polled(1);
+  std::atomic<int> good_polls{0};
+  ProcessSpec good = Idle("good");
+  good.poll = [&](ProcessContext&) {
+    if (++good_polls == 5) healthy_polled.count_down();
+    return Step::kBusy;
+  };
+  auto good_pid = manager.Start(Frame(), good);
+  auto bad_pid = manager.Start(Frame(), bad);
+  ASSERT_TRUE(good_pid.ok() && bad_pid.ok());
+  auto exit = manager.Wait(*bad_pid, kLong);
+  ASSERT_TRUE(exit.ok());
+  EXPECT_EQ(exit->status.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(exit->status.message(), HasSubstr("3 poll faults"));
+  auto panic = GetExtensionPanic(exit->status);
+  ASSERT_TRUE(panic.has_value());
+  EXPECT_EQ(panic->phase, Phase::kPoll);
+  EXPECT_EQ(panic->message, "poll broke");
+  EXPECT_EQ(polls.load(), 3);
+  EXPECT_EQ(teardowns.load(), 1);
+  EXPECT_EQ(finalizes.load(), 1);
+  EXPECT_EQ(monitor.faults("bad", Phase::kPoll), 3u);
+  const auto list = manager.List();
+  ASSERT_NE(InfoOf(list, *bad_pid), nullptr);
+  EXPECT_EQ(InfoOf(list, *bad_pid)->faults, 3u);
+  EXPECT_EQ(InfoOf(list, *bad_pid)->state, ProcessState::kExited);
+  healthy_polled.wait();
+  EXPECT_TRUE(manager.Stop(*good_pid, kLong).ok());
+  EXPECT_TRUE(manager.Wait(*good_pid, kLong)->status.ok());
+}
+
+TEST(ProcessManager, StopDuringSetup) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::latch in_setup(1);
+  std::atomic<int> polls{0}, teardowns{0}, finalizes{0};
+  ProcessSpec spec = Idle("p");
+  spec.setup = [&](ProcessContext& ctx) {
+    in_setup.count_down();
+    WaitForStop(ctx);
+    return absl::OkStatus();
+  };
+  spec.poll = [&](ProcessContext&) {
+    ++polls;
+    return Step::kIdle;
+  };
+  spec.teardown = [&](ProcessContext&) { ++teardowns; };
+  spec.finalize = [&](ProcessContext&) { ++finalizes; };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_TRUE(pid.ok());
+  in_setup.wait();
+  EXPECT_EQ(InfoOf(manager.List(), *pid)->state, ProcessState::kStarting);
+  EXPECT_TRUE(manager.Stop(*pid, kLong).ok());
+  EXPECT_TRUE(manager.Wait(*pid, kLong)->status.ok());
+  EXPECT_EQ(polls.load(), 0);
+  EXPECT_EQ(teardowns.load(), 1);
+  EXPECT_EQ(finalizes.load(), 1);
+}
+
+TEST(ProcessManager, StopReportsOverrun) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::latch polling(1), release(1);
+  ProcessSpec spec = Idle("stubborn");
+  spec.poll = [&](ProcessContext&) {
+    polling.count_down();
+    release.wait();  // ignores the stop token
+    return Step::kIdle;
+  };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_TRUE(pid.ok());
+  polling.wait();
+  const absl::Status stop = manager.Stop(*pid, std::chrono::milliseconds(20));
+  EXPECT_EQ(stop.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(stop.message(), HasSubstr("overran"));
+  EXPECT_EQ(InfoOf(manager.List(), *pid)->state, ProcessState::kStopping);
+  release.count_down();
+  EXPECT_TRUE(manager.Wait(*pid, kLong)->status.ok());
+}
+
+TEST(ProcessManager, SetupFaultIsFailedStart) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::atomic<int> teardowns{0}, finalizes{0};
+  ProcessSpec spec = Idle("broken");
+  spec.setup = [](ProcessContext&) -> absl::Status { throw std::logic_error("bad config"); };
+  spec.teardown = [&](ProcessContext&) { ++teardowns; };
+  spec.finalize = [&](ProcessContext&) -> void {
+    ++finalizes;
+    throw 7;
+  };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_TRUE(pid.ok());
+  auto exit = manager.Wait(*pid, kLong);
+  ASSERT_TRUE(exit.ok());
+  auto panic = GetExtensionPanic(exit->status);
+  ASSERT_TRUE(panic.has_value()) << exit->status;
+  EXPECT_EQ(panic->phase, Phase::kSetup);
+  EXPECT_EQ(teardowns.load(), 0);
+  EXPECT_EQ(finalizes.load(), 1);
+  // The manager goes on.
+  auto ok_pid = manager.Start(Frame(), Idle("fine"));
+  ASSERT_TRUE(ok_pid.ok());
+  EXPECT_TRUE(manager.Stop(*ok_pid, kLong).ok());
+}
+
+TEST(ProcessManager, RestartOnFailureIsLimitedByIntensity) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::atomic<int> setups{0};
+  ProcessSpec spec = Idle("crashy");
+  spec.restart = RestartPolicy::kOnFailure;
+  spec.max_restarts = 2;
+  spec.restart_window = std::chrono::hours(1);
+  spec.setup = [&](ProcessContext&) {
+    ++setups;
+    return absl::UnavailableError("dependency down");
+  };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_TRUE(pid.ok());
+  auto exit = manager.Wait(*pid, kLong);
+  ASSERT_TRUE(exit.ok());
+  EXPECT_EQ(exit->status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(exit->status.message(), HasSubstr("stays down"));
+  EXPECT_EQ(setups.load(), 3);
+  EXPECT_EQ(InfoOf(manager.List(), *pid)->restarts, 2);
+
+  ProcessSpec never = spec;
+  never.name = "once";
+  never.restart = RestartPolicy::kNever;
+  setups = 0;
+  auto once = manager.Start(Frame(), never);
+  ASSERT_TRUE(once.ok());
+  EXPECT_EQ(manager.Wait(*once, kLong)->status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(setups.load(), 1);
+}
+
+TEST(ProcessManager, ShutdownStopsEveryProcess) {
+  AppContext app;
+  auto manager = std::make_unique<ProcessManager>(app, ProcessManagerOptions{.workers = 2});
+  std::atomic<int> finalizes{0};
+  std::vector<Pid> pids;
+  for (int i = 0; i < 10; ++i) {
+    ProcessSpec spec = Idle(absl::StrCat("p", i));
+    spec.idle_interval = std::chrono::hours(1);  // only a wake-up ends the park
+    spec.finalize = [&](ProcessContext&) { ++finalizes; };
+    auto pid = manager->Start(Frame(), spec);
+    ASSERT_TRUE(pid.ok());
+    pids.push_back(*pid);
+  }
+  manager->Shutdown();
+  EXPECT_EQ(finalizes.load(), 10);
+  for (const ProcessInfo& info : manager->List()) EXPECT_EQ(info.state, ProcessState::kExited);
+  EXPECT_EQ(manager->Start(Frame(), Idle("late")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  manager.reset();
+}
+
+TEST(ProcessManager, ConcurrentSendersAndProcessesBesideAFaultingOne) {
+  TenantApp app;
+  ProcessManager manager(app.app, {.workers = 3});
+  constexpr int kProcesses = 4;
+  constexpr int kMessages = 200;
+  std::array<std::atomic<int>, kProcesses> received{};
+  std::array<std::string, kProcesses> tenants;
+  std::vector<Pid> pids;
+  for (int i = 0; i < kProcesses; ++i) {
+    ProcessSpec spec = Idle(absl::StrCat("worker", i));
+    spec.mailbox_capacity = kMessages;
+    spec.setup = [&, i](ProcessContext& ctx) {
+      tenants[i] = *ctx.frame().Find(kTenant);
+      return absl::OkStatus();
+    };
+    spec.poll = [&, i](ProcessContext& ctx) {
+      if (!ctx.Receive()) return Step::kIdle;
+      ++received[i];
+      return Step::kBusy;
+    };
+    auto pid = manager.Start(Frame(), spec, {{"tenant", absl::StrCat("t", i)}});
+    ASSERT_TRUE(pid.ok());
+    pids.push_back(*pid);
+  }
+  ProcessSpec bad = Idle("faulty");
+  bad.idle_interval = std::chrono::milliseconds(1);
+  bad.poll_faults.max_faults = 1000000;  // keeps faulting, never stopped by intensity
+  bad.poll = [](ProcessContext&) -> Step { throw std::runtime_error("again"); };
+  auto bad_pid = manager.Start(Frame(), bad);
+  ASSERT_TRUE(bad_pid.ok());
+
+  std::latch go(kProcesses);
+  std::vector<std::thread> senders;
+  std::atomic<int> send_failures{0};
+  for (int i = 0; i < kProcesses; ++i) {
+    senders.emplace_back([&, i] {
+      go.arrive_and_wait();
+      for (int m = 0; m < kMessages; ++m) {
+        if (!manager.Send(pids[i], "m").ok()) ++send_failures;
+      }
+    });
+  }
+  for (auto& sender : senders) sender.join();
+  EXPECT_EQ(send_failures.load(), 0);
+  for (int i = 0; i < kProcesses; ++i) {
+    while (received[i].load() < kMessages) std::this_thread::yield();
+    EXPECT_TRUE(manager.Stop(pids[i], kLong).ok());
+    EXPECT_EQ(tenants[i], absl::StrCat("t", i));
+  }
+  EXPECT_TRUE(manager.Stop(*bad_pid, kLong).ok());
+  EXPECT_GT(InfoOf(manager.List(), *bad_pid)->faults, 0u);
+}
+
+}  // namespace
+}  // namespace framekit::dispatch
