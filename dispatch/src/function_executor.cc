@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
+#include <optional>
 #include <stop_token>
 #include <thread>
 #include <utility>
@@ -66,6 +67,16 @@ class CountingSink final : public Sink {
   std::uint64_t& bytes_;
 };
 
+// Whether an interceptor of this call threw: the chain returned an interceptor's fault that the
+// handler did not return (a handler may pass on a nested call's fault, which is not this
+// call's). The handler's own throws are flagged by its guard.
+bool InterceptorFaulted(const absl::Status& status, bool handler_ran,
+                        const absl::Status& handler_status) {
+  if (status.ok() || (handler_ran && status == handler_status)) return false;
+  const std::optional<ExtensionPanic> panic = GetExtensionPanic(status);
+  return panic && panic->phase == Phase::kInvoke && panic->extension.starts_with("interceptor ");
+}
+
 }  // namespace
 
 const Key<std::string>& TraceIdKey() {
@@ -128,6 +139,7 @@ struct FunctionExecutor::CallState final : public Sink {
   Stage stage ABSL_GUARDED_BY(mu) = Stage::kQueued;
   bool quarantined ABSL_GUARDED_BY(mu) = false;
   bool closed ABSL_GUARDED_BY(mu) = false;
+  bool faulted ABSL_GUARDED_BY(mu) = false;  // the handler or an interceptor threw
   int writers ABSL_GUARDED_BY(mu) = 0;
   absl::Status status ABSL_GUARDED_BY(mu);
   std::string output ABSL_GUARDED_BY(mu);
@@ -362,11 +374,12 @@ absl::Status FunctionExecutor::Lookup(std::string_view name, std::shared_ptr<Fun
   return absl::OkStatus();
 }
 
-absl::Status FunctionExecutor::RunHandler(Version& version, Call& call, Sink& sink) {
+absl::Status FunctionExecutor::RunHandler(Version& version, Call& call, Sink& sink, bool& faulted) {
   return Guard(
       ExtRef(version.guard_name, *monitor_), Phase::kInvoke,
       [&]() -> absl::Status { return version.handler(call.frame, call.payload, sink); },
       [&](FaultReport&& report) -> absl::Status {
+        faulted = true;
         if (report.verdict == FaultVerdict::kEvict) {
           version.disabled.store(true, std::memory_order_release);
         }
@@ -444,6 +457,7 @@ absl::Status FunctionExecutor::Dispatch(const Frame& parent, std::string_view na
 
   // 4-5. Interceptors and the handler: here, or on a worker when there is a deadline.
   bool timed_out = false;
+  bool faulted = false;
   if (status.ok()) {
     if (!frame.deadline()) {
       Call call{.kind = kind,
@@ -451,12 +465,18 @@ absl::Status FunctionExecutor::Dispatch(const Frame& parent, std::string_view na
                 .frame = frame,
                 .options = merged,
                 .payload = payload};
-      status = RunInterceptors(options_.interceptors.get(), call,
-                               [&](Call& c) { return RunHandler(*version, c, sink); });
+      bool handler_ran = false;
+      absl::Status handler_status;
+      status = RunInterceptors(options_.interceptors.get(), call, [&](Call& c) {
+        handler_ran = true;
+        handler_status = RunHandler(*version, c, sink, faulted);
+        return handler_status;
+      });
+      faulted = faulted || InterceptorFaulted(status, handler_ran, handler_status);
       if (output != nullptr) *output_bytes = output->size();
     } else {
       status = RunWithDeadline(function, version, kind, frame, *merged, payload,
-                               output != nullptr ? nullptr : &sink, output, timed_out);
+                               output != nullptr ? nullptr : &sink, output, timed_out, faulted);
       if (output != nullptr) *output_bytes = output->size();
     }
   }
@@ -467,7 +487,7 @@ absl::Status FunctionExecutor::Dispatch(const Frame& parent, std::string_view na
   if (!status.ok()) {
     function->errors.fetch_add(1, std::memory_order_relaxed);
     if (timed_out) function->timeouts.fetch_add(1, std::memory_order_relaxed);
-    if (IsExtensionPanic(status)) function->faults.fetch_add(1, std::memory_order_relaxed);
+    if (faulted) function->faults.fetch_add(1, std::memory_order_relaxed);
   }
   const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
   {
@@ -502,7 +522,7 @@ absl::Status FunctionExecutor::RunWithDeadline(const std::shared_ptr<Function>& 
                                                CallKind kind, const Frame& frame,
                                                const Options& options, std::string_view payload,
                                                Sink* user_sink, std::string* output,
-                                               bool& timed_out) {
+                                               bool& timed_out, bool& faulted) {
   const Deadline deadline = *frame.deadline();
   auto [call_frame, canceller] = frame.WithCancel();
   auto state = std::make_shared<CallState>();
@@ -527,10 +547,17 @@ absl::Status FunctionExecutor::RunWithDeadline(const std::shared_ptr<Function>& 
               .frame = state->frame,
               .options = &state->options,
               .payload = state->payload};
+    bool faulted = false;
+    bool handler_ran = false;
+    absl::Status handler_status;
     absl::Status status = RunInterceptors(executor.options_.interceptors.get(), call, [&](Call& c) {
-      return executor.RunHandler(*state->version, c, *state);
+      handler_ran = true;
+      handler_status = executor.RunHandler(*state->version, c, *state, faulted);
+      return handler_status;
     });
+    faulted = faulted || InterceptorFaulted(status, handler_ran, handler_status);
     std::lock_guard<std::mutex> lock(state->mu);
+    state->faulted = faulted;
     if (state->quarantined) executor.workers_->Release();
     state->status = std::move(status);
     state->stage = CallState::Stage::kDone;
@@ -556,6 +583,7 @@ absl::Status FunctionExecutor::RunWithDeadline(const std::shared_ptr<Function>& 
   });
   if (finished && state->stage == CallState::Stage::kDone) {
     if (output != nullptr) *output = std::move(state->output);
+    faulted = state->faulted;
     return std::move(state->status);
   }
   if (state->stage == CallState::Stage::kRunning) {

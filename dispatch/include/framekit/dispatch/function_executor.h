@@ -121,7 +121,8 @@ std::chrono::nanoseconds LatencyBucketBound(int bucket);
 struct FunctionCounters {
   std::uint64_t calls = 0;     // every Invoke that reached the function (found and enabled)
   std::uint64_t errors = 0;    // calls that did not end OK (faults and timeouts included)
-  std::uint64_t faults = 0;    // handler or interceptor throws
+  std::uint64_t faults = 0;    // throws of this call's handler or interceptors (not a resolver's,
+                               // nor a nested call's fault that a handler passes on)
   std::uint64_t timeouts = 0;  // calls that hit their deadline
   std::array<std::uint64_t, kLatencyBuckets> latency{};  // calls per latency bucket
 };
@@ -209,10 +210,12 @@ class FunctionExecutor {
   absl::Status RunWithDeadline(const std::shared_ptr<Function>& function,
                                const std::shared_ptr<Version>& version, CallKind kind,
                                const Frame& frame, const Options& options, std::string_view payload,
-                               Sink* user_sink, std::string* output, bool& timed_out);
+                               Sink* user_sink, std::string* output, bool& timed_out,
+                               bool& faulted);
   absl::Status Lookup(std::string_view name, std::shared_ptr<Function>& function,
                       std::shared_ptr<Version>& version) const;
-  absl::Status RunHandler(Version& version, Call& call, Sink& sink);
+  // Runs the handler under the invoke guard; sets `faulted` when it threw.
+  absl::Status RunHandler(Version& version, Call& call, Sink& sink, bool& faulted);
 
   const AppContext& app_;
   const FunctionExecutorOptions options_;
