@@ -20,8 +20,9 @@ class AllocationScope {
   AllocationScope() : allocations_(ThreadAllocations()), bytes_(ThreadAllocatedBytes()) {}
   // Sets the "allocs/iter" and "bytes/iter" counters (averaged over all threads' iterations).
   void Report(benchmark::State& state) const {
-    state.counters["allocs/iter"] = benchmark::Counter(
-        static_cast<double>(ThreadAllocations() - allocations_), benchmark::Counter::kAvgIterations);
+    state.counters["allocs/iter"] =
+        benchmark::Counter(static_cast<double>(ThreadAllocations() - allocations_),
+                           benchmark::Counter::kAvgIterations);
     state.counters["bytes/iter"] = benchmark::Counter(
         static_cast<double>(ThreadAllocatedBytes() - bytes_), benchmark::Counter::kAvgIterations);
   }

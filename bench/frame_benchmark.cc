@@ -13,7 +13,8 @@ namespace {
 const std::vector<std::unique_ptr<Key<int>>>& Keys() {
   static const auto* keys = [] {
     auto* v = new std::vector<std::unique_ptr<Key<int>>>();
-    for (int i = 0; i < 32; ++i) v->push_back(std::make_unique<Key<int>>("bench.k" + std::to_string(i)));
+    for (int i = 0; i < 32; ++i)
+      v->push_back(std::make_unique<Key<int>>("bench.k" + std::to_string(i)));
     return v;
   }();
   return *keys;

@@ -183,7 +183,8 @@ void BM_RegisterOnto16(benchmark::State& state) {
     registries.clear();
     for (int b = 0; b < kBatch; ++b) {
       auto r = std::make_unique<FrameResolvers>();
-      for (int i = 0; i < 16; ++i) (void)r->Register("r" + std::to_string(i), i, MakeResolver(true, i));
+      for (int i = 0; i < 16; ++i)
+        (void)r->Register("r" + std::to_string(i), i, MakeResolver(true, i));
       registries.push_back(std::move(r));
     }
   };
@@ -206,12 +207,12 @@ void BM_RegisterOnto16(benchmark::State& state) {
     benchmark::DoNotOptimize(ok);
   }
   // The refills are set-up, not part of the measured Register.
-  state.counters["allocs/iter"] = benchmark::Counter(
-      static_cast<double>(ThreadAllocations() - allocs0 - excluded_allocs),
-      benchmark::Counter::kAvgIterations);
-  state.counters["bytes/iter"] = benchmark::Counter(
-      static_cast<double>(ThreadAllocatedBytes() - bytes0 - excluded_bytes),
-      benchmark::Counter::kAvgIterations);
+  state.counters["allocs/iter"] =
+      benchmark::Counter(static_cast<double>(ThreadAllocations() - allocs0 - excluded_allocs),
+                         benchmark::Counter::kAvgIterations);
+  state.counters["bytes/iter"] =
+      benchmark::Counter(static_cast<double>(ThreadAllocatedBytes() - bytes0 - excluded_bytes),
+                         benchmark::Counter::kAvgIterations);
 }
 
 void RegisterAll() {

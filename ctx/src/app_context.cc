@@ -19,9 +19,9 @@ absl::Status AppContext::SetPair(Pair pair) {
   }
   const KeyBase* key = &pair.key();
   if (services_.contains(key)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "app context: \"", absl::string_view(name.data(), name.size()),
-        "\" is set already (services are write-once)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("app context: \"", absl::string_view(name.data(), name.size()),
+                     "\" is set already (services are write-once)"));
   }
   services_.emplace(key, std::make_unique<const Pair>(std::move(pair)));
   if (staging_) staged_keys_.push_back(key);

@@ -42,8 +42,8 @@ bool IsKeyChar(char c) {
 }
 
 absl::Status ParseError(std::size_t offset, std::string_view what) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("options: at offset ", offset, ": ", absl::string_view(what.data(), what.size())));
+  return absl::InvalidArgumentError(absl::StrCat("options: at offset ", offset, ": ",
+                                                 absl::string_view(what.data(), what.size())));
 }
 
 // Parses a bare (unquoted) value: bool, int64, double, else a word.

@@ -114,7 +114,8 @@ absl::Status FrameResolvers::Publish(std::vector<ResolverRegistration> resolvers
   auto apply = [&](Registry::Draft& draft) -> absl::Status {
     auto add_claim = [&draft](const ClaimEntry& claim) -> absl::Status {
       auto& all = draft.extra().all;
-      if (std::any_of(all.begin(), all.end(), [&](const auto& c) { return c->name == claim.name; })) {
+      if (std::any_of(all.begin(), all.end(),
+                      [&](const auto& c) { return c->name == claim.name; })) {
         return absl::AlreadyExistsError(
             absl::StrCat("frame claim \"", claim.name, "\" is registered already"));
       }
@@ -122,7 +123,8 @@ absl::Status FrameResolvers::Publish(std::vector<ResolverRegistration> resolvers
       return absl::OkStatus();
     };
     auto add_resolver = [&draft](const ResolverRegistration& r) -> absl::Status {
-      return draft.Add(std::make_unique<ResolverEntry>(ResolverEntry{r.name, r.order, r.fn, r.covers}));
+      return draft.Add(
+          std::make_unique<ResolverEntry>(ResolverEntry{r.name, r.order, r.fn, r.covers}));
     };
     if (staging) {
       for (const ResolverRegistration& r : staged_) {
@@ -204,13 +206,13 @@ absl::Status FrameResolvers::ResolveSnapshot(const Snapshot& snapshot, const Fra
       return absl::OkStatus();
     });
     if (!status.ok()) {
-      return absl::Status(status.code(), absl::StrCat("frame claim \"", claim->name,
-                                                      "\": ", status.message()));
+      return absl::Status(status.code(),
+                          absl::StrCat("frame claim \"", claim->name, "\": ", status.message()));
     }
     if (selected) {
-      absl::Status error = absl::FailedPreconditionError(absl::StrCat(
-          "frame option \"", claim->name,
-          "\" is selected but no registered resolver covers it (failing closed)"));
+      absl::Status error = absl::FailedPreconditionError(
+          absl::StrCat("frame option \"", claim->name,
+                       "\" is selected but no registered resolver covers it (failing closed)"));
       error.SetPayload(kNotRegisteredUrl, absl::Cord(claim->name));
       return error;
     }
@@ -226,8 +228,8 @@ absl::Status FrameResolvers::ResolveSnapshot(const Snapshot& snapshot, const Fra
   pairs.reserve(base + snapshot.entries.size());
 
   for (const ResolverEntry* entry : snapshot.entries) {
-    absl::Status status =
-        IsolateStatus(entry->name, Phase::kResolve, [&] { return entry->fn(parent, options, pairs); });
+    absl::Status status = IsolateStatus(entry->name, Phase::kResolve,
+                                        [&] { return entry->fn(parent, options, pairs); });
     if (status.ok()) [[likely]] {
       continue;
     }

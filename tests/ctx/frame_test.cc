@@ -25,7 +25,8 @@ const Key<int> kLevel{"test.level"};
 const std::vector<std::unique_ptr<Key<int>>>& ManyKeys() {
   static const auto* keys = [] {
     auto* v = new std::vector<std::unique_ptr<Key<int>>>();
-    for (int i = 0; i < 64; ++i) v->push_back(std::make_unique<Key<int>>("test.k" + std::to_string(i)));
+    for (int i = 0; i < 64; ++i)
+      v->push_back(std::make_unique<Key<int>>("test.k" + std::to_string(i)));
     return v;
   }();
   return *keys;
@@ -50,7 +51,8 @@ TEST(Frame, WithLeavesParentUnchanged) {
 }
 
 TEST(Frame, LaterPairsShadowEarlierOnes) {
-  const Frame frame = Frame().With({Pair::Of(kLevel, 1), Pair::Of(kTenant, "t"), Pair::Of(kLevel, 2)});
+  const Frame frame =
+      Frame().With({Pair::Of(kLevel, 1), Pair::Of(kTenant, "t"), Pair::Of(kLevel, 2)});
   EXPECT_EQ(*frame.Find(kLevel), 2);
   EXPECT_EQ(*frame.Find(kTenant), "t");
   EXPECT_EQ(frame.size(), 2u);
@@ -200,8 +202,11 @@ TEST(Frame, StopTokenWakesAWaitingHandler) {
 }
 
 TEST(Frame, CallerRoundTrips) {
-  const CallerContext caller{.user_id = "u1", .role = "admin", .tenant_id = "acme",
-                             .email = "u1@example.com", .groups = {"ops", "dev"}};
+  const CallerContext caller{.user_id = "u1",
+                             .role = "admin",
+                             .tenant_id = "acme",
+                             .email = "u1@example.com",
+                             .groups = {"ops", "dev"}};
   const Frame frame = WithCaller(Frame(), caller);
   ASSERT_NE(CallerOf(frame), nullptr);
   EXPECT_EQ(*CallerOf(frame), caller);

@@ -73,8 +73,8 @@ TEST(Options, ParseReadsEveryValueType) {
 }
 
 TEST(Options, ParseRejectsMalformedInputWithContext) {
-  for (const char* bad : {"=x", "k", "k=", "k=v,", "k=\"open", "k=a\"b", "k v=1", "k=1,,j=2",
-                          "k=\"\\n\""}) {
+  for (const char* bad :
+       {"=x", "k", "k=", "k=v,", "k=\"open", "k=a\"b", "k v=1", "k=1,,j=2", "k=\"\\n\""}) {
     absl::StatusOr<Options> parsed = Options::Parse(bad);
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_NE(parsed.status().message().find("offset"), absl::string_view::npos) << bad;

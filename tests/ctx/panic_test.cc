@@ -60,8 +60,8 @@ TEST(ExtensionPanic, NestedExceptionsAreListed) {
 
 TEST(ExtensionPanic, OkAndOtherErrorsPassThrough) {
   EXPECT_TRUE(IsolateStatus("ext", Phase::kInvoke, [] { return absl::OkStatus(); }).ok());
-  const absl::Status own = IsolateStatus("ext", Phase::kInvoke,
-                                         [] { return absl::NotFoundError("own"); });
+  const absl::Status own =
+      IsolateStatus("ext", Phase::kInvoke, [] { return absl::NotFoundError("own"); });
   EXPECT_EQ(own.code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(IsExtensionPanic(own));
   EXPECT_FALSE(GetExtensionPanic(own).has_value());
@@ -70,8 +70,8 @@ TEST(ExtensionPanic, OkAndOtherErrorsPassThrough) {
 TEST(ExtensionPanic, PayloadRoundTripsEveryField) {
   ExtensionPanic panic{"e", Phase::kTeardown, "T", "m:with:colons", {"a: 1", "b: 2"}, "#0 f\n"};
   EXPECT_EQ(GetExtensionPanic(PanicStatus(panic)), panic);
-  for (Phase phase : {Phase::kSetup, Phase::kPoll, Phase::kTeardown, Phase::kFinalize,
-                      Phase::kHost, Phase::kResolve, Phase::kInvoke}) {
+  for (Phase phase : {Phase::kSetup, Phase::kPoll, Phase::kTeardown, Phase::kFinalize, Phase::kHost,
+                      Phase::kResolve, Phase::kInvoke}) {
     panic.phase = phase;
     EXPECT_EQ(GetExtensionPanic(PanicStatus(panic))->phase, phase);
   }

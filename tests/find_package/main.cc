@@ -16,7 +16,8 @@ int main() {
   absl::Status registered = app.frame_resolvers()->Register(
       "consumer.tenant", 100,
       [](const framekit::Frame&, const framekit::Options& options, framekit::PairList& out) {
-        out.push_back(framekit::Pair::Of(kTenant, std::string(options.GetString("tenant").value_or("none"))));
+        out.push_back(
+            framekit::Pair::Of(kTenant, std::string(options.GetString("tenant").value_or("none"))));
         return absl::OkStatus();
       });
   if (!registered.ok()) return 2;

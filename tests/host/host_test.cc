@@ -1,5 +1,7 @@
 // The demo host end to end: in-process, as the framekit-host binary (exit status and --json
 // summary), and with bad configurations.
+#include "host.h"
+
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -9,7 +11,6 @@
 #include "framekit/net/testing/loopback.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "host.h"
 #include "host_config.h"
 
 namespace framekit::host {
@@ -95,14 +96,14 @@ TEST(Host, DefaultWorkloadPassesInProcess) {
   if (net::loopback::Socks5Proxy::Available()) {
     // Both networks carried traffic: lo-proxy arrives from the proxy's egress address.
     for (const auto& n : j["networks"]) {
-    EXPECT_GT(n["calls"].get<int>(), 0) << n;
-  }
+      EXPECT_GT(n["calls"].get<int>(), 0) << n;
+    }
   }
 }
 
 TEST(Host, BinaryPrintsJsonAndExitsZero) {
-  const Ran ran = RunCommand(std::string(FRAMEKIT_HOST_BINARY) +
-                             " --json --calls 80 --threads 2 2>/dev/null");
+  const Ran ran =
+      RunCommand(std::string(FRAMEKIT_HOST_BINARY) + " --json --calls 80 --threads 2 2>/dev/null");
   ASSERT_EQ(ran.exit_code, 0) << ran.out;
   const nlohmann::json j = nlohmann::json::parse(ran.out, nullptr, /*allow_exceptions=*/false);
   ASSERT_FALSE(j.is_discarded()) << ran.out;
@@ -182,7 +183,8 @@ INSTANTIATE_TEST_SUITE_P(
                   "workload: {calls: 10, mix: {echo: 1}}\n",
                   {"networks.list[0].port", "must be in [1, 65535]"}},
         BadConfig{"MalformedYaml", "networks: [unclosed\n", {"bad.yaml:"}},
-        BadConfig{"MissingWorkload", "networks: {list: []}\nfunctions: []\n", {"workload", "missing"}}),
+        BadConfig{
+            "MissingWorkload", "networks: {list: []}\nfunctions: []\n", {"workload", "missing"}}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return info.param.name; });
 
 TEST(Host, BinaryRejectsABadConfigFileNamingIt) {

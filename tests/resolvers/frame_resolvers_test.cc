@@ -172,12 +172,11 @@ TEST(FrameResolvers, ThrowingResolverIsIsolated) {
 
 TEST(FrameResolvers, ThrowingNonStdTypesIsIsolated) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers
-                  .Register("int", 1,
-                            [](const Frame&, const Options&, PairList&) -> absl::Status {
-                              throw 7;
-                            })
-                  .ok());
+  ASSERT_TRUE(
+      resolvers
+          .Register("int", 1,
+                    [](const Frame&, const Options&, PairList&) -> absl::Status { throw 7; })
+          .ok());
   PairList pairs;
   const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
   ASSERT_TRUE(IsExtensionPanic(status));
@@ -204,8 +203,7 @@ TEST(FrameResolvers, RegisterAfterSealFails) {
   ASSERT_TRUE(resolvers.Register("x", 1, Appends("x")).ok());
   resolvers.Seal();
   EXPECT_TRUE(resolvers.sealed());
-  EXPECT_EQ(resolvers.Register("y", 2, Appends("y")).code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(resolvers.Register("y", 2, Appends("y")).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(resolvers.RegisterClaim("c", [](const Frame&, const Options&) { return true; }).code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(resolvers.names(), ElementsAre("x"));
@@ -268,8 +266,8 @@ TEST(FrameResolvers, ClaimOnAnEmptyRegistryStillFailsClosed) {
   FrameResolvers resolvers;
   ASSERT_TRUE(resolvers.RegisterClaim("network", SelectsNetwork()).ok());
   PairList pairs;
-  EXPECT_TRUE(IsResolverNotRegistered(
-      resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs)));
+  EXPECT_TRUE(
+      IsResolverNotRegistered(resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs)));
 }
 
 TEST(FrameResolvers, CoveredClaimLetsItsResolverRun) {
@@ -339,9 +337,8 @@ TEST(FrameResolvers, RollbackFailuresAreAttachedNotLost) {
   ASSERT_TRUE(resolvers
                   .Register("opens", 1,
                             [](const Frame&, const Options&, PairList& out) {
-                              out.push_back(Pair::Of(kTrace, "a", [] {
-                                return absl::DataLossError("socket leak");
-                              }));
+                              out.push_back(Pair::Of(
+                                  kTrace, "a", [] { return absl::DataLossError("socket leak"); }));
                               out.push_back(Pair::Of(kIndex, 1, []() -> absl::Status {
                                 throw std::runtime_error("rollback threw");
                               }));

@@ -79,16 +79,14 @@ class AppContext {
   // Installs the frame resolver registry dispatchers apply. FailedPrecondition when one is
   // installed already or the context is sealed; InvalidArgument for nullptr.
   template <class R>
-    requires std::derived_from<R, StagedRegistry>
-  absl::Status SetFrameResolvers(std::shared_ptr<R> resolvers) {
+  requires std::derived_from<R, StagedRegistry> absl::Status SetFrameResolvers(
+      std::shared_ptr<R> resolvers) {
     StagedRegistry* staged = resolvers.get();
     return InstallFrameResolvers(std::shared_ptr<FrameResolvers>(std::move(resolvers)), staged);
   }
   absl::Status SetFrameResolvers(std::nullptr_t);
   // The installed registry, or nullptr when none was installed. One acquire load.
-  FrameResolvers* frame_resolvers() const {
-    return resolvers_ptr_.load(std::memory_order_acquire);
-  }
+  FrameResolvers* frame_resolvers() const { return resolvers_ptr_.load(std::memory_order_acquire); }
   // The installed registry, shared; nullptr when none.
   std::shared_ptr<FrameResolvers> shared_frame_resolvers() const;
 
@@ -111,8 +109,7 @@ class AppContext {
                                      StagedRegistry* staged);
 
   mutable std::mutex mu_;
-  absl::flat_hash_map<const KeyBase*, std::unique_ptr<const Pair>> services_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<const KeyBase*, std::unique_ptr<const Pair>> services_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<FrameResolvers> resolvers_ ABSL_GUARDED_BY(mu_);
   StagedRegistry* staged_registry_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::atomic<FrameResolvers*> resolvers_ptr_{nullptr};

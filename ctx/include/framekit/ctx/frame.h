@@ -63,12 +63,12 @@ struct FrameNode {
   std::uint32_t own_count = 0;
   std::uint32_t index_size = 0;
   std::uint32_t index_capacity = 0;
-  const FrameNode* parent = nullptr;      // strong reference
-  const KeyBase* const* keys = nullptr;   // this node's block, or an ancestor's
+  const FrameNode* parent = nullptr;     // strong reference
+  const KeyBase* const* keys = nullptr;  // this node's block, or an ancestor's
   const std::uintptr_t* entries = nullptr;
   Deadline deadline = Deadline::max();
-  CancelScope* cancel = nullptr;          // nearest scope: this node's or an ancestor's
-  CancelScope* owned_cancel = nullptr;    // created by this node (WithCancel)
+  CancelScope* cancel = nullptr;        // nearest scope: this node's or an ancestor's
+  CancelScope* owned_cancel = nullptr;  // created by this node (WithCancel)
 };
 
 inline constexpr std::uintptr_t kSetHereBit = 1;
@@ -153,7 +153,7 @@ class Frame {
   const T* FindSetHere(const Key<T>& key) const {
     const std::uintptr_t entry = ctx_internal::Lookup(node_, &key);
     return (entry & ctx_internal::kSetHereBit) == 0 ? nullptr
-                                                   : ctx_internal::EntryPair(entry)->As(key);
+                                                    : ctx_internal::EntryPair(entry)->As(key);
   }
   // Whether the value of `key` was set here, inherited through a Fork, or is absent.
   ValueOrigin Origin(const KeyBase& key) const {

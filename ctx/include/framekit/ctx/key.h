@@ -36,9 +36,9 @@ inline constexpr bool kWordValue = std::is_trivially_copyable_v<T> &&
 
 // Small nothrow-movable values live in the pair's inline buffer.
 template <class T>
-inline constexpr bool kInlineValue = sizeof(T) <= kPairInlineBytes &&
-                                     alignof(T) <= alignof(std::uintptr_t) &&
-                                     std::is_nothrow_move_constructible_v<T>;
+inline constexpr bool kInlineValue =
+    sizeof(T) <= kPairInlineBytes &&
+    alignof(T) <= alignof(std::uintptr_t) && std::is_nothrow_move_constructible_v<T>;
 
 // What a pair stores for a value of type T: the value itself, or one shared allocation.
 template <class T>

@@ -71,9 +71,7 @@ class Options {
     return GetAs<std::int64_t, std::int64_t>(key);
   }
   std::optional<bool> GetBool(std::string_view key) const { return GetAs<bool, bool>(key); }
-  std::optional<double> GetDouble(std::string_view key) const {
-    return GetAs<double, double>(key);
-  }
+  std::optional<double> GetDouble(std::string_view key) const { return GetAs<double, double>(key); }
 
   std::size_t size() const { return values_.size(); }
   bool empty() const { return values_.empty(); }

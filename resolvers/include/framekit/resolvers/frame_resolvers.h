@@ -164,9 +164,8 @@ class FrameResolvers final : public StagedRegistry {
   void AbortStaging() override;
 
  private:
-  using Registry =
-      resolvers_internal::CowRegistry<resolvers_internal::ResolverEntry,
-                                      resolvers_internal::ClaimSet>;
+  using Registry = resolvers_internal::CowRegistry<resolvers_internal::ResolverEntry,
+                                                   resolvers_internal::ClaimSet>;
   using Snapshot = Registry::Snapshot;
 
   absl::Status ResolveSnapshot(const Snapshot& snapshot, const Frame& parent,

@@ -8,10 +8,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-#define FRAMEKIT_RETURN_IF_ERROR(expr)                        \
-  do {                                                        \
-    ::absl::Status framekit_status_ = (expr);                 \
-    if (!framekit_status_.ok()) return framekit_status_;      \
+#define FRAMEKIT_RETURN_IF_ERROR(expr)                   \
+  do {                                                   \
+    ::absl::Status framekit_status_ = (expr);            \
+    if (!framekit_status_.ok()) return framekit_status_; \
   } while (false)
 
 #define FRAMEKIT_STATUS_CONCAT_INNER_(a, b) a##b
