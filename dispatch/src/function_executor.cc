@@ -105,7 +105,11 @@ struct FunctionExecutor::Function {
     int version = 0;
     Clock::time_point start{};
     Clock::time_point end{};
-    absl::Status error;
+    // Code and message, not the absl::Status: a status shares its payload storage with the
+    // caller's copy through a reference count that Debian's (uninstrumented) abseil updates,
+    // which ThreadSanitizer cannot see. Payloads are therefore not kept in records.
+    absl::StatusCode error_code = absl::StatusCode::kOk;
+    std::string error_message;
     std::uint64_t output_bytes = 0;
     std::string caller;
     std::string trace_id;
@@ -501,7 +505,13 @@ absl::Status FunctionExecutor::Dispatch(const Frame& parent, std::string_view na
     slot.version = version->number;
     slot.start = start;
     slot.end = end;
-    slot.error = status;
+    slot.error_code = status.code();
+    if (status.ok()) {
+      slot.error_message.clear();
+    } else {
+      const absl::string_view message = status.message();
+      slot.error_message.assign(message.data(), message.size());
+    }
     slot.output_bytes = *output_bytes;
     if (caller != nullptr) {
       slot.caller = caller->user_id;
@@ -628,8 +638,8 @@ absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(
                    .version = slot.version,
                    .start = slot.start,
                    .end = slot.end,
-                   .ok = slot.error.ok(),
-                   .error = slot.error,
+                   .ok = slot.error_code == absl::StatusCode::kOk,
+                   .error = absl::Status(slot.error_code, slot.error_message),
                    .duration = slot.end - slot.start,
                    .output_bytes = slot.output_bytes,
                    .caller = slot.caller,

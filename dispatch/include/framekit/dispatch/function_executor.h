@@ -106,7 +106,7 @@ struct InvocationRecord {
   Clock::time_point start{};  // steady clock, as deadlines are
   Clock::time_point end{};
   bool ok = false;
-  absl::Status error;  // OK when ok
+  absl::Status error;  // OK when ok; code and message only (payloads are not recorded)
   std::chrono::nanoseconds duration{};
   std::uint64_t output_bytes = 0;
   std::string caller;  // the caller's user id, or empty

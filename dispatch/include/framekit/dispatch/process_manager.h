@@ -81,6 +81,8 @@ class ProcessContext {
   // The process's frame: forked from Start's parent, resolved, cancellable.
   const Frame& frame() const { return frame_; }
   // Stopped by Stop(), by Shutdown() and when the parent frame's scope is cancelled.
+  // NOTE: a parked (idle) process notices a parent cancellation at its next poll, at most
+  // `idle_interval` later; Stop and Shutdown wake it at once.
   std::stop_token stop_token() const { return frame_.stop_token(); }
   // The oldest mailbox message, or nullopt when the mailbox is empty. Never blocks.
   std::optional<std::string> Receive();
