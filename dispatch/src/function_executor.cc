@@ -8,6 +8,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/internal/status_macros.h"
@@ -40,6 +41,31 @@ int LatencyBucket(std::chrono::nanoseconds latency) {
 }
 
 // Collects a plain Invoke's output.
+// A status split into plain strings, so that the thread that made it and the thread that reads
+// it share no absl::Status or absl::Cord representation: Debian's abseil updates their
+// reference counts in code ThreadSanitizer does not instrument.
+struct DetachedStatus {
+  absl::StatusCode code = absl::StatusCode::kOk;
+  std::string message;
+  std::vector<std::pair<std::string, std::string>> payloads;
+
+  static DetachedStatus From(const absl::Status& status) {
+    DetachedStatus out;
+    out.code = status.code();
+    if (status.ok()) return out;
+    out.message = std::string(status.message());
+    status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
+      out.payloads.emplace_back(std::string(url), std::string(payload));
+    });
+    return out;
+  }
+  absl::Status Rebuild() const {
+    absl::Status status(code, message);
+    for (const auto& [url, payload] : payloads) status.SetPayload(url, absl::Cord(payload));
+    return status;
+  }
+};
+
 class StringSink final : public Sink {
  public:
   explicit StringSink(std::string& out) : out_(out) {}
@@ -145,7 +171,7 @@ struct FunctionExecutor::CallState final : public Sink {
   bool closed ABSL_GUARDED_BY(mu) = false;
   bool faulted ABSL_GUARDED_BY(mu) = false;  // the handler or an interceptor threw
   int writers ABSL_GUARDED_BY(mu) = 0;
-  absl::Status status ABSL_GUARDED_BY(mu);
+  DetachedStatus status ABSL_GUARDED_BY(mu);
   std::string output ABSL_GUARDED_BY(mu);
 
   // Immutable after submission.
@@ -558,18 +584,21 @@ absl::Status FunctionExecutor::RunWithDeadline(const std::shared_ptr<Function>& 
               .options = &state->options,
               .payload = state->payload};
     bool faulted = false;
-    bool handler_ran = false;
-    absl::Status handler_status;
-    absl::Status status = RunInterceptors(executor.options_.interceptors.get(), call, [&](Call& c) {
-      handler_ran = true;
-      handler_status = executor.RunHandler(*state->version, c, *state, faulted);
-      return handler_status;
-    });
-    faulted = faulted || InterceptorFaulted(status, handler_ran, handler_status);
+    absl::Status status;
+    {
+      bool handler_ran = false;
+      absl::Status handler_status;  // dropped here: the status handed over has no other owner
+      status = RunInterceptors(executor.options_.interceptors.get(), call, [&](Call& c) {
+        handler_ran = true;
+        handler_status = executor.RunHandler(*state->version, c, *state, faulted);
+        return handler_status;
+      });
+      faulted = faulted || InterceptorFaulted(status, handler_ran, handler_status);
+    }
     std::lock_guard<std::mutex> lock(state->mu);
     state->faulted = faulted;
     if (state->quarantined) executor.workers_->Release();
-    state->status = std::move(status);
+    state->status = DetachedStatus::From(status);
     state->stage = CallState::Stage::kDone;
     state->cv.notify_all();
   });
@@ -594,7 +623,7 @@ absl::Status FunctionExecutor::RunWithDeadline(const std::shared_ptr<Function>& 
   if (finished && state->stage == CallState::Stage::kDone) {
     if (output != nullptr) *output = std::move(state->output);
     faulted = state->faulted;
-    return std::move(state->status);
+    return state->status.Rebuild();
   }
   if (state->stage == CallState::Stage::kRunning) {
     state->quarantined = true;
