@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/guard.h"
 #include "framekit/dispatch/recovery_registry.h"
@@ -102,7 +103,7 @@ BENCHMARK(BM_CallSetup);
 void BM_RecoveryRunAll64(benchmark::State& state) {
   fd::RecoveryRegistry registry;
   for (int i = 0; i < 64; ++i) {
-    registry.Register("h" + std::to_string(i),
+    registry.Register(absl::StrCat("h", i),
                       []() -> absl::StatusOr<std::vector<int>> { return std::vector<int>{}; });
   }
   for (auto _ : state) {

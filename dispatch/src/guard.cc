@@ -1,5 +1,7 @@
 #include "framekit/dispatch/guard.h"
 
+#include <cxxabi.h>
+
 #include <exception>
 #include <string>
 
@@ -24,6 +26,15 @@ FaultReport MinimalReport(ExtRef ext, Phase phase) noexcept {
 }
 
 }  // namespace
+
+__attribute__((no_sanitize("null"))) void RethrowIfForcedUnwind() {
+  try {
+    throw;
+  } catch (abi::__forced_unwind&) {
+    throw;
+  } catch (...) {
+  }
+}
 
 FaultReport CatchFault(ExtRef ext, Phase phase, std::string_view detail) noexcept {
   FaultReport report;

@@ -125,9 +125,8 @@ std::vector<int> RecoveryRegistry::RunAll() {
           log->warn("recovery handler failed name={} status={}", Quote(entry.name),
                     Quote(result.status().ToString()));
       }
-    } catch (abi::__forced_unwind&) {
-      throw;
     } catch (...) {
+      dispatch_internal::RethrowIfForcedUnwind();
       const FaultReport report = dispatch_internal::CatchFault(ExtRef(entry.name, monitor),
                                                                Phase::kPoll, "recovery handler");
       const ExtensionPanic& panic = report.panic;

@@ -251,8 +251,9 @@ TEST_F(RecoveryRegistryTest, CancellationDuringRunLeavesRegistryConsistent) {
   registry.Register("blocker", [&]() -> absl::StatusOr<std::vector<int>> {
     if (block.exchange(false)) {
       entered.count_down();
-      char c;
-      [[maybe_unused]] ssize_t n = read(fds[0], &c, 1);  // cancellation point
+      // A cancellation point. The byte lives on the heap: see guard_test.cc's BlockingRead.
+      const auto byte = std::make_unique<char>();
+      [[maybe_unused]] ssize_t n = read(fds[0], byte.get(), 1);
     }
     return std::vector<int>{4};
   });

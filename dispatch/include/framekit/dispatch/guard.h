@@ -99,6 +99,13 @@ const absl::Status& StatusOf(const absl::StatusOr<T>& result) {
   return result.status();
 }
 
+// Precondition: called inside a catch block. Rethrows the current exception when it is thread
+// cancellation (abi::__forced_unwind), which must unwind the thread; returns otherwise.
+// Out of line and in one place because the handler `catch (abi::__forced_unwind&)` binds a
+// reference to an exception with no C++ object, which UBSan's null check reports; this function
+// opts out of that one check (the attribute is not honoured on templates).
+[[gnu::cold, gnu::noinline]] void RethrowIfForcedUnwind();
+
 // The fault path, out of line. Precondition: called inside a catch block. Describes the current
 // exception, reports it to ext.monitor() and returns the report. `detail` is added to the log
 // record. Never throws: if describing fails (out of memory) a minimal report is returned.
@@ -159,9 +166,8 @@ std::invoke_result_t<Fn&> Guard(ExtRef ext, Phase phase, Fn&& fn, OnFault&& on_f
                                 std::string_view detail = {}) {
   try {
     return fn();
-  } catch (abi::__forced_unwind&) {
-    throw;
   } catch (...) {
+    dispatch_internal::RethrowIfForcedUnwind();
     return std::forward<OnFault>(on_fault)(dispatch_internal::CatchFault(ext, phase, detail));
   }
 }
@@ -182,9 +188,8 @@ auto CallStatus(ExtRef ext, Phase phase, Fn&& fn) {
     } else {
       return Result(fn());
     }
-  } catch (abi::__forced_unwind&) {
-    throw;
   } catch (...) {
+    dispatch_internal::RethrowIfForcedUnwind();
     return Result(dispatch_internal::CatchFaultStatus(ext, phase, {}));
   }
 }
@@ -207,9 +212,8 @@ requires std::default_initializable<std::invoke_result_t<Fn&>> std::invoke_resul
   if (verdict != nullptr) *verdict = FaultVerdict::kContinue;
   try {
     return fn();
-  } catch (abi::__forced_unwind&) {
-    throw;
   } catch (...) {
+    dispatch_internal::RethrowIfForcedUnwind();
     const FaultReport report = dispatch_internal::CatchFault(ext, Phase::kPoll, {});
     if (verdict != nullptr) *verdict = report.verdict;
     return std::invoke_result_t<Fn&>{};
@@ -231,9 +235,8 @@ void CallTeardown(ExtRef ext, Fn&& fn) {
     } else {
       fn();
     }
-  } catch (abi::__forced_unwind&) {
-    throw;
   } catch (...) {
+    dispatch_internal::RethrowIfForcedUnwind();
     dispatch_internal::CatchFaultSwallow(ext, Phase::kTeardown, {});
   }
 }
@@ -253,9 +256,8 @@ void CallFinalize(ExtRef ext, const Id& id, Fn&& fn) {
     } else {
       fn();
     }
-  } catch (abi::__forced_unwind&) {
-    throw;
   } catch (...) {
+    dispatch_internal::RethrowIfForcedUnwind();
     dispatch_internal::CatchFaultSwallow(ext, Phase::kFinalize, absl::StrCat("id=", id));
   }
 }
@@ -294,9 +296,8 @@ class HostFunction<F, R(Args...)> {
   R Call(G& fn, Args&&... args) const {
     try {
       return fn(std::forward<Args>(args)...);
-    } catch (abi::__forced_unwind&) {
-      throw;
     } catch (...) {
+      dispatch_internal::RethrowIfForcedUnwind();
       if constexpr (std::is_void_v<R>) {
         dispatch_internal::CatchFaultSwallow(ref(), Phase::kHost, fname_);
       } else if constexpr (dispatch_internal::kIsStatusLike<R>) {
