@@ -124,6 +124,15 @@ bool GetField(std::string_view& in, std::string& field) {
 
 }  // namespace
 
+__attribute__((no_sanitize("null"))) void RethrowIfForcedUnwind() {
+  try {
+    throw;
+  } catch (abi::__forced_unwind&) {
+    throw;
+  } catch (...) {
+  }
+}
+
 std::string_view PhaseName(Phase phase) {
   switch (phase) {
     case Phase::kSetup:
@@ -236,7 +245,8 @@ bool ThrowStackCaptureEnabled() { return g_capture_throw_stack.load(std::memory_
 // and forwards to the runtime's own __cxa_throw.
 namespace __cxxabiv1 {
 extern "C" {
-__attribute__((__noreturn__)) void __cxa_throw(void* object, std::type_info* type, void (*destroy)(void*)) {
+__attribute__((__noreturn__)) void __cxa_throw(void* object, std::type_info* type,
+                                               void (*destroy)(void*)) {
   using ThrowFn = void (*)(void*, std::type_info*, void (*)(void*));
   static const ThrowFn next = reinterpret_cast<ThrowFn>(dlsym(RTLD_NEXT, "__cxa_throw"));
   framekit::ThrowStack& stack = framekit::t_throw_stack;

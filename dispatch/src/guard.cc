@@ -27,15 +27,6 @@ FaultReport MinimalReport(ExtRef ext, Phase phase) noexcept {
 
 }  // namespace
 
-__attribute__((no_sanitize("null"))) void RethrowIfForcedUnwind() {
-  try {
-    throw;
-  } catch (abi::__forced_unwind&) {
-    throw;
-  } catch (...) {
-  }
-}
-
 FaultReport CatchFault(ExtRef ext, Phase phase, std::string_view detail) noexcept {
   FaultReport report;
   try {

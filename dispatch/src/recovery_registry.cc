@@ -126,7 +126,7 @@ std::vector<int> RecoveryRegistry::RunAll() {
                     Quote(result.status().ToString()));
       }
     } catch (...) {
-      dispatch_internal::RethrowIfForcedUnwind();
+      ::framekit::RethrowIfForcedUnwind();
       const FaultReport report = dispatch_internal::CatchFault(ExtRef(entry.name, monitor),
                                                                Phase::kPoll, "recovery handler");
       const ExtensionPanic& panic = report.panic;

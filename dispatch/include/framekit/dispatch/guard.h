@@ -99,13 +99,6 @@ const absl::Status& StatusOf(const absl::StatusOr<T>& result) {
   return result.status();
 }
 
-// Precondition: called inside a catch block. Rethrows the current exception when it is thread
-// cancellation (abi::__forced_unwind), which must unwind the thread; returns otherwise.
-// Out of line and in one place because the handler `catch (abi::__forced_unwind&)` binds a
-// reference to an exception with no C++ object, which UBSan's null check reports; this function
-// opts out of that one check (the attribute is not honoured on templates).
-[[gnu::cold, gnu::noinline]] void RethrowIfForcedUnwind();
-
 // The fault path, out of line. Precondition: called inside a catch block. Describes the current
 // exception, reports it to ext.monitor() and returns the report. `detail` is added to the log
 // record. Never throws: if describing fails (out of memory) a minimal report is returned.
@@ -167,7 +160,7 @@ std::invoke_result_t<Fn&> Guard(ExtRef ext, Phase phase, Fn&& fn, OnFault&& on_f
   try {
     return fn();
   } catch (...) {
-    dispatch_internal::RethrowIfForcedUnwind();
+    ::framekit::RethrowIfForcedUnwind();
     return std::forward<OnFault>(on_fault)(dispatch_internal::CatchFault(ext, phase, detail));
   }
 }
@@ -189,7 +182,7 @@ auto CallStatus(ExtRef ext, Phase phase, Fn&& fn) {
       return Result(fn());
     }
   } catch (...) {
-    dispatch_internal::RethrowIfForcedUnwind();
+    ::framekit::RethrowIfForcedUnwind();
     return Result(dispatch_internal::CatchFaultStatus(ext, phase, {}));
   }
 }
@@ -213,7 +206,7 @@ requires std::default_initializable<std::invoke_result_t<Fn&>> std::invoke_resul
   try {
     return fn();
   } catch (...) {
-    dispatch_internal::RethrowIfForcedUnwind();
+    ::framekit::RethrowIfForcedUnwind();
     const FaultReport report = dispatch_internal::CatchFault(ext, Phase::kPoll, {});
     if (verdict != nullptr) *verdict = report.verdict;
     return std::invoke_result_t<Fn&>{};
@@ -236,7 +229,7 @@ void CallTeardown(ExtRef ext, Fn&& fn) {
       fn();
     }
   } catch (...) {
-    dispatch_internal::RethrowIfForcedUnwind();
+    ::framekit::RethrowIfForcedUnwind();
     dispatch_internal::CatchFaultSwallow(ext, Phase::kTeardown, {});
   }
 }
@@ -257,7 +250,7 @@ void CallFinalize(ExtRef ext, const Id& id, Fn&& fn) {
       fn();
     }
   } catch (...) {
-    dispatch_internal::RethrowIfForcedUnwind();
+    ::framekit::RethrowIfForcedUnwind();
     dispatch_internal::CatchFaultSwallow(ext, Phase::kFinalize, absl::StrCat("id=", id));
   }
 }
@@ -297,7 +290,7 @@ class HostFunction<F, R(Args...)> {
     try {
       return fn(std::forward<Args>(args)...);
     } catch (...) {
-      dispatch_internal::RethrowIfForcedUnwind();
+      ::framekit::RethrowIfForcedUnwind();
       if constexpr (std::is_void_v<R>) {
         dispatch_internal::CatchFaultSwallow(ref(), Phase::kHost, fname_);
       } else if constexpr (dispatch_internal::kIsStatusLike<R>) {
