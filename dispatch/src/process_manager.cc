@@ -269,7 +269,10 @@ void ProcessManager::WorkerLoop() {
     if (timers_.empty()) {
       work_cv_.wait(lock);
     } else {
-      work_cv_.wait_until(lock, timers_.top().at);
+      // A copy: wait_until reads its deadline again after waking, by which time a push may have
+      // reallocated the queue the reference pointed into.
+      const Clock::time_point wake = timers_.top().at;
+      work_cv_.wait_until(lock, wake);
     }
   }
 }
