@@ -13,8 +13,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "framekit/ctx/internal/status_macros.h"
-#include "framekit/dispatch/function_executor.h"
-#include "framekit/dispatch/process_manager.h"
 #include "framekit/framekit.h"
 #include "framekit/net/testing/loopback.h"
 #include "spdlog/sinks/stdout_color_sinks.h"

@@ -1,5 +1,6 @@
-// The umbrella header: every public framekit header of the modules linked into
-// framekit::framekit.
+// The umbrella header: every public framekit header of the modules in framekit::framekit.
+// Including it is the same as including each of them; prefer the single headers in libraries
+// that care about build times.
 #ifndef FRAMEKIT_FRAMEKIT_H_
 #define FRAMEKIT_FRAMEKIT_H_
 
@@ -11,13 +12,16 @@
 #include "framekit/ctx/options.h"
 #include "framekit/ctx/pair.h"
 #include "framekit/ctx/panic.h"
+#include "framekit/dispatch/fault_monitor.h"
+#include "framekit/dispatch/fault_policy.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/dispatch/guard.h"
+#include "framekit/dispatch/interceptors.h"
+#include "framekit/dispatch/process_manager.h"
+#include "framekit/dispatch/recovery_registry.h"
 #include "framekit/net/dial.h"
 #include "framekit/net/network.h"
 #include "framekit/net/overlay.h"
-#include "framekit/dispatch/fault_monitor.h"
-#include "framekit/dispatch/fault_policy.h"
-#include "framekit/dispatch/guard.h"
-#include "framekit/dispatch/recovery_registry.h"
 #include "framekit/resolvers/frame_resolvers.h"
 
 #endif  // FRAMEKIT_FRAMEKIT_H_
