@@ -21,6 +21,10 @@ int main() {
         return absl::OkStatus();
       });
   if (!registered.ok()) return 2;
+  // The network overlay, from framekit::net.
+  auto networks = std::make_shared<framekit::net::NetworkRegistry>();
+  if (!networks->Add(framekit::net::Network::Direct("lo", "127.0.0.1")).ok()) return 5;
+  if (!framekit::net::RegisterNetworkOverlay(app, networks, "lo").ok()) return 6;
   app.Seal();
   framekit::PairList pairs;
   if (!framekit::Resolve(app.frame_resolvers(), framekit::Frame(),
@@ -31,6 +35,23 @@ int main() {
   const framekit::Frame frame = framekit::Frame().With(pairs);
   const std::string* tenant = frame.Find(kTenant);
   if (tenant == nullptr || *tenant != "acme") return 4;
+  const std::string* network = frame.Find(framekit::net::NetworkKey());
+  if (network == nullptr || *network != "lo") return 7;
+  // A dispatcher, from framekit::dispatch, applying the same registry.
+  framekit::dispatch::FunctionExecutor executor(app);
+  if (!executor
+           .Register(
+               "tenant",
+               [](const framekit::Frame& call, std::string_view, framekit::dispatch::Sink& out) {
+                 const std::string* t = call.Find(kTenant);
+                 return out.Write(t == nullptr ? "none" : *t);
+               })
+           .ok()) {
+    return 8;
+  }
+  absl::StatusOr<std::string> invoked =
+      executor.Invoke(framekit::Frame(), "tenant", "", framekit::Options{{"tenant", "globex"}});
+  if (!invoked.ok() || *invoked != "globex") return 9;
   std::printf("find_package consumer: resolved %s\n", frame.DebugString().c_str());
   return 0;
 }
