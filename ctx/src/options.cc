@@ -1,5 +1,6 @@
 #include "framekit/ctx/options.h"
 
+#include <cassert>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -136,11 +137,15 @@ std::string Options::ToString() const {
     } else if (const auto* i = std::get_if<std::int64_t>(&value)) {
       out.append(std::to_string(*i));
     } else {
-      // Shortest round-trip form, always with a decimal point so it parses back as a double.
-      char buffer[64];
+      // Shortest round-trip form in fixed notation (what Parse reads), always with a decimal
+      // point so it parses back as a double. Fixed notation of a double takes at most 309
+      // integer digits or 324 fraction digits: 512 bytes always suffice.
+      char buffer[512];
       const double d = std::get<double>(value);
-      auto [ptr, ec] = std::to_chars(buffer, buffer + sizeof(buffer), d, std::chars_format::fixed);
-      std::string text = ec == std::errc() ? std::string(buffer, ptr) : std::to_string(d);
+      const auto [ptr, ec] =
+          std::to_chars(buffer, buffer + sizeof(buffer), d, std::chars_format::fixed);
+      assert(ec == std::errc());
+      std::string text(buffer, ptr);
       if (text.find('.') == std::string::npos) text.append(".0");
       out.append(text);
     }

@@ -81,6 +81,17 @@ TEST(Options, ParseRejectsMalformedInputWithContext) {
   }
 }
 
+// Tests the extremes of double: fixed notation of these takes hundreds of characters (found by
+// options_fuzzer: a value like 5e-125 once came back as 0).
+TEST(Options, ToStringRoundTripsExtremeDoubles) {
+  for (double d : {5e-125, 4.9406564584124654e-324, 1.7976931348623157e308, -2.5e-300, 1e22}) {
+    const Options options{{"d", d}};
+    absl::StatusOr<Options> again = Options::Parse(options.ToString());
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->GetDouble("d"), d) << options.ToString();
+  }
+}
+
 TEST(Options, ToStringRoundTrips) {
   const Options options{{"s", "with \"quotes\" and \\"}, {"i", -3}, {"b", true}, {"d", 100.0}};
   absl::StatusOr<Options> again = Options::Parse(options.ToString());
