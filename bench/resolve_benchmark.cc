@@ -110,9 +110,10 @@ void BM_ResolveFramekit(benchmark::State& state, int n) {
   allocations.Report(state);
 }
 
-template <bool append>
-void BM_ResolveMutex(benchmark::State& state, int n) {
-  static std::mutex mu;
+// A list guarded by `Mutex`, read under `Lock` (std::lock_guard or std::shared_lock).
+template <class Mutex, template <class> class Lock, bool append>
+void BM_ResolveLocked(benchmark::State& state, int n) {
+  static Mutex mu;
   static std::vector<FrameResolverFn> fns[2][17];
   static std::once_flag once[2][17];
   std::call_once(once[append][n], [&] { fns[append][n] = MakeResolvers(n, append); });
@@ -124,28 +125,7 @@ void BM_ResolveMutex(benchmark::State& state, int n) {
     // Only appending resolvers leave pairs behind; clearing an always-empty list would add a
     // store/load round trip the read path itself does not have.
     if constexpr (append) pairs.clear();
-    std::lock_guard<std::mutex> lock(mu);
-    const bool ok = RunAll(fns[append][n], parent, options, pairs).ok();
-    benchmark::DoNotOptimize(ok);
-  }
-  allocations.Report(state);
-}
-
-template <bool append>
-void BM_ResolveSharedMutex(benchmark::State& state, int n) {
-  static std::shared_mutex mu;
-  static std::vector<FrameResolverFn> fns[2][17];
-  static std::once_flag once[2][17];
-  std::call_once(once[append][n], [&] { fns[append][n] = MakeResolvers(n, append); });
-  const Frame parent;
-  const Options options;
-  PairList pairs;
-  AllocationScope allocations;
-  for (auto _ : state) {
-    // Only appending resolvers leave pairs behind; clearing an always-empty list would add a
-    // store/load round trip the read path itself does not have.
-    if constexpr (append) pairs.clear();
-    std::shared_lock<std::shared_mutex> lock(mu);
+    Lock<Mutex> lock(mu);
     const bool ok = RunAll(fns[append][n], parent, options, pairs).ok();
     benchmark::DoNotOptimize(ok);
   }
@@ -229,8 +209,10 @@ void RegisterAll() {
             ->Threads(2);
       };
       add("framekit", BM_ResolveFramekit<false>, BM_ResolveFramekit<true>);
-      add("mutex", BM_ResolveMutex<false>, BM_ResolveMutex<true>);
-      add("shared_mutex", BM_ResolveSharedMutex<false>, BM_ResolveSharedMutex<true>);
+      add("mutex", BM_ResolveLocked<std::mutex, std::lock_guard, false>,
+          BM_ResolveLocked<std::mutex, std::lock_guard, true>);
+      add("shared_mutex", BM_ResolveLocked<std::shared_mutex, std::shared_lock, false>,
+          BM_ResolveLocked<std::shared_mutex, std::shared_lock, true>);
       add("atomic_shared_ptr", BM_ResolveAtomicSharedPtr<false>, BM_ResolveAtomicSharedPtr<true>);
     }
   }
