@@ -317,11 +317,9 @@ absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler hand
         absl::StrCat("function \"", AbslView(name), "\": Deploy without a handler"));
   }
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = functions_.find(AbslView(name));
-  if (it == functions_.end()) {
-    return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
-  }
-  Function& function = *it->second;
+  absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+  if (!found.ok()) return found.status();
+  Function& function = **found;
   auto version = std::make_shared<Version>();
   version->number = static_cast<int>(function.versions.size()) + 1;
   version->handler = std::move(handler);
@@ -335,15 +333,13 @@ absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler hand
 absl::StatusOr<std::vector<FunctionVersion>> FunctionExecutor::ListVersions(
     std::string_view name) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = functions_.find(AbslView(name));
-  if (it == functions_.end()) {
-    return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
-  }
+  absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+  if (!found.ok()) return found.status();
   std::vector<FunctionVersion> out;
-  for (const auto& version : it->second->versions) {
+  for (const auto& version : (*found)->versions) {
     out.push_back({.version = version->number,
                    .deployed = version->deployed,
-                   .active = version == it->second->active,
+                   .active = version == (*found)->active,
                    .disabled = version->disabled.load(std::memory_order_acquire)});
   }
   return out;
@@ -351,11 +347,9 @@ absl::StatusOr<std::vector<FunctionVersion>> FunctionExecutor::ListVersions(
 
 absl::StatusOr<FunctionInfo> FunctionExecutor::Get(std::string_view name) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = functions_.find(AbslView(name));
-  if (it == functions_.end()) {
-    return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
-  }
-  const Function& function = *it->second;
+  absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+  if (!found.ok()) return found.status();
+  const Function& function = **found;
   return FunctionInfo{.name = function.name,
                       .active_version = function.active->number,
                       .disabled = function.active->disabled.load(std::memory_order_acquire),
@@ -376,24 +370,29 @@ std::vector<std::string> FunctionExecutor::List() const {
 absl::Status FunctionExecutor::Remove(std::string_view name) {
   std::shared_ptr<Function> removed;  // destroyed outside the lock
   std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+  if (!found.ok()) return found.status();
+  removed = *std::move(found);
+  functions_.erase(AbslView(name));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::FindLocked(
+    std::string_view name) const {
   const auto it = functions_.find(AbslView(name));
   if (it == functions_.end()) {
     return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
   }
-  removed = std::move(it->second);
-  functions_.erase(it);
-  return absl::OkStatus();
+  return it->second;
 }
 
 absl::Status FunctionExecutor::Lookup(std::string_view name, std::shared_ptr<Function>& function,
                                       std::shared_ptr<Version>& version) const {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const auto it = functions_.find(AbslView(name));
-    if (it == functions_.end()) {
-      return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
-    }
-    function = it->second;
+    absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+    if (!found.ok()) return found.status();
+    function = *std::move(found);
     version = function->active;
   }
   if (version->disabled.load(std::memory_order_acquire)) {
@@ -649,11 +648,9 @@ absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(
   std::shared_ptr<Function> function;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const auto it = functions_.find(AbslView(name));
-    if (it == functions_.end()) {
-      return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
-    }
-    function = it->second;
+    absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+    if (!found.ok()) return found.status();
+    function = *std::move(found);
   }
   std::vector<InvocationRecord> out;
   std::lock_guard<std::mutex> lock(function->records_mu);
@@ -681,11 +678,9 @@ absl::StatusOr<FunctionCounters> FunctionExecutor::Counters(std::string_view nam
   std::shared_ptr<Function> function;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const auto it = functions_.find(AbslView(name));
-    if (it == functions_.end()) {
-      return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
-    }
-    function = it->second;
+    absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+    if (!found.ok()) return found.status();
+    function = *std::move(found);
   }
   FunctionCounters out;
   out.calls = function->calls.load(std::memory_order_relaxed);

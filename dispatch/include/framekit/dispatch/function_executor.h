@@ -212,6 +212,9 @@ class FunctionExecutor {
                                const Frame& frame, const Options& options, std::string_view payload,
                                Sink* user_sink, std::string* output, bool& timed_out,
                                bool& faulted);
+  // The function registered as `name`, or NotFound. The caller holds mu_.
+  absl::StatusOr<std::shared_ptr<Function>> FindLocked(std::string_view name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Lookup(std::string_view name, std::shared_ptr<Function>& function,
                       std::shared_ptr<Version>& version) const;
   // Runs the handler under the invoke guard; sets `faulted` when it threw.
