@@ -21,37 +21,16 @@
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tenant_app.h"
 
 namespace framekit::dispatch {
 namespace {
 
+using test_support::kTenant;
+using test_support::TenantApp;
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-inline const Key<std::string> kTenant{"test.tenant"};
-
-// An app whose registry holds a brand-new "tenant" resolver the dispatchers have never heard of.
-struct TenantApp {
-  TenantApp() {
-    resolvers = std::make_shared<FrameResolvers>();
-    EXPECT_TRUE(resolvers
-                    ->Register("test.tenant", 300,
-                               [](const Frame&, const Options& options, PairList& out) {
-                                 if (auto tenant = options.GetString("tenant")) {
-                                   if (*tenant == "forbidden") {
-                                     return absl::PermissionDeniedError("tenant is forbidden");
-                                   }
-                                   out.push_back(Pair::Of(kTenant, std::string(*tenant)));
-                                 }
-                                 return absl::OkStatus();
-                               })
-                    .ok());
-    EXPECT_TRUE(app.SetFrameResolvers(resolvers).ok());
-    app.Seal();
-  }
-  AppContext app;
-  std::shared_ptr<FrameResolvers> resolvers;
-};
 
 Handler Echo() {
   return [](const Frame&, std::string_view payload, Sink& out) { return out.Write(payload); };

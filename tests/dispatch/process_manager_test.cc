@@ -19,35 +19,17 @@
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tenant_app.h"
 
 namespace framekit::dispatch {
 namespace {
 
+using test_support::kTenant;
+using test_support::TenantApp;
+
 using ::testing::HasSubstr;
 
-inline const Key<std::string> kTenant{"test.process_tenant"};
 constexpr auto kLong = std::chrono::seconds(30);
-
-struct TenantApp {
-  TenantApp() {
-    auto resolvers = std::make_shared<FrameResolvers>();
-    EXPECT_TRUE(resolvers
-                    ->Register("test.tenant", 300,
-                               [](const Frame&, const Options& options, PairList& out) {
-                                 if (auto tenant = options.GetString("tenant")) {
-                                   if (*tenant == "forbidden") {
-                                     return absl::PermissionDeniedError("tenant is forbidden");
-                                   }
-                                   out.push_back(Pair::Of(kTenant, std::string(*tenant)));
-                                 }
-                                 return absl::OkStatus();
-                               })
-                    .ok());
-    EXPECT_TRUE(app.SetFrameResolvers(resolvers).ok());
-    app.Seal();
-  }
-  AppContext app;
-};
 
 // Blocks until the frame's stop token fires.
 void WaitForStop(const ProcessContext& ctx) {
