@@ -109,8 +109,8 @@ absl::Status FrameResolvers::Publish(std::vector<ResolverRegistration> resolvers
   const bool staging = staging_;
   if (!staging) staging_lock.unlock();
 
-  // While staging, the draft checks duplicates against published + staged, and publishes
-  // nothing: the registrations are held back until CommitStaging.
+  // While staging, the draft checks duplicates against published + staged registrations, and
+  // nothing is published: the registrations are held back until CommitStaging.
   auto apply = [&](Registry::Draft& draft) -> absl::Status {
     auto add_claim = [&draft](const ClaimEntry& claim) -> absl::Status {
       auto& all = draft.extra().all;
@@ -140,14 +140,11 @@ absl::Status FrameResolvers::Publish(std::vector<ResolverRegistration> resolvers
     for (const ClaimEntry& c : claims) {
       if (absl::Status s = add_claim(c); !s.ok()) return s;
     }
-    // Validation only: keep the published snapshot as it is.
-    if (staging) return absl::CancelledError("staged");
     return absl::OkStatus();
   };
 
-  absl::Status status = registry_.Mutate(apply);
-  if (!staging) return status;
-  if (status.code() != absl::StatusCode::kCancelled || status.message() != "staged") return status;
+  if (!staging) return registry_.Mutate(apply);
+  if (absl::Status status = registry_.Check(apply); !status.ok()) return status;
   for (auto& r : resolvers) staged_.push_back(std::move(r));
   for (auto& c : claims) staged_claims_.push_back(std::move(c));
   return absl::OkStatus();

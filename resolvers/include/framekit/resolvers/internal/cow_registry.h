@@ -154,6 +154,20 @@ class CowRegistry {
     return absl::OkStatus();
   }
 
+  // As Mutate, but never publishes: runs `fn(Draft&)` on a copy of the current snapshot and
+  // returns its status (FailedPrecondition after Seal()). For checking changes that are held
+  // back (staged) before they are published.
+  template <class Fn>
+  absl::Status Check(Fn&& fn) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sealed_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(kind_, " registry is sealed: registration is a boot-time act"));
+    }
+    Draft draft(*current_.load(std::memory_order_relaxed), kind_);
+    return fn(draft);
+  }
+
   // Refuses every later Mutate. Idempotent.
   void Seal() {
     std::lock_guard<std::mutex> lock(mu_);
