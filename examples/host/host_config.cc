@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "framekit/ctx/internal/status_macros.h"
 
 namespace framekit::host {
 namespace {
@@ -129,24 +130,12 @@ class Reader {
   std::string_view source_;
 };
 
-#define HOST_ASSIGN(lhs, expr)                          \
-  do {                                                  \
-    auto host_value_ = (expr);                          \
-    if (!host_value_.ok()) return host_value_.status(); \
-    lhs = *std::move(host_value_);                      \
-  } while (false)
-
-#define HOST_CHECK(expr)                         \
-  do {                                           \
-    absl::Status host_status_ = (expr);          \
-    if (!host_status_.ok()) return host_status_; \
-  } while (false)
-
 absl::Status ParseNetworks(const Reader& r, const YAML::Node& node, HostConfig& config) {
-  HOST_CHECK(r.OnlyKeys(node, "networks", {"default", "clearnet", "list"}));
-  HOST_ASSIGN(config.networks.app_default, r.String(node, "networks", "default", false));
+  FRAMEKIT_RETURN_IF_ERROR(r.OnlyKeys(node, "networks", {"default", "clearnet", "list"}));
+  FRAMEKIT_ASSIGN_OR_RETURN(config.networks.app_default,
+                            r.String(node, "networks", "default", false));
   std::string clearnet;
-  HOST_ASSIGN(clearnet, r.String(node, "networks", "clearnet", false, "deny"));
+  FRAMEKIT_ASSIGN_OR_RETURN(clearnet, r.String(node, "networks", "clearnet", false, "deny"));
   if (clearnet != "allow" && clearnet != "deny") {
     return r.Error(node["clearnet"], "networks.clearnet", "expected allow or deny");
   }
@@ -159,12 +148,12 @@ absl::Status ParseNetworks(const Reader& r, const YAML::Node& node, HostConfig& 
   for (std::size_t i = 0; i < list.size(); ++i) {
     const YAML::Node item = list[i];
     const std::string path = Reader::Index("networks.list", i);
-    HOST_CHECK(r.OnlyKeys(
+    FRAMEKIT_RETURN_IF_ERROR(r.OnlyKeys(
         item, path,
         {"id", "type", "bind", "host", "port", "username", "password", "launch", "egress"}));
     std::string id, type;
-    HOST_ASSIGN(id, r.String(item, path, "id", true));
-    HOST_ASSIGN(type, r.String(item, path, "type", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(id, r.String(item, path, "id", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(type, r.String(item, path, "type", true));
     if (!net::IsValidNetworkId(id)) {
       return r.Error(item["id"], Reader::Join(path, "id"),
                      "invalid network id (lower-case letters, digits, '.', '_', '-'; at most 64)");
@@ -175,16 +164,16 @@ absl::Status ParseNetworks(const Reader& r, const YAML::Node& node, HostConfig& 
     }
     if (type == "direct") {
       std::string bind;
-      HOST_ASSIGN(bind, r.String(item, path, "bind", false));
+      FRAMEKIT_ASSIGN_OR_RETURN(bind, r.String(item, path, "bind", false));
       if (!bind.empty() && !net::IsValidIpAddress(bind)) {
         return r.Error(item["bind"], Reader::Join(path, "bind"), "expected an IP address");
       }
       config.networks.networks.push_back(net::Network::Direct(id, bind));
     } else if (type == "socks5") {
       std::string launch, egress, host, username, password;
-      HOST_ASSIGN(launch, r.String(item, path, "launch", false));
-      HOST_ASSIGN(username, r.String(item, path, "username", false));
-      HOST_ASSIGN(password, r.String(item, path, "password", false));
+      FRAMEKIT_ASSIGN_OR_RETURN(launch, r.String(item, path, "launch", false));
+      FRAMEKIT_ASSIGN_OR_RETURN(username, r.String(item, path, "username", false));
+      FRAMEKIT_ASSIGN_OR_RETURN(password, r.String(item, path, "password", false));
       if (!launch.empty()) {
         if (launch != "microsocks") {
           return r.Error(item["launch"], Reader::Join(path, "launch"),
@@ -194,7 +183,7 @@ absl::Status ParseNetworks(const Reader& r, const YAML::Node& node, HostConfig& 
           return r.Error(item, path,
                          "a launched proxy takes no host or port (the host picks them)");
         }
-        HOST_ASSIGN(egress, r.String(item, path, "egress", false));
+        FRAMEKIT_ASSIGN_OR_RETURN(egress, r.String(item, path, "egress", false));
         if (!egress.empty() && !net::IsValidIpAddress(egress)) {
           return r.Error(item["egress"], Reader::Join(path, "egress"), "expected an IP address");
         }
@@ -204,8 +193,8 @@ absl::Status ParseNetworks(const Reader& r, const YAML::Node& node, HostConfig& 
             net::Network::Socks5(id, "127.0.0.1", 1, username, password));
       } else {
         std::int64_t port = 0;
-        HOST_ASSIGN(host, r.String(item, path, "host", true));
-        HOST_ASSIGN(port, r.Int(item, path, "port", true, 0, 1, 65535));
+        FRAMEKIT_ASSIGN_OR_RETURN(host, r.String(item, path, "host", true));
+        FRAMEKIT_ASSIGN_OR_RETURN(port, r.Int(item, path, "port", true, 0, 1, 65535));
         if (!net::IsValidHost(host)) {
           return r.Error(item["host"], Reader::Join(path, "host"),
                          "expected a host name or IP address");
@@ -254,10 +243,11 @@ absl::Status ParseFunctions(const Reader& r, const YAML::Node& list, HostConfig&
   for (std::size_t i = 0; i < list.size(); ++i) {
     const YAML::Node item = list[i];
     const std::string path = Reader::Index("functions", i);
-    HOST_CHECK(r.OnlyKeys(item, path, {"name", "handler", "defaults", "fault_every", "sleep_ms"}));
+    FRAMEKIT_RETURN_IF_ERROR(
+        r.OnlyKeys(item, path, {"name", "handler", "defaults", "fault_every", "sleep_ms"}));
     FunctionConfig f;
-    HOST_ASSIGN(f.name, r.String(item, path, "name", true));
-    HOST_ASSIGN(f.handler, r.String(item, path, "handler", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(f.name, r.String(item, path, "name", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(f.handler, r.String(item, path, "handler", true));
     if (!names.insert(f.name).second) {
       return r.Error(item["name"], Reader::Join(path, "name"),
                      absl::StrCat("duplicate function \"", f.name, "\""));
@@ -268,12 +258,14 @@ absl::Status ParseFunctions(const Reader& r, const YAML::Node& list, HostConfig&
                      "expected echo, fetch, slow or faulty");
     }
     if (item["defaults"]) {
-      HOST_ASSIGN(f.defaults, ParseDefaults(r, item["defaults"], Reader::Join(path, "defaults")));
+      FRAMEKIT_ASSIGN_OR_RETURN(f.defaults,
+                                ParseDefaults(r, item["defaults"], Reader::Join(path, "defaults")));
     }
     std::int64_t fault_every = 0, sleep_ms = 0;
-    HOST_ASSIGN(fault_every,
-                r.Int(item, path, "fault_every", f.handler == "faulty", 0, 1, 1000000));
-    HOST_ASSIGN(sleep_ms, r.Int(item, path, "sleep_ms", f.handler == "slow", 0, 1, 600000));
+    FRAMEKIT_ASSIGN_OR_RETURN(
+        fault_every, r.Int(item, path, "fault_every", f.handler == "faulty", 0, 1, 1000000));
+    FRAMEKIT_ASSIGN_OR_RETURN(sleep_ms,
+                              r.Int(item, path, "sleep_ms", f.handler == "slow", 0, 1, 600000));
     f.fault_every = static_cast<int>(fault_every);
     f.sleep = std::chrono::milliseconds(sleep_ms);
     config.functions.push_back(std::move(f));
@@ -287,10 +279,11 @@ absl::Status ParseProcesses(const Reader& r, const YAML::Node& list, HostConfig&
   for (std::size_t i = 0; i < list.size(); ++i) {
     const YAML::Node item = list[i];
     const std::string path = Reader::Index("processes", i);
-    HOST_CHECK(r.OnlyKeys(item, path, {"name", "kind", "interval_ms", "fault_every"}));
+    FRAMEKIT_RETURN_IF_ERROR(
+        r.OnlyKeys(item, path, {"name", "kind", "interval_ms", "fault_every"}));
     ProcessConfig p;
-    HOST_ASSIGN(p.name, r.String(item, path, "name", true));
-    HOST_ASSIGN(p.kind, r.String(item, path, "kind", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(p.name, r.String(item, path, "name", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(p.kind, r.String(item, path, "kind", true));
     if (!names.insert(p.name).second) {
       return r.Error(item["name"], Reader::Join(path, "name"),
                      absl::StrCat("duplicate process \"", p.name, "\""));
@@ -299,8 +292,9 @@ absl::Status ParseProcesses(const Reader& r, const YAML::Node& list, HostConfig&
       return r.Error(item["kind"], Reader::Join(path, "kind"), "expected ticker or poller");
     }
     std::int64_t interval = 0, fault_every = 0;
-    HOST_ASSIGN(interval, r.Int(item, path, "interval_ms", false, 10, 1, 60000));
-    HOST_ASSIGN(fault_every, r.Int(item, path, "fault_every", p.kind == "poller", 0, 1, 1000000));
+    FRAMEKIT_ASSIGN_OR_RETURN(interval, r.Int(item, path, "interval_ms", false, 10, 1, 60000));
+    FRAMEKIT_ASSIGN_OR_RETURN(fault_every,
+                              r.Int(item, path, "fault_every", p.kind == "poller", 0, 1, 1000000));
     p.interval = std::chrono::milliseconds(interval);
     p.fault_every = static_cast<int>(fault_every);
     config.processes.push_back(std::move(p));
@@ -309,13 +303,14 @@ absl::Status ParseProcesses(const Reader& r, const YAML::Node& list, HostConfig&
 }
 
 absl::Status ParseWorkload(const Reader& r, const YAML::Node& node, HostConfig& config) {
-  HOST_CHECK(r.OnlyKeys(node, "workload",
-                        {"calls", "threads", "deadline_ms", "mix", "fetch_networks", "tenants"}));
+  FRAMEKIT_RETURN_IF_ERROR(r.OnlyKeys(
+      node, "workload", {"calls", "threads", "deadline_ms", "mix", "fetch_networks", "tenants"}));
   WorkloadConfig& w = config.workload;
   std::int64_t calls = 0, threads = 0, deadline = 0;
-  HOST_ASSIGN(calls, r.Int(node, "workload", "calls", true, 0, 1, 10000000));
-  HOST_ASSIGN(threads, r.Int(node, "workload", "threads", false, 4, 1, 256));
-  HOST_ASSIGN(deadline, r.Int(node, "workload", "deadline_ms", false, 500, 1, 600000));
+  FRAMEKIT_ASSIGN_OR_RETURN(calls, r.Int(node, "workload", "calls", true, 0, 1, 10000000));
+  FRAMEKIT_ASSIGN_OR_RETURN(threads, r.Int(node, "workload", "threads", false, 4, 1, 256));
+  FRAMEKIT_ASSIGN_OR_RETURN(deadline,
+                            r.Int(node, "workload", "deadline_ms", false, 500, 1, 600000));
   w.calls = static_cast<int>(calls);
   w.threads = static_cast<int>(threads);
   w.deadline = std::chrono::milliseconds(deadline);
@@ -379,14 +374,15 @@ absl::StatusOr<HostConfig> ParseHostConfig(std::string_view yaml, std::string_vi
   try {
     const YAML::Node root = YAML::Load(std::string(yaml));
     if (!root.IsMap()) return r.Error(root, "(top level)", "expected a mapping");
-    HOST_CHECK(r.OnlyKeys(root, "", {"networks", "functions", "processes", "workload"}));
+    FRAMEKIT_RETURN_IF_ERROR(
+        r.OnlyKeys(root, "", {"networks", "functions", "processes", "workload"}));
     for (const char* key : {"networks", "functions", "workload"}) {
       if (!root[key]) return r.Error(root, key, "missing");
     }
-    HOST_CHECK(ParseNetworks(r, root["networks"], config));
-    HOST_CHECK(ParseFunctions(r, root["functions"], config));
-    if (root["processes"]) HOST_CHECK(ParseProcesses(r, root["processes"], config));
-    HOST_CHECK(ParseWorkload(r, root["workload"], config));
+    FRAMEKIT_RETURN_IF_ERROR(ParseNetworks(r, root["networks"], config));
+    FRAMEKIT_RETURN_IF_ERROR(ParseFunctions(r, root["functions"], config));
+    if (root["processes"]) FRAMEKIT_RETURN_IF_ERROR(ParseProcesses(r, root["processes"], config));
+    FRAMEKIT_RETURN_IF_ERROR(ParseWorkload(r, root["workload"], config));
   } catch (const YAML::Exception& e) {
     const std::string where = e.mark.is_null()
                                   ? std::string(source)
