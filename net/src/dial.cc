@@ -14,7 +14,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/ctx/internal/status_macros.h"
 #include "framekit/net/internal/errors.h"
+#include "framekit/net/internal/route_check.h"
 #include "framekit/net/overlay.h"
 
 namespace framekit::net {
@@ -41,6 +43,33 @@ absl::Status HopError(absl::StatusCode code, const Network& network, int hop, st
                       std::string_view why) {
   return absl::Status(code, absl::StrCat("network \"", network.id, "\": hop ", hop, " (",
                                          AsAbsl(what), "): ", AsAbsl(why)));
+}
+
+// The SOCKS5 reply (RFC 1928 section 6) behind a libcurl proxy code, spelled out, with the
+// reply number a proxy's own logs would show.
+std::string SocksReplyText(long proxy_code) {
+  switch (static_cast<CURLproxycode>(proxy_code)) {
+    case CURLPX_REPLY_GENERAL_SERVER_FAILURE:
+      return "general SOCKS server failure (SOCKS5 reply 1)";
+    case CURLPX_REPLY_NOT_ALLOWED:
+      return "connection not allowed by ruleset (SOCKS5 reply 2)";
+    case CURLPX_REPLY_NETWORK_UNREACHABLE:
+      return "network unreachable (SOCKS5 reply 3)";
+    case CURLPX_REPLY_HOST_UNREACHABLE:
+      return "host unreachable (SOCKS5 reply 4)";
+    case CURLPX_REPLY_CONNECTION_REFUSED:
+      return "connection refused (SOCKS5 reply 5)";
+    case CURLPX_REPLY_TTL_EXPIRED:
+      return "TTL expired (SOCKS5 reply 6)";
+    case CURLPX_REPLY_COMMAND_NOT_SUPPORTED:
+      return "command not supported (SOCKS5 reply 7)";
+    case CURLPX_REPLY_ADDRESS_TYPE_NOT_SUPPORTED:
+      return "address type not supported (SOCKS5 reply 8)";
+    case CURLPX_REPLY_UNASSIGNED:
+      return "an unassigned SOCKS5 reply code (above 8)";
+    default:
+      return "the proxy's reply could not be read";
+  }
 }
 
 absl::Status MapCurlError(CURL* curl, CURLcode code, const char* detail, const Network& network,
@@ -82,16 +111,18 @@ absl::Status MapCurlError(CURL* curl, CURLcode code, const char* detail, const N
                           absl::StrCat("authentication failed: ", why));
         case CURLPX_REPLY_NOT_ALLOWED:
           return HopError(absl::StatusCode::kPermissionDenied, network, 2, destination,
-                          absl::StrCat("refused by the proxy's rules: ", why));
+                          absl::StrCat("refused by the proxy: ", SocksReplyText(px)));
         case CURLPX_REPLY_CONNECTION_REFUSED:
         case CURLPX_REPLY_HOST_UNREACHABLE:
         case CURLPX_REPLY_NETWORK_UNREACHABLE:
         case CURLPX_REPLY_TTL_EXPIRED:
         case CURLPX_REPLY_GENERAL_SERVER_FAILURE:
+        case CURLPX_REPLY_COMMAND_NOT_SUPPORTED:
+        case CURLPX_REPLY_ADDRESS_TYPE_NOT_SUPPORTED:
         case CURLPX_REPLY_UNASSIGNED:
         case CURLPX_REQUEST_FAILED:
           return HopError(absl::StatusCode::kUnavailable, network, 2, destination,
-                          absl::StrCat("the proxy could not connect: ", why));
+                          absl::StrCat("the proxy could not connect: ", SocksReplyText(px)));
         default:
           return HopError(absl::StatusCode::kUnavailable, network, 1, proxy,
                           absl::StrCat("SOCKS5 handshake failed: ", why));
@@ -99,6 +130,48 @@ absl::Status MapCurlError(CURL* curl, CURLcode code, const char* detail, const N
     }
     default:
       return HopError(absl::StatusCode::kUnavailable, network, 1, socks ? proxy : destination, why);
+  }
+}
+
+// The strings libcurl keeps pointers to while it connects.
+struct RouteOptions {
+  std::string proxy;
+  std::string interface;
+};
+
+// Sets every libcurl option that decides where a dial goes, explicitly, so that neither the
+// process environment nor a libcurl default can change the route:
+//  - CURLOPT_PROXY is always set (to the network's proxy, or to "" for a direct network): libcurl
+//    then ignores ALL_PROXY, all_proxy, http_proxy, HTTPS_PROXY and the like;
+//  - CURLOPT_NOPROXY is set to "": libcurl then ignores NO_PROXY/no_proxy, which would
+//    otherwise connect straight to a matching destination, resolving its name locally;
+//  - CURLOPT_SOCKS5_AUTH offers only the configured method: username/password when the network
+//    has credentials, otherwise no authentication. libcurl's default also offers GSS-API, which
+//    would hand a proxy that picks it the host's Kerberos credentials. (libcurl always lists
+//    "no authentication" as well; a proxy that picks it is sent no credentials at all);
+//  - no .netrc, no DNS-over-HTTPS, no redirection: none is set, and CURLOPT_NETRC is pinned off.
+void PinRoute(CURL* c, const Network& network, RouteOptions& route) {
+  curl_easy_setopt(c, CURLOPT_NOPROXY, "");
+  curl_easy_setopt(c, CURLOPT_NETRC, static_cast<long>(CURL_NETRC_IGNORED));
+  if (network.kind == Network::Kind::kSocks5) {
+    // socks5h: the proxy resolves the destination name; nothing is looked up locally.
+    route.proxy =
+        absl::StrCat("socks5h://", HostForUrl(network.proxy_host), ":", network.proxy_port);
+    curl_easy_setopt(c, CURLOPT_PROXY, route.proxy.c_str());
+    curl_easy_setopt(c, CURLOPT_PROXYTYPE, static_cast<long>(CURLPROXY_SOCKS5_HOSTNAME));
+    if (network.username.empty()) {
+      curl_easy_setopt(c, CURLOPT_SOCKS5_AUTH, static_cast<unsigned long>(CURLAUTH_NONE));
+    } else {
+      curl_easy_setopt(c, CURLOPT_SOCKS5_AUTH, static_cast<unsigned long>(CURLAUTH_BASIC));
+      curl_easy_setopt(c, CURLOPT_PROXYUSERNAME, network.username.c_str());
+      curl_easy_setopt(c, CURLOPT_PROXYPASSWORD, network.password.c_str());
+    }
+    return;
+  }
+  curl_easy_setopt(c, CURLOPT_PROXY, "");
+  if (!network.bind_address.empty()) {
+    route.interface = absl::StrCat("host!", network.bind_address);
+    curl_easy_setopt(c, CURLOPT_INTERFACE, route.interface.c_str());
   }
 }
 
@@ -190,25 +263,8 @@ absl::StatusOr<Connection> DialNetwork(const Network& network, std::string_view 
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout.count()));
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
-  std::string proxy;
-  std::string interface;
-  if (network.kind == Network::Kind::kSocks5) {
-    // socks5h: the proxy resolves the destination name; nothing is looked up locally.
-    proxy = absl::StrCat("socks5h://", HostForUrl(network.proxy_host), ":", network.proxy_port);
-    curl_easy_setopt(c, CURLOPT_PROXY, proxy.c_str());
-    if (!network.username.empty()) {
-      curl_easy_setopt(c, CURLOPT_PROXYUSERNAME, network.username.c_str());
-      curl_easy_setopt(c, CURLOPT_PROXYPASSWORD, network.password.c_str());
-    }
-  } else {
-    // An empty proxy disables the proxy environment variables (ALL_PROXY, http_proxy...): a
-    // direct network never goes anywhere but straight to the destination.
-    curl_easy_setopt(c, CURLOPT_PROXY, "");
-    if (!network.bind_address.empty()) {
-      interface = absl::StrCat("host!", network.bind_address);
-      curl_easy_setopt(c, CURLOPT_INTERFACE, interface.c_str());
-    }
-  }
+  RouteOptions route;
+  PinRoute(c, network, route);
   const CURLcode code = curl_easy_perform(c);
   if (code != CURLE_OK) return MapCurlError(c, code, detail, network, host, port, timeout);
   curl_socket_t socket = CURL_SOCKET_BAD;
@@ -218,12 +274,13 @@ absl::StatusOr<Connection> DialNetwork(const Network& network, std::string_view 
         absl::StrCat("network \"", network.id, "\": connected, but no socket to take over"));
   }
   // The easy handle closes its socket on cleanup; keep a duplicate.
-  const int fd = ::fcntl(socket, F_DUPFD_CLOEXEC, 0);
-  if (fd < 0) {
+  Connection connection(::fcntl(socket, F_DUPFD_CLOEXEC, 0));
+  if (!connection.is_open()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("network \"", network.id, "\": dup: ", std::strerror(errno)));
   }
-  return Connection(fd);
+  FRAMEKIT_RETURN_IF_ERROR(net_internal::VerifyRoute(connection.fd(), network));
+  return connection;
 }
 
 absl::StatusOr<Connection> Dial(const Frame& frame, const NetworkRegistry& networks,

@@ -16,16 +16,21 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <latch>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "framekit/ctx/frame.h"
+#include "framekit/net/internal/route_check.h"
 #include "framekit/net/network.h"
 #include "framekit/net/overlay.h"
 #include "framekit/net/testing/loopback.h"
@@ -37,14 +42,52 @@ extern char** environ;
 namespace framekit::net {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 constexpr std::chrono::milliseconds kTimeout{5000};
 
 using loopback::PeerEchoServer;
+using loopback::RecordingSocks5Server;
 using loopback::Socks5Proxy;
+
+// Sets environment variables for its lifetime and restores what was there before.
+// NOTE: setenv is not thread-safe; use it only while the test runs no other threads that read
+// the environment (the echo server and proxies do not).
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(std::vector<std::pair<std::string, std::string>> values) {
+    for (auto& [name, value] : values) {
+      const char* old = std::getenv(name.c_str());
+      saved_.push_back({name, old != nullptr ? std::optional<std::string>(old) : std::nullopt});
+      ::setenv(name.c_str(), value.c_str(), 1);
+    }
+  }
+  ~ScopedEnv() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
+      if (it->second) {
+        ::setenv(it->first.c_str(), it->second->c_str(), 1);
+      } else {
+        ::unsetenv(it->first.c_str());
+      }
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+std::unique_ptr<RecordingSocks5Server> StartRecorder(RecordingSocks5Server::Script script) {
+  absl::StatusOr<std::unique_ptr<RecordingSocks5Server>> server =
+      RecordingSocks5Server::Start(std::move(script));
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
 
 std::uint16_t FreePort() {
   absl::StatusOr<std::uint16_t> port = loopback::FreeLoopbackPort();
@@ -102,9 +145,10 @@ class DialTest : public ::testing::Test {
     return Frame().Fork().With(pairs);
   }
 
-  // Dials the echo server and returns the peer address it reports.
-  absl::StatusOr<std::string> PeerSeen(const Frame& frame, const NetworkRegistry& networks) {
-    absl::StatusOr<Connection> conn = Dial(frame, networks, "127.0.0.1", echo_->port(), kTimeout);
+  // Dials the echo server at `host` and returns the peer address it reports.
+  absl::StatusOr<std::string> PeerSeen(const Frame& frame, const NetworkRegistry& networks,
+                                       const std::string& host = "127.0.0.1") {
+    absl::StatusOr<Connection> conn = Dial(frame, networks, host, echo_->port(), kTimeout);
     if (!conn.ok()) return conn.status();
     std::string seen;
     while (true) {
@@ -226,6 +270,223 @@ TEST_F(DialTest, ConcurrentDialsTakeTheirOwnRoutes) {
     ASSERT_TRUE(seen[i].ok()) << seen[i].status();
     EXPECT_EQ(*seen[i], i % 2 == 0 ? "127.0.0.5" : "127.0.0.7");
   }
+}
+
+// The proxy variables a host, a container image or a shell profile commonly sets, each pointed
+// somewhere hostile: NO_PROXY at everything or at the destination, the proxy variables at a
+// decoy proxy that records any contact.
+std::vector<std::vector<std::pair<std::string, std::string>>> HostileEnvironments(
+    std::uint16_t decoy_port) {
+  const std::string decoy = absl::StrCat("socks5h://127.0.0.1:", decoy_port);
+  const std::string decoy_http = absl::StrCat("http://127.0.0.1:", decoy_port);
+  return {
+      {{"NO_PROXY", "*"}},
+      {{"no_proxy", "*"}},
+      {{"NO_PROXY", "localhost,127.0.0.1"}, {"no_proxy", "localhost,127.0.0.1"}},
+      {{"ALL_PROXY", decoy}},
+      {{"all_proxy", decoy}},
+      {{"HTTP_PROXY", decoy_http}, {"http_proxy", decoy_http}},
+      {{"HTTPS_PROXY", decoy_http}, {"https_proxy", decoy_http}},
+      {{"NO_PROXY", "*"},
+       {"no_proxy", "*"},
+       {"ALL_PROXY", decoy},
+       {"all_proxy", decoy},
+       {"http_proxy", decoy_http},
+       {"HTTPS_PROXY", decoy_http}},
+  };
+}
+
+std::string Describe(const std::vector<std::pair<std::string, std::string>>& env) {
+  std::string out;
+  for (const auto& [name, value] : env) absl::StrAppend(&out, name, "=", value, " ");
+  return out;
+}
+
+// Tests that no proxy variable in the process environment changes where a dial goes: every
+// SOCKS5-routed dial still arrives from the proxy's egress address (for an IP and a host-name
+// destination), wrong credentials still fail at the proxy, direct and bound networks still go
+// straight out, and the decoy proxy the variables name is never contacted.
+TEST_F(DialTest, ProxyEnvironmentVariablesCannotMoveARoute) {
+  auto networks = Registry(ClearnetPolicy::kAllow);
+  std::unique_ptr<RecordingSocks5Server> decoy = StartRecorder({.egress_address = "127.0.0.9"});
+  ASSERT_NE(decoy, nullptr);
+  for (const auto& env : HostileEnvironments(decoy->port())) {
+    SCOPED_TRACE(Describe(env));
+    ScopedEnv scoped(env);
+    for (const std::string host : {"127.0.0.1", "localhost"}) {
+      SCOPED_TRACE(host);
+      absl::StatusOr<std::string> tor =
+          PeerSeen(CallFrame(networks, {{"network", "tor"}}), *networks, host);
+      ASSERT_TRUE(tor.ok()) << tor.status();
+      EXPECT_EQ(*tor, "127.0.0.5");
+      absl::StatusOr<std::string> auth =
+          PeerSeen(CallFrame(networks, {{"network", "auth"}}), *networks, host);
+      ASSERT_TRUE(auth.ok()) << auth.status();
+      EXPECT_EQ(*auth, "127.0.0.5");
+      absl::StatusOr<std::string> bad =
+          PeerSeen(CallFrame(networks, {{"network", "badauth"}}), *networks, host);
+      EXPECT_EQ(bad.status().code(), absl::StatusCode::kPermissionDenied) << bad.status();
+      absl::StatusOr<std::string> lan =
+          PeerSeen(CallFrame(networks, {{"network", "lan"}}), *networks, host);
+      ASSERT_TRUE(lan.ok()) << lan.status();
+      EXPECT_EQ(*lan, "127.0.0.7");
+      absl::StatusOr<std::string> clear = PeerSeen(CallFrame(networks, Options()), *networks, host);
+      ASSERT_TRUE(clear.ok()) << clear.status();
+      EXPECT_EQ(*clear, "127.0.0.1");
+    }
+  }
+  EXPECT_THAT(decoy->handshakes(), IsEmpty()) << "a proxy variable rerouted a dial";
+}
+
+// Tests that a destination host name travels to the proxy unresolved and is resolved there: the
+// name exists only in the proxy's own table (".invalid" never resolves through DNS), and the
+// dial arrives from the proxy's egress address, with NO_PROXY set to match everything.
+TEST_F(DialTest, HostNamesAreResolvedByTheProxyNotLocally) {
+  std::unique_ptr<RecordingSocks5Server> proxy = StartRecorder(
+      {.hosts = {{"echo.proxy-only.invalid", "127.0.0.1"}}, .egress_address = "127.0.0.6"});
+  ASSERT_NE(proxy, nullptr);
+  NetworkRegistry networks(ClearnetPolicy::kDeny);
+  ASSERT_TRUE(networks.Add(Network::Socks5("rec", "127.0.0.1", proxy->port())).ok());
+  ScopedEnv env({{"NO_PROXY", "*"}, {"no_proxy", "*"}});
+  absl::StatusOr<std::string> peer =
+      PeerSeen(Frame().With(NetworkKey(), "rec"), networks, "echo.proxy-only.invalid");
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ(*peer, "127.0.0.6");
+  const std::vector<RecordingSocks5Server::Handshake> seen = proxy->handshakes();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].address_type, 0x03) << "the destination was sent as an address, not a name";
+  EXPECT_EQ(seen[0].destination, "echo.proxy-only.invalid");
+  EXPECT_EQ(seen[0].port, echo_->port());
+}
+
+// Tests that a network without credentials offers exactly "no authentication", and one with
+// credentials offers username/password: never GSS-API, which would hand the host's Kerberos
+// credentials to a proxy that picks it. libcurl always lists "no authentication" first; with it a
+// proxy that needs no credentials is sent none, which leaks nothing.
+TEST_F(DialTest, OffersOnlyTheConfiguredAuthenticationMethod) {
+  std::unique_ptr<RecordingSocks5Server> open = StartRecorder({.method = 0x00});
+  std::unique_ptr<RecordingSocks5Server> basic = StartRecorder({.method = 0x02});
+  std::unique_ptr<RecordingSocks5Server> gssapi = StartRecorder({.method = 0x01});
+  ASSERT_TRUE(open && basic && gssapi);
+  NetworkRegistry networks(ClearnetPolicy::kDeny);
+  ASSERT_TRUE(networks.Add(Network::Socks5("open", "127.0.0.1", open->port())).ok());
+  ASSERT_TRUE(
+      networks.Add(Network::Socks5("basic", "127.0.0.1", basic->port(), "alice", "secret")).ok());
+  ASSERT_TRUE(networks.Add(Network::Socks5("gss", "127.0.0.1", gssapi->port())).ok());
+  ASSERT_TRUE(
+      networks.Add(Network::Socks5("gss2", "127.0.0.1", gssapi->port(), "alice", "secret")).ok());
+
+  ASSERT_TRUE(PeerSeen(Frame().With(NetworkKey(), "open"), networks).ok());
+  ASSERT_EQ(open->handshakes().size(), 1u);
+  EXPECT_THAT(open->handshakes()[0].methods, ElementsAre(0x00));
+
+  ASSERT_TRUE(PeerSeen(Frame().With(NetworkKey(), "basic"), networks).ok());
+  ASSERT_EQ(basic->handshakes().size(), 1u);
+  EXPECT_THAT(basic->handshakes()[0].methods, ElementsAre(0x00, 0x02));
+  EXPECT_EQ(basic->handshakes()[0].username, "alice");
+  EXPECT_EQ(basic->handshakes()[0].password, "secret");
+
+  for (const char* id : {"gss", "gss2"}) {
+    absl::StatusOr<std::string> refused = PeerSeen(Frame().With(NetworkKey(), id), networks);
+    EXPECT_FALSE(refused.ok()) << id << " accepted a method it never offered";
+  }
+  ASSERT_EQ(gssapi->handshakes().size(), 2u);
+  for (const auto& handshake : gssapi->handshakes()) {
+    EXPECT_THAT(handshake.methods, Not(Contains(0x01)));
+    EXPECT_EQ(handshake.address_type, 0) << "a request was sent after the proxy refused";
+  }
+}
+
+// Tests that every SOCKS5 reply a proxy can send at hop 2 is spelled out, with its number.
+TEST_F(DialTest, SecondHopRepliesAreSpelledOut) {
+  const std::vector<std::pair<std::uint8_t, std::string>> replies = {
+      {1, "general SOCKS server failure (SOCKS5 reply 1)"},
+      {2, "connection not allowed by ruleset (SOCKS5 reply 2)"},
+      {3, "network unreachable (SOCKS5 reply 3)"},
+      {4, "host unreachable (SOCKS5 reply 4)"},
+      {5, "connection refused (SOCKS5 reply 5)"},
+      {6, "TTL expired (SOCKS5 reply 6)"},
+      {7, "command not supported (SOCKS5 reply 7)"},
+      {8, "address type not supported (SOCKS5 reply 8)"},
+      {9, "an unassigned SOCKS5 reply code"},
+  };
+  for (const auto& [reply, text] : replies) {
+    SCOPED_TRACE(static_cast<int>(reply));
+    std::unique_ptr<RecordingSocks5Server> proxy = StartRecorder({.reply = reply});
+    ASSERT_NE(proxy, nullptr);
+    NetworkRegistry networks(ClearnetPolicy::kDeny);
+    ASSERT_TRUE(networks.Add(Network::Socks5("p", "127.0.0.1", proxy->port())).ok());
+    absl::StatusOr<Connection> conn =
+        Dial(Frame().With(NetworkKey(), "p"), networks, "127.0.0.1", echo_->port(), kTimeout);
+    ASSERT_FALSE(conn.ok());
+    EXPECT_EQ(conn.status().code(),
+              reply == 2 ? absl::StatusCode::kPermissionDenied : absl::StatusCode::kUnavailable)
+        << conn.status();
+    EXPECT_THAT(conn.status().message(), HasSubstr("hop 2 (destination 127.0.0.1:"));
+    EXPECT_THAT(conn.status().message(), HasSubstr(text));
+  }
+  EXPECT_THAT(echo_->peers(), IsEmpty());
+}
+
+// Tests that a destination name too long for a SOCKS5 request (over 255 bytes, where libcurl
+// would quietly resolve it locally instead) is refused before anything connects.
+TEST_F(DialTest, OverlongHostNameIsRefusedBeforeAnyLookup) {
+  std::unique_ptr<RecordingSocks5Server> proxy = StartRecorder({});
+  ASSERT_NE(proxy, nullptr);
+  NetworkRegistry networks(ClearnetPolicy::kDeny);
+  ASSERT_TRUE(networks.Add(Network::Socks5("rec", "127.0.0.1", proxy->port())).ok());
+  std::string host;
+  while (host.size() < 300) host += "abcdefghij.";
+  host += "invalid";
+  absl::StatusOr<Connection> conn =
+      Dial(Frame().With(NetworkKey(), "rec"), networks, host, echo_->port(), kTimeout);
+  EXPECT_EQ(conn.status().code(), absl::StatusCode::kInvalidArgument) << conn.status();
+  EXPECT_THAT(proxy->handshakes(), IsEmpty());
+}
+
+// Connects a plain TCP socket to 127.0.0.1:port from `source`; -1 on failure.
+int ConnectFrom(const char* source, std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  inet_pton(AF_INET, source, &from.sin_addr);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0 ||
+      ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Tests the kernel-side route check behind every dial: a socket that does not lead to the
+// proxy, or does not leave from the bind address, is refused with a message naming both ends.
+TEST_F(DialTest, RouteCheckRefusesASocketOffTheRoute) {
+  Connection to_echo(ConnectFrom("127.0.0.8", echo_->port()));
+  ASSERT_TRUE(to_echo.is_open());
+  const absl::Status not_proxy =
+      net_internal::VerifyRoute(to_echo.fd(), Network::Socks5("tor", "127.0.0.1", proxy_->port()));
+  EXPECT_EQ(not_proxy.code(), absl::StatusCode::kInternal) << not_proxy;
+  EXPECT_THAT(not_proxy.message(), HasSubstr("network \"tor\": route check failed"));
+  EXPECT_THAT(not_proxy.message(), HasSubstr(absl::StrCat("127.0.0.1:", echo_->port())));
+  const absl::Status wrong_source =
+      net_internal::VerifyRoute(to_echo.fd(), Network::Direct("lan", "127.0.0.7"));
+  EXPECT_EQ(wrong_source.code(), absl::StatusCode::kInternal) << wrong_source;
+  EXPECT_THAT(wrong_source.message(), HasSubstr("127.0.0.8"));
+
+  Connection to_proxy(ConnectFrom("127.0.0.8", proxy_->port()));
+  ASSERT_TRUE(to_proxy.is_open());
+  EXPECT_TRUE(
+      net_internal::VerifyRoute(to_proxy.fd(), Network::Socks5("tor", "127.0.0.1", proxy_->port()))
+          .ok());
+  EXPECT_FALSE(
+      net_internal::VerifyRoute(to_proxy.fd(), Network::Socks5("tor", "127.0.0.2", proxy_->port()))
+          .ok());
+  EXPECT_TRUE(net_internal::VerifyRoute(to_proxy.fd(), Network::Direct("lan", "127.0.0.8")).ok());
+  EXPECT_TRUE(net_internal::VerifyRoute(to_proxy.fd(), Network::Direct("any")).ok());
 }
 
 TEST(Connection, IsMoveOnlyAndClosesOnce) {

@@ -13,6 +13,16 @@
 // client with remote resolution, RFC 1929 authentication, source binding and connect
 // timeouts. Dial takes the socket over once connected; libcurl plays no part afterwards.
 //
+// The process environment never changes a route: every libcurl option that decides where a
+// dial goes is set explicitly, so NO_PROXY, no_proxy, ALL_PROXY, all_proxy, HTTP(S)_PROXY and
+// http(s)_proxy are ignored; a SOCKS5 handshake offers only the configured authentication
+// (username/password, or none; never GSS-API). After connecting, the kernel's view of the
+// socket is checked against the network (the peer is the proxy; the source is the bind
+// address), and a socket off the route is closed with an Internal error rather than used.
+// NOTE: a proxy given by host name is resolved locally by the C library (/etc/hosts, DNS; for
+// names without a dot also HOSTALIASES and LOCALDOMAIN). Configure proxies by numeric address
+// where that matters: the route check then also verifies the proxy's address.
+//
 // Example:
 //   std::shared_ptr<const framekit::net::NetworkRegistry> networks =
 //       *app.Get(framekit::net::NetworkRegistryKey());
@@ -78,7 +88,9 @@ class Connection {
 //  - Unavailable: a hop refused or was unreachable ("hop 1 (SOCKS5 proxy 127.0.0.1:9050):
 //    connection refused"; "hop 2 (destination example.org:443 via the proxy): ...");
 //  - PermissionDenied: the proxy rejected the credentials or the request by its rules;
-//  - DeadlineExceeded: `timeout` passed.
+//  - DeadlineExceeded: `timeout` passed;
+//  - Internal: connected, but the socket is off the network's route (the route check above);
+//    nothing was sent on it.
 // NOTE: blocks the calling thread for up to `timeout`. A Frame deadline earlier than
 // now + timeout shortens the wait.
 absl::StatusOr<Connection> Dial(const Frame& frame, const NetworkRegistry& networks,

@@ -16,10 +16,12 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -95,6 +97,62 @@ class Socks5Proxy {
   Socks5Proxy() = default;
   pid_t pid_ = -1;
   std::uint16_t port_ = 0;
+};
+
+// A scripted SOCKS5 server on 127.0.0.1 that records every client's handshake (the
+// authentication methods offered, the credentials sent, and the destination asked for, as the
+// client sent it: a host name or an address) and answers as scripted. It resolves host names
+// only from its own table, so a name that reaches a destination through it was resolved on the
+// proxy side, never by the client. Connections are served one at a time.
+//
+// This is a test instrument for the client side of the protocol; the real proxy in tests is
+// microsocks (Socks5Proxy).
+//
+// Thread-safety: thread-safe.
+class RecordingSocks5Server {
+ public:
+  struct Script {
+    // The method the server selects when the client offers it: 0x00 none, 0x02
+    // username/password. When the client does not offer it the server answers 0xFF (no
+    // acceptable method) and closes.
+    std::uint8_t method = 0x00;
+    // The CONNECT reply code (RFC 1928 section 6); 0 relays to the destination.
+    std::uint8_t reply = 0x00;
+    // Host names this server resolves, to IPv4 addresses. Any other name gets reply 4.
+    std::map<std::string, std::string> hosts = {};
+    // The source address of the relayed connection (its "egress"); empty: the default.
+    std::string egress_address = {};
+  };
+  struct Handshake {
+    std::vector<std::uint8_t> methods;  // as offered by the client, in order
+    std::string username;               // sent in RFC 1929 authentication, if any
+    std::string password;
+    std::uint8_t address_type = 0;  // 1 IPv4, 3 host name, 4 IPv6; 0: no request came
+    std::string destination;        // the name as sent, or the address in text form
+    std::uint16_t port = 0;
+  };
+
+  static absl::StatusOr<std::unique_ptr<RecordingSocks5Server>> Start(Script script);
+  ~RecordingSocks5Server();
+  RecordingSocks5Server(const RecordingSocks5Server&) = delete;
+  RecordingSocks5Server& operator=(const RecordingSocks5Server&) = delete;
+
+  std::uint16_t port() const { return port_; }
+  // One entry per accepted connection, in order.
+  std::vector<Handshake> handshakes() const;
+
+ private:
+  explicit RecordingSocks5Server(Script script) : script_(std::move(script)) {}
+  void Serve();
+  void Handle(int fd);
+
+  const Script script_;
+  int listen_fd_ = -1;
+  int stop_pipe_[2] = {-1, -1};
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::vector<Handshake> handshakes_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace framekit::net::loopback
