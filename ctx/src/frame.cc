@@ -18,9 +18,13 @@ namespace ctx_internal {
 // A cancellation scope: its own stop source, linked to the enclosing scope's token so that
 // cancelling an ancestor cancels it.
 struct CancelScope {
+  // Cancels `target` when the enclosing scope is cancelled. Forwarding is iterative: the
+  // outermost forward on a thread drains a worklist, and forwards that fire inside it (one per
+  // descendant scope) only append to that list. Cancelling the root of a chain of any depth
+  // therefore uses a constant amount of stack.
   struct Forward {
     std::stop_source target;
-    void operator()() const noexcept { target.request_stop(); }
+    void operator()() const noexcept;
   };
 
   explicit CancelScope(const CancelScope* enclosing) {
@@ -32,6 +36,29 @@ struct CancelScope {
   std::stop_source source;
   std::optional<std::stop_callback<Forward>> link;
 };
+
+void CancelScope::Forward::operator()() const noexcept {
+  thread_local std::vector<std::stop_source>* pending = nullptr;
+  if (pending != nullptr) {
+    try {
+      pending->push_back(target);
+      return;
+    } catch (...) {
+      // Out of memory: fall back to forwarding directly (recursion, as before).
+    }
+    std::stop_source(target).request_stop();
+    return;
+  }
+  std::vector<std::stop_source> worklist;
+  pending = &worklist;
+  std::stop_source(target).request_stop();
+  while (!worklist.empty()) {
+    std::stop_source next = std::move(worklist.back());
+    worklist.pop_back();
+    next.request_stop();
+  }
+  pending = nullptr;
+}
 
 namespace {
 
@@ -128,18 +155,28 @@ struct Slot {
   std::uint32_t position;
 };
 
+// Orders slots by key, the last position of a key first.
+bool SlotBefore(const Slot& a, const Slot& b) {
+  return ctx_internal::kKeyLess(a.key, b.key) || (a.key == b.key && a.position > b.position);
+}
+
 // Sorts by key, the last position of a key first; then keeps one slot per key (the last pair of
-// a key wins). Returns the number kept. Insertion sort: With adds a handful of pairs.
+// a key wins). Returns the number kept. With usually adds a handful of pairs: an insertion sort
+// on the stack is the fastest for those; longer lists take std::sort (O(n log n)).
 std::size_t SortAndDedupe(Slot* slots, std::size_t n) {
-  for (std::size_t i = 1; i < n; ++i) {
-    const Slot slot = slots[i];
-    std::size_t j = i;
-    while (j > 0 && (ctx_internal::kKeyLess(slot.key, slots[j - 1].key) ||
-                     (slot.key == slots[j - 1].key && slot.position > slots[j - 1].position))) {
-      slots[j] = slots[j - 1];
-      --j;
+  constexpr std::size_t kInsertionSortMax = 16;
+  if (n > kInsertionSortMax) {
+    std::sort(slots, slots + n, SlotBefore);
+  } else {
+    for (std::size_t i = 1; i < n; ++i) {
+      const Slot slot = slots[i];
+      std::size_t j = i;
+      while (j > 0 && SlotBefore(slot, slots[j - 1])) {
+        slots[j] = slots[j - 1];
+        --j;
+      }
+      slots[j] = slot;
     }
-    slots[j] = slot;
   }
   std::size_t kept = 0;
   for (std::size_t i = 0; i < n; ++i) {

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <latch>
+#include <memory>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -234,6 +235,39 @@ TEST(Frame, ConcurrentReadersShareOneFrame) {
   }
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(mismatches.load(), 0);
+}
+
+// Tests that a With of tens of thousands of pairs (keys in any address order, with repeats)
+// keeps the last pair of each key: the ordering step is O(n log n), not an insertion sort.
+TEST(Frame, WithManyPairsKeepsTheLastOfEachKey) {
+  constexpr int kKeys = 40000;
+  std::vector<std::unique_ptr<Key<int>>> keys;
+  keys.reserve(kKeys);
+  for (int i = 0; i < kKeys; ++i) keys.push_back(std::make_unique<Key<int>>("test.many"));
+  PairList pairs;
+  for (int i = kKeys - 1; i >= 0; --i) pairs.push_back(Pair::Of(*keys[i], -1));
+  for (int i = 0; i < kKeys; ++i) pairs.push_back(Pair::Of(*keys[i], i));
+  const Frame frame = Frame().With(pairs);
+  EXPECT_EQ(frame.size(), static_cast<std::size_t>(kKeys));
+  for (int i = 0; i < kKeys; i += 997) {
+    ASSERT_NE(frame.Find(*keys[i]), nullptr);
+    EXPECT_EQ(*frame.Find(*keys[i]), i);
+  }
+}
+
+// Tests that cancelling the root of a very deep chain of scopes reaches the innermost one
+// without recursing once per level (150,000 levels overflowed the stack).
+TEST(Frame, CancellingTheRootOfADeepChainReachesTheLeaf) {
+  constexpr int kDepth = 300000;
+  auto [root, cancel_root] = Frame().WithCancel();
+  Frame leaf = root;
+  for (int i = 0; i < kDepth; ++i) leaf = leaf.WithCancel().first;
+  std::atomic<bool> fired{false};
+  std::stop_callback on_stop(leaf.stop_token(), [&fired] { fired = true; });
+  EXPECT_FALSE(leaf.cancelled());
+  cancel_root.Cancel();
+  EXPECT_TRUE(leaf.cancelled());
+  EXPECT_TRUE(fired);
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
 #include "framekit/ctx/options.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace framekit {
@@ -97,6 +99,58 @@ TEST(Options, ToStringRoundTrips) {
   absl::StatusOr<Options> again = Options::Parse(options.ToString());
   ASSERT_TRUE(again.ok()) << again.status() << " for " << options.ToString();
   EXPECT_EQ(*again, options);
+}
+
+// Tests that keys arriving in reverse order parse in O(n log n): 100,000 of them took 32 s when
+// each was inserted into the flat map on its own.
+TEST(Options, ParseOfManyKeysInReverseOrderKeepsEveryKey) {
+  constexpr int kKeys = 100000;
+  std::string text;
+  for (int i = kKeys - 1; i >= 0; --i) {
+    if (!text.empty()) text.push_back(',');
+    text += "k" + std::to_string(i) + "=" + std::to_string(i);
+  }
+  absl::StatusOr<Options> options = Options::Parse(text);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->size(), static_cast<std::size_t>(kKeys));
+  EXPECT_EQ(options->GetInt("k0"), 0);
+  EXPECT_EQ(options->GetInt("k99999"), 99999);
+}
+
+TEST(Options, ParseRejectsARepeatedKey) {
+  absl::StatusOr<Options> options = Options::Parse("a=1,b=2,a=3");
+  EXPECT_EQ(options.status().code(), absl::StatusCode::kInvalidArgument) << options.status();
+  EXPECT_THAT(std::string(options.status().message()),
+              ::testing::HasSubstr("repeated option \"a\""));
+  EXPECT_THAT(std::string(options.status().message()), ::testing::HasSubstr("offset 8"));
+}
+
+// Tests that a repeated key too long to echo is cut in the message.
+TEST(Options, ParseEchoesABoundedPrefixOfARepeatedKey) {
+  const std::string key(10000, 'k');
+  absl::StatusOr<Options> options = Options::Parse(key + "=1," + key + "=2");
+  ASSERT_EQ(options.status().code(), absl::StatusCode::kInvalidArgument) << options.status();
+  EXPECT_LT(options.status().message().size(), 200u);
+}
+
+TEST(Options, ParseRejectsNumbersOutOfRange) {
+  for (const char* text : {"n=9223372036854775808", "n=-9223372036854775809",
+                           "n=99999999999999999999999999", "n=1e400", "n=-1e400"}) {
+    absl::StatusOr<Options> options = Options::Parse(text);
+    EXPECT_EQ(options.status().code(), absl::StatusCode::kInvalidArgument)
+        << text << " parsed as " << (options.ok() ? options->ToString() : "");
+    EXPECT_THAT(std::string(options.status().message()), ::testing::HasSubstr("out of the"));
+  }
+}
+
+TEST(Options, ParseReadsTheExtremesAndScientificNotation) {
+  absl::StatusOr<Options> options =
+      Options::Parse("max=9223372036854775807,min=-9223372036854775808,sci=2.5e3,word=inf");
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->GetInt("max"), INT64_MAX);
+  EXPECT_EQ(options->GetInt("min"), INT64_MIN);
+  EXPECT_EQ(options->GetDouble("sci"), 2500.0);
+  EXPECT_EQ(options->GetString("word"), "inf");
 }
 
 }  // namespace

@@ -82,8 +82,10 @@ class Options {
   static Options Merge(const Options& base, const Options& overrides);
 
   // Parses "key=value,key=value". Values: `true`/`false` are bools, integers are int64,
-  // decimals are doubles, `"..."` (with \" and \\ escapes) and bare words are strings.
-  // Keys: non-empty, [A-Za-z0-9_.-]. Returns InvalidArgument naming the offset and the problem.
+  // decimals (fixed or scientific notation) are doubles, `"..."` (with \" and \\ escapes) and
+  // bare words are strings. Keys: non-empty, [A-Za-z0-9_.-]. Returns InvalidArgument naming the
+  // offset and the problem, including for a repeated key and for a number that does not fit
+  // its type (never silently a string or a rounded double). O(n log n) in the number of keys.
   static absl::StatusOr<Options> Parse(std::string_view text);
 
   // The inverse of Parse (strings always quoted).
