@@ -3,8 +3,8 @@
 // configuration (--print-config shows it).
 //
 // Exit status: 0 when every healthy call succeeded on the network its options selected and every
-// injected fault was isolated and counted; 1 when a promise was broken; 2 for a configuration or
-// boot error.
+// injected fault was isolated and counted (and for --help and --print-config); 1 when a promise
+// was broken; 2 for a command-line, configuration or boot error.
 #include <unistd.h>
 
 #include <cstdio>
@@ -31,13 +31,16 @@ int main(int argc, char** argv) {
   cli.add_option("--threads", threads, "calling threads (overrides workload.threads)")
       ->check(CLI::Range(1, 256));
   cli.add_flag("--json", json, "print the summary as JSON");
-  cli.add_flag("--print-config", print_config, "print the built-in configuration and exit");
-  CLI11_PARSE(cli, argc, argv);
-
-  if (print_config) {
-    std::cout << framekit::host::DefaultConfigYaml();
-    return 0;
+  cli.add_flag("--print-config", print_config,
+               "print the configuration (the built-in one, or --config's) and exit");
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 prints help (exit 0) or the error; every command-line error exits 2, as documented.
+    const int code = cli.exit(e);
+    return code == 0 ? 0 : 2;
   }
+
   std::string text(framekit::host::DefaultConfigYaml());
   std::string source = "<built-in configuration>";
   if (!config_path.empty()) {
@@ -55,6 +58,10 @@ int main(int argc, char** argv) {
   if (!config.ok()) {
     std::cerr << "framekit-host: configuration error: " << config.status().message() << "\n";
     return 2;
+  }
+  if (print_config) {
+    std::cout << text;
+    return 0;
   }
   if (calls > 0) config->workload.calls = calls;
   if (threads > 0) config->workload.threads = threads;

@@ -200,6 +200,45 @@ TEST(Host, BinaryRejectsABadConfigFileNamingIt) {
   EXPECT_THAT(ran.out, HasSubstr("networks.default"));
 }
 
+TEST(Host, BinaryExitsTwoOnACommandLineError) {
+  for (const char* args : {" --no-such-flag", " --calls 0", " --threads x", " --config"}) {
+    const Ran ran = RunCommand(std::string(FRAMEKIT_HOST_BINARY) + args + " 2>&1");
+    EXPECT_EQ(ran.exit_code, 2) << args << ": " << ran.out;
+  }
+  const Ran help = RunCommand(std::string(FRAMEKIT_HOST_BINARY) + " --help 2>/dev/null");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("--print-config"));
+}
+
+// Tests that --print-config prints the configuration --config names, not the built-in one, and
+// refuses one that does not parse.
+TEST(Host, PrintConfigPrintsTheConfigurationInUse) {
+  const Ran builtin = RunCommand(std::string(FRAMEKIT_HOST_BINARY) + " --print-config");
+  ASSERT_EQ(builtin.exit_code, 0);
+  EXPECT_EQ(builtin.out, std::string(DefaultConfigYaml()));
+
+  const std::string path = ::testing::TempDir() + "/framekit_host_print.yaml";
+  const std::string custom = std::string(DefaultConfigYaml()) + "# a custom configuration\n";
+  {
+    std::ofstream file(path);
+    file << custom;
+  }
+  const Ran printed =
+      RunCommand(std::string(FRAMEKIT_HOST_BINARY) + " --print-config --config " + path);
+  EXPECT_EQ(printed.exit_code, 0);
+  EXPECT_EQ(printed.out, custom);
+
+  const std::string bad = ::testing::TempDir() + "/framekit_host_print_bad.yaml";
+  {
+    std::ofstream file(bad);
+    file << "networks: [unclosed\n";
+  }
+  const Ran refused = RunCommand(std::string(FRAMEKIT_HOST_BINARY) + " --print-config --config " +
+                                 bad + " 2>/dev/null");
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_EQ(refused.out, "");
+}
+
 TEST(Host, BootFailureNamesTheComponent) {
   HostConfig config = SmallDefault(10, 1);
   // Bypass the parser's check: the network component itself must refuse an unknown default.
