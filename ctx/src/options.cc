@@ -9,8 +9,11 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/strings.h"
 
 namespace framekit {
+
+using base_internal::AsAbsl;
 
 Options::Options(std::initializer_list<std::pair<std::string, OptionValue>> values) {
   for (const auto& [key, value] : values) values_.insert_or_assign(key, value);
@@ -44,7 +47,7 @@ bool IsKeyChar(char c) {
 
 absl::Status ParseError(std::size_t offset, std::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("options: at offset ", offset, ": ",
-                                                 absl::string_view(what.data(), what.size())));
+                                                 AsAbsl(what)));
 }
 
 // Parses a bare (unquoted) value: bool, int64, double, else a word.
