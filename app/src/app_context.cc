@@ -17,14 +17,13 @@ absl::Status AppContext::SetPair(Pair pair) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string_view name = pair.name();
   if (sealed()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "app context is sealed: cannot set \"", AsAbsl(name), "\""));
+    return absl::FailedPreconditionError(
+        absl::StrCat("app context is sealed: cannot set \"", AsAbsl(name), "\""));
   }
   const KeyBase* key = &pair.key();
   if (services_.contains(key)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("app context: \"", AsAbsl(name),
-                     "\" is set already (services are write-once)"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "app context: \"", AsAbsl(name), "\" is set already (services are write-once)"));
   }
   services_.emplace(key, std::make_unique<const Pair>(std::move(pair)));
   if (staging_) staged_keys_.push_back(key);

@@ -46,8 +46,8 @@ bool IsKeyChar(char c) {
 }
 
 absl::Status ParseError(std::size_t offset, std::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("options: at offset ", offset, ": ",
-                                                 AsAbsl(what)));
+  return absl::InvalidArgumentError(
+      absl::StrCat("options: at offset ", offset, ": ", AsAbsl(what)));
 }
 
 // Parses a bare (unquoted) value: bool, int64, double, else a word.

@@ -183,9 +183,8 @@ ExtensionPanic DescribeCurrentException(std::string_view extension, Phase phase)
 absl::Status PanicStatus(const ExtensionPanic& panic) {
   const std::string_view phase = PhaseName(panic.phase);
   absl::Status status(absl::StatusCode::kInternal,
-                      absl::StrCat("extension \"", panic.extension, "\" threw in ",
-                                   AsAbsl(phase), ": ", panic.type,
-                                   ": ", panic.message));
+                      absl::StrCat("extension \"", panic.extension, "\" threw in ", AsAbsl(phase),
+                                   ": ", panic.type, ": ", panic.message));
   std::string payload;
   PutField(payload, panic.extension);
   PutField(payload, phase);
@@ -194,19 +193,16 @@ absl::Status PanicStatus(const ExtensionPanic& panic) {
   PutField(payload, std::to_string(panic.nested.size()));
   for (const std::string& level : panic.nested) PutField(payload, level);
   PutField(payload, panic.stack);
-  status.SetPayload(AsAbsl(kExtensionPanicUrl),
-                    absl::Cord(payload));
+  status.SetPayload(AsAbsl(kExtensionPanicUrl), absl::Cord(payload));
   return status;
 }
 
 bool IsExtensionPanic(const absl::Status& status) {
-  return status.GetPayload(AsAbsl(kExtensionPanicUrl))
-      .has_value();
+  return status.GetPayload(AsAbsl(kExtensionPanicUrl)).has_value();
 }
 
 std::optional<ExtensionPanic> GetExtensionPanic(const absl::Status& status) {
-  const auto payload =
-      status.GetPayload(AsAbsl(kExtensionPanicUrl));
+  const auto payload = status.GetPayload(AsAbsl(kExtensionPanicUrl));
   if (!payload.has_value()) return std::nullopt;
   const std::string flat(*payload);
   std::string_view in = flat;

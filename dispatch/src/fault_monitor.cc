@@ -230,9 +230,8 @@ std::string FaultMonitor::RenderPrometheus() const {
 
   std::string out;
   const auto per_phase = [&](std::string_view metric, std::string_view help, auto value) {
-    absl::StrAppend(&out, "# HELP ", AsAbsl(metric), " ",
-                    AsAbsl(help), "\n# TYPE ",
-                    AsAbsl(metric), " counter\n");
+    absl::StrAppend(&out, "# HELP ", AsAbsl(metric), " ", AsAbsl(help), "\n# TYPE ", AsAbsl(metric),
+                    " counter\n");
     for (const FaultCounter& c : counters) {
       out.append(metric);
       out += "{extension=\"";

@@ -32,7 +32,6 @@ std::string_view ProcessStateName(ProcessState state) {
   return "unknown";
 }
 
-
 struct ProcessManager::Process {
   enum class Phase { kSetup, kLoop, kTeardown, kFinalize };
 

@@ -70,8 +70,7 @@ class Reader {
     std::string where(source_);
     if (mark.line >= 0) absl::StrAppend(&where, ":", mark.line + 1, ":", mark.column + 1);
     return absl::InvalidArgumentError(
-        absl::StrCat(where, ": ", AsAbsl(key), ": ",
-                     AsAbsl(problem)));
+        absl::StrCat(where, ": ", AsAbsl(key), ": ", AsAbsl(problem)));
   }
 
   // Refuses keys of `map` other than `allowed`.
@@ -121,9 +120,7 @@ class Reader {
   }
 
   static std::string Join(std::string_view path, std::string_view key) {
-    return path.empty() ? std::string(key)
-                        : absl::StrCat(AsAbsl(path), ".",
-                                       AsAbsl(key));
+    return path.empty() ? std::string(key) : absl::StrCat(AsAbsl(path), ".", AsAbsl(key));
   }
   static std::string Index(std::string_view path, std::size_t i) {
     return absl::StrCat(AsAbsl(path), "[", i, "]");
@@ -387,10 +384,9 @@ absl::StatusOr<HostConfig> ParseHostConfig(std::string_view yaml, std::string_vi
     if (root["processes"]) FRAMEKIT_RETURN_IF_ERROR(ParseProcesses(r, root["processes"], config));
     FRAMEKIT_RETURN_IF_ERROR(ParseWorkload(r, root["workload"], config));
   } catch (const YAML::Exception& e) {
-    const std::string where = e.mark.is_null()
-                                  ? std::string(source)
-                                  : absl::StrCat(AsAbsl(source),
-                                                 ":", e.mark.line + 1, ":", e.mark.column + 1);
+    const std::string where = e.mark.is_null() ? std::string(source)
+                                               : absl::StrCat(AsAbsl(source), ":", e.mark.line + 1,
+                                                              ":", e.mark.column + 1);
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.msg));
   }
   return config;

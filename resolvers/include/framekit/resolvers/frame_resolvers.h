@@ -164,8 +164,8 @@ class FrameResolvers final {
   void AbortStaging();
 
  private:
-  using Registry = base_internal::CowRegistry<resolvers_internal::ResolverEntry,
-                                                   resolvers_internal::ClaimSet>;
+  using Registry =
+      base_internal::CowRegistry<resolvers_internal::ResolverEntry, resolvers_internal::ClaimSet>;
   using Snapshot = Registry::Snapshot;
 
   absl::Status ResolveSnapshot(const Snapshot& snapshot, const Frame& parent,

@@ -63,8 +63,8 @@ class CowRegistry {
     absl::Status Add(std::unique_ptr<Entry> entry) {
       std::string_view name = entry->name;
       if (Contains(name)) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            kind_, " \"", AsAbsl(name), "\" is registered already"));
+        return absl::AlreadyExistsError(
+            absl::StrCat(kind_, " \"", AsAbsl(name), "\" is registered already"));
       }
       const Entry* raw = entry.get();
       const auto at = std::upper_bound(snapshot_->entries.begin(), snapshot_->entries.end(), raw,
@@ -80,8 +80,8 @@ class CowRegistry {
       const auto it = std::find_if(entries.begin(), entries.end(),
                                    [name](const Entry* e) { return e->name == name; });
       if (it == entries.end()) {
-        return absl::NotFoundError(absl::StrCat(
-            kind_, " \"", AsAbsl(name), "\" is not registered"));
+        return absl::NotFoundError(
+            absl::StrCat(kind_, " \"", AsAbsl(name), "\" is not registered"));
       }
       if (indexed_) names_.erase(std::string_view((*it)->name));
       entries.erase(it);

@@ -14,8 +14,7 @@ namespace framekit::base_internal {
 absl::Status PrefixStatus(std::string_view prefix, const absl::Status& status);
 
 // As PrefixStatus, with the prefix `WHAT "NAME": ` (for example `frame resolver "net.overlay": `).
-absl::Status PrefixStatus(std::string_view what, std::string_view name,
-                          const absl::Status& status);
+absl::Status PrefixStatus(std::string_view what, std::string_view name, const absl::Status& status);
 
 }  // namespace framekit::base_internal
 
