@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "alloc_counter.h"
 #include "benchmark/benchmark.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/dispatch/function_executor.h"
 #include "framekit/dispatch/process_manager.h"

@@ -12,8 +12,11 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/strings.h"
 
 namespace framekit {
+
+using base_internal::AsAbsl;
 
 Options::Options(std::initializer_list<std::pair<std::string, OptionValue>> values) {
   for (const auto& [key, value] : values) values_.insert_or_assign(key, value);
@@ -46,8 +49,8 @@ bool IsKeyChar(char c) {
 }
 
 absl::Status ParseError(std::size_t offset, std::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("options: at offset ", offset, ": ",
-                                                 absl::string_view(what.data(), what.size())));
+  return absl::InvalidArgumentError(
+      absl::StrCat("options: at offset ", offset, ": ", AsAbsl(what)));
 }
 
 // At most this many bytes of a key are echoed in an error message.

@@ -18,8 +18,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "framekit/base/internal/strings.h"
 
 namespace framekit {
+
+using base_internal::AsAbsl;
 namespace {
 
 constexpr int kMaxThrowFrames = 48;
@@ -107,14 +110,14 @@ std::string SymbolizeStack(const ThrowStack& stack) {
 
 // Payload encoding: each field as "<length>:<bytes>", nested prefixed by its count.
 void PutField(std::string& out, std::string_view field) {
-  absl::StrAppend(&out, field.size(), ":", absl::string_view(field.data(), field.size()));
+  absl::StrAppend(&out, field.size(), ":", AsAbsl(field));
 }
 
 bool GetField(std::string_view& in, std::string& field) {
   const std::size_t colon = in.find(':');
   if (colon == std::string_view::npos) return false;
   std::uint64_t length = 0;
-  if (!absl::SimpleAtoi(absl::string_view(in.data(), colon), &length)) return false;
+  if (!absl::SimpleAtoi(AsAbsl(in.substr(0, colon)), &length)) return false;
   in.remove_prefix(colon + 1);
   if (length > in.size()) return false;
   field.assign(in.substr(0, length));
@@ -180,9 +183,8 @@ ExtensionPanic DescribeCurrentException(std::string_view extension, Phase phase)
 absl::Status PanicStatus(const ExtensionPanic& panic) {
   const std::string_view phase = PhaseName(panic.phase);
   absl::Status status(absl::StatusCode::kInternal,
-                      absl::StrCat("extension \"", panic.extension, "\" threw in ",
-                                   absl::string_view(phase.data(), phase.size()), ": ", panic.type,
-                                   ": ", panic.message));
+                      absl::StrCat("extension \"", panic.extension, "\" threw in ", AsAbsl(phase),
+                                   ": ", panic.type, ": ", panic.message));
   std::string payload;
   PutField(payload, panic.extension);
   PutField(payload, phase);
@@ -191,19 +193,16 @@ absl::Status PanicStatus(const ExtensionPanic& panic) {
   PutField(payload, std::to_string(panic.nested.size()));
   for (const std::string& level : panic.nested) PutField(payload, level);
   PutField(payload, panic.stack);
-  status.SetPayload(absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size()),
-                    absl::Cord(payload));
+  status.SetPayload(AsAbsl(kExtensionPanicUrl), absl::Cord(payload));
   return status;
 }
 
 bool IsExtensionPanic(const absl::Status& status) {
-  return status.GetPayload(absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size()))
-      .has_value();
+  return status.GetPayload(AsAbsl(kExtensionPanicUrl)).has_value();
 }
 
 std::optional<ExtensionPanic> GetExtensionPanic(const absl::Status& status) {
-  const auto payload =
-      status.GetPayload(absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size()));
+  const auto payload = status.GetPayload(AsAbsl(kExtensionPanicUrl));
   if (!payload.has_value()) return std::nullopt;
   const std::string flat(*payload);
   std::string_view in = flat;
@@ -214,8 +213,8 @@ std::optional<ExtensionPanic> GetExtensionPanic(const absl::Status& status) {
     return std::nullopt;
   }
   bool known_phase = false;
-  for (Phase p : {Phase::kSetup, Phase::kPoll, Phase::kTeardown, Phase::kFinalize, Phase::kHost,
-                  Phase::kResolve, Phase::kInvoke}) {
+  for (std::size_t i = 0; i < kPhaseCount; ++i) {
+    const Phase p = static_cast<Phase>(i);
     if (PhaseName(p) == phase) {
       panic.phase = p;
       known_phase = true;

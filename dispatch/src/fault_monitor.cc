@@ -6,19 +6,25 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/strings.h"
 #include "framekit/dispatch/internal/log_format.h"
 #include "spdlog/spdlog.h"
 
 namespace framekit::dispatch {
+
+using base_internal::AsAbsl;
 namespace {
 
 using dispatch_internal::Quote;
 
 std::size_t PhaseIndex(Phase phase) { return static_cast<std::size_t>(phase); }
 
-constexpr std::array<Phase, 7> kAllPhases = {Phase::kSetup,    Phase::kPoll, Phase::kTeardown,
-                                             Phase::kFinalize, Phase::kHost, Phase::kResolve,
-                                             Phase::kInvoke};
+// Every Phase in enum order, derived from the enum (see kPhaseCount).
+constexpr std::array<Phase, kPhaseCount> kAllPhases = [] {
+  std::array<Phase, kPhaseCount> phases{};
+  for (std::size_t i = 0; i < kPhaseCount; ++i) phases[i] = static_cast<Phase>(i);
+  return phases;
+}();
 
 std::int64_t Millis(std::chrono::nanoseconds d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -96,7 +102,7 @@ FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view 
     FaultVerdict verdict = FaultVerdict::kContinue;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = extensions_.find(absl::string_view(panic.extension.data(), panic.extension.size()));
+      auto it = extensions_.find(AsAbsl(panic.extension));
       if (it == extensions_.end()) {
         it = extensions_.try_emplace(panic.extension).first;
         it->second.intensity = FaultIntensity(options_.policy);
@@ -136,6 +142,7 @@ FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view 
       try {
         options_.on_alarm(*alarm);
       } catch (...) {
+        RethrowIfForcedUnwind();
         const ExtensionPanic thrown = DescribeCurrentException("fault alarm callback", panic.phase);
         if (log != nullptr) {
           log->error("fault alarm callback threw type={} message={}", Quote(thrown.type),
@@ -145,6 +152,10 @@ FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view 
     }
     return verdict;
   } catch (...) {
+    // The panic.h rule: thread cancellation is never swallowed. Report() is noexcept, so a
+    // rethrown cancellation ends in std::terminate; swallowing it would abort the process
+    // anyway ("exception not rethrown"), so the rethrow only makes the cause explicit.
+    RethrowIfForcedUnwind();
     // Out of memory while bookkeeping: the fault is still isolated, only its record is lost.
     return FaultVerdict::kContinue;
   }
@@ -172,6 +183,9 @@ void FaultMonitor::FlushSuppressed() noexcept {
     if (log == nullptr) return;
     for (const Summary& s : summaries) log->warn("{}", SummaryText(s));
   } catch (...) {
+    // As in Report(): cancellation is rethrown (and, this being noexcept, terminates); any
+    // other failure only loses the summaries' log lines.
+    RethrowIfForcedUnwind();
   }
 }
 
@@ -195,13 +209,13 @@ std::vector<FaultCounter> FaultMonitor::Counters() const {
 
 std::uint64_t FaultMonitor::faults(std::string_view extension, Phase phase) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = extensions_.find(absl::string_view(extension.data(), extension.size()));
+  const auto it = extensions_.find(AsAbsl(extension));
   return it == extensions_.end() ? 0 : it->second.phases[PhaseIndex(phase)].faults;
 }
 
 std::uint64_t FaultMonitor::alarms(std::string_view extension) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const auto it = extensions_.find(absl::string_view(extension.data(), extension.size()));
+  const auto it = extensions_.find(AsAbsl(extension));
   return it == extensions_.end() ? 0 : it->second.alarms;
 }
 
@@ -216,9 +230,8 @@ std::string FaultMonitor::RenderPrometheus() const {
 
   std::string out;
   const auto per_phase = [&](std::string_view metric, std::string_view help, auto value) {
-    absl::StrAppend(&out, "# HELP ", absl::string_view(metric.data(), metric.size()), " ",
-                    absl::string_view(help.data(), help.size()), "\n# TYPE ",
-                    absl::string_view(metric.data(), metric.size()), " counter\n");
+    absl::StrAppend(&out, "# HELP ", AsAbsl(metric), " ", AsAbsl(help), "\n# TYPE ", AsAbsl(metric),
+                    " counter\n");
     for (const FaultCounter& c : counters) {
       out.append(metric);
       out += "{extension=\"";

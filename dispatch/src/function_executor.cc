@@ -10,8 +10,10 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/name.h"
+#include "framekit/base/internal/strings.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/ctx/caller.h"
-#include "framekit/ctx/internal/status_macros.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/guard.h"
 #include "framekit/resolvers/frame_resolvers.h"
@@ -21,17 +23,8 @@ namespace {
 
 inline constexpr std::size_t kListedInvocations = 100;
 
-absl::string_view AbslView(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-
-bool ValidName(std::string_view name) {
-  if (name.empty() || name.size() > 128) return false;
-  auto alnum = [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-  };
-  if (!alnum(name[0])) return false;
-  return std::all_of(name.begin(), name.end(),
-                     [&](char c) { return alnum(c) || c == '_' || c == '.' || c == '-'; });
-}
+using base_internal::AsAbsl;
+using base_internal::IsValidName;
 
 int LatencyBucket(std::chrono::nanoseconds latency) {
   for (int i = 0; i < kLatencyBuckets - 1; ++i) {
@@ -280,7 +273,7 @@ FunctionExecutor::FunctionExecutor(const AppContext& app, FunctionExecutorOption
 FunctionExecutor::~FunctionExecutor() { workers_->Shutdown(); }
 
 absl::Status FunctionExecutor::Register(std::string name, Handler handler, Options defaults) {
-  if (!ValidName(name)) {
+  if (!IsValidName(name)) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid function name \"", name,
                      "\": want 1-128 of [A-Za-z0-9_.-], starting with a letter or digit"));
@@ -314,7 +307,7 @@ absl::Status FunctionExecutor::Register(std::string name, Handler handler, Optio
 absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler handler) {
   if (!handler) {
     return absl::InvalidArgumentError(
-        absl::StrCat("function \"", AbslView(name), "\": Deploy without a handler"));
+        absl::StrCat("function \"", AsAbsl(name), "\": Deploy without a handler"));
   }
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
@@ -324,7 +317,7 @@ absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler hand
   version->number = static_cast<int>(function.versions.size()) + 1;
   version->handler = std::move(handler);
   version->deployed = Clock::now();
-  version->guard_name = absl::StrCat(AbslView(name), "@v", version->number);
+  version->guard_name = absl::StrCat(AsAbsl(name), "@v", version->number);
   function.versions.push_back(version);
   function.active = std::move(version);
   return function.active->number;
@@ -373,15 +366,15 @@ absl::Status FunctionExecutor::Remove(std::string_view name) {
   absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
   if (!found.ok()) return found.status();
   removed = *std::move(found);
-  functions_.erase(AbslView(name));
+  functions_.erase(AsAbsl(name));
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::FindLocked(
     std::string_view name) const {
-  const auto it = functions_.find(AbslView(name));
+  const auto it = functions_.find(AsAbsl(name));
   if (it == functions_.end()) {
-    return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
+    return absl::NotFoundError(absl::StrCat("function \"", AsAbsl(name), "\" not found"));
   }
   return it->second;
 }
@@ -397,7 +390,7 @@ absl::Status FunctionExecutor::Lookup(std::string_view name, std::shared_ptr<Fun
   }
   if (version->disabled.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError(
-        absl::StrCat("function \"", AbslView(name), "\" version ", version->number,
+        absl::StrCat("function \"", AsAbsl(name), "\" version ", version->number,
                      " is disabled by the fault policy; deploy a new version"));
   }
   return absl::OkStatus();

@@ -6,6 +6,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/status.h"
+#include "framekit/base/internal/strings.h"
 #include "framekit/dispatch/internal/log_format.h"
 
 namespace framekit::dispatch_internal {
@@ -43,14 +45,8 @@ absl::Status CatchFaultStatus(ExtRef ext, Phase phase, std::string_view detail) 
   try {
     absl::Status status = PanicStatus(report.panic);
     if (detail.empty()) return status;
-    absl::Status prefixed(status.code(),
-                          absl::StrCat(phase == Phase::kHost ? "host function \"" : "",
-                                       absl::string_view(detail.data(), detail.size()),
-                                       phase == Phase::kHost ? "\": " : ": ", status.message()));
-    status.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) {
-      prefixed.SetPayload(url, payload);
-    });
-    return prefixed;
+    if (phase == Phase::kHost) return base_internal::PrefixStatus("host function", detail, status);
+    return base_internal::PrefixStatus(absl::StrCat(base_internal::AsAbsl(detail), ": "), status);
   } catch (...) {
     return absl::Status(absl::StatusCode::kInternal, "");
   }

@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/name.h"
+#include "framekit/base/internal/strings.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/guard.h"
 #include "framekit/resolvers/frame_resolvers.h"
@@ -11,13 +13,8 @@
 namespace framekit::dispatch {
 namespace {
 
-bool ValidName(std::string_view name) {
-  if (name.empty() || name.size() > 128) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '.' || c == '-';
-  });
-}
+using base_internal::AsAbsl;
+using base_internal::IsValidName;
 
 }  // namespace
 
@@ -34,13 +31,6 @@ std::string_view ProcessStateName(ProcessState state) {
   }
   return "unknown";
 }
-
-namespace {
-absl::string_view StateView(ProcessState state) {
-  const std::string_view name = ProcessStateName(state);
-  return absl::string_view(name.data(), name.size());
-}
-}  // namespace
 
 struct ProcessManager::Process {
   enum class Phase { kSetup, kLoop, kTeardown, kFinalize };
@@ -96,7 +86,7 @@ std::shared_ptr<ProcessManager::Process> ProcessManager::Find(Pid pid) const {
 
 absl::StatusOr<Pid> ProcessManager::Start(const Frame& parent, ProcessSpec spec,
                                           const Options& options) {
-  if (!ValidName(spec.name)) {
+  if (!IsValidName(spec.name)) {
     return absl::InvalidArgumentError(absl::StrCat("invalid process name \"", spec.name, "\""));
   }
   if (!spec.poll) {
@@ -154,7 +144,7 @@ absl::Status ProcessManager::Send(Pid pid, std::string message) {
   if (process == nullptr) return absl::NotFoundError(absl::StrCat("no process ", pid));
   if (process->state == ProcessState::kStopping || process->state == ProcessState::kExited) {
     return absl::FailedPreconditionError(
-        absl::StrCat("process ", pid, " is ", StateView(process->state)));
+        absl::StrCat("process ", pid, " is ", AsAbsl(ProcessStateName(process->state))));
   }
   if (process->mailbox.size() >= process->spec.mailbox_capacity) {
     return absl::ResourceExhaustedError(
@@ -200,7 +190,7 @@ absl::StatusOr<ProcessExit> ProcessManager::Wait(Pid pid, Clock::duration timeou
   if (process == nullptr) return absl::NotFoundError(absl::StrCat("no process ", pid));
   if (!exit_cv_.wait_for(lock, timeout, [&] { return process->state == ProcessState::kExited; })) {
     return absl::DeadlineExceededError(
-        absl::StrCat("process ", pid, " is still ", StateView(process->state)));
+        absl::StrCat("process ", pid, " is still ", AsAbsl(ProcessStateName(process->state))));
   }
   return ProcessExit{.status = process->exit, .restarts = process->restarts};
 }

@@ -4,7 +4,7 @@
 #include <memory>
 #include <string>
 
-#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/framekit.h"
 
 namespace {

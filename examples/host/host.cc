@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/framekit.h"
 #include "framekit/net/testing/loopback.h"
 #include "spdlog/sinks/stdout_color_sinks.h"

@@ -9,9 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/base/internal/strings.h"
+#include "framekit/base/status_macros.h"
 
 namespace framekit::host {
+
+using base_internal::AsAbsl;
 namespace {
 
 constexpr std::string_view kDefaultConfig = R"yaml(# framekit-host: the built-in configuration.
@@ -67,8 +70,7 @@ class Reader {
     std::string where(source_);
     if (mark.line >= 0) absl::StrAppend(&where, ":", mark.line + 1, ":", mark.column + 1);
     return absl::InvalidArgumentError(
-        absl::StrCat(where, ": ", absl::string_view(key.data(), key.size()), ": ",
-                     absl::string_view(problem.data(), problem.size())));
+        absl::StrCat(where, ": ", AsAbsl(key), ": ", AsAbsl(problem)));
   }
 
   // Refuses keys of `map` other than `allowed`.
@@ -118,12 +120,10 @@ class Reader {
   }
 
   static std::string Join(std::string_view path, std::string_view key) {
-    return path.empty() ? std::string(key)
-                        : absl::StrCat(absl::string_view(path.data(), path.size()), ".",
-                                       absl::string_view(key.data(), key.size()));
+    return path.empty() ? std::string(key) : absl::StrCat(AsAbsl(path), ".", AsAbsl(key));
   }
   static std::string Index(std::string_view path, std::size_t i) {
-    return absl::StrCat(absl::string_view(path.data(), path.size()), "[", i, "]");
+    return absl::StrCat(AsAbsl(path), "[", i, "]");
   }
 
  private:
@@ -384,10 +384,9 @@ absl::StatusOr<HostConfig> ParseHostConfig(std::string_view yaml, std::string_vi
     if (root["processes"]) FRAMEKIT_RETURN_IF_ERROR(ParseProcesses(r, root["processes"], config));
     FRAMEKIT_RETURN_IF_ERROR(ParseWorkload(r, root["workload"], config));
   } catch (const YAML::Exception& e) {
-    const std::string where = e.mark.is_null()
-                                  ? std::string(source)
-                                  : absl::StrCat(absl::string_view(source.data(), source.size()),
-                                                 ":", e.mark.line + 1, ":", e.mark.column + 1);
+    const std::string where = e.mark.is_null() ? std::string(source)
+                                               : absl::StrCat(AsAbsl(source), ":", e.mark.line + 1,
+                                                              ":", e.mark.column + 1);
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.msg));
   }
   return config;

@@ -1,11 +1,13 @@
-// The umbrella header: every public framekit header of the modules in framekit::framekit.
+// The umbrella header: every public framekit header of the modules in framekit::framekit,
+// the status macros (FRAMEKIT_RETURN_IF_ERROR, FRAMEKIT_ASSIGN_OR_RETURN) included.
 // Including it is the same as including each of them; prefer the single headers in libraries
 // that care about build times.
 #ifndef FRAMEKIT_FRAMEKIT_H_
 #define FRAMEKIT_FRAMEKIT_H_
 
-#include "framekit/ctx/app_context.h"
-#include "framekit/ctx/boot.h"
+#include "framekit/app/app_context.h"
+#include "framekit/app/boot.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/key.h"

@@ -14,7 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/net/internal/errors.h"
 #include "framekit/net/internal/route_check.h"
 #include "framekit/net/overlay.h"

@@ -10,7 +10,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/base/internal/strings.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/net/internal/errors.h"
 
 namespace framekit::net {
@@ -213,151 +214,189 @@ const Network* NetworkRegistry::Find(std::string_view id) const {
   return it == networks_.end() ? nullptr : &it->second;
 }
 
+namespace {
+
+// ParseNetworkConfig, one named step per function. Every error is InvalidArgument naming the
+// line and the key (see LineError).
+
+absl::Status LineFailure(std::size_t line, std::string_view key, std::string_view message) {
+  return absl::InvalidArgumentError(LineError(line, key, message));
+}
+
+// Takes the next line off `text`, without its comment and surrounding blanks.
+std::string_view TakeLine(std::string_view& text) {
+  const std::size_t eol = text.find('\n');
+  std::string_view line = text.substr(0, eol);
+  text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
+  if (const std::size_t hash = line.find('#'); hash != std::string_view::npos) {
+    line = line.substr(0, hash);
+  }
+  return Trim(line);
+}
+
+// The socks5 proxy `HOST:PORT` or `[IPV6]:PORT` into `network`.
+absl::Status ParseProxy(std::size_t line, std::string_view hostport, Network& network) {
+  std::string_view host;
+  std::string_view port;
+  if (!hostport.empty() && hostport.front() == '[') {
+    const std::size_t close = hostport.find(']');
+    if (close == std::string_view::npos || close + 1 >= hostport.size() ||
+        hostport[close + 1] != ':') {
+      return LineFailure(
+          line, "network",
+          absl::StrCat("malformed proxy \"", AsAbsl(hostport), "\": expected [IPV6]:PORT"));
+    }
+    host = hostport.substr(1, close - 1);
+    port = hostport.substr(close + 2);
+  } else {
+    const std::size_t colon = hostport.rfind(':');
+    if (colon == std::string_view::npos) {
+      return LineFailure(
+          line, "network",
+          absl::StrCat("malformed proxy \"", AsAbsl(hostport), "\": expected HOST:PORT"));
+    }
+    host = hostport.substr(0, colon);
+    port = hostport.substr(colon + 1);
+  }
+  const std::optional<std::uint16_t> parsed_port = ParsePort(port);
+  if (!parsed_port) {
+    return LineFailure(line, "network",
+                       absl::StrCat("proxy port \"", AsAbsl(port), "\" is not in 1..65535"));
+  }
+  network.proxy_host = std::string(host);
+  network.proxy_port = *parsed_port;
+  return absl::OkStatus();
+}
+
+// `network ID KIND [PROXY]`: the id, the kind and a socks5 proxy into `network`. Returns the
+// index of the first KEY=VALUE option token.
+absl::StatusOr<std::size_t> ParseNetworkHead(std::size_t line,
+                                             const std::vector<std::string_view>& tokens,
+                                             Network& network) {
+  if (tokens.size() < 3) {
+    return LineFailure(line, "network", "expected `network ID direct|socks5 ...`");
+  }
+  network.id = std::string(tokens[1]);
+  if (tokens[2] == "direct") {
+    network.kind = Network::Kind::kDirect;
+    return 3;
+  }
+  if (tokens[2] != "socks5") {
+    return LineFailure(
+        line, "network",
+        absl::StrCat("unknown kind \"", AsAbsl(tokens[2]), "\": expected direct or socks5"));
+  }
+  network.kind = Network::Kind::kSocks5;
+  if (tokens.size() < 4) {
+    return LineFailure(line, "network", "socks5 needs the proxy as HOST:PORT");
+  }
+  FRAMEKIT_RETURN_IF_ERROR(ParseProxy(line, tokens[3], network));
+  return 4;
+}
+
+// The KEY=VALUE options of a network line (bind for direct; user, password for socks5).
+absl::Status ParseNetworkOptions(std::size_t line, const std::vector<std::string_view>& tokens,
+                                 std::size_t first, Network& network) {
+  for (std::size_t i = first; i < tokens.size(); ++i) {
+    const std::size_t eq = tokens[i].find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      return LineFailure(line, "network",
+                         absl::StrCat("expected KEY=VALUE, got \"", AsAbsl(tokens[i]), "\""));
+    }
+    const std::string_view key = tokens[i].substr(0, eq);
+    const std::string value(tokens[i].substr(eq + 1));
+    std::string* field = nullptr;
+    if (network.kind == Network::Kind::kDirect && key == "bind") {
+      field = &network.bind_address;
+    } else if (network.kind == Network::Kind::kSocks5 && key == "user") {
+      field = &network.username;
+    } else if (network.kind == Network::Kind::kSocks5 && key == "password") {
+      field = &network.password;
+    } else {
+      return LineFailure(
+          line, key, absl::StrCat("not an option of a ", AsAbsl(network.kind_name()), " network"));
+    }
+    if (!field->empty() || value.empty()) {
+      return LineFailure(line, key, value.empty() ? "empty value" : "given twice");
+    }
+    *field = value;
+  }
+  return absl::OkStatus();
+}
+
+// A whole `network ...` line: parsed, validated as Add() would, and appended to `config`.
+absl::Status ParseNetworkLine(std::size_t line, const std::vector<std::string_view>& tokens,
+                              NetworkConfig& config) {
+  Network network;
+  FRAMEKIT_ASSIGN_OR_RETURN(const std::size_t first, ParseNetworkHead(line, tokens, network));
+  FRAMEKIT_RETURN_IF_ERROR(ParseNetworkOptions(line, tokens, first, network));
+  if (absl::Status valid = ValidateNetwork(network); !valid.ok()) {
+    return LineFailure(line, "network", base_internal::AsStd(valid.message()));
+  }
+  for (const Network& existing : config.networks) {
+    if (existing.id == network.id) {
+      return LineFailure(line, "network",
+                         absl::StrCat("network \"", network.id, "\" is defined twice"));
+    }
+  }
+  config.networks.push_back(std::move(network));
+  return absl::OkStatus();
+}
+
+// Which of the single settings have been given already.
+struct SeenSettings {
+  bool default_network = false;
+  bool clearnet = false;
+};
+
+// A `default = ID` or `clearnet = allow|deny` line into `config`.
+absl::Status ParseSettingLine(std::size_t line, std::string_view text, SeenSettings& seen,
+                              NetworkConfig& config) {
+  const std::size_t eq = text.find('=');
+  const std::string_view key = Trim(text.substr(0, eq));
+  if (key != "default" && key != "clearnet") {
+    return LineFailure(line, key, "unknown key: expected default, clearnet or network");
+  }
+  if (eq == std::string_view::npos) return LineFailure(line, key, "expected KEY = VALUE");
+  const std::string_view value = Trim(text.substr(eq + 1));
+  if (key == "default") {
+    if (seen.default_network) return LineFailure(line, key, "given twice");
+    seen.default_network = true;
+    if (!IsValidNetworkId(value)) {
+      return LineFailure(line, key,
+                         absl::StrCat("\"", AsAbsl(value), "\" is not a valid network id"));
+    }
+    config.app_default = std::string(value);
+    return absl::OkStatus();
+  }
+  if (seen.clearnet) return LineFailure(line, key, "given twice");
+  seen.clearnet = true;
+  if (value == "allow") {
+    config.clearnet = ClearnetPolicy::kAllow;
+  } else if (value == "deny") {
+    config.clearnet = ClearnetPolicy::kDeny;
+  } else {
+    return LineFailure(line, key,
+                       absl::StrCat("expected allow or deny, got \"", AsAbsl(value), "\""));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<NetworkConfig> ParseNetworkConfig(std::string_view text) {
   NetworkConfig config;
-  bool seen_default = false;
-  bool seen_clearnet = false;
-  std::vector<std::string> ids;
+  SeenSettings seen;
   std::size_t line_number = 0;
   while (!text.empty() || line_number == 0) {
     ++line_number;
-    const std::size_t eol = text.find('\n');
-    std::string_view line = text.substr(0, eol);
-    text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
-    if (const std::size_t hash = line.find('#'); hash != std::string_view::npos) {
-      line = line.substr(0, hash);
-    }
-    line = Trim(line);
+    const std::string_view line = TakeLine(text);
     if (line.empty()) continue;
-
-    std::vector<std::string_view> tokens = Tokens(line);
+    const std::vector<std::string_view> tokens = Tokens(line);
     if (tokens[0] == "network") {
-      if (tokens.size() < 3) {
-        return absl::InvalidArgumentError(
-            LineError(line_number, "network", "expected `network ID direct|socks5 ...`"));
-      }
-      Network network;
-      network.id = std::string(tokens[1]);
-      std::size_t next = 3;
-      if (tokens[2] == "direct") {
-        network.kind = Network::Kind::kDirect;
-      } else if (tokens[2] == "socks5") {
-        network.kind = Network::Kind::kSocks5;
-        if (tokens.size() < 4) {
-          return absl::InvalidArgumentError(
-              LineError(line_number, "network", "socks5 needs the proxy as HOST:PORT"));
-        }
-        std::string_view hostport = tokens[3];
-        std::string_view host;
-        std::string_view port;
-        if (!hostport.empty() && hostport.front() == '[') {
-          const std::size_t close = hostport.find(']');
-          if (close == std::string_view::npos || close + 1 >= hostport.size() ||
-              hostport[close + 1] != ':') {
-            return absl::InvalidArgumentError(LineError(
-                line_number, "network",
-                absl::StrCat("malformed proxy \"", AsAbsl(hostport), "\": expected [IPV6]:PORT")));
-          }
-          host = hostport.substr(1, close - 1);
-          port = hostport.substr(close + 2);
-        } else {
-          const std::size_t colon = hostport.rfind(':');
-          if (colon == std::string_view::npos) {
-            return absl::InvalidArgumentError(LineError(
-                line_number, "network",
-                absl::StrCat("malformed proxy \"", AsAbsl(hostport), "\": expected HOST:PORT")));
-          }
-          host = hostport.substr(0, colon);
-          port = hostport.substr(colon + 1);
-        }
-        const std::optional<std::uint16_t> parsed_port = ParsePort(port);
-        if (!parsed_port) {
-          return absl::InvalidArgumentError(
-              LineError(line_number, "network",
-                        absl::StrCat("proxy port \"", AsAbsl(port), "\" is not in 1..65535")));
-        }
-        network.proxy_host = std::string(host);
-        network.proxy_port = *parsed_port;
-        next = 4;
-      } else {
-        return absl::InvalidArgumentError(LineError(
-            line_number, "network",
-            absl::StrCat("unknown kind \"", AsAbsl(tokens[2]), "\": expected direct or socks5")));
-      }
-      for (std::size_t i = next; i < tokens.size(); ++i) {
-        const std::size_t eq = tokens[i].find('=');
-        if (eq == std::string_view::npos || eq == 0) {
-          return absl::InvalidArgumentError(
-              LineError(line_number, "network",
-                        absl::StrCat("expected KEY=VALUE, got \"", AsAbsl(tokens[i]), "\"")));
-        }
-        const std::string_view key = tokens[i].substr(0, eq);
-        const std::string value(tokens[i].substr(eq + 1));
-        std::string* field = nullptr;
-        if (network.kind == Network::Kind::kDirect && key == "bind") {
-          field = &network.bind_address;
-        } else if (network.kind == Network::Kind::kSocks5 && key == "user") {
-          field = &network.username;
-        } else if (network.kind == Network::Kind::kSocks5 && key == "password") {
-          field = &network.password;
-        } else {
-          return absl::InvalidArgumentError(LineError(
-              line_number, key,
-              absl::StrCat("not an option of a ", AsAbsl(network.kind_name()), " network")));
-        }
-        if (!field->empty() || value.empty()) {
-          return absl::InvalidArgumentError(
-              LineError(line_number, key, value.empty() ? "empty value" : "given twice"));
-        }
-        *field = value;
-      }
-      if (absl::Status valid = ValidateNetwork(network); !valid.ok()) {
-        return absl::InvalidArgumentError(
-            LineError(line_number, "network",
-                      std::string_view(valid.message().data(), valid.message().size())));
-      }
-      for (const std::string& id : ids) {
-        if (id == network.id) {
-          return absl::InvalidArgumentError(LineError(
-              line_number, "network", absl::StrCat("network \"", id, "\" is defined twice")));
-        }
-      }
-      ids.push_back(network.id);
-      config.networks.push_back(std::move(network));
-      continue;
-    }
-
-    const std::size_t eq = line.find('=');
-    const std::string_view key = Trim(line.substr(0, eq));
-    if (key != "default" && key != "clearnet") {
-      return absl::InvalidArgumentError(
-          LineError(line_number, key, "unknown key: expected default, clearnet or network"));
-    }
-    if (eq == std::string_view::npos) {
-      return absl::InvalidArgumentError(LineError(line_number, key, "expected KEY = VALUE"));
-    }
-    const std::string_view value = Trim(line.substr(eq + 1));
-    if (key == "default") {
-      if (seen_default)
-        return absl::InvalidArgumentError(LineError(line_number, key, "given twice"));
-      seen_default = true;
-      if (!IsValidNetworkId(value)) {
-        return absl::InvalidArgumentError(LineError(
-            line_number, key, absl::StrCat("\"", AsAbsl(value), "\" is not a valid network id")));
-      }
-      config.app_default = std::string(value);
+      FRAMEKIT_RETURN_IF_ERROR(ParseNetworkLine(line_number, tokens, config));
     } else {
-      if (seen_clearnet)
-        return absl::InvalidArgumentError(LineError(line_number, key, "given twice"));
-      seen_clearnet = true;
-      if (value == "allow") {
-        config.clearnet = ClearnetPolicy::kAllow;
-      } else if (value == "deny") {
-        config.clearnet = ClearnetPolicy::kDeny;
-      } else {
-        return absl::InvalidArgumentError(LineError(
-            line_number, key, absl::StrCat("expected allow or deny, got \"", AsAbsl(value), "\"")));
-      }
+      FRAMEKIT_RETURN_IF_ERROR(ParseSettingLine(line_number, line, seen, config));
     }
   }
   return config;

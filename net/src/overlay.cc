@@ -9,7 +9,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/net/internal/errors.h"
 
 namespace framekit {

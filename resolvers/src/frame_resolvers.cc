@@ -8,6 +8,8 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "framekit/base/internal/status.h"
+#include "framekit/base/internal/strings.h"
 #include "framekit/ctx/panic.h"
 
 namespace framekit {
@@ -30,11 +32,10 @@ namespace {
 using resolvers_internal::ClaimEntry;
 using resolvers_internal::ResolverEntry;
 
-absl::string_view AbslView(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+using base_internal::AsAbsl;
 
-constexpr absl::string_view kNotRegisteredUrl(kResolverNotRegisteredUrl.data(),
-                                              kResolverNotRegisteredUrl.size());
-constexpr absl::string_view kRollbackUrl(kRollbackFailureUrl.data(), kRollbackFailureUrl.size());
+constexpr absl::string_view kNotRegisteredUrl = AsAbsl(kResolverNotRegisteredUrl);
+constexpr absl::string_view kRollbackUrl = AsAbsl(kRollbackFailureUrl);
 
 absl::Status ValidateRegistration(const ResolverRegistration& r) {
   if (r.name.empty()) {
@@ -64,12 +65,7 @@ absl::Status ValidateClaim(const ClaimEntry& claim) {
 
 // `status` with its message prefixed by `frame resolver "NAME": `, code and payloads kept.
 absl::Status Wrap(std::string_view name, const absl::Status& status) {
-  absl::Status wrapped(status.code(),
-                       absl::StrCat("frame resolver \"", AbslView(name), "\": ", status.message()));
-  status.ForEachPayload([&wrapped](absl::string_view url, const absl::Cord& payload) {
-    wrapped.SetPayload(url, payload);
-  });
-  return wrapped;
+  return base_internal::PrefixStatus("frame resolver", name, status);
 }
 
 }  // namespace
@@ -239,7 +235,7 @@ absl::Status FrameResolvers::ResolveSnapshot(const Snapshot& snapshot, const Fra
       absl::Status undone = IsolateStatus(pair.name(), Phase::kResolve, *rollback);
       if (!undone.ok()) {
         if (!failures.empty()) failures.push_back('\n');
-        absl::StrAppend(&failures, "pair ", AbslView(pair.name()), ": ", undone.ToString());
+        absl::StrAppend(&failures, "pair ", AsAbsl(pair.name()), ": ", undone.ToString());
       }
     }
     if (kept != nullptr) {

@@ -6,9 +6,12 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit {
 namespace {
+
+using ::framekit::testing::IsOk;
 
 TEST(Options, TypedGettersReturnValuesOfTheirType) {
   const Options options{{"s", "text"}, {"i", std::int64_t{7}}, {"b", true}, {"d", 0.5}};
@@ -64,7 +67,7 @@ TEST(Options, MergeLetsOverridesWin) {
 TEST(Options, ParseReadsEveryValueType) {
   absl::StatusOr<Options> parsed =
       Options::Parse(R"(network=tor,name="a \"b\" c",n=-12,on=true,off=false,ratio=0.25)");
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_THAT(parsed, IsOk()) << parsed.status();
   EXPECT_EQ(parsed->GetString("network"), "tor");
   EXPECT_EQ(parsed->GetString("name"), "a \"b\" c");
   EXPECT_EQ(parsed->GetInt("n"), -12);
@@ -89,7 +92,7 @@ TEST(Options, ToStringRoundTripsExtremeDoubles) {
   for (double d : {5e-125, 4.9406564584124654e-324, 1.7976931348623157e308, -2.5e-300, 1e22}) {
     const Options options{{"d", d}};
     absl::StatusOr<Options> again = Options::Parse(options.ToString());
-    ASSERT_TRUE(again.ok()) << again.status();
+    ASSERT_THAT(again, IsOk()) << again.status();
     EXPECT_EQ(again->GetDouble("d"), d) << options.ToString();
   }
 }
@@ -97,7 +100,7 @@ TEST(Options, ToStringRoundTripsExtremeDoubles) {
 TEST(Options, ToStringRoundTrips) {
   const Options options{{"s", "with \"quotes\" and \\"}, {"i", -3}, {"b", true}, {"d", 100.0}};
   absl::StatusOr<Options> again = Options::Parse(options.ToString());
-  ASSERT_TRUE(again.ok()) << again.status() << " for " << options.ToString();
+  ASSERT_THAT(again, IsOk()) << again.status() << " for " << options.ToString();
   EXPECT_EQ(*again, options);
 }
 

@@ -7,9 +7,12 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit {
 namespace {
+
+using ::framekit::testing::IsOk;
 
 struct Big {
   std::array<char, 100> bytes{};
@@ -110,7 +113,7 @@ TEST(Pair, RollbackIsCarriedAndCallable) {
     return absl::OkStatus();
   });
   ASSERT_NE(pair.rollback(), nullptr);
-  EXPECT_TRUE((*pair.rollback())().ok());
+  EXPECT_THAT((*pair.rollback())(), IsOk());
   EXPECT_EQ(released, 1);
   EXPECT_EQ(Pair::Of(kInt, 1).rollback(), nullptr);
 }
@@ -118,7 +121,7 @@ TEST(Pair, RollbackIsCarriedAndCallable) {
 TEST(Pair, DebugStringRendersKnownTypes) {
   EXPECT_EQ(Pair::Of(kInt, 3).DebugString(), "test.int=3");
   EXPECT_EQ(Pair::Of(kString, "a").DebugString(), "test.string=\"a\"");
-  EXPECT_THAT(Pair::Of(kBig, Big{}).DebugString(), testing::StartsWith("test.big=<"));
+  EXPECT_THAT(Pair::Of(kBig, Big{}).DebugString(), ::testing::StartsWith("test.big=<"));
 }
 
 TEST(PairList, HoldsEightPairsInline) {

@@ -4,11 +4,17 @@
 #include <stdexcept>
 #include <string>
 
+#include "framekit/base/internal/strings.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit {
+
+using base_internal::AsAbsl;
 namespace {
+
+using ::framekit::testing::IsOk;
 
 struct UserError {
   int code;
@@ -32,7 +38,7 @@ TEST(ExtensionPanic, StdExceptionIsDescribed) {
   EXPECT_EQ(panic->type, "std::runtime_error");
   EXPECT_EQ(panic->message, "boom");
   EXPECT_THAT(std::string(status.message()),
-              testing::HasSubstr("extension \"ext\" threw in resolve: std::runtime_error: boom"));
+              ::testing::HasSubstr("extension \"ext\" threw in resolve: std::runtime_error: boom"));
 }
 
 TEST(ExtensionPanic, NonStdExceptionsAreDescribed) {
@@ -40,8 +46,8 @@ TEST(ExtensionPanic, NonStdExceptionsAreDescribed) {
   EXPECT_EQ(GetExtensionPanic(Throwing([] { throw 42; }))->type, "int");
   EXPECT_EQ(GetExtensionPanic(Throwing([] { throw "text"; }))->message, "text");
   const auto user = GetExtensionPanic(Throwing([] { throw UserError{3}; }));
-  EXPECT_THAT(user->type, testing::HasSubstr("UserError"));
-  EXPECT_THAT(user->message, testing::HasSubstr("UserError"));
+  EXPECT_THAT(user->type, ::testing::HasSubstr("UserError"));
+  EXPECT_THAT(user->message, ::testing::HasSubstr("UserError"));
 }
 
 TEST(ExtensionPanic, NestedExceptionsAreListed) {
@@ -59,7 +65,7 @@ TEST(ExtensionPanic, NestedExceptionsAreListed) {
 }
 
 TEST(ExtensionPanic, OkAndOtherErrorsPassThrough) {
-  EXPECT_TRUE(IsolateStatus("ext", Phase::kInvoke, [] { return absl::OkStatus(); }).ok());
+  EXPECT_THAT(IsolateStatus("ext", Phase::kInvoke, [] { return absl::OkStatus(); }), IsOk());
   const absl::Status own =
       IsolateStatus("ext", Phase::kInvoke, [] { return absl::NotFoundError("own"); });
   EXPECT_EQ(own.code(), absl::StatusCode::kNotFound);
@@ -79,8 +85,7 @@ TEST(ExtensionPanic, PayloadRoundTripsEveryField) {
 
 TEST(ExtensionPanic, CorruptPayloadReadsAsNothing) {
   absl::Status status = absl::InternalError("x");
-  status.SetPayload(absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size()),
-                    absl::Cord("9999:short"));
+  status.SetPayload(AsAbsl(kExtensionPanicUrl), absl::Cord("9999:short"));
   EXPECT_TRUE(IsExtensionPanic(status));
   EXPECT_FALSE(GetExtensionPanic(status).has_value());
 }

@@ -10,10 +10,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/frame.h"
-#include "framekit/ctx/internal/status_macros.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/function_executor.h"
@@ -21,13 +21,16 @@
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tenant_app.h"
+#include "support/status_matchers.h"
+#include "support/tenant_app.h"
 
 namespace framekit::dispatch {
 namespace {
 
-using test_support::kTenant;
-using test_support::TenantApp;
+using ::framekit::testing::IsOk;
+
+using ::framekit::testing::kTenant;
+using ::framekit::testing::TenantApp;
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -52,103 +55,6 @@ void WaitForQuarantine(const FunctionExecutor& executor, int want) {
   ASSERT_EQ(executor.quarantined(), want);
 }
 
-TEST(Interceptors, RunInOrderThenName) {
-  Interceptors interceptors;
-  std::vector<std::string> seen;
-  auto record = [&seen](std::string name) {
-    return [&seen, name](Call& call, const Next& next) {
-      seen.push_back(name);
-      return next(call);
-    };
-  };
-  ASSERT_TRUE(interceptors.Register("b", 10, record("b")).ok());
-  ASSERT_TRUE(interceptors.Register("a", 10, record("a")).ok());
-  ASSERT_TRUE(interceptors.Register("z", 1, record("z")).ok());
-  EXPECT_THAT(interceptors.names(), ElementsAre("z", "a", "b"));
-  Call call;
-  bool ran = false;
-  ASSERT_TRUE(interceptors
-                  .Run(call,
-                       [&](Call&) {
-                         ran = true;
-                         return absl::OkStatus();
-                       })
-                  .ok());
-  EXPECT_TRUE(ran);
-  EXPECT_THAT(seen, ElementsAre("z", "a", "b"));
-}
-
-TEST(Interceptors, RejectsDuplicatesAndUnregisters) {
-  Interceptors interceptors;
-  auto pass = [](Call& call, const Next& next) { return next(call); };
-  ASSERT_TRUE(interceptors.Register("a", 1, pass).ok());
-  EXPECT_EQ(interceptors.Register("a", 2, pass).code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(interceptors.Register("", 2, pass).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(interceptors.Register("b", 2, nullptr).code(), absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(interceptors.Unregister("a").ok());
-  EXPECT_EQ(interceptors.Unregister("a").code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(interceptors.size(), 0u);
-  interceptors.Seal();
-  EXPECT_EQ(interceptors.Register("c", 1, pass).code(), absl::StatusCode::kFailedPrecondition);
-}
-
-TEST(FunctionExecutor, InterceptorShortCircuitsAndSeesFrameAndOptions) {
-  TenantApp app;
-  auto interceptors = std::make_shared<Interceptors>();
-  std::string seen_tenant;
-  ASSERT_TRUE(interceptors
-                  ->Register("quota", 1,
-                             [&](Call& call, const Next& next) -> absl::Status {
-                               if (const std::string* t = call.frame.Find(kTenant))
-                                 seen_tenant = *t;
-                               if (call.options->GetBool("over_quota").value_or(false)) {
-                                 return absl::ResourceExhaustedError("quota");
-                               }
-                               return next(call);
-                             })
-                  .ok());
-  FunctionExecutor executor(app.app, {.interceptors = interceptors});
-  std::atomic<int> runs{0};
-  ASSERT_TRUE(executor
-                  .Register("f",
-                            [&](const Frame&, std::string_view, Sink& out) {
-                              ++runs;
-                              return out.Write("ran");
-                            })
-                  .ok());
-  auto blocked = executor.Invoke(Frame(), "f", "", {{"tenant", "acme"}, {"over_quota", true}});
-  EXPECT_EQ(blocked.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(runs.load(), 0);
-  EXPECT_EQ(seen_tenant, "acme");
-  auto passed = executor.Invoke(Frame(), "f", "", {{"tenant", "acme"}});
-  ASSERT_TRUE(passed.ok()) << passed.status();
-  EXPECT_EQ(*passed, "ran");
-}
-
-TEST(FunctionExecutor, ThrowingInterceptorIsIsolated) {
-  AppContext app;
-  auto interceptors = std::make_shared<Interceptors>();
-  ASSERT_TRUE(interceptors
-                  ->Register("boom", 1,
-                             [](Call&, const Next&) -> absl::Status {
-                               throw std::runtime_error("interceptor broke");
-                             })
-                  .ok());
-  FunctionExecutor executor(app, {.interceptors = interceptors});
-  bool ran = false;
-  ASSERT_TRUE(executor
-                  .Register("f",
-                            [&](const Frame&, std::string_view, Sink&) {
-                              ran = true;
-                              return absl::OkStatus();
-                            })
-                  .ok());
-  auto result = executor.Invoke(Frame(), "f", "");
-  ASSERT_TRUE(IsExtensionPanic(result.status())) << result.status();
-  EXPECT_EQ(GetExtensionPanic(result.status())->extension, "interceptor boom");
-  EXPECT_FALSE(ran);
-}
-
 TEST(FunctionExecutor, RegistryLifecycle) {
   AppContext app;
   FunctionExecutor executor(app);
@@ -156,23 +62,23 @@ TEST(FunctionExecutor, RegistryLifecycle) {
   EXPECT_EQ(executor.Register("bad name", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("-x", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("f", nullptr).code(), absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(executor.Register("f", Echo(), {{"tenant", "dflt"}}).ok());
-  ASSERT_TRUE(executor.Register("a.b-c_1", Echo()).ok());
+  ASSERT_THAT(executor.Register("f", Echo(), {{"tenant", "dflt"}}), IsOk());
+  ASSERT_THAT(executor.Register("a.b-c_1", Echo()), IsOk());
   EXPECT_EQ(executor.Register("f", Echo()).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_THAT(executor.List(), ElementsAre("a.b-c_1", "f"));
 
   auto v2 = executor.Deploy(
       "f", [](const Frame&, std::string_view, Sink& out) { return out.Write("v2"); });
-  ASSERT_TRUE(v2.ok());
+  ASSERT_THAT(v2, IsOk());
   EXPECT_EQ(*v2, 2);
   auto versions = executor.ListVersions("f");
-  ASSERT_TRUE(versions.ok());
+  ASSERT_THAT(versions, IsOk());
   ASSERT_EQ(versions->size(), 2u);
   EXPECT_FALSE((*versions)[0].active);
   EXPECT_TRUE((*versions)[1].active);
   EXPECT_EQ(*executor.Invoke(Frame(), "f", "x"), "v2");
   auto info = executor.Get("f");
-  ASSERT_TRUE(info.ok());
+  ASSERT_THAT(info, IsOk());
   EXPECT_EQ(info->active_version, 2);
   EXPECT_EQ(info->defaults.GetString("tenant"), "dflt");
 
@@ -180,7 +86,7 @@ TEST(FunctionExecutor, RegistryLifecycle) {
   EXPECT_EQ(executor.ListVersions("nope").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(executor.Get("nope").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(executor.Invoke(Frame(), "nope", "").status().code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(executor.Remove("f").ok());
+  ASSERT_THAT(executor.Remove("f"), IsOk());
   EXPECT_EQ(executor.Remove("f").code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(executor.Invoke(Frame(), "f", "").status().code(), absl::StatusCode::kNotFound);
 }
@@ -194,7 +100,7 @@ TEST(FunctionExecutor, HandlerSeesNewResolverPair) {
     const std::string* tenant = frame.Find(kTenant);
     return out.Write(tenant == nullptr ? "<none>" : *tenant);
   };
-  ASSERT_TRUE(executor.Register("who", tenant_of, {{"tenant", "default-co"}}).ok());
+  ASSERT_THAT(executor.Register("who", tenant_of, {{"tenant", "default-co"}}), IsOk());
   EXPECT_EQ(*executor.Invoke(Frame(), "who", ""), "default-co");
   EXPECT_EQ(*executor.Invoke(Frame(), "who", "", {{"tenant", "acme"}}), "acme");
   // Also on the deadline path.
@@ -206,13 +112,12 @@ TEST(FunctionExecutor, FailingResolverKeepsHandlerFromRunning) {
   TenantApp app;
   FunctionExecutor executor(app.app);
   std::atomic<int> runs{0};
-  ASSERT_TRUE(executor
-                  .Register("f",
-                            [&](const Frame&, std::string_view, Sink&) {
-                              ++runs;
-                              return absl::OkStatus();
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("f",
+                                [&](const Frame&, std::string_view, Sink&) {
+                                  ++runs;
+                                  return absl::OkStatus();
+                                }),
+              IsOk());
   for (const Options& options :
        {Options{{"tenant", "forbidden"}}, Options{{"tenant", "forbidden"}, {"timeout_ms", 5000}}}) {
     auto result = executor.Invoke(Frame(), "f", "", options);
@@ -225,21 +130,20 @@ TEST(FunctionExecutor, FailingResolverKeepsHandlerFromRunning) {
 TEST(FunctionExecutor, AttachesCallerAndTraceAndRecordsThem) {
   AppContext app;
   FunctionExecutor executor(app);
-  ASSERT_TRUE(executor
-                  .Register("f",
-                            [](const Frame& frame, std::string_view, Sink& out) {
-                              const CallerContext* caller = CallerOf(frame);
-                              const std::string* trace = frame.Find(TraceIdKey());
-                              return out.Write(absl::StrCat(caller ? caller->user_id : "-", "/",
-                                                            trace ? *trace : "-"));
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("f",
+                                [](const Frame& frame, std::string_view, Sink& out) {
+                                  const CallerContext* caller = CallerOf(frame);
+                                  const std::string* trace = frame.Find(TraceIdKey());
+                                  return out.Write(absl::StrCat(caller ? caller->user_id : "-", "/",
+                                                                trace ? *trace : "-"));
+                                }),
+              IsOk());
   auto result = executor.Invoke(Frame(), "f", "", {{"caller", "u1"}, {"trace_id", "t-9"}});
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_THAT(result, IsOk()) << result.status();
   EXPECT_EQ(*result, "u1/t-9");
-  ASSERT_FALSE(executor.Invoke(Frame(), "f", "", {{"timeout_ms", -1}}).ok());
+  ASSERT_THAT(executor.Invoke(Frame(), "f", "", {{"timeout_ms", -1}}), ::testing::Not(IsOk()));
   auto records = executor.ListInvocations("f");
-  ASSERT_TRUE(records.ok());
+  ASSERT_THAT(records, IsOk());
   ASSERT_EQ(records->size(), 2u);
   const InvocationRecord& newest = (*records)[0];
   EXPECT_FALSE(newest.ok);
@@ -258,16 +162,16 @@ TEST(FunctionExecutor, AttachesCallerAndTraceAndRecordsThem) {
 TEST(FunctionExecutor, ListInvocationsReturnsNewestHundred) {
   AppContext app;
   FunctionExecutor executor(app);
-  ASSERT_TRUE(executor.Register("f", Echo()).ok());
-  for (int i = 0; i < 250; ++i) ASSERT_TRUE(executor.Invoke(Frame(), "f", "x").ok());
+  ASSERT_THAT(executor.Register("f", Echo()), IsOk());
+  for (int i = 0; i < 250; ++i) ASSERT_THAT(executor.Invoke(Frame(), "f", "x"), IsOk());
   auto records = executor.ListInvocations("f");
-  ASSERT_TRUE(records.ok());
+  ASSERT_THAT(records, IsOk());
   ASSERT_EQ(records->size(), 100u);
   for (std::size_t i = 1; i < records->size(); ++i) {
     EXPECT_GT((*records)[i - 1].id, (*records)[i].id);
   }
   auto counters = executor.Counters("f");
-  ASSERT_TRUE(counters.ok());
+  ASSERT_THAT(counters, IsOk());
   EXPECT_EQ(counters->calls, 250u);
   std::uint64_t histogram = 0;
   for (std::uint64_t n : counters->latency) histogram += n;
@@ -289,13 +193,13 @@ TEST(FunctionExecutor, ThrowingHandlersOfEveryKindAreIsolated) {
         throw Custom{};
       },
   };
-  ASSERT_TRUE(executor.Register("ok", Echo()).ok());
+  ASSERT_THAT(executor.Register("ok", Echo()), IsOk());
   for (std::size_t i = 0; i < throwers.size(); ++i) {
     const std::string name = absl::StrCat("t", i);
-    ASSERT_TRUE(executor.Register(name, throwers[i]).ok());
+    ASSERT_THAT(executor.Register(name, throwers[i]), IsOk());
     for (const Options& options : {Options{}, Options{{"timeout_ms", 5000}}}) {
       auto result = executor.Invoke(Frame(), name, "", options);
-      ASSERT_FALSE(result.ok());
+      ASSERT_THAT(result, ::testing::Not(IsOk()));
       auto panic = GetExtensionPanic(result.status());
       ASSERT_TRUE(panic.has_value()) << result.status();
       EXPECT_EQ(panic->phase, Phase::kInvoke);
@@ -314,19 +218,18 @@ TEST(FunctionExecutor, FaultPolicyDisablesUntilRedeployed) {
       .max_faults = 3, .window = std::chrono::hours(1), .on_trip = FaultVerdict::kEvict};
   FaultMonitor monitor(std::move(monitor_options));
   FunctionExecutor executor(app, {.monitor = &monitor});
-  ASSERT_TRUE(executor
-                  .Register("flaky",
-                            [](const Frame&, std::string_view, Sink&) -> absl::Status {
-                              throw std::runtime_error("again");
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("flaky",
+                                [](const Frame&, std::string_view, Sink&) -> absl::Status {
+                                  throw std::runtime_error("again");
+                                }),
+              IsOk());
   for (int i = 0; i < 3; ++i)
     EXPECT_TRUE(IsExtensionPanic(executor.Invoke(Frame(), "flaky", "").status()));
   EXPECT_EQ(executor.Invoke(Frame(), "flaky", "").status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(executor.Get("flaky")->disabled);
   EXPECT_EQ(monitor.alarms("flaky@v1"), 1u);
-  ASSERT_TRUE(executor.Deploy("flaky", Echo()).ok());
+  ASSERT_THAT(executor.Deploy("flaky", Echo()), IsOk());
   EXPECT_EQ(*executor.Invoke(Frame(), "flaky", "back"), "back");
 }
 
@@ -336,10 +239,10 @@ TEST(FunctionExecutor, DeadlineWithHandlerIgnoringStopToken) {
   AppContext app;
   FunctionExecutor executor(app);
   std::latch started(1), release(1);
-  ASSERT_TRUE(executor.Register("hang", Hang(started, release)).ok());
-  ASSERT_TRUE(executor.Register("ok", Echo()).ok());
+  ASSERT_THAT(executor.Register("hang", Hang(started, release)), IsOk());
+  ASSERT_THAT(executor.Register("ok", Echo()), IsOk());
   // Warm up: an idle worker exists, so the handler starts well before its deadline.
-  ASSERT_TRUE(executor.Invoke(Frame(), "ok", "", {{"timeout_ms", 60000}}).ok());
+  ASSERT_THAT(executor.Invoke(Frame(), "ok", "", {{"timeout_ms", 60000}}), IsOk());
   const auto before = Clock::now();
   auto result = executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 200}});
   const auto took = Clock::now() - before;
@@ -359,19 +262,18 @@ TEST(FunctionExecutor, DeadlineWithHandlerHonouringStopToken) {
   FunctionExecutor executor(app);
   std::atomic<bool> saw_stop{false};
   std::latch finished(1);
-  ASSERT_TRUE(executor
-                  .Register("polite",
-                            [&](const Frame& frame, std::string_view, Sink&) {
-                              std::mutex mu;
-                              std::condition_variable_any cv;
-                              std::unique_lock<std::mutex> lock(mu);
-                              std::stop_token token = frame.stop_token();
-                              cv.wait(lock, token, [] { return false; });
-                              saw_stop = token.stop_requested();
-                              finished.count_down();
-                              return absl::CancelledError("stopped");
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("polite",
+                                [&](const Frame& frame, std::string_view, Sink&) {
+                                  std::mutex mu;
+                                  std::condition_variable_any cv;
+                                  std::unique_lock<std::mutex> lock(mu);
+                                  std::stop_token token = frame.stop_token();
+                                  cv.wait(lock, token, [] { return false; });
+                                  saw_stop = token.stop_requested();
+                                  finished.count_down();
+                                  return absl::CancelledError("stopped");
+                                }),
+              IsOk());
   auto result = executor.Invoke(Frame(), "polite", "", {{"timeout_ms", 20}});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
   finished.wait();
@@ -383,10 +285,10 @@ TEST(FunctionExecutor, QuarantineBoundFailsFast) {
   AppContext app;
   FunctionExecutor executor(app, {.deadline_workers = 1, .max_quarantined = 1});
   std::latch started(1), release(1);
-  ASSERT_TRUE(executor.Register("hang", Hang(started, release)).ok());
-  ASSERT_TRUE(executor.Register("ok", Echo()).ok());
+  ASSERT_THAT(executor.Register("hang", Hang(started, release)), IsOk());
+  ASSERT_THAT(executor.Register("ok", Echo()), IsOk());
   // Warm up: an idle worker exists, so the handler starts well before its deadline.
-  ASSERT_TRUE(executor.Invoke(Frame(), "ok", "", {{"timeout_ms", 60000}}).ok());
+  ASSERT_THAT(executor.Invoke(Frame(), "ok", "", {{"timeout_ms", 60000}}), IsOk());
   EXPECT_EQ(executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 200}}).status().code(),
             absl::StatusCode::kDeadlineExceeded);
   started.wait();
@@ -403,17 +305,16 @@ TEST(FunctionExecutor, ParentCancellationEndsDeadlineCall) {
   AppContext app;
   FunctionExecutor executor(app);
   std::latch started(1);
-  ASSERT_TRUE(executor
-                  .Register("wait",
-                            [&](const Frame& frame, std::string_view, Sink&) {
-                              started.count_down();
-                              std::mutex mu;
-                              std::condition_variable_any cv;
-                              std::unique_lock<std::mutex> lock(mu);
-                              cv.wait(lock, frame.stop_token(), [] { return false; });
-                              return absl::CancelledError("stopped");
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("wait",
+                                [&](const Frame& frame, std::string_view, Sink&) {
+                                  started.count_down();
+                                  std::mutex mu;
+                                  std::condition_variable_any cv;
+                                  std::unique_lock<std::mutex> lock(mu);
+                                  cv.wait(lock, frame.stop_token(), [] { return false; });
+                                  return absl::CancelledError("stopped");
+                                }),
+              IsOk());
   auto [parent, canceller] = Frame().WithCancel();
   std::thread cancel([&, c = canceller] {
     started.wait();
@@ -450,20 +351,19 @@ TEST(FunctionExecutor, InvokeStreamDeliversChunksAsProduced) {
   AppContext app;
   FunctionExecutor executor(app);
   std::latch* first_seen = nullptr;
-  ASSERT_TRUE(executor
-                  .Register("stream",
-                            [&](const Frame&, std::string_view, Sink& out) {
-                              FRAMEKIT_RETURN_IF_ERROR(out.Write("one"));
-                              first_seen->wait();  // the caller's sink has it already
-                              return out.Write("two");
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("stream",
+                                [&](const Frame&, std::string_view, Sink& out) {
+                                  FRAMEKIT_RETURN_IF_ERROR(out.Write("one"));
+                                  first_seen->wait();  // the caller's sink has it already
+                                  return out.Write("two");
+                                }),
+              IsOk());
   for (const Options& options : {Options{}, Options{{"timeout_ms", 5000}}}) {
     std::latch seen(1);
     first_seen = &seen;
     VectorSink sink;
     sink.first_ = &seen;
-    ASSERT_TRUE(executor.InvokeStream(Frame(), "stream", "", options, sink).ok());
+    ASSERT_THAT(executor.InvokeStream(Frame(), "stream", "", options, sink), IsOk());
     EXPECT_THAT(sink.chunks(), ElementsAre("one", "two"));
     EXPECT_EQ(executor.ListInvocations("stream")->front().output_bytes, 6u);
   }
@@ -474,15 +374,14 @@ TEST(FunctionExecutor, InvokeStreamLateWriteAfterDeadlineIsRefused) {
   FunctionExecutor executor(app);
   std::latch timed_out(1), wrote(1);
   absl::Status late;
-  ASSERT_TRUE(executor
-                  .Register("slow",
-                            [&](const Frame&, std::string_view, Sink& out) {
-                              timed_out.wait();
-                              late = out.Write("late");
-                              wrote.count_down();
-                              return absl::OkStatus();  // shares no status with the test
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("slow",
+                                [&](const Frame&, std::string_view, Sink& out) {
+                                  timed_out.wait();
+                                  late = out.Write("late");
+                                  wrote.count_down();
+                                  return absl::OkStatus();  // shares no status with the test
+                                }),
+              IsOk());
   VectorSink sink;
   EXPECT_EQ(executor.InvokeStream(Frame(), "slow", "", {{"timeout_ms", 10}}, sink).code(),
             absl::StatusCode::kDeadlineExceeded);
@@ -498,20 +397,18 @@ TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
   FunctionExecutor executor(app.app, {.deadline_workers = 4, .max_quarantined = 8});
   std::latch started(2), release(1);
   (void)started;
-  ASSERT_TRUE(executor.Register("hang", Hang(started, release)).ok());
-  ASSERT_TRUE(executor
-                  .Register("boom",
-                            [](const Frame&, std::string_view, Sink&) -> absl::Status {
-                              throw std::logic_error("boom");
-                            })
-                  .ok());
-  ASSERT_TRUE(executor
-                  .Register("tenant",
-                            [](const Frame& frame, std::string_view, Sink& out) {
-                              const std::string* tenant = frame.Find(kTenant);
-                              return out.Write(tenant ? *tenant : "-");
-                            })
-                  .ok());
+  ASSERT_THAT(executor.Register("hang", Hang(started, release)), IsOk());
+  ASSERT_THAT(executor.Register("boom",
+                                [](const Frame&, std::string_view, Sink&) -> absl::Status {
+                                  throw std::logic_error("boom");
+                                }),
+              IsOk());
+  ASSERT_THAT(executor.Register("tenant",
+                                [](const Frame& frame, std::string_view, Sink& out) {
+                                  const std::string* tenant = frame.Find(kTenant);
+                                  return out.Write(tenant ? *tenant : "-");
+                                }),
+              IsOk());
   constexpr int kThreads = 4;
   constexpr int kCalls = 200;
   std::atomic<int> failures{0};

@@ -14,14 +14,14 @@
 #include "framekit/dispatch/guard.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "test_support.h"
+#include "support/fault_log.h"
 
 namespace framekit::dispatch {
 namespace {
 
-using ::framekit::dispatch_test::CollectingSink;
-using ::framekit::dispatch_test::LoggerOptions;
-using ::framekit::dispatch_test::ManualClock;
+using ::framekit::testing::CollectingSink;
+using ::framekit::testing::LoggerOptions;
+using ::framekit::testing::ManualClock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using ::testing::ElementsAre;
@@ -64,7 +64,7 @@ TEST_F(FaultMonitorTest, RecordCarriesEveryField) {
   ExtensionPanic panic = Panic("billing", Phase::kPoll, "line one\nline \"two\"");
   panic.nested = {"std::logic_error: inner"};
   monitor.Report(panic, "detail text");
-  const std::vector<dispatch_test::Record> records = sink_->records();
+  const std::vector<::framekit::testing::Record> records = sink_->records();
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].level, spdlog::level::err);
   EXPECT_EQ(records[0].text,
@@ -101,7 +101,7 @@ TEST_F(FaultMonitorTest, SummaryPrecedesTheNextFullRecord) {
   monitor.Report(Panic("e", Phase::kSetup));
   clock_.Advance(seconds(1));
   monitor.Report(Panic("e", Phase::kSetup));
-  const std::vector<dispatch_test::Record> records = sink_->records();
+  const std::vector<::framekit::testing::Record> records = sink_->records();
   ASSERT_EQ(records.size(), 3u);
   EXPECT_THAT(records[0].text, HasSubstr("count=1"));
   EXPECT_THAT(records[1].text,

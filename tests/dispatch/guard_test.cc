@@ -17,13 +17,16 @@
 #include "framekit/dispatch/fault_monitor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "test_support.h"
+#include "support/fault_log.h"
+#include "support/status_matchers.h"
 
 namespace framekit::dispatch {
 namespace {
 
-using ::framekit::dispatch_test::CollectingSink;
-using ::framekit::dispatch_test::MakeLogger;
+using ::framekit::testing::IsOk;
+
+using ::framekit::testing::CollectingSink;
+using ::framekit::testing::MakeLogger;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
@@ -99,7 +102,7 @@ class GuardKindTest : public ::testing::TestWithParam<KindCase> {
   }
 
   std::shared_ptr<CollectingSink> sink_ = std::make_shared<CollectingSink>();
-  FaultMonitor monitor_{dispatch_test::LoggerOptions(sink_)};
+  FaultMonitor monitor_{::framekit::testing::LoggerOptions(sink_)};
   ExtRef ext_{"ext", monitor_};
 };
 
@@ -149,7 +152,7 @@ TEST_P(GuardKindTest, HostFuncReturnsErrorStatus) {
   });
   EXPECT_EQ(*get("a"), "value of a");
   const absl::StatusOr<std::string> failed = get("");
-  ASSERT_FALSE(failed.ok());
+  ASSERT_THAT(failed, ::testing::Not(IsOk()));
   EXPECT_THAT(std::string(failed.status().message()), StartsWith("host function \"kv.get\": "));
   ASSERT_TRUE(IsExtensionPanic(failed.status()));
   ExpectPanic(*GetExtensionPanic(failed.status()), Phase::kHost);
@@ -172,13 +175,13 @@ INSTANTIATE_TEST_SUITE_P(AllKinds, GuardKindTest, ::testing::ValuesIn(kCases),
 class GuardTest : public ::testing::Test {
  protected:
   std::shared_ptr<CollectingSink> sink_ = std::make_shared<CollectingSink>();
-  FaultMonitor monitor_{dispatch_test::LoggerOptions(sink_)};
+  FaultMonitor monitor_{::framekit::testing::LoggerOptions(sink_)};
   ExtRef ext_{"ext", monitor_};
 };
 
 TEST_F(GuardTest, SetupReturnsExtensionsOwnError) {
-  EXPECT_TRUE(CallSetup(ext_, [] { return absl::OkStatus(); }).ok());
-  EXPECT_TRUE(CallSetup(ext_, [] {}).ok());
+  EXPECT_THAT(CallSetup(ext_, [] { return absl::OkStatus(); }), IsOk());
+  EXPECT_THAT(CallSetup(ext_, [] {}), IsOk());
   const absl::Status status = CallSetup(ext_, [] { return absl::NotFoundError("no config"); });
   EXPECT_EQ(status, absl::NotFoundError("no config"));
   EXPECT_FALSE(IsExtensionPanic(status));
@@ -201,7 +204,7 @@ TEST_F(GuardTest, PollPassesEventsThrough) {
 
 // Tests that the poll guard hands the policy's verdict to the step loop.
 TEST_F(GuardTest, PollReportsVerdictAtIntensityLimit) {
-  FaultMonitorOptions options = dispatch_test::LoggerOptions(sink_);
+  FaultMonitorOptions options = ::framekit::testing::LoggerOptions(sink_);
   options.policy.max_faults = 2;
   options.policy.on_trip = FaultVerdict::kEvict;
   FaultMonitor strict(options);
@@ -253,7 +256,7 @@ TEST_F(GuardTest, HostFuncWrapsFunctionPointersAndGenericLambdas) {
     if (x > 0) throw std::runtime_error("positive");
     return absl::OkStatus();
   });
-  EXPECT_TRUE(generic(0).ok());
+  EXPECT_THAT(generic(0), IsOk());
   EXPECT_TRUE(IsExtensionPanic(generic(1)));
 }
 

@@ -12,20 +12,23 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/interceptors.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tenant_app.h"
+#include "support/status_matchers.h"
+#include "support/tenant_app.h"
 
 namespace framekit::dispatch {
 namespace {
 
-using test_support::kTenant;
-using test_support::TenantApp;
+using ::framekit::testing::IsOk;
+
+using ::framekit::testing::kTenant;
+using ::framekit::testing::TenantApp;
 
 using ::testing::HasSubstr;
 
@@ -66,10 +69,10 @@ TEST(ProcessManager, ProcessSeesNewResolverPair) {
   };
   spec.poll = [](ProcessContext&) { return Step::kDone; };
   auto pid = manager.Start(Frame(), spec, {{"tenant", "acme"}});
-  ASSERT_TRUE(pid.ok()) << pid.status();
+  ASSERT_THAT(pid, IsOk()) << pid.status();
   auto exit = manager.Wait(*pid, kLong);
-  ASSERT_TRUE(exit.ok());
-  EXPECT_TRUE(exit->status.ok()) << exit->status;
+  ASSERT_THAT(exit, IsOk());
+  EXPECT_THAT(exit->status, IsOk()) << exit->status;
   EXPECT_EQ(tenant, "acme");
 }
 
@@ -93,19 +96,19 @@ TEST(ProcessManager, FailingResolverKeepsProcessFromStarting) {
 TEST(ProcessManager, InterceptorRefusesStart) {
   AppContext app;
   auto interceptors = std::make_shared<Interceptors>();
-  ASSERT_TRUE(interceptors
-                  ->Register("deny", 1,
+  ASSERT_THAT(
+      interceptors->Register("deny", 1,
                              [](Call& call, const Next& next) -> absl::Status {
                                if (call.kind == CallKind::kStart && call.target == "blocked") {
                                  return absl::PermissionDeniedError("no");
                                }
                                return next(call);
-                             })
-                  .ok());
+                             }),
+      IsOk());
   ProcessManager manager(app, {.workers = 2, .interceptors = interceptors});
   EXPECT_EQ(manager.Start(Frame(), Idle("blocked")).status().code(),
             absl::StatusCode::kPermissionDenied);
-  EXPECT_TRUE(manager.Start(Frame(), Idle("allowed")).ok());
+  EXPECT_THAT(manager.Start(Frame(), Idle("allowed")), IsOk());
 }
 
 TEST(ProcessManager, RejectsBadSpecsAndUnknownPids) {
@@ -119,7 +122,7 @@ TEST(ProcessManager, RejectsBadSpecsAndUnknownPids) {
   EXPECT_EQ(manager.Stop(999, kLong).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(manager.Wait(999, kLong).status().code(), absl::StatusCode::kNotFound);
   auto pid = manager.Start(Frame(), Idle("idle"));
-  ASSERT_TRUE(pid.ok());
+  ASSERT_THAT(pid, IsOk());
   EXPECT_EQ(manager.Wait(*pid, std::chrono::milliseconds(1)).status().code(),
             absl::StatusCode::kDeadlineExceeded);
 }
@@ -138,10 +141,10 @@ TEST(ProcessManager, DeliversMessagesInOrder) {
     return Step::kBusy;
   };
   auto pid = manager.Start(Frame(), spec);
-  ASSERT_TRUE(pid.ok());
-  for (const char* m : {"a", "b", "c"}) ASSERT_TRUE(manager.Send(*pid, m).ok());
+  ASSERT_THAT(pid, IsOk());
+  for (const char* m : {"a", "b", "c"}) ASSERT_THAT(manager.Send(*pid, m), IsOk());
   three.wait();
-  ASSERT_TRUE(manager.Stop(*pid, kLong).ok());
+  ASSERT_THAT(manager.Stop(*pid, kLong), IsOk());
   EXPECT_EQ(got, (std::vector<std::string>{"a", "b", "c"}));
   EXPECT_EQ(manager.Send(*pid, "late").code(), absl::StatusCode::kFailedPrecondition);
 }
@@ -157,12 +160,12 @@ TEST(ProcessManager, FullMailboxIsResourceExhausted) {
     return absl::OkStatus();
   };
   auto pid = manager.Start(Frame(), spec);
-  ASSERT_TRUE(pid.ok());
-  EXPECT_TRUE(manager.Send(*pid, "1").ok());
-  EXPECT_TRUE(manager.Send(*pid, "2").ok());
+  ASSERT_THAT(pid, IsOk());
+  EXPECT_THAT(manager.Send(*pid, "1"), IsOk());
+  EXPECT_THAT(manager.Send(*pid, "2"), IsOk());
   EXPECT_EQ(manager.Send(*pid, "3").code(), absl::StatusCode::kResourceExhausted);
   release.count_down();
-  EXPECT_TRUE(manager.Stop(*pid, kLong).ok());
+  EXPECT_THAT(manager.Stop(*pid, kLong), IsOk());
 }
 
 // Tests that a process faulting on every poll is stopped by its fault policy, with teardown and
@@ -192,9 +195,10 @@ TEST(ProcessManager, ProcessFaultingEveryPollStopsAtIntensity) {
   };
   auto good_pid = manager.Start(Frame(), good);
   auto bad_pid = manager.Start(Frame(), bad);
-  ASSERT_TRUE(good_pid.ok() && bad_pid.ok());
+  ASSERT_THAT(good_pid, IsOk());
+  ASSERT_THAT(bad_pid, IsOk());
   auto exit = manager.Wait(*bad_pid, kLong);
-  ASSERT_TRUE(exit.ok());
+  ASSERT_THAT(exit, IsOk());
   EXPECT_EQ(exit->status.code(), absl::StatusCode::kAborted);
   EXPECT_THAT(exit->status.message(), HasSubstr("3 poll faults"));
   auto panic = GetExtensionPanic(exit->status);
@@ -210,8 +214,8 @@ TEST(ProcessManager, ProcessFaultingEveryPollStopsAtIntensity) {
   EXPECT_EQ(InfoOf(list, *bad_pid)->faults, 3u);
   EXPECT_EQ(InfoOf(list, *bad_pid)->state, ProcessState::kExited);
   healthy_polled.wait();
-  EXPECT_TRUE(manager.Stop(*good_pid, kLong).ok());
-  EXPECT_TRUE(manager.Wait(*good_pid, kLong)->status.ok());
+  EXPECT_THAT(manager.Stop(*good_pid, kLong), IsOk());
+  EXPECT_THAT(manager.Wait(*good_pid, kLong)->status, IsOk());
 }
 
 TEST(ProcessManager, StopDuringSetup) {
@@ -232,11 +236,11 @@ TEST(ProcessManager, StopDuringSetup) {
   spec.teardown = [&](ProcessContext&) { ++teardowns; };
   spec.finalize = [&](ProcessContext&) { ++finalizes; };
   auto pid = manager.Start(Frame(), spec);
-  ASSERT_TRUE(pid.ok());
+  ASSERT_THAT(pid, IsOk());
   in_setup.wait();
   EXPECT_EQ(InfoOf(manager.List(), *pid)->state, ProcessState::kStarting);
-  EXPECT_TRUE(manager.Stop(*pid, kLong).ok());
-  EXPECT_TRUE(manager.Wait(*pid, kLong)->status.ok());
+  EXPECT_THAT(manager.Stop(*pid, kLong), IsOk());
+  EXPECT_THAT(manager.Wait(*pid, kLong)->status, IsOk());
   EXPECT_EQ(polls.load(), 0);
   EXPECT_EQ(teardowns.load(), 1);
   EXPECT_EQ(finalizes.load(), 1);
@@ -253,14 +257,14 @@ TEST(ProcessManager, StopReportsOverrun) {
     return Step::kIdle;
   };
   auto pid = manager.Start(Frame(), spec);
-  ASSERT_TRUE(pid.ok());
+  ASSERT_THAT(pid, IsOk());
   polling.wait();
   const absl::Status stop = manager.Stop(*pid, std::chrono::milliseconds(20));
   EXPECT_EQ(stop.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(stop.message(), HasSubstr("overran"));
   EXPECT_EQ(InfoOf(manager.List(), *pid)->state, ProcessState::kStopping);
   release.count_down();
-  EXPECT_TRUE(manager.Wait(*pid, kLong)->status.ok());
+  EXPECT_THAT(manager.Wait(*pid, kLong)->status, IsOk());
 }
 
 TEST(ProcessManager, SetupFaultIsFailedStart) {
@@ -275,9 +279,9 @@ TEST(ProcessManager, SetupFaultIsFailedStart) {
     throw 7;
   };
   auto pid = manager.Start(Frame(), spec);
-  ASSERT_TRUE(pid.ok());
+  ASSERT_THAT(pid, IsOk());
   auto exit = manager.Wait(*pid, kLong);
-  ASSERT_TRUE(exit.ok());
+  ASSERT_THAT(exit, IsOk());
   auto panic = GetExtensionPanic(exit->status);
   ASSERT_TRUE(panic.has_value()) << exit->status;
   EXPECT_EQ(panic->phase, Phase::kSetup);
@@ -285,8 +289,8 @@ TEST(ProcessManager, SetupFaultIsFailedStart) {
   EXPECT_EQ(finalizes.load(), 1);
   // The manager goes on.
   auto ok_pid = manager.Start(Frame(), Idle("fine"));
-  ASSERT_TRUE(ok_pid.ok());
-  EXPECT_TRUE(manager.Stop(*ok_pid, kLong).ok());
+  ASSERT_THAT(ok_pid, IsOk());
+  EXPECT_THAT(manager.Stop(*ok_pid, kLong), IsOk());
 }
 
 TEST(ProcessManager, RestartOnFailureIsLimitedByIntensity) {
@@ -302,9 +306,9 @@ TEST(ProcessManager, RestartOnFailureIsLimitedByIntensity) {
     return absl::UnavailableError("dependency down");
   };
   auto pid = manager.Start(Frame(), spec);
-  ASSERT_TRUE(pid.ok());
+  ASSERT_THAT(pid, IsOk());
   auto exit = manager.Wait(*pid, kLong);
-  ASSERT_TRUE(exit.ok());
+  ASSERT_THAT(exit, IsOk());
   EXPECT_EQ(exit->status.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(exit->status.message(), HasSubstr("stays down"));
   EXPECT_EQ(setups.load(), 3);
@@ -315,7 +319,7 @@ TEST(ProcessManager, RestartOnFailureIsLimitedByIntensity) {
   never.restart = RestartPolicy::kNever;
   setups = 0;
   auto once = manager.Start(Frame(), never);
-  ASSERT_TRUE(once.ok());
+  ASSERT_THAT(once, IsOk());
   EXPECT_EQ(manager.Wait(*once, kLong)->status.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(setups.load(), 1);
 }
@@ -330,7 +334,7 @@ TEST(ProcessManager, ShutdownStopsEveryProcess) {
     spec.idle_interval = std::chrono::hours(1);  // only a wake-up ends the park
     spec.finalize = [&](ProcessContext&) { ++finalizes; };
     auto pid = manager->Start(Frame(), spec);
-    ASSERT_TRUE(pid.ok());
+    ASSERT_THAT(pid, IsOk());
     pids.push_back(*pid);
   }
   manager->Shutdown();
@@ -362,7 +366,7 @@ TEST(ProcessManager, ConcurrentSendersAndProcessesBesideAFaultingOne) {
       return Step::kBusy;
     };
     auto pid = manager.Start(Frame(), spec, {{"tenant", absl::StrCat("t", i)}});
-    ASSERT_TRUE(pid.ok());
+    ASSERT_THAT(pid, IsOk());
     pids.push_back(*pid);
   }
   ProcessSpec bad = Idle("faulty");
@@ -370,7 +374,7 @@ TEST(ProcessManager, ConcurrentSendersAndProcessesBesideAFaultingOne) {
   bad.poll_faults.max_faults = 1000000;  // keeps faulting, never stopped by intensity
   bad.poll = [](ProcessContext&) -> Step { throw std::runtime_error("again"); };
   auto bad_pid = manager.Start(Frame(), bad);
-  ASSERT_TRUE(bad_pid.ok());
+  ASSERT_THAT(bad_pid, IsOk());
 
   std::latch go(kProcesses);
   std::vector<std::thread> senders;
@@ -387,10 +391,10 @@ TEST(ProcessManager, ConcurrentSendersAndProcessesBesideAFaultingOne) {
   EXPECT_EQ(send_failures.load(), 0);
   for (int i = 0; i < kProcesses; ++i) {
     while (received[i].load() < kMessages) std::this_thread::yield();
-    EXPECT_TRUE(manager.Stop(pids[i], kLong).ok());
+    EXPECT_THAT(manager.Stop(pids[i], kLong), IsOk());
     EXPECT_EQ(tenants[i], absl::StrCat("t", i));
   }
-  EXPECT_TRUE(manager.Stop(*bad_pid, kLong).ok());
+  EXPECT_THAT(manager.Stop(*bad_pid, kLong), IsOk());
   EXPECT_GT(InfoOf(manager.List(), *bad_pid)->faults, 0u);
 }
 

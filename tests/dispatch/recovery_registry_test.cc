@@ -15,13 +15,13 @@
 #include "framekit/dispatch/fault_monitor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "test_support.h"
+#include "support/fault_log.h"
 
 namespace framekit::dispatch {
 namespace {
 
-using ::framekit::dispatch_test::CollectingSink;
-using ::framekit::dispatch_test::LoggerOptions;
+using ::framekit::testing::CollectingSink;
+using ::framekit::testing::LoggerOptions;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -82,7 +82,7 @@ TEST_F(RecoveryRegistryTest, EvictsThrowingHandlerOnFirstFaultAndLogsIt) {
 }
 
 TEST_F(RecoveryRegistryTest, EvictionFollowsThePolicy) {
-  dispatch_test::ManualClock clock;
+  ::framekit::testing::ManualClock clock;
   RecoveryRegistryOptions options = Options();
   options.eviction = {2, std::chrono::seconds(10), FaultVerdict::kEvict};
   options.clock = clock.AsFaultClock();

@@ -7,7 +7,7 @@
 #include "framekit/dispatch/guard.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "test_support.h"
+#include "support/fault_log.h"
 
 // Outside any namespace and not inlined, so its symbol is plain to find in the stack.
 [[gnu::noinline]] void FramekitThrowSiteMarkerFunction(int code) {
@@ -26,7 +26,7 @@ class ThrowStackTest : public ::testing::Test {
   ~ThrowStackTest() override { SetThrowStackCapture(previous_); }
   bool previous_ = ThrowStackCaptureEnabled();
   FaultMonitor monitor_{
-      dispatch_test::LoggerOptions(std::make_shared<dispatch_test::CollectingSink>())};
+      ::framekit::testing::LoggerOptions(std::make_shared<::framekit::testing::CollectingSink>())};
 };
 
 TEST_F(ThrowStackTest, CaptureOnNamesTheThrowingFunction) {

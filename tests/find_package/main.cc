@@ -7,9 +7,21 @@
 
 namespace {
 const framekit::Key<std::string> kTenant{"consumer.tenant"};
+
+// The status macros come with the umbrella header (the README's example relies on it).
+absl::StatusOr<int> Half(int n) {
+  if (n % 2 != 0) return absl::InvalidArgumentError("odd");
+  return n / 2;
 }
+absl::Status CheckMacros() {
+  FRAMEKIT_ASSIGN_OR_RETURN(const int quarter, Half(8));
+  FRAMEKIT_RETURN_IF_ERROR(quarter == 4 ? absl::OkStatus() : absl::InternalError("arithmetic"));
+  return absl::OkStatus();
+}
+}  // namespace
 
 int main() {
+  if (!CheckMacros().ok()) return 10;
   framekit::AppContext app;
   auto resolvers = std::make_shared<framekit::FrameResolvers>();
   if (!app.SetFrameResolvers(resolvers).ok()) return 1;

@@ -23,7 +23,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
+#include "framekit/base/internal/strings.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/options.h"
 #include "framekit/ctx/panic.h"
@@ -53,7 +54,7 @@ constexpr int kMaxDepth = 2;   // nested dispatch depth
   std::abort();
 }
 
-absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+using framekit::base_internal::AsAbsl;
 
 enum class ResolverKind { kPlain, kThrower, kRegistrar, kLate };
 enum class FunctionKind { kEcho, kThrower, kReenter, kSelfRemove };
@@ -137,7 +138,7 @@ class Harness {
       const std::uint64_t want = it == monitor_faults_.end() ? 0 : it->second;
       if (counter.phase != framekit::Phase::kInvoke || counter.faults != want) {
         Diverge(absl::StrCat("monitor: ", counter.extension, " ",
-                             AV(framekit::PhaseName(counter.phase)), " ", counter.faults,
+                             AsAbsl(framekit::PhaseName(counter.phase)), " ", counter.faults,
                              " faults, model ", want));
       }
     }
@@ -251,7 +252,7 @@ class Harness {
     switch (kind) {
       case FunctionKind::kEcho:
         return [slot](const Frame&, std::string_view payload, fd::Sink& out) {
-          return out.Write(absl::StrCat("e", slot, ":", AV(payload)));
+          return out.Write(absl::StrCat("e", slot, ":", AsAbsl(payload)));
         };
       case FunctionKind::kThrower:
         return [](const Frame&, std::string_view, fd::Sink&) -> absl::Status {
@@ -262,7 +263,7 @@ class Harness {
           if (payload.size() < 2 || payload[0] - '0' >= kMaxDepth) return out.Write("deep");
           const int target = static_cast<unsigned char>(payload[1]) % kSlots;
           const std::string nested = absl::StrCat(std::string(1, static_cast<char>(payload[0] + 1)),
-                                                  AV(payload.substr(2)));
+                                                  AsAbsl(payload.substr(2)));
           absl::StatusOr<std::string> inner =
               executor_->Invoke(frame, FunctionName(target), nested);
           if (!inner.ok()) return inner.status();

@@ -12,9 +12,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "host_config.h"
+#include "support/status_matchers.h"
 
 namespace framekit::host {
 namespace {
+
+using ::framekit::testing::IsOk;
 
 using ::testing::HasSubstr;
 
@@ -38,7 +41,7 @@ Ran RunCommand(const std::string& command) {
 
 HostConfig SmallDefault(int calls, int threads) {
   absl::StatusOr<HostConfig> config = ParseHostConfig(DefaultConfigYaml(), "<built-in>");
-  EXPECT_TRUE(config.ok()) << config.status();
+  EXPECT_THAT(config, IsOk()) << config.status();
   config->workload.calls = calls;
   config->workload.threads = threads;
   return *config;
@@ -87,10 +90,10 @@ void ExpectCountsAddUp(const nlohmann::json& j) {
 
 TEST(Host, DefaultWorkloadPassesInProcess) {
   absl::StatusOr<std::unique_ptr<Host>> host = Host::Start(SmallDefault(120, 3));
-  ASSERT_TRUE(host.ok()) << host.status();
+  ASSERT_THAT(host, IsOk()) << host.status();
   absl::StatusOr<Summary> summary = (*host)->Run(nullptr);
-  ASSERT_TRUE(summary.ok()) << summary.status();
-  EXPECT_TRUE(summary->ok()) << SummaryText(*summary);
+  ASSERT_THAT(summary, IsOk()) << summary.status();
+  EXPECT_THAT(*summary, IsOk()) << SummaryText(*summary);
   const nlohmann::json j = SummaryJson(*summary);
   ExpectCountsAddUp(j);
   if (net::loopback::Socks5Proxy::Available()) {
@@ -124,7 +127,7 @@ class HostBadConfig : public ::testing::TestWithParam<BadConfig> {};
 TEST_P(HostBadConfig, IsRejectedWithLineAndKey) {
   const BadConfig& bad = GetParam();
   absl::StatusOr<HostConfig> config = ParseHostConfig(bad.yaml, "bad.yaml");
-  ASSERT_FALSE(config.ok());
+  ASSERT_THAT(config, ::testing::Not(IsOk()));
   EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
   for (const std::string& part : bad.expected) {
     EXPECT_THAT(std::string(config.status().message()), HasSubstr(part));
@@ -244,7 +247,7 @@ TEST(Host, BootFailureNamesTheComponent) {
   // Bypass the parser's check: the network component itself must refuse an unknown default.
   config.networks.app_default = "nowhere";
   absl::StatusOr<std::unique_ptr<Host>> host = Host::Start(config);
-  ASSERT_FALSE(host.ok());
+  ASSERT_THAT(host, ::testing::Not(IsOk()));
   EXPECT_THAT(std::string(host.status().message()), HasSubstr("boot component \"net\""));
 }
 

@@ -6,17 +6,20 @@
 #include "framekit/net/overlay.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit::net {
 namespace {
+
+using ::framekit::testing::IsOk;
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 TEST(NetworkRegistry, AddFindContains) {
   NetworkRegistry networks;
-  ASSERT_TRUE(networks.Add(Network::Socks5("tor", "127.0.0.1", 9050, "alice", "secret")).ok());
-  ASSERT_TRUE(networks.Add(Network::Direct("lan").WithBindAddress("127.0.0.7")).ok());
+  ASSERT_THAT(networks.Add(Network::Socks5("tor", "127.0.0.1", 9050, "alice", "secret")), IsOk());
+  ASSERT_THAT(networks.Add(Network::Direct("lan").WithBindAddress("127.0.0.7")), IsOk());
   EXPECT_TRUE(networks.Contains("tor"));
   EXPECT_FALSE(networks.Contains("i2p"));
   ASSERT_NE(networks.Find("tor"), nullptr);
@@ -30,7 +33,7 @@ TEST(NetworkRegistry, AddFindContains) {
 
 TEST(NetworkRegistry, DuplicateIdIsAlreadyExists) {
   NetworkRegistry networks;
-  ASSERT_TRUE(networks.Add(Network::Direct("lan")).ok());
+  ASSERT_THAT(networks.Add(Network::Direct("lan")), IsOk());
   EXPECT_EQ(networks.Add(Network::Socks5("lan", "127.0.0.1", 1080)).code(),
             absl::StatusCode::kAlreadyExists);
 }
@@ -85,7 +88,7 @@ TEST(ParseNetworkConfig, ParsesEverySetting) {
       "network tor socks5 127.0.0.1:9050 user=alice password=secret\n"
       "network v6 socks5 [::1]:1080\n"
       "network lan direct bind=127.0.0.7\nnetwork plain direct\n");
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_THAT(config, IsOk()) << config.status();
   EXPECT_EQ(config->app_default, "tor");
   EXPECT_EQ(config->clearnet, ClearnetPolicy::kAllow);
   ASSERT_EQ(config->networks.size(), 4u);
@@ -94,13 +97,13 @@ TEST(ParseNetworkConfig, ParsesEverySetting) {
   EXPECT_EQ(config->networks[2], Network::Direct("lan", "127.0.0.7"));
   EXPECT_EQ(config->networks[3], Network::Direct("plain"));
   absl::StatusOr<NetworkConfig> again = ParseNetworkConfig(FormatNetworkConfig(*config));
-  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_THAT(again, IsOk()) << again.status();
   EXPECT_EQ(*again, *config);
 }
 
 TEST(ParseNetworkConfig, EmptyTextIsStrictAndEmpty) {
   absl::StatusOr<NetworkConfig> config = ParseNetworkConfig("");
-  ASSERT_TRUE(config.ok());
+  ASSERT_THAT(config, IsOk());
   EXPECT_TRUE(config->networks.empty());
   EXPECT_EQ(config->clearnet, ClearnetPolicy::kDeny);
 }
@@ -125,7 +128,7 @@ TEST(ParseNetworkConfig, ErrorsNameLineAndKey) {
            Case{"network lan wormhole", "line 1: key \"network\": unknown kind \"wormhole\""},
        }) {
     absl::StatusOr<NetworkConfig> config = ParseNetworkConfig(c.text);
-    ASSERT_FALSE(config.ok()) << c.text;
+    ASSERT_THAT(config, ::testing::Not(IsOk())) << c.text;
     EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(config.status().message(), HasSubstr(c.expected)) << c.text;
   }
@@ -139,7 +142,7 @@ TEST(BuildNetworkRegistry, UnknownDefaultIsNotFound) {
   config.app_default = "lan";
   config.clearnet = ClearnetPolicy::kAllow;
   absl::StatusOr<std::shared_ptr<const NetworkRegistry>> registry = BuildNetworkRegistry(config);
-  ASSERT_TRUE(registry.ok());
+  ASSERT_THAT(registry, IsOk());
   EXPECT_TRUE((*registry)->Contains("lan"));
   EXPECT_TRUE((*registry)->clearnet_allowed());
 }

@@ -4,24 +4,27 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "framekit/ctx/app_context.h"
-#include "framekit/ctx/boot.h"
+#include "framekit/app/app_context.h"
+#include "framekit/app/boot.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/ctx/frame.h"
-#include "framekit/ctx/internal/status_macros.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit::net {
 namespace {
+
+using ::framekit::testing::IsOk;
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 std::shared_ptr<const NetworkRegistry> Networks(ClearnetPolicy policy = ClearnetPolicy::kDeny) {
   auto networks = std::make_shared<NetworkRegistry>(policy);
-  EXPECT_TRUE(networks->Add(Network::Socks5("tor", "127.0.0.1", 9050)).ok());
-  EXPECT_TRUE(networks->Add(Network::Direct("lan", "127.0.0.7")).ok());
+  EXPECT_THAT(networks->Add(Network::Socks5("tor", "127.0.0.1", 9050)), IsOk());
+  EXPECT_THAT(networks->Add(Network::Direct("lan", "127.0.0.7")), IsOk());
   return networks;
 }
 
@@ -46,34 +49,34 @@ std::string Selected(const Outcome& outcome) {
 
 TEST(OverlayResolver, NoSelectionAppendsNothing) {
   Outcome out = Apply(OverlayResolver(Networks(), ""), Options());
-  EXPECT_TRUE(out.status.ok());
+  EXPECT_THAT(out.status, IsOk());
   EXPECT_EQ(Selected(out), "<none>");
 }
 
 TEST(OverlayResolver, OptionSelects) {
   Outcome out = Apply(OverlayResolver(Networks(), ""), Options{{"network", "tor"}});
-  EXPECT_TRUE(out.status.ok());
+  EXPECT_THAT(out.status, IsOk());
   EXPECT_EQ(Selected(out), "tor");
 }
 
 TEST(OverlayResolver, AppDefaultSelectsWithoutOption) {
   Outcome out = Apply(OverlayResolver(Networks(), "lan"), Options());
-  EXPECT_TRUE(out.status.ok());
+  EXPECT_THAT(out.status, IsOk());
   EXPECT_EQ(Selected(out), "lan");
 }
 
 TEST(OverlayResolver, OptionBeatsDefault) {
   Outcome out = Apply(OverlayResolver(Networks(), "lan"), Options{{"network", "tor"}});
-  EXPECT_TRUE(out.status.ok());
+  EXPECT_THAT(out.status, IsOk());
   EXPECT_EQ(Selected(out), "tor");
 }
 
 TEST(OverlayResolver, EmptyOptionFallsBackToDefault) {
   Outcome out = Apply(OverlayResolver(Networks(), "lan"), Options{{"network", ""}});
-  EXPECT_TRUE(out.status.ok());
+  EXPECT_THAT(out.status, IsOk());
   EXPECT_EQ(Selected(out), "lan");
   Outcome none = Apply(OverlayResolver(Networks(), ""), Options{{"network", ""}});
-  EXPECT_TRUE(none.status.ok());
+  EXPECT_THAT(none.status, IsOk());
   EXPECT_EQ(Selected(none), "<none>");
 }
 
@@ -97,13 +100,13 @@ TEST(OverlayResolver, NoRegistryIsNotFound) {
   Outcome by_default = Apply(OverlayResolver(nullptr, "tor"), Options());
   EXPECT_TRUE(IsNetworkNotFound(by_default.status)) << by_default.status;
   // With nothing selected, a missing registry is not consulted.
-  EXPECT_TRUE(Apply(OverlayResolver(nullptr, ""), Options()).status.ok());
+  EXPECT_THAT(Apply(OverlayResolver(nullptr, ""), Options()).status, IsOk());
 }
 
 TEST(OverlayResolver, ClearnetAllowedSelectsNoOverlay) {
   Outcome out = Apply(OverlayResolver(Networks(ClearnetPolicy::kAllow), "tor"),
                       Options{{"network", "clearnet"}});
-  EXPECT_TRUE(out.status.ok()) << out.status;
+  EXPECT_THAT(out.status, IsOk()) << out.status;
   EXPECT_EQ(Selected(out), "clearnet");
 }
 
@@ -122,7 +125,7 @@ TEST(OverlayResolver, NonStringOptionIsInvalid) {
 
 TEST(NetworkKey, InheritedAcrossFork) {
   PairList pairs;
-  ASSERT_TRUE(OverlayResolver(Networks(), "")(Frame(), Options{{"network", "tor"}}, pairs).ok());
+  ASSERT_THAT(OverlayResolver(Networks(), "")(Frame(), Options{{"network", "tor"}}, pairs), IsOk());
   Frame call = Frame().Fork().With(pairs);
   EXPECT_TRUE(NetworkKey().inherit());
   Frame child = call.Fork();
@@ -135,9 +138,9 @@ TEST(NetworkKey, InheritedAcrossFork) {
 TEST(NetworkKey, ClearnetShadowsInheritedOverlay) {
   Frame parent = Frame().With(NetworkKey(), "tor");
   PairList pairs;
-  ASSERT_TRUE(OverlayResolver(Networks(ClearnetPolicy::kAllow), "")(
-                  parent, Options{{"network", "clearnet"}}, pairs)
-                  .ok());
+  ASSERT_THAT(OverlayResolver(Networks(ClearnetPolicy::kAllow), "")(
+                  parent, Options{{"network", "clearnet"}}, pairs),
+              IsOk());
   Frame call = parent.Fork().With(pairs);
   EXPECT_EQ(*call.Find(NetworkKey()), "clearnet");
 }
@@ -146,8 +149,8 @@ TEST(ApplyOverlayPair, WrapsTheResolver) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   PairList pairs;
-  EXPECT_TRUE(
-      ApplyOverlayPair(Frame(), Options{{"network", "tor"}}, Networks(), "lan", pairs).ok());
+  EXPECT_THAT(ApplyOverlayPair(Frame(), Options{{"network", "tor"}}, Networks(), "lan", pairs),
+              IsOk());
   ASSERT_EQ(pairs.size(), 1u);
   EXPECT_EQ(*pairs[0].As(NetworkKey()), "tor");
   PairList none;
@@ -168,18 +171,18 @@ TEST(RegisterNetworkOverlay, WithoutFrameResolversFailsLoud) {
 TEST(RegisterNetworkOverlay, RegistersAtOverlayOrderWithClaim) {
   AppContext app;
   auto resolvers = std::make_shared<FrameResolvers>();
-  ASSERT_TRUE(
-      resolvers->Register("early", kOverlayOrder - 1, [](auto&&...) { return absl::OkStatus(); })
-          .ok());
-  ASSERT_TRUE(
-      resolvers->Register("late", kOverlayOrder + 1, [](auto&&...) { return absl::OkStatus(); })
-          .ok());
-  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
-  ASSERT_TRUE(RegisterNetworkOverlay(app, Networks(), "lan").ok());
+  ASSERT_THAT(
+      resolvers->Register("early", kOverlayOrder - 1, [](auto&&...) { return absl::OkStatus(); }),
+      IsOk());
+  ASSERT_THAT(
+      resolvers->Register("late", kOverlayOrder + 1, [](auto&&...) { return absl::OkStatus(); }),
+      IsOk());
+  ASSERT_THAT(app.SetFrameResolvers(resolvers), IsOk());
+  ASSERT_THAT(RegisterNetworkOverlay(app, Networks(), "lan"), IsOk());
   EXPECT_THAT(resolvers->names(), ElementsAre("early", "net.overlay", "late"));
   EXPECT_THAT(resolvers->claims(), ElementsAre("network"));
   PairList pairs;
-  ASSERT_TRUE(resolvers->Resolve(Frame(), Options(), pairs).ok());
+  ASSERT_THAT(resolvers->Resolve(Frame(), Options(), pairs), IsOk());
   ASSERT_EQ(pairs.size(), 1u);
   EXPECT_EQ(*pairs[0].As(NetworkKey()), "lan");
   // Registering twice is refused by the registry.
@@ -189,7 +192,7 @@ TEST(RegisterNetworkOverlay, RegistersAtOverlayOrderWithClaim) {
 
 TEST(RegisterNetworkOverlay, UnknownDefaultFailsAtBoot) {
   AppContext app;
-  ASSERT_TRUE(app.SetFrameResolvers(std::make_shared<FrameResolvers>()).ok());
+  ASSERT_THAT(app.SetFrameResolvers(std::make_shared<FrameResolvers>()), IsOk());
   EXPECT_TRUE(IsNetworkNotFound(RegisterNetworkOverlay(app, Networks(), "i2p")));
   EXPECT_EQ(app.frame_resolvers()->size(), 0u);
 }
@@ -198,13 +201,13 @@ TEST(RegisterNetworkOverlay, UnknownDefaultFailsAtBoot) {
 // a network, instead of sending it out with no route.
 TEST(NetworkClaim, RegistryWithoutOverlayFailsClosed) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(RegisterNetworkClaim(resolvers).ok());
+  ASSERT_THAT(RegisterNetworkClaim(resolvers), IsOk());
   PairList pairs;
   absl::Status status = resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs);
   EXPECT_TRUE(IsResolverNotRegistered(status)) << status;
   EXPECT_EQ(NotRegisteredClaim(status), "network");
   // Calls that select nothing are unaffected.
-  EXPECT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(resolvers.Resolve(Frame(), Options(), pairs), IsOk());
 }
 
 constexpr char kConfig[] = R"(# test networks
@@ -222,23 +225,23 @@ absl::Status InstallResolvers(AppContext& app) {
 
 TEST(NetworkComponent, BootsTheOverlayFromConfiguration) {
   BootSequence boot;
-  ASSERT_TRUE(boot.Add(NetworkComponent(kConfig, {"resolvers"})).ok());
-  ASSERT_TRUE(boot.Add({"resolvers", {}, InstallResolvers}).ok());
+  ASSERT_THAT(boot.Add(NetworkComponent(kConfig, {"resolvers"})), IsOk());
+  ASSERT_THAT(boot.Add({"resolvers", {}, InstallResolvers}), IsOk());
   AppContext app;
-  ASSERT_TRUE(boot.Run(app).ok());
+  ASSERT_THAT(boot.Run(app), IsOk());
   EXPECT_TRUE(app.sealed());
   const auto* networks = app.Get(NetworkRegistryKey());
   ASSERT_NE(networks, nullptr);
   EXPECT_TRUE((*networks)->Contains("lan"));
   PairList pairs;
-  ASSERT_TRUE(app.frame_resolvers()->Resolve(Frame(), Options(), pairs).ok());
+  ASSERT_THAT(app.frame_resolvers()->Resolve(Frame(), Options(), pairs), IsOk());
   ASSERT_EQ(pairs.size(), 1u);
   EXPECT_EQ(*pairs[0].As(NetworkKey()), "tor");
 }
 
 TEST(NetworkComponent, WithoutFrameResolversBootFailsLoud) {
   BootSequence boot;
-  ASSERT_TRUE(boot.Add(NetworkComponent(kConfig)).ok());
+  ASSERT_THAT(boot.Add(NetworkComponent(kConfig)), IsOk());
   AppContext app;
   absl::Status status = boot.Run(app);
   EXPECT_TRUE(IsFrameResolversMissing(status)) << status;
@@ -251,10 +254,10 @@ TEST(NetworkComponent, WithoutFrameResolversBootFailsLoud) {
 // and leaves no overlay registered.
 TEST(NetworkComponent, BadConfigurationLeavesNothingInstalled) {
   BootSequence boot;
-  ASSERT_TRUE(boot.Add({"resolvers", {}, InstallResolvers}).ok());
-  ASSERT_TRUE(boot.Add(NetworkComponent("network tor socks5 127.0.0.1:9050\nclearnet = maybe\n",
-                                        {"resolvers"}))
-                  .ok());
+  ASSERT_THAT(boot.Add({"resolvers", {}, InstallResolvers}), IsOk());
+  ASSERT_THAT(boot.Add(NetworkComponent("network tor socks5 127.0.0.1:9050\nclearnet = maybe\n",
+                                        {"resolvers"})),
+              IsOk());
   AppContext app;
   absl::Status status = boot.Run(app);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);

@@ -7,16 +7,19 @@
 #include <thread>
 #include <vector>
 
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 #include "framekit/ctx/panic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit {
 namespace {
 
-using testing::ElementsAre;
-using testing::HasSubstr;
+using ::framekit::testing::IsOk;
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 const Key<std::string> kTrace{"test.trace"};
 const Key<int> kIndex{"test.index"};
@@ -44,42 +47,41 @@ std::vector<std::string> Traces(const PairList& pairs) {
 
 TEST(FrameResolvers, ResolvesInOrderThenName) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("c", 20, Appends("c")).ok());
-  ASSERT_TRUE(resolvers.Register("b", 10, Appends("b")).ok());
-  ASSERT_TRUE(resolvers.Register("a", 20, Appends("a")).ok());
-  ASSERT_TRUE(resolvers.Register("z", -5, Appends("z")).ok());
+  ASSERT_THAT(resolvers.Register("c", 20, Appends("c")), IsOk());
+  ASSERT_THAT(resolvers.Register("b", 10, Appends("b")), IsOk());
+  ASSERT_THAT(resolvers.Register("a", 20, Appends("a")), IsOk());
+  ASSERT_THAT(resolvers.Register("z", -5, Appends("z")), IsOk());
   EXPECT_THAT(resolvers.names(), ElementsAre("z", "b", "a", "c"));
   EXPECT_EQ(resolvers.size(), 4u);
   PairList pairs;
-  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  ASSERT_THAT(resolvers.Resolve(Frame(), Options(), pairs), IsOk());
   EXPECT_THAT(Traces(pairs), ElementsAre("z", "b", "a", "c"));
 }
 
 TEST(FrameResolvers, AppendsAfterThePairsPassedIn) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("r", 1, Appends("r")).ok());
+  ASSERT_THAT(resolvers.Register("r", 1, Appends("r")), IsOk());
   PairList pairs;
   pairs.push_back(Pair::Of(kTrace, "caller"));
-  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  ASSERT_THAT(resolvers.Resolve(Frame(), Options(), pairs), IsOk());
   EXPECT_THAT(Traces(pairs), ElementsAre("caller", "r"));
 }
 
 TEST(FrameResolvers, ResolversSeeParentAndOptions) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers
-                  .Register("net", 200,
-                            [](const Frame& parent, const Options& options, PairList& out) {
-                              std::string net(options.GetString("network").value_or("none"));
-                              if (const std::string* inherited = parent.Find(kNetwork)) {
-                                net += "/" + *inherited;
-                              }
-                              out.push_back(Pair::Of(kNetwork, net));
-                              return absl::OkStatus();
-                            })
-                  .ok());
+  ASSERT_THAT(resolvers.Register("net", 200,
+                                 [](const Frame& parent, const Options& options, PairList& out) {
+                                   std::string net(options.GetString("network").value_or("none"));
+                                   if (const std::string* inherited = parent.Find(kNetwork)) {
+                                     net += "/" + *inherited;
+                                   }
+                                   out.push_back(Pair::Of(kNetwork, net));
+                                   return absl::OkStatus();
+                                 }),
+              IsOk());
   PairList pairs;
-  ASSERT_TRUE(
-      resolvers.Resolve(Frame().With(kNetwork, "up"), Options{{"network", "tor"}}, pairs).ok());
+  ASSERT_THAT(resolvers.Resolve(Frame().With(kNetwork, "up"), Options{{"network", "tor"}}, pairs),
+              IsOk());
   ASSERT_EQ(pairs.size(), 1u);
   EXPECT_EQ(*pairs[0].As(kNetwork), "tor/up");
 }
@@ -88,35 +90,34 @@ TEST(FrameResolvers, EmptyRegistryLeavesPairsAlone) {
   FrameResolvers resolvers;
   PairList pairs;
   pairs.push_back(Pair::Of(kTrace, "x"));
-  EXPECT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(resolvers.Resolve(Frame(), Options(), pairs), IsOk());
   EXPECT_THAT(Traces(pairs), ElementsAre("x"));
 }
 
 TEST(FrameResolvers, NullRegistryIsANoOp) {
   PairList pairs;
   pairs.push_back(Pair::Of(kTrace, "x"));
-  EXPECT_TRUE(Resolve(nullptr, Frame(), Options(), pairs).ok());
+  EXPECT_THAT(Resolve(nullptr, Frame(), Options(), pairs), IsOk());
   EXPECT_THAT(Traces(pairs), ElementsAre("x"));
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("r", 1, Appends("r")).ok());
-  EXPECT_TRUE(Resolve(&resolvers, Frame(), Options(), pairs).ok());
+  ASSERT_THAT(resolvers.Register("r", 1, Appends("r")), IsOk());
+  EXPECT_THAT(Resolve(&resolvers, Frame(), Options(), pairs), IsOk());
   EXPECT_THAT(Traces(pairs), ElementsAre("x", "r"));
 }
 
 TEST(FrameResolvers, FirstErrorStopsRestoresAndWraps) {
   FrameResolvers resolvers;
   int later_runs = 0;
-  ASSERT_TRUE(resolvers.Register("first", 1, Appends("first")).ok());
+  ASSERT_THAT(resolvers.Register("first", 1, Appends("first")), IsOk());
   absl::Status original = absl::NotFoundError("no such network");
   original.SetPayload("type.test/Detail", absl::Cord("detail"));
-  ASSERT_TRUE(resolvers.Register("broken", 2, Fails(original)).ok());
-  ASSERT_TRUE(resolvers
-                  .Register("later", 3,
-                            [&](const Frame&, const Options&, PairList&) {
-                              ++later_runs;
-                              return absl::OkStatus();
-                            })
-                  .ok());
+  ASSERT_THAT(resolvers.Register("broken", 2, Fails(original)), IsOk());
+  ASSERT_THAT(resolvers.Register("later", 3,
+                                 [&](const Frame&, const Options&, PairList&) {
+                                   ++later_runs;
+                                   return absl::OkStatus();
+                                 }),
+              IsOk());
   PairList pairs;
   pairs.push_back(Pair::Of(kTrace, "caller"));
   const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
@@ -130,37 +131,35 @@ TEST(FrameResolvers, FirstErrorStopsRestoresAndWraps) {
 // Tests that pairs are restored exactly even when the failing resolver tampered with them.
 TEST(FrameResolvers, RestoresPairsAResolverRemoved) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("a", 1, Appends("a")).ok());
-  ASSERT_TRUE(resolvers
-                  .Register("vandal", 2,
-                            [](const Frame&, const Options&, PairList& out) {
-                              out.clear();
-                              out.push_back(Pair::Of(kTrace, "junk"));
-                              return absl::InternalError("vandalised");
-                            })
-                  .ok());
+  ASSERT_THAT(resolvers.Register("a", 1, Appends("a")), IsOk());
+  ASSERT_THAT(resolvers.Register("vandal", 2,
+                                 [](const Frame&, const Options&, PairList& out) {
+                                   out.clear();
+                                   out.push_back(Pair::Of(kTrace, "junk"));
+                                   return absl::InternalError("vandalised");
+                                 }),
+              IsOk());
   PairList pairs;
   pairs.push_back(Pair::Of(kTrace, "x"));
   pairs.push_back(Pair::Of(kTrace, "y"));
-  EXPECT_FALSE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(resolvers.Resolve(Frame(), Options(), pairs), ::testing::Not(IsOk()));
   EXPECT_THAT(Traces(pairs), ElementsAre("x", "y"));
 }
 
 TEST(FrameResolvers, ThrowingResolverIsIsolated) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("ok", 1, Appends("ok")).ok());
-  ASSERT_TRUE(resolvers
-                  .Register("thrower", 2,
-                            [](const Frame&, const Options&, PairList& out) -> absl::Status {
-                              out.push_back(Pair::Of(kTrace, "half"));
-                              throw std::runtime_error("kaput");
-                            })
-                  .ok());
+  ASSERT_THAT(resolvers.Register("ok", 1, Appends("ok")), IsOk());
+  ASSERT_THAT(resolvers.Register("thrower", 2,
+                                 [](const Frame&, const Options&, PairList& out) -> absl::Status {
+                                   out.push_back(Pair::Of(kTrace, "half"));
+                                   throw std::runtime_error("kaput");
+                                 }),
+              IsOk());
   PairList pairs;
   absl::Status status;
   EXPECT_NO_THROW(status = resolvers.Resolve(Frame(), Options(), pairs));
   EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
-  EXPECT_THAT(std::string(status.message()), testing::StartsWith("frame resolver \"thrower\": "));
+  EXPECT_THAT(std::string(status.message()), ::testing::StartsWith("frame resolver \"thrower\": "));
   EXPECT_THAT(std::string(status.message()), HasSubstr("kaput"));
   const auto panic = GetExtensionPanic(status);
   ASSERT_TRUE(panic.has_value());
@@ -172,11 +171,10 @@ TEST(FrameResolvers, ThrowingResolverIsIsolated) {
 
 TEST(FrameResolvers, ThrowingNonStdTypesIsIsolated) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(
-      resolvers
-          .Register("int", 1,
-                    [](const Frame&, const Options&, PairList&) -> absl::Status { throw 7; })
-          .ok());
+  ASSERT_THAT(
+      resolvers.Register("int", 1,
+                         [](const Frame&, const Options&, PairList&) -> absl::Status { throw 7; }),
+      IsOk());
   PairList pairs;
   const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
   ASSERT_TRUE(IsExtensionPanic(status));
@@ -191,7 +189,7 @@ TEST(FrameResolvers, RegisterRejectsBadInput) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(resolvers.Register("x", 1, Appends("x"), {""}).code(),
             absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(resolvers.Register("x", 1, Appends("x")).ok());
+  ASSERT_THAT(resolvers.Register("x", 1, Appends("x")), IsOk());
   const absl::Status duplicate = resolvers.Register("x", 99, Appends("x2"));
   EXPECT_EQ(duplicate.code(), absl::StatusCode::kAlreadyExists);
   EXPECT_THAT(std::string(duplicate.message()), HasSubstr("\"x\""));
@@ -200,7 +198,7 @@ TEST(FrameResolvers, RegisterRejectsBadInput) {
 
 TEST(FrameResolvers, RegisterAfterSealFails) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("x", 1, Appends("x")).ok());
+  ASSERT_THAT(resolvers.Register("x", 1, Appends("x")), IsOk());
   resolvers.Seal();
   EXPECT_TRUE(resolvers.sealed());
   EXPECT_EQ(resolvers.Register("y", 2, Appends("y")).code(), absl::StatusCode::kFailedPrecondition);
@@ -208,13 +206,13 @@ TEST(FrameResolvers, RegisterAfterSealFails) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(resolvers.names(), ElementsAre("x"));
   PairList pairs;
-  EXPECT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());  // reads still work
+  EXPECT_THAT(resolvers.Resolve(Frame(), Options(), pairs), IsOk());  // reads still work
   EXPECT_THAT(Traces(pairs), ElementsAre("x"));
 }
 
 TEST(FrameResolvers, RegisterAllIsAllOrNothing) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("existing", 1, Appends("existing")).ok());
+  ASSERT_THAT(resolvers.Register("existing", 1, Appends("existing")), IsOk());
   std::vector<ResolverRegistration> bad;
   bad.push_back({"new1", 2, Appends("new1"), {}});
   bad.push_back({"existing", 3, Appends("dup"), {}});
@@ -235,7 +233,7 @@ TEST(FrameResolvers, RegisterAllIsAllOrNothing) {
   std::vector<ResolverRegistration> good;
   good.push_back({"b", 5, Appends("b"), {}});
   good.push_back({"a", 0, Appends("a"), {}});
-  ASSERT_TRUE(resolvers.RegisterAll(std::move(good)).ok());
+  ASSERT_THAT(resolvers.RegisterAll(std::move(good)), IsOk());
   EXPECT_THAT(resolvers.names(), ElementsAre("a", "existing", "b"));
 }
 
@@ -248,8 +246,8 @@ ClaimPredicate SelectsNetwork() {
 
 TEST(FrameResolvers, UncoveredSelectedClaimFailsClosed) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.RegisterClaim("network", SelectsNetwork()).ok());
-  ASSERT_TRUE(resolvers.Register("unrelated", 1, Appends("unrelated")).ok());
+  ASSERT_THAT(resolvers.RegisterClaim("network", SelectsNetwork()), IsOk());
+  ASSERT_THAT(resolvers.Register("unrelated", 1, Appends("unrelated")), IsOk());
   PairList pairs;
   const absl::Status status = resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
@@ -258,13 +256,13 @@ TEST(FrameResolvers, UncoveredSelectedClaimFailsClosed) {
   EXPECT_THAT(std::string(status.message()), HasSubstr("\"network\""));
   EXPECT_TRUE(pairs.empty());  // no resolver ran
   // A call that does not select the claim is fine.
-  EXPECT_TRUE(resolvers.Resolve(Frame(), Options(), pairs).ok());
+  EXPECT_THAT(resolvers.Resolve(Frame(), Options(), pairs), IsOk());
   EXPECT_THAT(Traces(pairs), ElementsAre("unrelated"));
 }
 
 TEST(FrameResolvers, ClaimOnAnEmptyRegistryStillFailsClosed) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.RegisterClaim("network", SelectsNetwork()).ok());
+  ASSERT_THAT(resolvers.RegisterClaim("network", SelectsNetwork()), IsOk());
   PairList pairs;
   EXPECT_TRUE(
       IsResolverNotRegistered(resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs)));
@@ -272,10 +270,10 @@ TEST(FrameResolvers, ClaimOnAnEmptyRegistryStillFailsClosed) {
 
 TEST(FrameResolvers, CoveredClaimLetsItsResolverRun) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.RegisterClaim("network", SelectsNetwork()).ok());
-  ASSERT_TRUE(resolvers.Register("overlay", 200, Appends("overlay"), {"network"}).ok());
+  ASSERT_THAT(resolvers.RegisterClaim("network", SelectsNetwork()), IsOk());
+  ASSERT_THAT(resolvers.Register("overlay", 200, Appends("overlay"), {"network"}), IsOk());
   PairList pairs;
-  ASSERT_TRUE(resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs).ok());
+  ASSERT_THAT(resolvers.Resolve(Frame(), Options{{"network", "tor"}}, pairs), IsOk());
   EXPECT_THAT(Traces(pairs), ElementsAre("overlay"));
   EXPECT_THAT(resolvers.claims(), ElementsAre("network"));
 }
@@ -285,19 +283,18 @@ TEST(FrameResolvers, ClaimRejectsBadInput) {
   EXPECT_EQ(resolvers.RegisterClaim("", SelectsNetwork()).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(resolvers.RegisterClaim("x", nullptr).code(), absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(resolvers.RegisterClaim("x", SelectsNetwork()).ok());
+  ASSERT_THAT(resolvers.RegisterClaim("x", SelectsNetwork()), IsOk());
   EXPECT_EQ(resolvers.RegisterClaim("x", SelectsNetwork()).code(),
             absl::StatusCode::kAlreadyExists);
 }
 
 TEST(FrameResolvers, ThrowingClaimPredicateIsAnError) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers
-                  .RegisterClaim("weird",
-                                 [](const Frame&, const Options&) -> bool {
-                                   throw std::logic_error("predicate broke");
-                                 })
-                  .ok());
+  ASSERT_THAT(resolvers.RegisterClaim("weird",
+                                      [](const Frame&, const Options&) -> bool {
+                                        throw std::logic_error("predicate broke");
+                                      }),
+              IsOk());
   PairList pairs;
   const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
   EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
@@ -317,9 +314,9 @@ TEST(FrameResolvers, RollbacksRunInReverseOnALaterFailure) {
       return absl::OkStatus();
     };
   };
-  ASSERT_TRUE(resolvers.Register("open1", 1, opens("r1")).ok());
-  ASSERT_TRUE(resolvers.Register("open2", 2, opens("r2")).ok());
-  ASSERT_TRUE(resolvers.Register("fail", 3, Fails(absl::UnavailableError("down"))).ok());
+  ASSERT_THAT(resolvers.Register("open1", 1, opens("r1")), IsOk());
+  ASSERT_THAT(resolvers.Register("open2", 2, opens("r2")), IsOk());
+  ASSERT_THAT(resolvers.Register("fail", 3, Fails(absl::UnavailableError("down"))), IsOk());
   PairList pairs;
   pairs.push_back(Pair::Of(kTrace, "caller", [&undone] {
     undone.push_back("caller");  // not appended by this call: must not run
@@ -334,18 +331,18 @@ TEST(FrameResolvers, RollbacksRunInReverseOnALaterFailure) {
 
 TEST(FrameResolvers, RollbackFailuresAreAttachedNotLost) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers
-                  .Register("opens", 1,
-                            [](const Frame&, const Options&, PairList& out) {
-                              out.push_back(Pair::Of(
-                                  kTrace, "a", [] { return absl::DataLossError("socket leak"); }));
-                              out.push_back(Pair::Of(kIndex, 1, []() -> absl::Status {
-                                throw std::runtime_error("rollback threw");
-                              }));
-                              return absl::OkStatus();
-                            })
-                  .ok());
-  ASSERT_TRUE(resolvers.Register("fail", 2, Fails(absl::InternalError("later"))).ok());
+  ASSERT_THAT(resolvers.Register("opens", 1,
+                                 [](const Frame&, const Options&, PairList& out) {
+                                   out.push_back(Pair::Of(kTrace, "a", [] {
+                                     return absl::DataLossError("socket leak");
+                                   }));
+                                   out.push_back(Pair::Of(kIndex, 1, []() -> absl::Status {
+                                     throw std::runtime_error("rollback threw");
+                                   }));
+                                   return absl::OkStatus();
+                                 }),
+              IsOk());
+  ASSERT_THAT(resolvers.Register("fail", 2, Fails(absl::InternalError("later"))), IsOk());
   PairList pairs;
   const absl::Status status = resolvers.Resolve(Frame(), Options(), pairs);
   EXPECT_EQ(status.message(), "frame resolver \"fail\": later");
@@ -361,65 +358,65 @@ TEST(FrameResolvers, RollbackFailuresAreAttachedNotLost) {
 TEST(FrameResolvers, ReentrantRegisterTakesEffectNextPass) {
   FrameResolvers resolvers;
   bool registered = false;
-  ASSERT_TRUE(resolvers
-                  .Register("registrar", 1,
-                            [&](const Frame&, const Options&, PairList& out) {
-                              if (!registered) {
-                                registered = true;
-                                EXPECT_TRUE(resolvers.Register("late", 2, Appends("late")).ok());
-                              }
-                              out.push_back(Pair::Of(kTrace, "registrar"));
-                              return absl::OkStatus();
-                            })
-                  .ok());
+  ASSERT_THAT(resolvers.Register("registrar", 1,
+                                 [&](const Frame&, const Options&, PairList& out) {
+                                   if (!registered) {
+                                     registered = true;
+                                     EXPECT_THAT(resolvers.Register("late", 2, Appends("late")),
+                                                 IsOk());
+                                   }
+                                   out.push_back(Pair::Of(kTrace, "registrar"));
+                                   return absl::OkStatus();
+                                 }),
+              IsOk());
   PairList first;
-  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), first).ok());
+  ASSERT_THAT(resolvers.Resolve(Frame(), Options(), first), IsOk());
   EXPECT_THAT(Traces(first), ElementsAre("registrar"));
   PairList second;
-  ASSERT_TRUE(resolvers.Resolve(Frame(), Options(), second).ok());
+  ASSERT_THAT(resolvers.Resolve(Frame(), Options(), second), IsOk());
   EXPECT_THAT(Traces(second), ElementsAre("registrar", "late"));
 }
 
 TEST(FrameResolvers, StagedRegistrationsPublishOnCommitOnly) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("base", 1, Appends("base")).ok());
+  ASSERT_THAT(resolvers.Register("base", 1, Appends("base")), IsOk());
   resolvers.BeginStaging();
-  ASSERT_TRUE(resolvers.Register("staged", 2, Appends("staged")).ok());
+  ASSERT_THAT(resolvers.Register("staged", 2, Appends("staged")), IsOk());
   EXPECT_EQ(resolvers.Register("staged", 3, Appends("again")).code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(resolvers.Register("base", 3, Appends("again")).code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_THAT(resolvers.names(), ElementsAre("base"));  // not yet visible
-  ASSERT_TRUE(resolvers.CommitStaging().ok());
+  ASSERT_THAT(resolvers.CommitStaging(), IsOk());
   EXPECT_THAT(resolvers.names(), ElementsAre("base", "staged"));
 
   resolvers.BeginStaging();
-  ASSERT_TRUE(resolvers.Register("dropped", 4, Appends("dropped")).ok());
-  ASSERT_TRUE(resolvers.RegisterClaim("claim", SelectsNetwork()).ok());
+  ASSERT_THAT(resolvers.Register("dropped", 4, Appends("dropped")), IsOk());
+  ASSERT_THAT(resolvers.RegisterClaim("claim", SelectsNetwork()), IsOk());
   resolvers.AbortStaging();
   EXPECT_THAT(resolvers.names(), ElementsAre("base", "staged"));
   EXPECT_TRUE(resolvers.claims().empty());
   // The dropped name is free again.
-  EXPECT_TRUE(resolvers.Register("dropped", 4, Appends("dropped")).ok());
+  EXPECT_THAT(resolvers.Register("dropped", 4, Appends("dropped")), IsOk());
 }
 
 TEST(FrameResolvers, AppContextStagesTheInstalledRegistry) {
   AppContext app;
   auto resolvers = std::make_shared<FrameResolvers>();
-  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
+  ASSERT_THAT(app.SetFrameResolvers(resolvers), IsOk());
   EXPECT_EQ(app.frame_resolvers(), resolvers.get());
   EXPECT_EQ(app.SetFrameResolvers(std::make_shared<FrameResolvers>()).code(),
             absl::StatusCode::kFailedPrecondition);
 
   app.BeginStage();
-  ASSERT_TRUE(app.frame_resolvers()->Register("failed-component", 1, Appends("x")).ok());
+  ASSERT_THAT(app.frame_resolvers()->Register("failed-component", 1, Appends("x")), IsOk());
   app.AbortStage();
   EXPECT_EQ(resolvers->size(), 0u);
 
   app.BeginStage();
-  ASSERT_TRUE(app.frame_resolvers()->Register("good-component", 1, Appends("x")).ok());
+  ASSERT_THAT(app.frame_resolvers()->Register("good-component", 1, Appends("x")), IsOk());
   EXPECT_EQ(resolvers->size(), 0u);
-  ASSERT_TRUE(app.CommitStage().ok());
+  ASSERT_THAT(app.CommitStage(), IsOk());
   EXPECT_THAT(resolvers->names(), ElementsAre("good-component"));
 
   app.Seal();
@@ -430,7 +427,7 @@ TEST(FrameResolvers, AppContextStagesTheInstalledRegistry) {
 TEST(FrameResolvers, AbortedStageUninstallsARegistryItInstalled) {
   AppContext app;
   app.BeginStage();
-  ASSERT_TRUE(app.SetFrameResolvers(std::make_shared<FrameResolvers>()).ok());
+  ASSERT_THAT(app.SetFrameResolvers(std::make_shared<FrameResolvers>()), IsOk());
   app.AbortStage();
   EXPECT_EQ(app.frame_resolvers(), nullptr);
 }
@@ -473,13 +470,12 @@ TEST(FrameResolvers, ConcurrentResolveSeesWholeOrderedSnapshots) {
   }
   start.arrive_and_wait();
   for (int i = 0; i < kResolvers; ++i) {
-    ASSERT_TRUE(resolvers
-                    .Register("r" + std::to_string(i), i,
-                              [i](const Frame&, const Options&, PairList& out) {
-                                out.push_back(Pair::Of(kIndex, i));
-                                return absl::OkStatus();
-                              })
-                    .ok());
+    ASSERT_THAT(resolvers.Register("r" + std::to_string(i), i,
+                                   [i](const Frame&, const Options&, PairList& out) {
+                                     out.push_back(Pair::Of(kIndex, i));
+                                     return absl::OkStatus();
+                                   }),
+                IsOk());
   }
   done.store(true, std::memory_order_release);
   for (auto& reader : readers) reader.join();

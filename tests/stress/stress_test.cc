@@ -14,6 +14,29 @@
 //   FRAMEKIT_STRESS_SOAK=1    a soak: scale 400 unless FRAMEKIT_STRESS_SCALE says otherwise
 // A watchdog aborts the run, after dumping every thread's stack with gdb when it can, if any
 // operation stalls for FRAMEKIT_STRESS_STALL_SECONDS (default 120).
+//
+// The invariants, referred to by number below:
+//   1. Every call's outcome matches the reference model: healthy calls return their own echo,
+//      each faulty function's calls return exactly the predicted value or error (faults,
+//      evictions, re-entrant and self-removing handlers), and a handler behind a faulty
+//      interceptor or resolver never runs.
+//   2. Every fault is counted exactly once, by type and phase: the injected faults equal the
+//      returned fault records, the FaultMonitor's counters and the executor's counters.
+//   3. A returned fault record (ExtensionPanic) names the extension, phase, exception type and
+//      message that were thrown.
+//   4. Nothing stalls: a watchdog aborts the run (dumping every thread's stack) when one
+//      operation takes longer than the stall bound.
+//   5. Deadlines hold: a call with a deadline returns by the deadline plus a margin, and a call
+//      that overran it reports DeadlineExceeded.
+//   6. Quarantine is bounded: only the hanging handlers hold workers, the quarantined workers
+//      never exceed max_quarantined, and beyond that bound deadline calls fail fast with
+//      ResourceExhausted while calls without a deadline still run.
+//   7. A call's frame carries exactly that call's pairs, as seen from its handler, its
+//      interceptors and its resolvers.
+//   8. A resolver registered from inside a Resolve pass does not run in that pass and runs in
+//      the next one.
+//   9. Shutdown leaves nothing behind: every copy of every handler, interceptor and resolver is
+//      destroyed and no thread the test started is still running.
 #include <dirent.h>
 #include <unistd.h>
 
@@ -44,9 +67,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
+#include "framekit/base/internal/strings.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/ctx/frame.h"
-#include "framekit/ctx/internal/status_macros.h"
 #include "framekit/ctx/options.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/fault_monitor.h"
@@ -56,6 +80,7 @@
 #include "gtest/gtest.h"
 #include "spdlog/logger.h"
 #include "spdlog/sinks/null_sink.h"
+#include "support/status_matchers.h"
 
 namespace framekit_stress {
 
@@ -69,9 +94,11 @@ struct UserFault {
 namespace framekit::dispatch {
 namespace {
 
+using ::framekit::testing::IsOk;
+
 using framekit_stress::UserFault;
 
-// ---- configuration ------------------------------------------------------------------------
+// Configuration.
 
 std::uint64_t EnvU64(const char* name, std::uint64_t fallback) {
   const char* value = std::getenv(name);
@@ -95,7 +122,7 @@ std::uint64_t Seed() {
   return seed;
 }
 
-// ---- live-object accounting (invariant 9) --------------------------------------------------
+// Live-object accounting (invariant 9).
 
 std::atomic<std::int64_t> g_live_tokens{0};
 
@@ -118,7 +145,7 @@ int ThreadCount() {
   return n;
 }
 
-// ---- watchdog (invariant 4) ----------------------------------------------------------------
+// Watchdog (invariant 4).
 
 // One slot per thread that runs operations: the operation in progress and when it started.
 struct OpSlot {
@@ -215,7 +242,7 @@ class OpScope {
   OpSlot& slot_;
 };
 
-// ---- failures collected from any thread -----------------------------------------------------
+// Failures collected from any thread.
 
 class Failures {
  public:
@@ -236,7 +263,7 @@ class Failures {
   std::vector<std::string> first_;
 };
 
-// ---- the world the handlers live in ---------------------------------------------------------
+// The world the handlers live in.
 
 inline const Key<std::int64_t> kCallId{"stress.call_id", /*inherit=*/false};
 inline const Key<std::string> kCallTag{"stress.call_tag", /*inherit=*/false};
@@ -356,17 +383,17 @@ bool FrameIsOwn(const Frame& frame, std::int64_t id) {
   return seen != nullptr && *seen == id && tag != nullptr && *tag == CallTag(id);
 }
 
-absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+using framekit::base_internal::AsAbsl;
 
 std::int64_t ParseId(std::string_view payload) {
   std::int64_t id = -1;
-  if (!absl::SimpleAtoi(absl::string_view(payload.data(), payload.size()), &id)) return -1;
+  if (!absl::SimpleAtoi(AsAbsl(payload), &id)) return -1;
   return id;
 }
 
 std::string HealthyName(int i) { return absl::StrCat("healthy.", i); }
 std::string HealthyResult(int i, std::string_view payload) {
-  return absl::StrCat("h", i, ":", absl::string_view(payload.data(), payload.size()));
+  return absl::StrCat("h", i, ":", AsAbsl(payload));
 }
 
 Handler HealthyHandler(World* world, int i) {
@@ -432,13 +459,13 @@ std::optional<ExtensionPanic> CheckPanic(World& world, const absl::Status& statu
       panic->message.empty()) {
     world.failures.Add(absl::StrCat(
         what, ": incomplete or wrong fault record: extension \"", panic->extension, "\" phase ",
-        AV(PhaseName(panic->phase)), " type \"", panic->type, "\" message \"", panic->message,
-        "\"; want extension \"", extension, "\" phase ", AV(PhaseName(phase))));
+        AsAbsl(PhaseName(panic->phase)), " type \"", panic->type, "\" message \"", panic->message,
+        "\"; want extension \"", extension, "\" phase ", AsAbsl(PhaseName(phase))));
   }
   return panic;
 }
 
-// ---- the per-thread models ------------------------------------------------------------------
+// The per-thread models.
 
 // One faulty function owned by one dispatch thread: only the owner calls it, so the model
 // predicts every call exactly.
@@ -491,7 +518,7 @@ class Dispatcher {
       if (static_cast<int>(k) % world_.config.dispatch_threads != index_) continue;
       FaultyModel model;
       model.kind = kFaultKinds[k];
-      model.name = absl::StrCat("faulty.", AV(KindName(model.kind)));
+      model.name = absl::StrCat("faulty.", AsAbsl(KindName(model.kind)));
       model.probes.push_back(std::make_shared<VersionProbe>());
       Expect(executor.Register(model.name,
                                FaultyHandler(&world_, model.kind, model.name, model.probes.back())),
@@ -978,11 +1005,11 @@ void SetUpWorld(World& world) {
              "reenter.register",
              [&world, live = LiveToken()](const Frame& frame, std::string_view payload,
                                           Sink& out) -> absl::Status {
-               const std::string name = absl::StrCat("dyn.", AV(payload));
+               const std::string name = absl::StrCat("dyn.", AsAbsl(payload));
                FunctionExecutor& executor = *world.executor;
                absl::Status status =
                    executor.Register(name, [](const Frame&, std::string_view p, Sink& o) {
-                     return o.Write(absl::StrCat("dyn:", absl::string_view(p.data(), p.size())));
+                     return o.Write(absl::StrCat("dyn:", AsAbsl(p)));
                    });
                if (!status.ok()) return status;
                absl::StatusOr<std::string> inner =
@@ -1069,8 +1096,7 @@ class Mutator {
                      name,
                      [n, live = LiveToken()](const Frame&, std::string_view payload,
                                              Sink& out) -> absl::Status {
-                       return out.Write(absl::StrCat(
-                           "c", n, ":", absl::string_view(payload.data(), payload.size())));
+                       return out.Write(absl::StrCat("c", n, ":", AsAbsl(payload)));
                      }),
                  "register churn");
         }
@@ -1176,7 +1202,7 @@ void AwaitUnderWatchdog(OpSlot& slot, const char* op, Pred done) {
 }
 
 // Tests that, under concurrent dispatch, registration and faults, every outcome matches the
-// reference model exactly (invariants 1-9 of the stress suite).
+// reference model exactly (invariants 1-9 in the file comment).
 TEST(StressDispatch, ConcurrentFaultsMatchTheModel) {
   const double scale = Scale();
   // A sanitizer runtime starts its own background thread with the first thread created: start
@@ -1284,21 +1310,21 @@ TEST(StressDispatch, ConcurrentFaultsMatchTheModel) {
     FunctionExecutor& executor = *w.executor;
     for (int i = 0; i < w.config.healthy_functions; ++i) {
       absl::StatusOr<FunctionCounters> c = executor.Counters(HealthyName(i));
-      ASSERT_TRUE(c.ok());
+      ASSERT_THAT(c, IsOk());
       EXPECT_EQ(c->errors, 0u) << HealthyName(i);
       EXPECT_EQ(c->faults, 0u) << HealthyName(i);
     }
     absl::StatusOr<FunctionCounters> icept = executor.Counters("icept.victim");
-    ASSERT_TRUE(icept.ok());
+    ASSERT_THAT(icept, IsOk());
     EXPECT_EQ(icept->faults, totals.interceptor_faults);
     absl::StatusOr<FunctionCounters> resolver = executor.Counters("resolver.victim");
-    ASSERT_TRUE(resolver.ok());
+    ASSERT_THAT(resolver, IsOk());
     // A resolver's throw is the resolver's fault, not the function's (counters count handler
     // and interceptor throws); the call is an error.
     EXPECT_EQ(resolver->faults, 0u);
     EXPECT_EQ(resolver->errors, totals.resolver_faults);
     absl::StatusOr<FunctionCounters> hang = executor.Counters("hang");
-    ASSERT_TRUE(hang.ok());
+    ASSERT_THAT(hang, IsOk());
     EXPECT_EQ(hang->timeouts, hang_timeouts);
     EXPECT_EQ(hang_timeouts, static_cast<std::uint64_t>(kHangCalls));
 
@@ -1369,19 +1395,17 @@ TEST(StressQuarantine, ConcurrentCallsFailFastBeyondTheBound) {
     std::condition_variable cv;
     bool release = false;
     std::atomic<int> entered{0};
-    ASSERT_TRUE(executor
-                    .Register("hang",
-                              [&](const Frame&, std::string_view, Sink&) {
-                                entered.fetch_add(1);
-                                std::unique_lock<std::mutex> lock(mu);
-                                cv.wait(lock, [&] { return release; });
-                                return absl::OkStatus();
-                              })
-                    .ok());
-    ASSERT_TRUE(executor
-                    .Register("echo", [](const Frame&, std::string_view payload,
-                                         Sink& out) { return out.Write(payload); })
-                    .ok());
+    ASSERT_THAT(executor.Register("hang",
+                                  [&](const Frame&, std::string_view, Sink&) {
+                                    entered.fetch_add(1);
+                                    std::unique_lock<std::mutex> lock(mu);
+                                    cv.wait(lock, [&] { return release; });
+                                    return absl::OkStatus();
+                                  }),
+                IsOk());
+    ASSERT_THAT(executor.Register("echo", [](const Frame&, std::string_view payload,
+                                             Sink& out) { return out.Write(payload); }),
+                IsOk());
     const Options deadline{{"timeout_ms", std::int64_t{50}}};
     for (int i = 1; i <= kBound; ++i) {
       OpScope scope(slot, "hang call");
@@ -1433,7 +1457,7 @@ TEST(StressQuarantine, ConcurrentCallsFailFastBeyondTheBound) {
     EXPECT_EQ(executor.quarantined(), kBound);
     // A call without a deadline runs on the caller's thread.
     absl::StatusOr<std::string> plain = executor.Invoke(Frame(), "echo", "plain");
-    ASSERT_TRUE(plain.ok()) << plain.status();
+    ASSERT_THAT(plain, IsOk()) << plain.status();
     EXPECT_EQ(*plain, "plain");
 
     {
@@ -1444,7 +1468,7 @@ TEST(StressQuarantine, ConcurrentCallsFailFastBeyondTheBound) {
     AwaitUnderWatchdog(slot, "wait for the quarantine to empty",
                        [&] { return executor.quarantined() == 0; });
     absl::StatusOr<std::string> again = executor.Invoke(Frame(), "echo", "again", deadline);
-    ASSERT_TRUE(again.ok()) << again.status();
+    ASSERT_THAT(again, IsOk()) << again.status();
     EXPECT_EQ(*again, "again");
     OpScope scope(slot, "executor shutdown");
   }
@@ -1456,53 +1480,49 @@ TEST(StressQuarantine, ConcurrentCallsFailFastBeyondTheBound) {
 // never ran; the call is an error), not a fault of a nested call that a handler returns.
 TEST(StressExecutorCounters, EachThrowIsCountedOnceByTheFunctionItHitIn) {
   auto resolvers = std::make_shared<FrameResolvers>();
-  ASSERT_TRUE(resolvers
-                  ->Register("boom", 1,
-                             [](const Frame&, const Options& options, PairList&) -> absl::Status {
-                               if (options.GetBool("boom").value_or(false)) {
-                                 throw std::runtime_error("resolver fault");
-                               }
-                               return absl::OkStatus();
-                             })
-                  .ok());
+  ASSERT_THAT(
+      resolvers->Register("boom", 1,
+                          [](const Frame&, const Options& options, PairList&) -> absl::Status {
+                            if (options.GetBool("boom").value_or(false)) {
+                              throw std::runtime_error("resolver fault");
+                            }
+                            return absl::OkStatus();
+                          }),
+      IsOk());
   AppContext app;
-  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
+  ASSERT_THAT(app.SetFrameResolvers(resolvers), IsOk());
   app.Seal();
   FaultMonitorOptions monitor_options;
   monitor_options.logger = std::make_shared<spdlog::logger>(
       "stress-counters", std::make_shared<spdlog::sinks::null_sink_mt>());
   FaultMonitor monitor(std::move(monitor_options));
   auto interceptors = std::make_shared<Interceptors>(&monitor);
-  ASSERT_TRUE(interceptors
-                  ->Register("guard", 1,
-                             [](Call& call, const Next& next) -> absl::Status {
-                               if (call.target == "guarded") throw std::runtime_error("no");
-                               return next(call);
-                             })
-                  .ok());
+  ASSERT_THAT(interceptors->Register("guard", 1,
+                                     [](Call& call, const Next& next) -> absl::Status {
+                                       if (call.target == "guarded") throw std::runtime_error("no");
+                                       return next(call);
+                                     }),
+              IsOk());
   FunctionExecutor executor(app, {.interceptors = interceptors, .monitor = &monitor});
-  ASSERT_TRUE(executor
-                  .Register("thrower",
-                            [](const Frame&, std::string_view, Sink&) -> absl::Status {
-                              throw std::runtime_error("handler fault");
-                            })
-                  .ok());
-  ASSERT_TRUE(
-      executor
-          .Register("outer",
-                    [&](const Frame& frame, std::string_view payload, Sink& out) -> absl::Status {
-                      absl::StatusOr<std::string> inner = executor.Invoke(frame, payload, "");
-                      if (!inner.ok()) return inner.status();
-                      return out.Write(*inner);
-                    })
-          .ok());
-  ASSERT_TRUE(executor
-                  .Register("guarded",
-                            [](const Frame&, std::string_view, Sink&) { return absl::OkStatus(); })
-                  .ok());
+  ASSERT_THAT(executor.Register("thrower",
+                                [](const Frame&, std::string_view, Sink&) -> absl::Status {
+                                  throw std::runtime_error("handler fault");
+                                }),
+              IsOk());
+  ASSERT_THAT(executor.Register(
+                  "outer",
+                  [&](const Frame& frame, std::string_view payload, Sink& out) -> absl::Status {
+                    absl::StatusOr<std::string> inner = executor.Invoke(frame, payload, "");
+                    if (!inner.ok()) return inner.status();
+                    return out.Write(*inner);
+                  }),
+              IsOk());
+  ASSERT_THAT(executor.Register("guarded", [](const Frame&, std::string_view,
+                                              Sink&) { return absl::OkStatus(); }),
+              IsOk());
   auto counters = [&](std::string_view name) {
     absl::StatusOr<FunctionCounters> c = executor.Counters(name);
-    EXPECT_TRUE(c.ok());
+    EXPECT_THAT(c, IsOk());
     return c.ok() ? *c : FunctionCounters{};
   };
 

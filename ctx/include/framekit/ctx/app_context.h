@@ -1,126 +1,14 @@
-// AppContext: the application's boot-time services, written once and then sealed.
-//
-// Boot installs services under typed keys and the FrameResolvers registry; dispatchers read
-// them for every call. Writes are boot-time acts: a key is written at most once, and nothing
-// is written after Seal().
-//
-// Example:
-//   inline const framekit::Key<std::string> kRegion{"app.region"};
-//
-//   framekit::AppContext app;
-//   auto resolvers = std::make_shared<framekit::FrameResolvers>();
-//   FRAMEKIT_RETURN_IF_ERROR(app.SetFrameResolvers(resolvers));
-//   FRAMEKIT_RETURN_IF_ERROR(app.Set(kRegion, "eu-west"));
-//   app.Seal();
-//   app.Get(kRegion);                   // "eu-west"
-//   app.Set(kRegion, "us-east");        // FailedPrecondition: sealed (and written already)
+// Deprecated forwarding header, kept for one release: app_context.h moved to the app module.
+// Include "framekit/app/app_context.h" (target framekit::app) instead; this path goes away in the
+// next release. Define FRAMEKIT_NO_DEPRECATED_HEADER_MESSAGES to silence the notice.
 #ifndef FRAMEKIT_CTX_APP_CONTEXT_H_
 #define FRAMEKIT_CTX_APP_CONTEXT_H_
 
-#include <atomic>
-#include <concepts>
-#include <cstddef>
-#include <memory>
-#include <mutex>
-#include <vector>
+// A note, not a warning: builds with -Werror keep building.
+#ifndef FRAMEKIT_NO_DEPRECATED_HEADER_MESSAGES
+#pragma message("framekit/ctx/app_context.h is deprecated: include framekit/app/app_context.h")
+#endif
 
-#include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
-#include "absl/status/status.h"
-#include "framekit/ctx/key.h"
-#include "framekit/ctx/pair.h"
-
-namespace framekit {
-
-class FrameResolvers;  // framekit/resolvers/frame_resolvers.h
-
-// What the boot sequence needs from the registry installed in an AppContext: registrations a
-// boot component makes are staged, then published together when the component succeeds or
-// dropped when it fails. FrameResolvers implements it.
-class StagedRegistry {
- public:
-  // From now on, registrations are held back instead of published.
-  virtual void BeginStaging() = 0;
-  // Publishes what was held back, as one snapshot; stops staging.
-  virtual absl::Status CommitStaging() = 0;
-  // Drops what was held back; stops staging.
-  virtual void AbortStaging() = 0;
-
- protected:
-  ~StagedRegistry() = default;
-};
-
-// Boot-time services by typed key. See the file comment.
-//
-// Thread-safety: thread-safe. Get() returns a pointer that stays valid for the AppContext's
-// lifetime (values are never overwritten), except for a value written by a boot component that
-// then fails: AbortStage() removes it.
-class AppContext {
- public:
-  AppContext();
-  ~AppContext();
-  AppContext(const AppContext&) = delete;
-  AppContext& operator=(const AppContext&) = delete;
-
-  // Stores `value` under `key`. FailedPrecondition (and no change) when `key` was written
-  // already or the context is sealed.
-  template <class T>
-  absl::Status Set(const Key<T>& key, std::type_identity_t<T> value) {
-    return SetPair(Pair::Of(key, std::move(value)));
-  }
-  // The value under `key`, or nullptr.
-  template <class T>
-  const T* Get(const Key<T>& key) const {
-    const Pair* pair = FindPair(key);
-    return pair == nullptr ? nullptr : pair->As(key);
-  }
-  bool Contains(const KeyBase& key) const { return FindPair(key) != nullptr; }
-
-  // Installs the frame resolver registry dispatchers apply. FailedPrecondition when one is
-  // installed already or the context is sealed; InvalidArgument for nullptr.
-  template <class R>
-  requires std::derived_from<R, StagedRegistry> absl::Status SetFrameResolvers(
-      std::shared_ptr<R> resolvers) {
-    StagedRegistry* staged = resolvers.get();
-    return InstallFrameResolvers(std::shared_ptr<FrameResolvers>(std::move(resolvers)), staged);
-  }
-  absl::Status SetFrameResolvers(std::nullptr_t);
-  // The installed registry, or nullptr when none was installed. One acquire load.
-  FrameResolvers* frame_resolvers() const { return resolvers_ptr_.load(std::memory_order_acquire); }
-  // The installed registry, shared; nullptr when none.
-  std::shared_ptr<FrameResolvers> shared_frame_resolvers() const;
-
-  // Refuses every later write. Idempotent. Does not seal the FrameResolvers (it has its own
-  // Seal(), which the host calls when its registrations are done).
-  void Seal();
-  bool sealed() const { return sealed_.load(std::memory_order_acquire); }
-
-  // Boot staging, used by the boot sequence around each component: writes made after
-  // BeginStage() are kept by CommitStage() and undone by AbortStage(), including the
-  // FrameResolvers' staged registrations. Stages do not nest.
-  void BeginStage();
-  absl::Status CommitStage();
-  void AbortStage();
-
- private:
-  absl::Status SetPair(Pair pair);
-  const Pair* FindPair(const KeyBase& key) const;
-  absl::Status InstallFrameResolvers(std::shared_ptr<FrameResolvers> resolvers,
-                                     StagedRegistry* staged);
-
-  mutable std::mutex mu_;
-  absl::flat_hash_map<const KeyBase*, std::unique_ptr<const Pair>> services_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<FrameResolvers> resolvers_ ABSL_GUARDED_BY(mu_);
-  StagedRegistry* staged_registry_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::atomic<FrameResolvers*> resolvers_ptr_{nullptr};
-  std::atomic<bool> sealed_{false};
-
-  bool staging_ ABSL_GUARDED_BY(mu_) = false;
-  bool registry_staging_ ABSL_GUARDED_BY(mu_) = false;  // BeginStaging() was called on it
-  bool registry_set_in_stage_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<const KeyBase*> staged_keys_ ABSL_GUARDED_BY(mu_);
-};
-
-}  // namespace framekit
+#include "framekit/app/app_context.h"  // IWYU pragma: export
 
 #endif  // FRAMEKIT_CTX_APP_CONTEXT_H_

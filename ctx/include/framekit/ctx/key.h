@@ -9,6 +9,17 @@
 //
 //   framekit::Frame frame = framekit::Frame().With(framekit::Pair::Of(kRetries, 3));
 //   const int* retries = frame.Find(kRetries);  // points at 3
+//
+// Constants for applications, accessor functions for framekit's own keys. The house style
+// defines keys as `inline const Key<T> kName{...}` constants, and applications should. The keys
+// framekit itself defines in compiled sources and hands to other translation units
+// (CallerKey(), TraceIdKey(), net::NetworkKey()) are functions returning a reference to a
+// function-local static instead: a namespace-scope constant in one .cc file may be read by
+// another translation unit's static initialiser (an application's own key table, a boot
+// component registered at load time) before it is constructed, because C++ leaves the
+// initialisation order across translation units unspecified. The function-local static is
+// constructed on first use, thread-safely, so those keys are valid from any initialiser. The
+// contract names NetworkKey(), so the functions stay.
 #ifndef FRAMEKIT_CTX_KEY_H_
 #define FRAMEKIT_CTX_KEY_H_
 

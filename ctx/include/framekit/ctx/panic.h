@@ -17,6 +17,7 @@
 
 #include <cxxabi.h>
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,6 +29,10 @@ namespace framekit {
 
 // The lifecycle phase a fault happened in.
 enum class Phase { kSetup, kPoll, kTeardown, kFinalize, kHost, kResolve, kInvoke };
+
+// The number of phases, for tables indexed by phase.
+// NOTE: kInvoke must stay the last enumerator; a new phase goes before it.
+inline constexpr std::size_t kPhaseCount = static_cast<std::size_t>(Phase::kInvoke) + 1;
 
 // "setup", "poll", "teardown", "finalize", "host", "resolve", "invoke".
 std::string_view PhaseName(Phase phase);

@@ -120,7 +120,8 @@ class FaultMonitor {
   std::chrono::steady_clock::time_point now() const { return FaultNow(options_.clock); }
 
  private:
-  static constexpr std::size_t kPhases = 7;
+  // One slot per Phase, derived from the enum so that a new phase cannot be left out.
+  static constexpr std::size_t kPhases = kPhaseCount;
   struct PhaseState {
     std::uint64_t faults = 0;
     std::uint64_t suppressed_total = 0;

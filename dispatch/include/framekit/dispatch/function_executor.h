@@ -46,7 +46,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/key.h"
 #include "framekit/ctx/options.h"

@@ -27,10 +27,10 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "framekit/base/internal/cow_registry.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/options.h"
 #include "framekit/dispatch/fault_monitor.h"
-#include "framekit/resolvers/internal/cow_registry.h"
 
 namespace framekit::dispatch {
 
@@ -127,7 +127,7 @@ class Interceptors {
   }
 
  private:
-  resolvers_internal::CowRegistry<dispatch_internal::InterceptorEntry> registry_;
+  base_internal::CowRegistry<dispatch_internal::InterceptorEntry> registry_;
   FaultMonitor* monitor_;
 };
 

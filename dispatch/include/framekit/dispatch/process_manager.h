@@ -13,6 +13,7 @@
 // exits with an error is restarted when its spec says so, at most `max_restarts` times within
 // `restart_window`; past that it stays down with its last error.
 //
+// clang-format off
 // Example:
 //   framekit::dispatch::ProcessManager manager(app, {.workers = 4});
 //   framekit::dispatch::ProcessSpec spec;
@@ -23,9 +24,12 @@
 //     Handle(ctx.frame(), *message);
 //     return framekit::dispatch::Step::kBusy;
 //   };
-//   absl::StatusOr<framekit::dispatch::Pid> pid = manager.Start(parent, spec, {{"tenant",
-//   "acme"}}); FRAMEKIT_RETURN_IF_ERROR(manager.Send(*pid, "hello"));
+//   absl::StatusOr<framekit::dispatch::Pid> pid =
+//       manager.Start(parent, spec, {{"tenant", "acme"}});
+//   FRAMEKIT_RETURN_IF_ERROR(pid.status());
+//   FRAMEKIT_RETURN_IF_ERROR(manager.Send(*pid, "hello"));
 //   FRAMEKIT_RETURN_IF_ERROR(manager.Stop(*pid, std::chrono::seconds(1)));
+// clang-format on
 #ifndef FRAMEKIT_DISPATCH_PROCESS_MANAGER_H_
 #define FRAMEKIT_DISPATCH_PROCESS_MANAGER_H_
 
@@ -47,7 +51,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/options.h"
 #include "framekit/dispatch/fault_monitor.h"
@@ -103,7 +107,9 @@ class ProcessContext {
 // Re-entrancy: they may call any ProcessManager method except Wait/Stop on their own pid (which
 // would wait for themselves) and Shutdown.
 struct ProcessSpec {
-  std::string name;  // 1-128 of [A-Za-z0-9_.-]; also the extension name faults are reported under
+  // 1-128 of [A-Za-z0-9_.-], starting with a letter or digit (the grammar the executor uses
+  // too); also the extension name faults are reported under.
+  std::string name;
   std::function<absl::Status(ProcessContext&)> setup = nullptr;  // optional
   std::function<Step(ProcessContext&)> poll = nullptr;           // required
   std::function<void(ProcessContext&)> teardown = nullptr;       // optional

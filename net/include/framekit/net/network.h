@@ -14,16 +14,19 @@
 //   network tor socks5 127.0.0.1:9050 user=alice password=secret
 //   network lan direct bind=127.0.0.7
 //
+// clang-format off
 // Example:
 //   auto networks = std::make_shared<framekit::net::NetworkRegistry>();
-//   FRAMEKIT_RETURN_IF_ERROR(networks->Add(framekit::net::Network::Socks5("tor", "127.0.0.1",
-//   9050))); FRAMEKIT_RETURN_IF_ERROR(
+//   FRAMEKIT_RETURN_IF_ERROR(
+//       networks->Add(framekit::net::Network::Socks5("tor", "127.0.0.1", 9050)));
+//   FRAMEKIT_RETURN_IF_ERROR(
 //       networks->Add(framekit::net::Network::Direct("lan").WithBindAddress("127.0.0.7")));
 //   networks->Contains("tor");            // true
 //   networks->Find("lan")->bind_address;  // "127.0.0.7"
 //
 //   absl::StatusOr<framekit::net::NetworkConfig> config =
 //       framekit::net::ParseNetworkConfig("default = tor\nnetwork tor socks5 127.0.0.1:9050\n");
+// clang-format on
 #ifndef FRAMEKIT_NET_NETWORK_H_
 #define FRAMEKIT_NET_NETWORK_H_
 

@@ -39,8 +39,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "framekit/ctx/app_context.h"
-#include "framekit/ctx/boot.h"
+#include "framekit/app/app_context.h"
+#include "framekit/app/boot.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/key.h"
 #include "framekit/ctx/options.h"

@@ -36,11 +36,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/base/internal/cow_registry.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/options.h"
 #include "framekit/ctx/pair.h"
-#include "framekit/resolvers/internal/cow_registry.h"
 
 namespace framekit {
 
@@ -115,7 +114,7 @@ struct ClaimSet {
 // NOTE: registration is a boot-time act. Every snapshot ever published is kept until the
 // registry is destroyed, so that a concurrent Resolve never reads freed memory; a registry
 // that is written without bound grows without bound.
-class FrameResolvers final : public StagedRegistry {
+class FrameResolvers final {
  public:
   FrameResolvers();
   ~FrameResolvers();
@@ -156,16 +155,17 @@ class FrameResolvers final : public StagedRegistry {
   void Seal() { registry_.Seal(); }
   bool sealed() const { return registry_.sealed(); }
 
-  // StagedRegistry: while staging, Register/RegisterAll/RegisterClaim validate against the
-  // published and the staged registrations, then hold them back; CommitStaging publishes them
-  // as one snapshot, AbortStaging drops them.
-  void BeginStaging() override;
-  absl::Status CommitStaging() override;
-  void AbortStaging() override;
+  // Boot staging, driven by AppContext::BeginStage/CommitStage/AbortStage: while staging,
+  // Register/RegisterAll/RegisterClaim validate against the published and the staged
+  // registrations, then hold them back; CommitStaging publishes them as one snapshot (errors as
+  // for RegisterAll), AbortStaging drops them. Stages do not nest.
+  void BeginStaging();
+  absl::Status CommitStaging();
+  void AbortStaging();
 
  private:
-  using Registry = resolvers_internal::CowRegistry<resolvers_internal::ResolverEntry,
-                                                   resolvers_internal::ClaimSet>;
+  using Registry =
+      base_internal::CowRegistry<resolvers_internal::ResolverEntry, resolvers_internal::ClaimSet>;
   using Snapshot = Registry::Snapshot;
 
   absl::Status ResolveSnapshot(const Snapshot& snapshot, const Frame& parent,

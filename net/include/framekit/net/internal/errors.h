@@ -6,12 +6,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "framekit/base/internal/strings.h"
 
 namespace framekit::net_internal {
 
-inline absl::string_view AsAbsl(std::string_view s) {
-  return absl::string_view(s.data(), s.size());
-}
+// The project's one string_view bridge, under the name the net sources use.
+using base_internal::AsAbsl;
 
 // NotFound "network \"ID\" (WHAT) is not configured", with the kNetworkNotFoundUrl payload
 // holding the id.

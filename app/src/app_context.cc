@@ -1,11 +1,14 @@
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/strings.h"
 
 namespace framekit {
+
+using base_internal::AsAbsl;
 
 AppContext::AppContext() = default;
 AppContext::~AppContext() = default;
@@ -14,14 +17,13 @@ absl::Status AppContext::SetPair(Pair pair) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::string_view name = pair.name();
   if (sealed()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "app context is sealed: cannot set \"", absl::string_view(name.data(), name.size()), "\""));
+    return absl::FailedPreconditionError(
+        absl::StrCat("app context is sealed: cannot set \"", AsAbsl(name), "\""));
   }
   const KeyBase* key = &pair.key();
   if (services_.contains(key)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("app context: \"", absl::string_view(name.data(), name.size()),
-                     "\" is set already (services are write-once)"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "app context: \"", AsAbsl(name), "\" is set already (services are write-once)"));
   }
   services_.emplace(key, std::make_unique<const Pair>(std::move(pair)));
   if (staging_) staged_keys_.push_back(key);
@@ -34,13 +36,10 @@ const Pair* AppContext::FindPair(const KeyBase& key) const {
   return it == services_.end() ? nullptr : it->second.get();
 }
 
-absl::Status AppContext::SetFrameResolvers(std::nullptr_t) {
-  return absl::InvalidArgumentError("app context: SetFrameResolvers(nullptr)");
-}
-
-absl::Status AppContext::InstallFrameResolvers(std::shared_ptr<FrameResolvers> resolvers,
-                                               StagedRegistry* staged) {
-  if (resolvers == nullptr) return SetFrameResolvers(nullptr);
+absl::Status AppContext::SetFrameResolvers(std::shared_ptr<FrameResolvers> resolvers) {
+  if (resolvers == nullptr) {
+    return absl::InvalidArgumentError("app context: SetFrameResolvers(nullptr)");
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (sealed()) {
     return absl::FailedPreconditionError("app context is sealed: cannot set FrameResolvers");
@@ -49,7 +48,6 @@ absl::Status AppContext::InstallFrameResolvers(std::shared_ptr<FrameResolvers> r
     return absl::FailedPreconditionError("app context: FrameResolvers are set already");
   }
   resolvers_ = std::move(resolvers);
-  staged_registry_ = staged;
   resolvers_ptr_.store(resolvers_.get(), std::memory_order_release);
   if (staging_) registry_set_in_stage_ = true;
   return absl::OkStatus();
@@ -70,14 +68,14 @@ void AppContext::BeginStage() {
   staging_ = true;
   staged_keys_.clear();
   registry_set_in_stage_ = false;
-  registry_staging_ = staged_registry_ != nullptr;
-  if (registry_staging_) staged_registry_->BeginStaging();
+  registry_staging_ = resolvers_ != nullptr;
+  if (registry_staging_) resolvers_->BeginStaging();
 }
 
 absl::Status AppContext::CommitStage() {
   std::lock_guard<std::mutex> lock(mu_);
   absl::Status status;
-  if (registry_staging_) status = staged_registry_->CommitStaging();
+  if (registry_staging_) status = resolvers_->CommitStaging();
   staging_ = false;
   registry_staging_ = false;
   registry_set_in_stage_ = false;
@@ -87,12 +85,11 @@ absl::Status AppContext::CommitStage() {
 
 void AppContext::AbortStage() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (registry_staging_) staged_registry_->AbortStaging();
+  if (registry_staging_) resolvers_->AbortStaging();
   for (const KeyBase* key : staged_keys_) services_.erase(key);
   if (registry_set_in_stage_) {
     resolvers_ptr_.store(nullptr, std::memory_order_release);
     resolvers_.reset();
-    staged_registry_ = nullptr;
   }
   staging_ = false;
   registry_staging_ = false;

@@ -9,8 +9,8 @@
 // perform no read-modify-write and take no lock. Retired snapshots and removed entries are kept
 // until the registry is destroyed, so a reader can never see freed memory; registration is a
 // boot-time act and this growth is its price.
-#ifndef FRAMEKIT_RESOLVERS_INTERNAL_COW_REGISTRY_H_
-#define FRAMEKIT_RESOLVERS_INTERNAL_COW_REGISTRY_H_
+#ifndef FRAMEKIT_BASE_INTERNAL_COW_REGISTRY_H_
+#define FRAMEKIT_BASE_INTERNAL_COW_REGISTRY_H_
 
 #include <algorithm>
 #include <atomic>
@@ -26,8 +26,9 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/strings.h"
 
-namespace framekit::resolvers_internal {
+namespace framekit::base_internal {
 
 // An entry: a name (unique within a snapshot) and an order; sorted by order, then name.
 template <class E>
@@ -62,8 +63,8 @@ class CowRegistry {
     absl::Status Add(std::unique_ptr<Entry> entry) {
       std::string_view name = entry->name;
       if (Contains(name)) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            kind_, " \"", absl::string_view(name.data(), name.size()), "\" is registered already"));
+        return absl::AlreadyExistsError(
+            absl::StrCat(kind_, " \"", AsAbsl(name), "\" is registered already"));
       }
       const Entry* raw = entry.get();
       const auto at = std::upper_bound(snapshot_->entries.begin(), snapshot_->entries.end(), raw,
@@ -79,8 +80,8 @@ class CowRegistry {
       const auto it = std::find_if(entries.begin(), entries.end(),
                                    [name](const Entry* e) { return e->name == name; });
       if (it == entries.end()) {
-        return absl::NotFoundError(absl::StrCat(
-            kind_, " \"", absl::string_view(name.data(), name.size()), "\" is not registered"));
+        return absl::NotFoundError(
+            absl::StrCat(kind_, " \"", AsAbsl(name), "\" is not registered"));
       }
       if (indexed_) names_.erase(std::string_view((*it)->name));
       entries.erase(it);
@@ -193,6 +194,6 @@ class CowRegistry {
   std::atomic<const Snapshot*> current_;
 };
 
-}  // namespace framekit::resolvers_internal
+}  // namespace framekit::base_internal
 
-#endif  // FRAMEKIT_RESOLVERS_INTERNAL_COW_REGISTRY_H_
+#endif  // FRAMEKIT_BASE_INTERNAL_COW_REGISTRY_H_

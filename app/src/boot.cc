@@ -1,4 +1,4 @@
-#include "framekit/ctx/boot.h"
+#include "framekit/app/boot.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -10,21 +10,19 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "framekit/base/internal/status.h"
+#include "framekit/base/internal/strings.h"
 #include "framekit/ctx/panic.h"
 
 namespace framekit {
 namespace {
 
-absl::string_view AsAbsl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+using base_internal::AsAbsl;
 
 // `status` with the message `boot component "NAME": <message>`, its code and payloads, and
 // the component's name as a payload.
 absl::Status WrapComponentError(std::string_view name, const absl::Status& status) {
-  absl::Status wrapped(status.code(),
-                       absl::StrCat("boot component \"", AsAbsl(name), "\": ", status.message()));
-  status.ForEachPayload([&wrapped](absl::string_view url, const absl::Cord& payload) {
-    wrapped.SetPayload(url, payload);
-  });
+  absl::Status wrapped = base_internal::PrefixStatus("boot component", name, status);
   wrapped.SetPayload(AsAbsl(kBootComponentUrl), absl::Cord(AsAbsl(name)));
   return wrapped;
 }

@@ -1,6 +1,7 @@
-// Test helpers for the dispatch suites: a manual clock and a sink that keeps every record.
-#ifndef FRAMEKIT_TESTS_DISPATCH_TEST_SUPPORT_H_
-#define FRAMEKIT_TESTS_DISPATCH_TEST_SUPPORT_H_
+// Test support for the fault-handling suites: a manual clock and a log sink that keeps every
+// record.
+#ifndef FRAMEKIT_TESTS_SUPPORT_FAULT_LOG_H_
+#define FRAMEKIT_TESTS_SUPPORT_FAULT_LOG_H_
 
 #include <atomic>
 #include <chrono>
@@ -14,7 +15,7 @@
 #include "spdlog/logger.h"
 #include "spdlog/sinks/base_sink.h"
 
-namespace framekit::dispatch_test {
+namespace framekit::testing {
 
 struct Record {
   spdlog::level::level_enum level;
@@ -74,6 +75,6 @@ class ManualClock {
   std::atomic<std::int64_t> ns_{std::chrono::nanoseconds(std::chrono::hours(1)).count()};
 };
 
-}  // namespace framekit::dispatch_test
+}  // namespace framekit::testing
 
-#endif  // FRAMEKIT_TESTS_DISPATCH_TEST_SUPPORT_H_
+#endif  // FRAMEKIT_TESTS_SUPPORT_FAULT_LOG_H_

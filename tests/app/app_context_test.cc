@@ -1,18 +1,21 @@
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 
 #include <string>
 
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit {
 namespace {
+
+using ::framekit::testing::IsOk;
 
 const Key<std::string> kRegion{"test.region"};
 const Key<int> kWorkers{"test.workers"};
 
 TEST(AppContext, SetThenGet) {
   AppContext app;
-  ASSERT_TRUE(app.Set(kRegion, "eu").ok());
+  ASSERT_THAT(app.Set(kRegion, "eu"), IsOk());
   ASSERT_NE(app.Get(kRegion), nullptr);
   EXPECT_EQ(*app.Get(kRegion), "eu");
   EXPECT_EQ(app.Get(kWorkers), nullptr);
@@ -21,7 +24,7 @@ TEST(AppContext, SetThenGet) {
 
 TEST(AppContext, SecondWriteFailsAndChangesNothing) {
   AppContext app;
-  ASSERT_TRUE(app.Set(kRegion, "eu").ok());
+  ASSERT_THAT(app.Set(kRegion, "eu"), IsOk());
   const absl::Status status = app.Set(kRegion, "us");
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(status.message().find("test.region"), absl::string_view::npos) << status;
@@ -46,16 +49,16 @@ TEST(AppContext, NoFrameResolversByDefault) {
 
 TEST(AppContext, AbortStageUndoesTheStagesWrites) {
   AppContext app;
-  ASSERT_TRUE(app.Set(kRegion, "eu").ok());
+  ASSERT_THAT(app.Set(kRegion, "eu"), IsOk());
   app.BeginStage();
-  ASSERT_TRUE(app.Set(kWorkers, 8).ok());
+  ASSERT_THAT(app.Set(kWorkers, 8), IsOk());
   app.AbortStage();
   EXPECT_EQ(app.Get(kWorkers), nullptr);
   EXPECT_EQ(*app.Get(kRegion), "eu");
   // The key can be written by a later, successful stage.
   app.BeginStage();
-  ASSERT_TRUE(app.Set(kWorkers, 2).ok());
-  ASSERT_TRUE(app.CommitStage().ok());
+  ASSERT_THAT(app.Set(kWorkers, 2), IsOk());
+  ASSERT_THAT(app.CommitStage(), IsOk());
   EXPECT_EQ(*app.Get(kWorkers), 2);
 }
 

@@ -1,4 +1,4 @@
-#include "framekit/ctx/boot.h"
+#include "framekit/app/boot.h"
 
 #include <memory>
 #include <stdexcept>
@@ -6,15 +6,18 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "framekit/ctx/app_context.h"
-#include "framekit/ctx/internal/status_macros.h"
+#include "framekit/app/app_context.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit {
 namespace {
+
+using ::framekit::testing::IsOk;
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -38,11 +41,11 @@ absl::Status Noop(const Frame&, const Options&, PairList&) { return absl::OkStat
 TEST(BootSequence, RunsInDependencyOrderThenSeals) {
   std::vector<std::string> log;
   BootSequence boot;
-  ASSERT_TRUE(boot.Add(Logging("net", {"resolvers", "config"}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("config", {}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("resolvers", {"config"}, &log)).ok());
+  ASSERT_THAT(boot.Add(Logging("net", {"resolvers", "config"}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("config", {}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("resolvers", {"config"}, &log)), IsOk());
   AppContext app;
-  ASSERT_TRUE(boot.Run(app).ok());
+  ASSERT_THAT(boot.Run(app), IsOk());
   EXPECT_THAT(log, ElementsAre("config", "resolvers", "net"));
   EXPECT_TRUE(app.sealed());
 }
@@ -51,25 +54,25 @@ TEST(BootSequence, RunsInDependencyOrderThenSeals) {
 TEST(BootSequence, TiesRunInRegistrationOrder) {
   std::vector<std::string> log;
   BootSequence boot;
-  ASSERT_TRUE(boot.Add(Logging("zeta", {}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("alpha", {}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("mid", {"zeta"}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("beta", {}, &log)).ok());
+  ASSERT_THAT(boot.Add(Logging("zeta", {}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("alpha", {}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("mid", {"zeta"}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("beta", {}, &log)), IsOk());
   absl::StatusOr<std::vector<std::string>> order = boot.Order();
-  ASSERT_TRUE(order.ok());
+  ASSERT_THAT(order, IsOk());
   EXPECT_THAT(*order, ElementsAre("zeta", "alpha", "mid", "beta"));
   AppContext app;
-  ASSERT_TRUE(boot.Run(app).ok());
+  ASSERT_THAT(boot.Run(app), IsOk());
   EXPECT_THAT(log, ElementsAre("zeta", "alpha", "mid", "beta"));
 }
 
 TEST(BootSequence, CycleFailsBeforeAnythingRuns) {
   std::vector<std::string> log;
   BootSequence boot;
-  ASSERT_TRUE(boot.Add(Logging("first", {}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("a", {"c"}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("b", {"a"}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("c", {"b"}, &log)).ok());
+  ASSERT_THAT(boot.Add(Logging("first", {}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("a", {"c"}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("b", {"a"}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("c", {"b"}, &log)), IsOk());
   AppContext app;
   absl::Status status = boot.Run(app);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
@@ -81,8 +84,8 @@ TEST(BootSequence, CycleFailsBeforeAnythingRuns) {
 TEST(BootSequence, MissingDependencyFailsBeforeAnythingRuns) {
   std::vector<std::string> log;
   BootSequence boot;
-  ASSERT_TRUE(boot.Add(Logging("first", {}, &log)).ok());
-  ASSERT_TRUE(boot.Add(Logging("net", {"resolvers"}, &log)).ok());
+  ASSERT_THAT(boot.Add(Logging("first", {}, &log)), IsOk());
+  ASSERT_THAT(boot.Add(Logging("net", {"resolvers"}, &log)), IsOk());
   AppContext app;
   absl::Status status = boot.Run(app);
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
@@ -97,7 +100,7 @@ TEST(BootSequence, AddRejectsBadComponents) {
   EXPECT_EQ(boot.Add(BootComponent{"nofn", {}, nullptr}).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(boot.Add(Logging("self", {"self"}, &log)).code(), absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(boot.Add(Logging("x", {}, &log)).ok());
+  ASSERT_THAT(boot.Add(Logging("x", {}, &log)), IsOk());
   EXPECT_EQ(boot.Add(Logging("x", {}, &log)).code(), absl::StatusCode::kAlreadyExists);
 }
 
@@ -106,27 +109,27 @@ TEST(BootSequence, AddRejectsBadComponents) {
 TEST(BootSequence, FailingComponentIsRolledBack) {
   std::vector<std::string> log;
   BootSequence boot;
-  ASSERT_TRUE(boot.Add({"resolvers",
+  ASSERT_THAT(boot.Add({"resolvers",
                         {},
                         [](AppContext& app) {
                           auto resolvers = std::make_shared<FrameResolvers>();
                           FRAMEKIT_RETURN_IF_ERROR(resolvers->Register("base", 100, Noop));
                           FRAMEKIT_RETURN_IF_ERROR(app.Set(kServiceA, 1));
                           return app.SetFrameResolvers(resolvers);
-                        }})
-                  .ok());
-  ASSERT_TRUE(boot.Add({"broken",
-                        {"resolvers"},
-                        [](AppContext& app) {
-                          FRAMEKIT_RETURN_IF_ERROR(
-                              app.frame_resolvers()->Register("half", 150, Noop));
-                          FRAMEKIT_RETURN_IF_ERROR(app.Set(kServiceB, 2));
-                          absl::Status error = absl::UnavailableError("database down");
-                          error.SetPayload("type.test/Detail", absl::Cord("kept"));
-                          return error;
-                        }})
-                  .ok());
-  ASSERT_TRUE(boot.Add(Logging("after", {"broken"}, &log)).ok());
+                        }}),
+              IsOk());
+  ASSERT_THAT(
+      boot.Add({"broken",
+                {"resolvers"},
+                [](AppContext& app) {
+                  FRAMEKIT_RETURN_IF_ERROR(app.frame_resolvers()->Register("half", 150, Noop));
+                  FRAMEKIT_RETURN_IF_ERROR(app.Set(kServiceB, 2));
+                  absl::Status error = absl::UnavailableError("database down");
+                  error.SetPayload("type.test/Detail", absl::Cord("kept"));
+                  return error;
+                }}),
+      IsOk());
+  ASSERT_THAT(boot.Add(Logging("after", {"broken"}, &log)), IsOk());
   AppContext app;
   absl::Status status = boot.Run(app);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
@@ -143,10 +146,10 @@ TEST(BootSequence, FailingComponentIsRolledBack) {
 
 TEST(BootSequence, ThrowingComponentIsIsolated) {
   BootSequence boot;
-  ASSERT_TRUE(boot.Add({"thrower",
-                        {},
-                        [](AppContext&) -> absl::Status { throw std::runtime_error("kaboom"); }})
-                  .ok());
+  ASSERT_THAT(
+      boot.Add(
+          {"thrower", {}, [](AppContext&) -> absl::Status { throw std::runtime_error("kaboom"); }}),
+      IsOk());
   AppContext app;
   absl::Status status = boot.Run(app);
   EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
@@ -160,13 +163,13 @@ TEST(BootSequence, ThrowingComponentIsIsolated) {
 TEST(BootSequence, RunsOnlyOnceAndNotOnSealedContext) {
   std::vector<std::string> log;
   BootSequence boot;
-  ASSERT_TRUE(boot.Add(Logging("a", {}, &log)).ok());
+  ASSERT_THAT(boot.Add(Logging("a", {}, &log)), IsOk());
   AppContext app;
-  ASSERT_TRUE(boot.Run(app).ok());
+  ASSERT_THAT(boot.Run(app), IsOk());
   AppContext other;
   EXPECT_EQ(boot.Run(other).code(), absl::StatusCode::kFailedPrecondition);
   BootSequence again;
-  ASSERT_TRUE(again.Add(Logging("b", {}, &log)).ok());
+  ASSERT_THAT(again.Add(Logging("b", {}, &log)), IsOk());
   EXPECT_EQ(again.Run(app).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(log, ElementsAre("a"));
 }

@@ -1,0 +1,29 @@
+// AsAbsl / AsStd: the one bridge between std::string_view and absl::string_view.
+//
+// Debian 12's abseil (20220623) is built without ABSL_USES_STD_STRING_VIEW, so
+// absl::string_view is its own type and the project's std::string_view values must be
+// converted where they meet abseil (StrCat, Status payload URLs, flat_hash_map lookups).
+// Every module uses this helper instead of spelling the conversion out.
+#ifndef FRAMEKIT_BASE_INTERNAL_STRINGS_H_
+#define FRAMEKIT_BASE_INTERNAL_STRINGS_H_
+
+#include <string_view>
+
+#include "absl/strings/string_view.h"
+
+namespace framekit::base_internal {
+
+// `s` as an absl::string_view over the same characters. No copy; `s`'s storage must outlive
+// the result.
+constexpr absl::string_view AsAbsl(std::string_view s) noexcept {
+  return absl::string_view(s.data(), s.size());
+}
+
+// `s` as a std::string_view over the same characters (for example an absl::Status message).
+constexpr std::string_view AsStd(absl::string_view s) noexcept {
+  return std::string_view(s.data(), s.size());
+}
+
+}  // namespace framekit::base_internal
+
+#endif  // FRAMEKIT_BASE_INTERNAL_STRINGS_H_
