@@ -282,5 +282,178 @@ TEST(FunctionExecutorBulkhead, ConcurrentStuckFunctionDoesNotStarveHealthyOne) {
   WaitForQuarantine(executor, 0);
 }
 
+// ---- lifecycle ---------------------------------------------------------------------------------
+
+// Tests that destroying an executor with deadline calls in flight (handlers honouring their stop
+// tokens, and one ignoring it) neither crashes nor hangs, and that the callers get a status.
+TEST(FunctionExecutorLifecycle, ConcurrentDestroyWithCallsInFlight) {
+  AppContext app;
+  Gate gate;
+  constexpr int kCalls = 50;
+  std::latch running(kCalls + 1);
+  std::vector<absl::Status> results(kCalls + 1);
+  std::vector<std::thread> callers;
+  {
+    auto executor = std::make_unique<FunctionExecutor>(
+        app, FunctionExecutorOptions{.max_in_flight_per_function = 64, .shutdown_grace =
+                                                                           std::chrono::milliseconds(200)});
+    ASSERT_TRUE(executor
+                    ->Register("wait",
+                               [&](const Frame& frame, std::string_view, Sink&) {
+                                 running.count_down();
+                                 std::mutex mu;
+                                 std::condition_variable_any cv;
+                                 std::unique_lock<std::mutex> lock(mu);
+                                 cv.wait(lock, frame.stop_token(), [] { return false; });
+                                 return absl::CancelledError("stopped");
+                               })
+                    .ok());
+    ASSERT_TRUE(executor
+                    ->Register("stuck",
+                               [&](const Frame&, std::string_view, Sink&) {
+                                 running.count_down();
+                                 gate.Wait();
+                                 return absl::OkStatus();
+                               })
+                    .ok());
+    for (int i = 0; i <= kCalls; ++i) {
+      callers.emplace_back([&, i, e = executor.get()] {
+        results[i] = e->Invoke(Frame(), i == kCalls ? "stuck" : "wait", "", kLongTimeout).status();
+      });
+    }
+    running.wait();
+    executor.reset();
+  }
+  for (auto& t : callers) t.join();
+  for (const absl::Status& s : results) {
+    EXPECT_THAT(s.code(), ::testing::AnyOf(absl::StatusCode::kUnavailable,
+                                           absl::StatusCode::kCancelled))
+        << s;
+  }
+  gate.Open();  // the detached worker finishes after its executor is gone
+}
+
+TEST(FunctionExecutorLifecycle, CallAfterShutdownIsUnavailableAndShutdownTwiceIsOk) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
+  ASSERT_TRUE(executor.Invoke(Frame(), "echo", "x", kLongTimeout).ok());
+  absl::Status first = executor.Shutdown(std::chrono::seconds(5));
+  EXPECT_TRUE(first.ok()) << first;
+  for (const Options& options : {Options{}, kLongTimeout}) {
+    auto result = executor.Invoke(Frame(), "echo", "x", options);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr("shut down"));
+  }
+  absl::Status second = executor.Shutdown(std::chrono::seconds(5));
+  EXPECT_TRUE(second.ok()) << second;
+}
+
+// Tests that Shutdown called by a handler, on a worker and on the caller's thread, returns
+// without waiting for its own call.
+TEST(FunctionExecutorLifecycle, ShutdownFromInsideHandlerDoesNotDeadlock) {
+  for (const Options& options : {Options{}, kLongTimeout}) {
+    AppContext app;
+    FunctionExecutor executor(app);
+    absl::Status inner;
+    ASSERT_TRUE(executor
+                    .Register("stop",
+                              [&](const Frame&, std::string_view, Sink& out) {
+                                inner = executor.Shutdown(std::chrono::seconds(30));
+                                return out.Write("stopped");
+                              })
+                    .ok());
+    const auto before = Clock::now();
+    auto result = executor.Invoke(Frame(), "stop", "", options);
+    EXPECT_LT(Clock::now() - before, std::chrono::seconds(10));
+    if (!options.empty()) {
+      // The caller of a deadline call is woken by the shutdown itself.
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+    } else {
+      EXPECT_TRUE(result.ok()) << result.status();
+      EXPECT_TRUE(inner.ok()) << inner;
+    }
+  }
+}
+
+// ---- bad input ---------------------------------------------------------------------------------
+
+TEST(FunctionExecutorOptions, CreateRejectsInvalidOptions) {
+  AppContext app;
+  const std::vector<std::pair<FunctionExecutorOptions, std::string>> bad = {
+      {{.deadline_workers = 0}, "deadline_workers"},
+      {{.deadline_workers = -3}, "deadline_workers"},
+      {{.max_quarantined = -1}, "max_quarantined"},
+      {{.max_quarantined_per_function = -1}, "max_quarantined_per_function"},
+      {{.max_in_flight = 0}, "max_in_flight"},
+      {{.max_in_flight_per_function = 0}, "max_in_flight_per_function"},
+      {{.records_per_function = 0}, "records_per_function"},
+      {{.records_per_function = -5}, "records_per_function"},
+      {{.shutdown_grace = std::chrono::milliseconds(-1)}, "shutdown_grace"},
+  };
+  for (const auto& [options, field] : bad) {
+    auto created = FunctionExecutor::Create(app, options);
+    EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_THAT(created.status().message(), HasSubstr(field));
+    // The constructor clamps instead: the executor works.
+    FunctionExecutor clamped(app, options);
+    ASSERT_TRUE(clamped.Register("echo", Echo()).ok());
+    auto result = clamped.Invoke(Frame(), "echo", "x", kLongTimeout);
+    EXPECT_TRUE(result.ok()) << field << ": " << result.status();
+  }
+  auto good = FunctionExecutor::Create(app, {});
+  ASSERT_TRUE(good.ok()) << good.status();
+}
+
+// ---- attacks -----------------------------------------------------------------------------------
+
+// Tests that 10^5 deadline calls in a loop leave nothing in flight or quarantined.
+TEST(FunctionExecutorAttack, ManyDeadlineCallsStayBounded) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
+  constexpr int kCalls = 100000;
+  int failures = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    auto result = executor.Invoke(Frame(), "echo", "x", kLongTimeout);
+    if (!result.ok() && ++failures < 5) ADD_FAILURE() << result.status();
+  }
+  EXPECT_EQ(failures, 0);
+  auto counters = executor.Counters("echo");
+  ASSERT_TRUE(counters.ok()) << counters.status();
+  EXPECT_EQ(counters->calls, static_cast<std::uint64_t>(kCalls));
+  EXPECT_EQ(counters->quarantined, 0);
+  EXPECT_EQ(executor.quarantined(), 0);
+  for (int i = 0; i < 1000 && executor.Counters("echo")->in_flight != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(executor.Counters("echo")->in_flight, 0);
+}
+
+// Tests that the stuck function's quarantine is reported per function.
+TEST(FunctionExecutorBulkhead, CountersReportPerFunctionQuarantine) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  Gate gate;
+  std::latch started(1);
+  ASSERT_TRUE(executor
+                  .Register("stuck",
+                            [&](const Frame&, std::string_view, Sink&) {
+                              started.count_down();
+                              gate.Wait();
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
+  auto result = executor.Invoke(Frame(), "stuck", "", {{"timeout_ms", std::int64_t{50}}});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded) << result.status();
+  started.wait();
+  EXPECT_EQ(executor.Counters("stuck")->quarantined, 1);
+  EXPECT_EQ(executor.Counters("echo")->quarantined, 0);
+  gate.Open();
+  WaitForQuarantine(executor, 0);
+  EXPECT_EQ(executor.Counters("stuck")->quarantined, 0);
+}
+
 }  // namespace
 }  // namespace framekit::dispatch
