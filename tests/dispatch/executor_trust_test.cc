@@ -291,6 +291,7 @@ TEST(FunctionExecutorLifecycle, ConcurrentDestroyWithCallsInFlight) {
   Gate gate;
   constexpr int kCalls = 50;
   std::latch running(kCalls + 1);
+  std::latch left(1);  // the stuck handler is out of `gate` before the test's locals go
   std::vector<absl::Status> results(kCalls + 1);
   std::vector<std::thread> callers;
   {
@@ -313,6 +314,7 @@ TEST(FunctionExecutorLifecycle, ConcurrentDestroyWithCallsInFlight) {
                                [&](const Frame&, std::string_view, Sink&) {
                                  running.count_down();
                                  gate.Wait();
+                                 left.count_down();
                                  return absl::OkStatus();
                                })
                     .ok());
@@ -331,6 +333,7 @@ TEST(FunctionExecutorLifecycle, ConcurrentDestroyWithCallsInFlight) {
         << s;
   }
   gate.Open();  // the detached worker finishes after its executor is gone
+  left.wait();
 }
 
 TEST(FunctionExecutorLifecycle, CallAfterShutdownIsUnavailableAndShutdownTwiceIsOk) {
