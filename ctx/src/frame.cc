@@ -271,6 +271,12 @@ Frame Frame::WithDeadline(Deadline deadline) const {
   return Frame(node);
 }
 
+Frame Frame::WithTimeout(Clock::duration timeout) const {
+  const Deadline deadline = DeadlineAfter(Clock::now(), timeout);
+  if (deadline == Deadline::max()) return *this;
+  return WithDeadline(deadline);
+}
+
 std::pair<Frame, Canceller> Frame::WithCancel() const {
   FrameNode* node = ctx_internal::NewSharingNode(node_);
   Frame frame(node);

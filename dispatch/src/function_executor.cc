@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <condition_variable>
-#include <deque>
 #include <optional>
 #include <stop_token>
 #include <thread>
@@ -17,6 +16,7 @@
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/guard.h"
 #include "framekit/resolvers/frame_resolvers.h"
+#include "worker_pool.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -116,6 +116,43 @@ struct FunctionExecutor::Version {
   Clock::time_point deployed{};
   std::string guard_name;  // "NAME@vN": a redeploy starts a fresh fault-policy history
   std::atomic<bool> disabled{false};
+
+  static std::shared_ptr<Version> Make(std::string_view function, int number, Handler handler) {
+    auto version = std::make_shared<Version>();
+    version->number = number;
+    version->handler = std::move(handler);
+    version->deployed = Clock::now();
+    version->guard_name = absl::StrCat(AsAbsl(function), "@v", number);
+    return version;
+  }
+
+  struct Outcome {
+    absl::Status status;
+    bool faulted = false;  // the handler or an interceptor threw
+  };
+  // Runs the interceptors, then the handler under the invoke guard: the one place a call runs,
+  // on the caller's thread or on a worker.
+  Outcome Run(const Interceptors* interceptors, FaultMonitor& monitor, Call& call, Sink& sink) {
+    Outcome out;
+    bool handler_ran = false;
+    absl::Status handler_status;
+    out.status = RunInterceptors(interceptors, call, [&](Call& c) {
+      handler_ran = true;
+      handler_status = Guard(
+          ExtRef(guard_name, monitor), Phase::kInvoke,
+          [&]() -> absl::Status { return handler(c.frame, c.payload, sink); },
+          [&](FaultReport&& report) -> absl::Status {
+            out.faulted = true;
+            if (report.verdict == FaultVerdict::kEvict) {
+              disabled.store(true, std::memory_order_release);
+            }
+            return PanicStatus(report.panic);
+          });
+      return handler_status;
+    });
+    out.faulted = out.faulted || InterceptorFaulted(out.status, handler_ran, handler_status);
+    return out;
+  }
 };
 
 struct FunctionExecutor::Function {
@@ -144,12 +181,113 @@ struct FunctionExecutor::Function {
   std::atomic<std::uint64_t> errors{0};
   std::atomic<std::uint64_t> faults{0};
   std::atomic<std::uint64_t> timeouts{0};
+  std::atomic<std::uint64_t> refusals{0};
   std::array<std::atomic<std::uint64_t>, kLatencyBuckets> latency{};
+  // Bulkhead budgets in use: written under Shared::mu, read relaxed by Counters.
+  std::atomic<int> in_flight{0};
+  std::atomic<int> quarantined{0};
 
   std::mutex records_mu;
   std::vector<Slot> ring ABSL_GUARDED_BY(records_mu);  // fixed size
   std::size_t next ABSL_GUARDED_BY(records_mu) = 0;
   std::size_t count ABSL_GUARDED_BY(records_mu) = 0;
+};
+
+// What deadline calls and their workers share: held by shared_ptr, so that a worker left running
+// after the executor is gone touches nothing freed.
+struct FunctionExecutor::Shared {
+  enum class Admission { kAdmitted, kInline, kRefused };
+
+  std::shared_ptr<dispatch_internal::WorkerPool> pool;
+  std::shared_ptr<const Interceptors> interceptors;
+  FaultMonitor* monitor = nullptr;
+  int quarantine_cap = 1;           // executor-wide, >= 1
+  int function_quarantine_cap = 1;  // per function, >= 1
+  int in_flight_cap = 1;
+  int function_in_flight_cap = 1;
+  std::stop_source shutdown;  // stopped by Shutdown: wakes every waiting caller
+
+  std::mutex mu;
+  int admitted ABSL_GUARDED_BY(mu) = 0;  // deadline calls whose task has not ended
+  std::atomic<int> quarantined{0};       // written under mu
+
+  // Takes one in-flight slot of `function` and of the executor, or says why not. A nested call
+  // (made on a worker) beyond the in-flight budgets runs inline rather than being refused.
+  Admission Admit(Function& function, bool nested, std::string& refusal) {
+    std::lock_guard<std::mutex> lock(mu);
+    const int own_quarantined = function.quarantined.load(std::memory_order_relaxed);
+    const int own_in_flight = function.in_flight.load(std::memory_order_relaxed);
+    // A function with a worker quarantined has shown that it hangs: it is held to its
+    // quarantine budget in flight, so that it cannot fill the executor's quarantine.
+    if (own_quarantined >= function_quarantine_cap ||
+        (own_quarantined > 0 && own_in_flight >= function_quarantine_cap)) {
+      refusal = absl::StrCat("function \"", function.name, "\": ", own_quarantined,
+                             " of its workers are quarantined in handlers that overran their "
+                             "deadlines (its budget); not starting another deadline call");
+      return Admission::kRefused;
+    }
+    if (quarantined.load(std::memory_order_relaxed) >= quarantine_cap) {
+      refusal = absl::StrCat("function \"", function.name, "\": ", quarantine_cap,
+                             " workers of the executor are quarantined in handlers that overran "
+                             "their deadlines; not starting another deadline call");
+      return Admission::kRefused;
+    }
+    if (own_in_flight >= function_in_flight_cap || admitted >= in_flight_cap) {
+      if (nested) return Admission::kInline;
+      refusal = absl::StrCat("function \"", function.name, "\": ", own_in_flight, " of its and ",
+                             admitted, " of the executor's deadline calls are in flight, the most "
+                             "it admits");
+      return Admission::kRefused;
+    }
+    ++admitted;
+    function.in_flight.fetch_add(1, std::memory_order_relaxed);
+    return Admission::kAdmitted;
+  }
+  void Quarantine(Function& function) {
+    std::lock_guard<std::mutex> lock(mu);
+    function.quarantined.fetch_add(1, std::memory_order_relaxed);
+    quarantined.fetch_add(1, std::memory_order_relaxed);
+  }
+  // Gives back what Admit (and Quarantine, when `was_quarantined`) took.
+  void Release(Function& function, bool was_quarantined) {
+    std::lock_guard<std::mutex> lock(mu);
+    --admitted;
+    function.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    if (was_quarantined) {
+      function.quarantined.fetch_sub(1, std::memory_order_relaxed);
+      quarantined.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+};
+
+// One call as it goes through Dispatch's steps.
+struct FunctionExecutor::DispatchCall {
+  DispatchCall(const Frame& parent, std::string_view name, std::string_view payload,
+               const Options& options, CallKind kind, Sink* sink, std::string* output)
+      : parent(parent),
+        name(name),
+        payload(payload),
+        options(options),
+        kind(kind),
+        sink(sink),
+        output(output) {}
+
+  const Frame& parent;
+  std::string_view name;
+  std::string_view payload;
+  const Options& options;
+  CallKind kind;
+  Sink* sink = nullptr;
+  std::string* output = nullptr;  // Invoke's output; null for InvokeStream
+
+  std::shared_ptr<Function> function;
+  std::shared_ptr<Version> version;
+  const Options* merged = nullptr;
+  Options merged_storage;
+  Frame frame;
+  std::uint64_t output_bytes = 0;
+  bool timed_out = false;
+  bool faulted = false;
 };
 
 // The state a deadline call shares between its caller and the worker running it; whichever
@@ -162,17 +300,18 @@ struct FunctionExecutor::CallState final : public Sink {
   Stage stage ABSL_GUARDED_BY(mu) = Stage::kQueued;
   bool quarantined ABSL_GUARDED_BY(mu) = false;
   bool closed ABSL_GUARDED_BY(mu) = false;
-  bool faulted ABSL_GUARDED_BY(mu) = false;  // the handler or an interceptor threw
+  bool faulted ABSL_GUARDED_BY(mu) = false;
   int writers ABSL_GUARDED_BY(mu) = 0;
   DetachedStatus status ABSL_GUARDED_BY(mu);
   std::string output ABSL_GUARDED_BY(mu);
 
   // Immutable after submission.
-  FunctionExecutor* executor = nullptr;
+  std::shared_ptr<Shared> shared;
   std::shared_ptr<Function> function;
   std::shared_ptr<Version> version;
   CallKind kind = CallKind::kInvoke;
   Frame frame;
+  Deadline deadline{};
   Options options;
   std::string payload;
   Sink* user_sink = nullptr;  // InvokeStream's sink; null for Invoke
@@ -193,84 +332,200 @@ struct FunctionExecutor::CallState final : public Sink {
     if (--writers == 0) cv.notify_all();
     return result;
   }
-};
 
-// Threads for deadline calls. Up to `workers` run calls; up to `max_quarantined` more may be
-// stuck in handlers past their deadlines.
-class FunctionExecutor::Workers {
- public:
-  Workers(int workers, int max_quarantined)
-      : max_threads_(static_cast<std::size_t>(std::max(1, workers) + std::max(0, max_quarantined))),
-        max_quarantined_(std::max(0, max_quarantined)) {}
-
-  ~Workers() { Shutdown(); }
-
-  // Runs what is queued, then joins every thread. Idempotent. The executor calls it while it is
-  // still whole: tasks use it.
-  void Shutdown() {
-    std::vector<std::thread> threads;
+  // The worker's side: runs the call unless its caller gave up first. The call ends, and its
+  // budgets are given back, however the worker leaves, a forced unwind (pthread_exit) included.
+  static void Work(const std::shared_ptr<CallState>& state) {
+    std::optional<Version::Outcome> outcome;
+    struct End {
+      CallState& state;
+      std::optional<Version::Outcome>& outcome;
+      ~End() { state.Finish(outcome ? &*outcome : nullptr); }
+    } end{*state, outcome};
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-      threads.swap(threads_);
+      std::lock_guard<std::mutex> lock(state->mu);
+      if (state->stage == Stage::kAbandoned) return;
+      state->stage = Stage::kRunning;
     }
-    cv_.notify_all();
-    for (std::thread& thread : threads) thread.join();
+    if (state->frame.cancelled()) return;  // its caller returns at once: nothing to report
+    Call call{.kind = state->kind,
+              .target = state->function->name,
+              .frame = state->frame,
+              .options = &state->options,
+              .payload = state->payload};
+    outcome = state->version->Run(state->shared->interceptors.get(), *state->shared->monitor,
+                                  call, *state);
   }
 
-  // False when the quarantine is full.
-  bool Submit(std::function<void()> task) {
-    if (quarantined_.load(std::memory_order_acquire) >= max_quarantined_) return false;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) return false;
-    queue_.push_back(std::move(task));
-    if (static_cast<std::size_t>(idle_) < queue_.size() && threads_.size() < max_threads_) {
-      threads_.emplace_back([this] { Loop(); });
+  void Finish(const Version::Outcome* outcome) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (outcome != nullptr) {
+      faulted = outcome->faulted;
+      status = DetachedStatus::From(outcome->status);
     } else {
-      cv_.notify_one();
+      status = DetachedStatus::From(absl::InternalError(absl::StrCat(
+          "function \"", function->name, "\": the handler ended its worker thread")));
     }
-    return true;
+    stage = Stage::kDone;
+    shared->Release(*function, quarantined);
+    cv.notify_all();
   }
 
-  void Quarantine() { quarantined_.fetch_add(1, std::memory_order_acq_rel); }
-  void Release() { quarantined_.fetch_sub(1, std::memory_order_acq_rel); }
-  int quarantined() const { return quarantined_.load(std::memory_order_acquire); }
-
- private:
-  void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      ++idle_;
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      --idle_;
-      if (queue_.empty()) return;  // stopping, and nothing left to run
-      std::function<void()> task = std::move(queue_.front());
-      queue_.pop_front();
-      lock.unlock();
-      task();
-      task = nullptr;
-      lock.lock();
+  // The caller's side: waits for the worker until the deadline, the parent's cancellation or
+  // the executor's shutdown; past those, abandons the call and cancels its frame.
+  absl::Status Await(DispatchCall& call, const Canceller& canceller) {
+    const std::stop_token parent_stop = call.frame.stop_token();
+    const std::stop_token shutdown = shared->shutdown.get_token();
+    auto wake = [this] {
+      std::lock_guard<std::mutex> lock(mu);
+      cv.notify_all();
+    };
+    std::stop_callback on_cancel(parent_stop, wake);
+    std::stop_callback on_shutdown(shutdown, wake);
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_until(lock, deadline, [&] {
+      return stage == Stage::kDone || parent_stop.stop_requested() || shutdown.stop_requested();
+    });
+    if (stage == Stage::kDone) {
+      if (call.output != nullptr) *call.output = std::move(output);
+      call.faulted = faulted;
+      return status.Rebuild();
     }
+    if (stage == Stage::kRunning) {
+      quarantined = true;
+      shared->Quarantine(*function);
+    }
+    stage = Stage::kAbandoned;
+    closed = true;
+    lock.unlock();
+    canceller.Cancel();  // runs the handler's stop callbacks: no lock held
+    lock.lock();
+    cv.wait(lock, [&] { return writers == 0; });
+    return Abandoned(call, parent_stop.stop_requested());
   }
 
-  const std::size_t max_threads_;
-  const int max_quarantined_;
-  std::atomic<int> quarantined_{0};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
-  int idle_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status Abandoned(DispatchCall& call, bool parent_cancelled) const {
+    const bool past_deadline = Clock::now() >= deadline;
+    if (!parent_cancelled && !past_deadline) {
+      return absl::UnavailableError(absl::StrCat(
+          "function \"", function->name, "\": the executor shut down during the call"));
+    }
+    if (!parent_cancelled || past_deadline) {
+      call.timed_out = true;
+      return absl::DeadlineExceededError(
+          absl::StrCat("function \"", function->name, "\" did not finish by its deadline"));
+    }
+    return absl::CancelledError(
+        absl::StrCat("function \"", function->name, "\": the caller's frame was cancelled"));
+  }
 };
+
+namespace {
+
+// Calls of an executor on the current thread's stack, so that Shutdown from a handler does not
+// wait for itself. Not the frame (frames are passed explicitly): only who is calling.
+struct ThreadCall {
+  const void* executor;
+  ThreadCall* outer;
+};
+thread_local ThreadCall* tls_calls = nullptr;
+
+int CallsOnThisThread(const void* executor) {
+  int n = 0;
+  for (const ThreadCall* c = tls_calls; c != nullptr; c = c->outer) n += c->executor == executor;
+  return n;
+}
+
+absl::Status CheckHandler(std::string_view name, const Handler& handler) {
+  if (handler) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("function \"", AsAbsl(name), "\" has no handler"));
+}
+
+absl::Status ValidateOptions(const FunctionExecutorOptions& o) {
+  auto bad = [](std::string_view field, std::string_view want, std::int64_t got) {
+    return absl::InvalidArgumentError(absl::StrCat("FunctionExecutorOptions.", AsAbsl(field),
+                                                   " must be ", AsAbsl(want), ", got ", got));
+  };
+  if (o.deadline_workers <= 0) return bad("deadline_workers", "> 0", o.deadline_workers);
+  if (o.max_quarantined < 0) return bad("max_quarantined", ">= 0", o.max_quarantined);
+  if (o.max_quarantined_per_function < 0) {
+    return bad("max_quarantined_per_function", ">= 0", o.max_quarantined_per_function);
+  }
+  if (o.max_in_flight <= 0) return bad("max_in_flight", "> 0", o.max_in_flight);
+  if (o.max_in_flight_per_function <= 0) {
+    return bad("max_in_flight_per_function", "> 0", o.max_in_flight_per_function);
+  }
+  if (o.records_per_function <= 0) {
+    return bad("records_per_function", "> 0", o.records_per_function);
+  }
+  if (o.shutdown_grace.count() < 0) return bad("shutdown_grace", ">= 0", o.shutdown_grace.count());
+  return absl::OkStatus();
+}
+
+FunctionExecutorOptions Clamp(FunctionExecutorOptions o) {
+  o.deadline_workers = std::max(1, o.deadline_workers);
+  o.max_quarantined = std::max(0, o.max_quarantined);
+  o.max_quarantined_per_function = std::max(0, o.max_quarantined_per_function);
+  o.max_in_flight = std::max(1, o.max_in_flight);
+  o.max_in_flight_per_function = std::max(1, o.max_in_flight_per_function);
+  o.records_per_function = std::max(1, o.records_per_function);
+  o.shutdown_grace = std::max(o.shutdown_grace, std::chrono::milliseconds::zero());
+  return o;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FunctionExecutor>> FunctionExecutor::Create(
+    const AppContext& app, FunctionExecutorOptions options) {
+  FRAMEKIT_RETURN_IF_ERROR(ValidateOptions(options));
+  return std::make_unique<FunctionExecutor>(app, std::move(options));
+}
 
 FunctionExecutor::FunctionExecutor(const AppContext& app, FunctionExecutorOptions options)
-    : app_(app),
-      options_(std::move(options)),
-      monitor_(options_.monitor != nullptr ? options_.monitor : &DefaultFaultMonitor()),
-      workers_(std::make_unique<Workers>(options_.deadline_workers, options_.max_quarantined)) {}
+    : app_(app), options_(Clamp(std::move(options))), shared_(std::make_shared<Shared>()) {
+  shared_->pool = dispatch_internal::WorkerPool::Create(options_.deadline_workers);
+  shared_->interceptors = options_.interceptors;
+  shared_->monitor = options_.monitor != nullptr ? options_.monitor : &DefaultFaultMonitor();
+  shared_->quarantine_cap = std::max(1, options_.max_quarantined);
+  shared_->function_quarantine_cap =
+      std::max(1, std::min(options_.max_quarantined, options_.max_quarantined_per_function));
+  shared_->in_flight_cap = options_.max_in_flight;
+  shared_->function_in_flight_cap =
+      std::min(options_.max_in_flight, options_.max_in_flight_per_function);
+}
 
-FunctionExecutor::~FunctionExecutor() { workers_->Shutdown(); }
+FunctionExecutor::~FunctionExecutor() {
+  (void)Shutdown(options_.shutdown_grace);
+  // Callers still inside the executor use it: deadline calls return at once now; calls without
+  // a deadline return when their handlers do.
+  const int own = CallsOnThisThread(this);
+  while (callers_.load() > own) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+absl::Status FunctionExecutor::Shutdown(std::chrono::milliseconds grace) {
+  const Deadline until = DeadlineAfter(Clock::now(), grace);
+  shut_down_.store(true);
+  shared_->shutdown.request_stop();
+  const bool callers_done = WaitForCallers(until);
+  const int workers = shared_->pool->Shutdown(until);
+  if (callers_done && workers == 0) return absl::OkStatus();
+  return absl::DeadlineExceededError(absl::StrCat(
+      "function executor shutdown: ", workers, " workers still running after the grace period",
+      callers_done ? "" : ", and calls without a deadline still running on their callers' threads",
+      "; workers are left detached"));
+}
+
+bool FunctionExecutor::WaitForCallers(Deadline until) {
+  // Polls: a caller's last act is to leave the count, after which it must not touch the
+  // executor (not even to notify), since the executor may be destroyed at once.
+  const int own = CallsOnThisThread(this);
+  while (callers_.load() > own) {
+    if (Clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
 
 absl::Status FunctionExecutor::Register(std::string name, Handler handler, Options defaults) {
   if (!IsValidName(name)) {
@@ -278,23 +533,16 @@ absl::Status FunctionExecutor::Register(std::string name, Handler handler, Optio
         absl::StrCat("invalid function name \"", name,
                      "\": want 1-128 of [A-Za-z0-9_.-], starting with a letter or digit"));
   }
-  if (!handler) {
-    return absl::InvalidArgumentError(absl::StrCat("function \"", name, "\" has no handler"));
-  }
+  FRAMEKIT_RETURN_IF_ERROR(CheckHandler(name, handler));
   auto function = std::make_shared<Function>();
   function->name = name;
   function->defaults = std::move(defaults);
   {
     std::lock_guard<std::mutex> lock(function->records_mu);
-    function->ring.resize(static_cast<std::size_t>(std::max(1, options_.records_per_function)));
+    function->ring.resize(static_cast<std::size_t>(options_.records_per_function));
   }
-  auto version = std::make_shared<Version>();
-  version->number = 1;
-  version->handler = std::move(handler);
-  version->deployed = Clock::now();
-  version->guard_name = absl::StrCat(name, "@v1");
-  function->versions.push_back(version);
-  function->active = std::move(version);
+  function->active = Version::Make(name, 1, std::move(handler));
+  function->versions.push_back(function->active);
 
   std::lock_guard<std::mutex> lock(mu_);
   if (functions_.contains(name)) {
@@ -305,22 +553,15 @@ absl::Status FunctionExecutor::Register(std::string name, Handler handler, Optio
 }
 
 absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler handler) {
-  if (!handler) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("function \"", AsAbsl(name), "\": Deploy without a handler"));
-  }
+  FRAMEKIT_RETURN_IF_ERROR(CheckHandler(name, handler));
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
   if (!found.ok()) return found.status();
   Function& function = **found;
-  auto version = std::make_shared<Version>();
-  version->number = static_cast<int>(function.versions.size()) + 1;
-  version->handler = std::move(handler);
-  version->deployed = Clock::now();
-  version->guard_name = absl::StrCat(AsAbsl(name), "@v", version->number);
-  function.versions.push_back(version);
-  function.active = std::move(version);
-  return function.active->number;
+  const int number = static_cast<int>(function.versions.size()) + 1;
+  function.active = Version::Make(name, number, std::move(handler));
+  function.versions.push_back(function.active);
+  return number;
 }
 
 absl::StatusOr<std::vector<FunctionVersion>> FunctionExecutor::ListVersions(
@@ -379,34 +620,22 @@ absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::Fi
   return it->second;
 }
 
-absl::Status FunctionExecutor::Lookup(std::string_view name, std::shared_ptr<Function>& function,
-                                      std::shared_ptr<Version>& version) const {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
-    if (!found.ok()) return found.status();
-    function = *std::move(found);
-    version = function->active;
-  }
-  if (version->disabled.load(std::memory_order_acquire)) {
+absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::Find(
+    std::string_view name, std::shared_ptr<Version>* active) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+  if (found.ok() && active != nullptr) *active = (*found)->active;
+  return found;
+}
+
+absl::Status FunctionExecutor::Lookup(DispatchCall& call) const {
+  FRAMEKIT_ASSIGN_OR_RETURN(call.function, Find(call.name, &call.version));
+  if (call.version->disabled.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError(
-        absl::StrCat("function \"", AsAbsl(name), "\" version ", version->number,
+        absl::StrCat("function \"", AsAbsl(call.name), "\" version ", call.version->number,
                      " is disabled by the fault policy; deploy a new version"));
   }
   return absl::OkStatus();
-}
-
-absl::Status FunctionExecutor::RunHandler(Version& version, Call& call, Sink& sink, bool& faulted) {
-  return Guard(
-      ExtRef(version.guard_name, *monitor_), Phase::kInvoke,
-      [&]() -> absl::Status { return version.handler(call.frame, call.payload, sink); },
-      [&](FaultReport&& report) -> absl::Status {
-        faulted = true;
-        if (report.verdict == FaultVerdict::kEvict) {
-          version.disabled.store(true, std::memory_order_release);
-        }
-        return PanicStatus(report.panic);
-      });
 }
 
 absl::StatusOr<std::string> FunctionExecutor::Invoke(const Frame& parent, std::string_view name,
@@ -414,237 +643,176 @@ absl::StatusOr<std::string> FunctionExecutor::Invoke(const Frame& parent, std::s
                                                      const Options& options) {
   std::string output;
   StringSink sink(output);
-  std::uint64_t bytes = 0;
-  FRAMEKIT_RETURN_IF_ERROR(
-      Dispatch(parent, name, payload, options, CallKind::kInvoke, sink, &output, &bytes));
+  DispatchCall call(parent, name, payload, options, CallKind::kInvoke, &sink, &output);
+  FRAMEKIT_RETURN_IF_ERROR(Dispatch(call));
   return output;
 }
 
 absl::Status FunctionExecutor::InvokeStream(const Frame& parent, std::string_view name,
                                             std::string_view payload, const Options& options,
                                             Sink& sink) {
-  std::uint64_t bytes = 0;
-  CountingSink counting(sink, bytes);
-  return Dispatch(parent, name, payload, options, CallKind::kInvokeStream, counting, nullptr,
-                  &bytes);
+  DispatchCall call(parent, name, payload, options, CallKind::kInvokeStream, nullptr, nullptr);
+  CountingSink counting(sink, call.output_bytes);
+  call.sink = &counting;
+  return Dispatch(call);
 }
 
-absl::Status FunctionExecutor::Dispatch(const Frame& parent, std::string_view name,
-                                        std::string_view payload, const Options& options,
-                                        CallKind kind, Sink& sink, std::string* output,
-                                        std::uint64_t* output_bytes) {
-  std::shared_ptr<Function> function;
-  std::shared_ptr<Version> version;
-  FRAMEKIT_RETURN_IF_ERROR(Lookup(name, function, version));
+absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
+  // Leaving the count is the call's last touch of the executor (see WaitForCallers).
+  struct Enter {
+    std::atomic<int>& callers;
+    ThreadCall self;
+    ~Enter() {
+      tls_calls = self.outer;
+      callers.fetch_sub(1);
+    }
+  } enter{callers_, {this, tls_calls}};
+  callers_.fetch_add(1);
+  tls_calls = &enter.self;
+  if (shut_down_.load()) {
+    return absl::UnavailableError(absl::StrCat("function \"", AsAbsl(call.name),
+                                               "\": the function executor is shut down"));
+  }
+  FRAMEKIT_RETURN_IF_ERROR(Lookup(call));
   const Clock::time_point start = Clock::now();
-  function->calls.fetch_add(1, std::memory_order_relaxed);
-
-  // 1. Options: the call wins over the function's defaults.
-  const Options* merged = &options;
-  Options merged_storage;
-  if (!function->defaults.empty()) {
-    if (options.empty()) {
-      merged = &function->defaults;
-    } else {
-      merged_storage = Options::Merge(function->defaults, options);
-      merged = &merged_storage;
-    }
-  }
-
-  // 2-3. The call's frame.
-  Frame frame = parent.Fork();
-  absl::Status status;
-  {
-    PairList pairs;
-    status = framekit::Resolve(app_.frame_resolvers(), frame, *merged, pairs);
-    if (status.ok()) {
-      if (const auto caller = merged->GetString(kCallerOption)) {
-        pairs.push_back(Pair::Of(CallerKey(), CallerContext{.user_id = std::string(*caller)}));
-      }
-      if (const auto trace = merged->GetString(kTraceIdOption)) {
-        pairs.push_back(Pair::Of(TraceIdKey(), std::string(*trace)));
-      }
-      if (!pairs.empty()) frame = frame.With(pairs);
-      if (const OptionValue* timeout = merged->Get(kTimeoutOption)) {
-        const std::int64_t* ms = std::get_if<std::int64_t>(timeout);
-        if (ms == nullptr || *ms <= 0) {
-          status = absl::InvalidArgumentError(
-              absl::StrCat("option \"timeout_ms\" must be a positive integer"));
-        } else {
-          frame = frame.WithTimeout(std::chrono::milliseconds(*ms));
-        }
-      }
-    }
-  }
-
-  // 4-5. Interceptors and the handler: here, or on a worker when there is a deadline.
-  bool timed_out = false;
-  bool faulted = false;
-  if (status.ok()) {
-    if (!frame.deadline()) {
-      Call call{.kind = kind,
-                .target = function->name,
-                .frame = frame,
-                .options = merged,
-                .payload = payload};
-      bool handler_ran = false;
-      absl::Status handler_status;
-      status = RunInterceptors(options_.interceptors.get(), call, [&](Call& c) {
-        handler_ran = true;
-        handler_status = RunHandler(*version, c, sink, faulted);
-        return handler_status;
-      });
-      faulted = faulted || InterceptorFaulted(status, handler_ran, handler_status);
-      if (output != nullptr) *output_bytes = output->size();
-    } else {
-      status = RunWithDeadline(function, version, kind, frame, *merged, payload,
-                               output != nullptr ? nullptr : &sink, output, timed_out, faulted);
-      if (output != nullptr) *output_bytes = output->size();
-    }
-  }
-
-  const Clock::time_point end = Clock::now();
-  const std::chrono::nanoseconds duration = end - start;
-  function->latency[LatencyBucket(duration)].fetch_add(1, std::memory_order_relaxed);
-  if (!status.ok()) {
-    function->errors.fetch_add(1, std::memory_order_relaxed);
-    if (timed_out) function->timeouts.fetch_add(1, std::memory_order_relaxed);
-    if (faulted) function->faults.fetch_add(1, std::memory_order_relaxed);
-  }
-  const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
-  {
-    const CallerContext* caller = CallerOf(frame);
-    const std::string* trace = frame.Find(TraceIdKey());
-    std::lock_guard<std::mutex> lock(function->records_mu);
-    Function::Slot& slot = function->ring[function->next];
-    function->next = (function->next + 1) % function->ring.size();
-    function->count = std::min(function->count + 1, function->ring.size());
-    slot.id = id;
-    slot.version = version->number;
-    slot.start = start;
-    slot.end = end;
-    slot.error_code = status.code();
-    if (status.ok()) {
-      slot.error_message.clear();
-    } else {
-      const absl::string_view message = status.message();
-      slot.error_message.assign(message.data(), message.size());
-    }
-    slot.output_bytes = *output_bytes;
-    if (caller != nullptr) {
-      slot.caller = caller->user_id;
-    } else {
-      slot.caller.clear();
-    }
-    if (trace != nullptr) {
-      slot.trace_id = *trace;
-    } else {
-      slot.trace_id.clear();
-    }
-  }
+  call.function->calls.fetch_add(1, std::memory_order_relaxed);
+  absl::Status status = PrepareFrame(call);
+  if (status.ok()) status = call.frame.deadline() ? RunWithDeadline(call) : RunInline(call);
+  if (call.output != nullptr) call.output_bytes = call.output->size();
+  Record(call, status, start);
   return status;
 }
 
-absl::Status FunctionExecutor::RunWithDeadline(const std::shared_ptr<Function>& function,
-                                               const std::shared_ptr<Version>& version,
-                                               CallKind kind, const Frame& frame,
-                                               const Options& options, std::string_view payload,
-                                               Sink* user_sink, std::string* output,
-                                               bool& timed_out, bool& faulted) {
-  const Deadline deadline = *frame.deadline();
-  auto [call_frame, canceller] = frame.WithCancel();
+// Steps 1-3: the merged options and the call's frame. Stops the call when the frame is over
+// already: its handler must not run.
+absl::Status FunctionExecutor::PrepareFrame(DispatchCall& call) {
+  call.merged = &call.options;
+  const Options& defaults = call.function->defaults;
+  if (!defaults.empty()) {
+    if (call.options.empty()) {
+      call.merged = &defaults;
+    } else {
+      call.merged_storage = Options::Merge(defaults, call.options);
+      call.merged = &call.merged_storage;
+    }
+  }
+  call.frame = call.parent.Fork();
+  PairList pairs;
+  FRAMEKIT_RETURN_IF_ERROR(framekit::Resolve(app_.frame_resolvers(), call.frame, *call.merged,
+                                             pairs));
+  if (const auto caller = call.merged->GetString(kCallerOption)) {
+    pairs.push_back(Pair::Of(CallerKey(), CallerContext{.user_id = std::string(*caller)}));
+  }
+  if (const auto trace = call.merged->GetString(kTraceIdOption)) {
+    pairs.push_back(Pair::Of(TraceIdKey(), std::string(*trace)));
+  }
+  if (!pairs.empty()) call.frame = call.frame.With(pairs);
+  if (const OptionValue* timeout = call.merged->Get(kTimeoutOption)) {
+    const std::int64_t* ms = std::get_if<std::int64_t>(timeout);
+    if (ms == nullptr || *ms <= 0) {
+      return absl::InvalidArgumentError("option \"timeout_ms\" must be a positive integer");
+    }
+    const Deadline deadline = DeadlineAfter(Clock::now(), std::chrono::milliseconds(*ms));
+    if (deadline != Deadline::max()) call.frame = call.frame.WithDeadline(deadline);
+  }
+  if (!call.frame.cancelled()) return absl::OkStatus();
+  if (call.frame.stop_token().stop_requested()) {
+    return absl::CancelledError(absl::StrCat(
+        "function \"", call.function->name, "\": the caller's frame was cancelled before the call"));
+  }
+  call.timed_out = true;
+  return absl::DeadlineExceededError(
+      absl::StrCat("function \"", call.function->name, "\": the deadline passed before the call"));
+}
+
+// Steps 4-5 on the caller's thread.
+absl::Status FunctionExecutor::RunInline(DispatchCall& call) {
+  Call c{.kind = call.kind,
+         .target = call.function->name,
+         .frame = call.frame,
+         .options = call.merged,
+         .payload = call.payload};
+  Version::Outcome outcome =
+      call.version->Run(shared_->interceptors.get(), *shared_->monitor, c, *call.sink);
+  call.faulted = outcome.faulted;
+  return std::move(outcome.status);
+}
+
+// Steps 4-5 on a worker, the caller waiting until the deadline at most.
+absl::Status FunctionExecutor::RunWithDeadline(DispatchCall& call) {
+  std::string refusal;
+  switch (shared_->Admit(*call.function, shared_->pool->OnWorkerThread(), refusal)) {
+    case Shared::Admission::kAdmitted:
+      break;
+    case Shared::Admission::kInline:
+      return RunInline(call);
+    case Shared::Admission::kRefused:
+      call.function->refusals.fetch_add(1, std::memory_order_relaxed);
+      return absl::ResourceExhaustedError(refusal);
+  }
+  auto [call_frame, canceller] = call.frame.WithCancel();
   auto state = std::make_shared<CallState>();
-  state->executor = this;
-  state->function = function;
-  state->version = version;
-  state->kind = kind;
-  state->frame = call_frame;
-  state->options = options;
-  state->payload = std::string(payload);
-  state->user_sink = user_sink;
+  state->shared = shared_;
+  state->function = call.function;
+  state->version = call.version;
+  state->kind = call.kind;
+  state->frame = std::move(call_frame);
+  state->deadline = *call.frame.deadline();
+  state->options = *call.merged;
+  state->payload = std::string(call.payload);
+  state->user_sink = call.output != nullptr ? nullptr : call.sink;
+  if (!shared_->pool->Run([state] { CallState::Work(state); })) {
+    shared_->Release(*call.function, /*was_quarantined=*/false);
+    return absl::UnavailableError(absl::StrCat(
+        "function \"", call.function->name, "\": no worker thread (shut down, or none could start)"));
+  }
+  return state->Await(call, canceller);
+}
 
-  const bool submitted = workers_->Submit([state] {
-    {
-      std::lock_guard<std::mutex> lock(state->mu);
-      if (state->stage == CallState::Stage::kAbandoned) return;
-      state->stage = CallState::Stage::kRunning;
-    }
-    FunctionExecutor& executor = *state->executor;
-    Call call{.kind = state->kind,
-              .target = state->function->name,
-              .frame = state->frame,
-              .options = &state->options,
-              .payload = state->payload};
-    bool faulted = false;
-    absl::Status status;
-    {
-      bool handler_ran = false;
-      absl::Status handler_status;  // dropped here: the status handed over has no other owner
-      status = RunInterceptors(executor.options_.interceptors.get(), call, [&](Call& c) {
-        handler_ran = true;
-        handler_status = executor.RunHandler(*state->version, c, *state, faulted);
-        return handler_status;
-      });
-      faulted = faulted || InterceptorFaulted(status, handler_ran, handler_status);
-    }
-    std::lock_guard<std::mutex> lock(state->mu);
-    state->faulted = faulted;
-    if (state->quarantined) executor.workers_->Release();
-    state->status = DetachedStatus::From(status);
-    state->stage = CallState::Stage::kDone;
-    state->cv.notify_all();
-  });
-  if (!submitted) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "function \"", function->name, "\": ", workers_->quarantined(),
-        " workers are quarantined in handlers that overran their deadlines; not starting "
-        "another deadline call"));
+void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& status,
+                              Clock::time_point start) {
+  Function& function = *call.function;
+  const Clock::time_point end = Clock::now();
+  function.latency[LatencyBucket(end - start)].fetch_add(1, std::memory_order_relaxed);
+  if (!status.ok()) {
+    function.errors.fetch_add(1, std::memory_order_relaxed);
+    if (call.timed_out) function.timeouts.fetch_add(1, std::memory_order_relaxed);
+    if (call.faulted) function.faults.fetch_add(1, std::memory_order_relaxed);
   }
-
-  // Wake up early when the parent's scope is cancelled.
-  std::stop_callback on_cancel(frame.stop_token(), [&state] {
-    std::lock_guard<std::mutex> lock(state->mu);
-    state->cv.notify_all();
-  });
-  const std::stop_token parent_stop = frame.stop_token();
-
-  std::unique_lock<std::mutex> lock(state->mu);
-  const bool finished = state->cv.wait_until(lock, deadline, [&] {
-    return state->stage == CallState::Stage::kDone || parent_stop.stop_requested();
-  });
-  if (finished && state->stage == CallState::Stage::kDone) {
-    if (output != nullptr) *output = std::move(state->output);
-    faulted = state->faulted;
-    return state->status.Rebuild();
+  const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  const CallerContext* caller = CallerOf(call.frame);
+  const std::string* trace = call.frame.Find(TraceIdKey());
+  std::lock_guard<std::mutex> lock(function.records_mu);
+  Function::Slot& slot = function.ring[function.next];
+  function.next = (function.next + 1) % function.ring.size();
+  function.count = std::min(function.count + 1, function.ring.size());
+  slot.id = id;
+  slot.version = call.version->number;
+  slot.start = start;
+  slot.end = end;
+  slot.error_code = status.code();
+  if (status.ok()) {
+    slot.error_message.clear();
+  } else {
+    const absl::string_view message = status.message();
+    slot.error_message.assign(message.data(), message.size());
   }
-  if (state->stage == CallState::Stage::kRunning) {
-    state->quarantined = true;
-    workers_->Quarantine();
+  slot.output_bytes = call.output_bytes;
+  if (caller != nullptr) {
+    slot.caller = caller->user_id;
+  } else {
+    slot.caller.clear();
   }
-  state->stage = CallState::Stage::kAbandoned;
-  state->closed = true;
-  lock.unlock();
-  canceller.Cancel();  // runs the handler's stop callbacks: no lock held
-  lock.lock();
-  state->cv.wait(lock, [&] { return state->writers == 0; });
-  if (!parent_stop.stop_requested() || Clock::now() >= deadline) {
-    timed_out = true;
-    return absl::DeadlineExceededError(
-        absl::StrCat("function \"", function->name, "\" did not finish by its deadline"));
+  if (trace != nullptr) {
+    slot.trace_id = *trace;
+  } else {
+    slot.trace_id.clear();
   }
-  return absl::CancelledError(
-      absl::StrCat("function \"", function->name, "\": the caller's frame was cancelled"));
 }
 
 absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(
     std::string_view name) const {
-  std::shared_ptr<Function> function;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
-    if (!found.ok()) return found.status();
-    function = *std::move(found);
-  }
+  FRAMEKIT_ASSIGN_OR_RETURN(std::shared_ptr<Function> function, Find(name));
   std::vector<InvocationRecord> out;
   std::lock_guard<std::mutex> lock(function->records_mu);
   const std::size_t n = std::min(function->count, kListedInvocations);
@@ -668,24 +836,23 @@ absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(
 }
 
 absl::StatusOr<FunctionCounters> FunctionExecutor::Counters(std::string_view name) const {
-  std::shared_ptr<Function> function;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
-    if (!found.ok()) return found.status();
-    function = *std::move(found);
-  }
+  FRAMEKIT_ASSIGN_OR_RETURN(std::shared_ptr<Function> function, Find(name));
   FunctionCounters out;
   out.calls = function->calls.load(std::memory_order_relaxed);
   out.errors = function->errors.load(std::memory_order_relaxed);
   out.faults = function->faults.load(std::memory_order_relaxed);
   out.timeouts = function->timeouts.load(std::memory_order_relaxed);
+  out.refusals = function->refusals.load(std::memory_order_relaxed);
+  out.in_flight = function->in_flight.load(std::memory_order_relaxed);
+  out.quarantined = function->quarantined.load(std::memory_order_relaxed);
   for (int i = 0; i < kLatencyBuckets; ++i) {
     out.latency[i] = function->latency[i].load(std::memory_order_relaxed);
   }
   return out;
 }
 
-int FunctionExecutor::quarantined() const { return workers_->quarantined(); }
+int FunctionExecutor::quarantined() const {
+  return shared_->quarantined.load(std::memory_order_relaxed);
+}
 
 }  // namespace framekit::dispatch

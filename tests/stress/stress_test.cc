@@ -1390,7 +1390,10 @@ TEST(StressQuarantine, ConcurrentCallsFailFastBeyondTheBound) {
         "stress-quarantine", std::make_shared<spdlog::sinks::null_sink_mt>());
     FaultMonitor monitor(std::move(monitor_options));
     FunctionExecutor executor(
-        app, {.monitor = &monitor, .deadline_workers = 2, .max_quarantined = kBound});
+        app, {.monitor = &monitor,
+              .deadline_workers = 2,
+              .max_quarantined = kBound,
+              .max_quarantined_per_function = kBound});
     std::mutex mu;
     std::condition_variable cv;
     bool release = false;

@@ -45,6 +45,21 @@ namespace framekit {
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 
+// `now + timeout`, saturated: Deadline::max() (no deadline) when the sum would reach or overflow
+// it, so that a huge timeout (`Clock::duration::max()`, a timeout in ms near INT64_MAX) means
+// "no limit" rather than a deadline in the past; `now` (already expired) when `timeout <= 0`.
+// Every deadline computed from a timeout goes through this helper.
+template <class Rep, class Period>
+constexpr Deadline DeadlineAfter(Deadline now, std::chrono::duration<Rep, Period> timeout) {
+  using Timeout = std::chrono::duration<Rep, Period>;
+  if (timeout <= Timeout::zero()) return now;
+  const Clock::duration room = now.time_since_epoch() < Clock::duration::zero()
+                                   ? Clock::duration::max()
+                                   : Deadline::max() - now;
+  if (timeout >= std::chrono::duration_cast<Timeout>(room)) return Deadline::max();
+  return now + std::chrono::duration_cast<Clock::duration>(timeout);
+}
+
 // Where a frame's value of a key came from.
 enum class ValueOrigin {
   kAbsent,     // no pair of this key is visible
@@ -181,7 +196,9 @@ class Frame {
 
   // A child frame whose deadline is the earlier of this frame's and `deadline`.
   Frame WithDeadline(Deadline deadline) const;
-  Frame WithTimeout(Clock::duration timeout) const { return WithDeadline(Clock::now() + timeout); }
+  // A child frame whose deadline is the earlier of this frame's and DeadlineAfter(now, timeout):
+  // Clock::duration::max() adds no deadline; a timeout <= 0 is a deadline that has passed.
+  Frame WithTimeout(Clock::duration timeout) const;
   // The deadline, or nullopt when there is none.
   std::optional<Deadline> deadline() const {
     if (node_ == nullptr || node_->deadline == Deadline::max()) return std::nullopt;

@@ -8,7 +8,8 @@
 //   2. forks the parent frame and applies the registry (a failure stops the call: the handler
 //      never runs and the error names the resolver);
 //   3. attaches the caller ("caller" option), trace id ("trace_id") and deadline
-//      ("timeout_ms", or the parent frame's deadline, whichever is earlier);
+//      ("timeout_ms", or the parent frame's deadline, whichever is earlier), and stops with
+//      Cancelled or DeadlineExceeded, the handler unrun, when the frame is already over;
 //   4. runs the interceptors;
 //   5. runs the handler under the invoke guard: a throw becomes an Internal status carrying an
 //      ExtensionPanic with phase "invoke", reported to the fault monitor, whose policy may
@@ -17,9 +18,17 @@
 // returns DeadlineExceeded at the deadline even if the handler never returns: the call frame's
 // stop token is triggered and the worker is quarantined until the handler gives up.
 //
+// Bulkheads: deadline calls are admitted against per-function budgets (calls in flight, workers
+// quarantined) under executor-wide hard caps, so a function whose handlers hang exhausts its own
+// budget and nobody else's. An admitted call gets a thread at once (an idle worker or a new
+// one): it never waits behind another call, so a handler may make nested deadline calls at any
+// depth. A nested call made on a worker when the in-flight budgets are spent runs inline on that
+// worker instead of being refused (see Invoke's NOTE).
+//
 // Example:
-//   framekit::dispatch::FunctionExecutor executor(app);
-//   FRAMEKIT_RETURN_IF_ERROR(executor.Register(
+//   FRAMEKIT_ASSIGN_OR_RETURN(std::unique_ptr<framekit::dispatch::FunctionExecutor> executor,
+//                             framekit::dispatch::FunctionExecutor::Create(app, {}));
+//   FRAMEKIT_RETURN_IF_ERROR(executor->Register(
 //       "greet",
 //       [](const framekit::Frame& frame, std::string_view payload,
 //          framekit::dispatch::Sink& out) -> absl::Status {
@@ -27,7 +36,8 @@
 //       },
 //       framekit::Options{{"timeout_ms", 500}}));
 //   absl::StatusOr<std::string> reply =
-//       executor.Invoke(parent, "greet", "world", framekit::Options{{"network", "tor"}});
+//       executor->Invoke(parent, "greet", "world", framekit::Options{{"network", "tor"}});
+//   FRAMEKIT_RETURN_IF_ERROR(executor->Shutdown(std::chrono::seconds(1)));
 #ifndef FRAMEKIT_DISPATCH_FUNCTION_EXECUTOR_H_
 #define FRAMEKIT_DISPATCH_FUNCTION_EXECUTOR_H_
 
@@ -56,7 +66,9 @@
 namespace framekit::dispatch {
 
 // Option keys the executor itself reads (every option also reaches the resolvers).
-inline constexpr std::string_view kTimeoutOption = "timeout_ms";  // int64 > 0: the call's timeout
+// "timeout_ms": int64 > 0, the call's timeout. Zero or negative is InvalidArgument; a huge value
+// (up to INT64_MAX) saturates to "no deadline" (see DeadlineAfter in framekit/ctx/frame.h).
+inline constexpr std::string_view kTimeoutOption = "timeout_ms";
 inline constexpr std::string_view kCallerOption = "caller";       // string: the caller's user id
 inline constexpr std::string_view kTraceIdOption = "trace_id";    // string: the call's trace id
 
@@ -123,7 +135,10 @@ struct FunctionCounters {
   std::uint64_t errors = 0;    // calls that did not end OK (faults and timeouts included)
   std::uint64_t faults = 0;    // throws of this call's handler or interceptors (not a resolver's,
                                // nor a nested call's fault that a handler passes on)
-  std::uint64_t timeouts = 0;  // calls that hit their deadline
+  std::uint64_t timeouts = 0;  // calls that hit their deadline (or whose parent's had passed)
+  std::uint64_t refusals = 0;  // deadline calls refused with ResourceExhausted (bulkheads)
+  int in_flight = 0;    // deadline calls of this function admitted and not ended (a snapshot)
+  int quarantined = 0;  // this function's workers stuck past a deadline (a snapshot)
   std::array<std::uint64_t, kLatencyBuckets> latency{};  // calls per latency bucket
 };
 
@@ -134,28 +149,60 @@ struct FunctionExecutorOptions {
   // version that faulted until the next Deploy; kAlarm only raises the alarm. nullptr:
   // DefaultFaultMonitor(). Must outlive the executor.
   FaultMonitor* monitor = nullptr;
-  // Threads that run deadline calls (not counting quarantined ones).
+  // Idle worker threads kept for deadline calls (> 0). Busy workers are not bounded by it: an
+  // admitted call always gets a thread, and max_in_flight bounds them.
   int deadline_workers = 4;
-  // Workers stuck in a handler past its deadline that the executor tolerates; with this many
-  // quarantined, new deadline calls fail fast with ResourceExhausted.
+  // Executor-wide hard cap on workers stuck in a handler past its deadline (>= 0): while
+  // max(1, max_quarantined) are quarantined, new deadline calls fail fast with
+  // ResourceExhausted. 0 tolerates none beyond the one a timeout necessarily leaves behind.
   int max_quarantined = 4;
-  // Invocation records kept per function (ListInvocations returns the newest 100 of them).
+  // The same bound per function (>= 0, capped by max_quarantined): a function with
+  // max(1, min(this, max_quarantined)) workers quarantined has its deadline calls refused.
+  int max_quarantined_per_function = 2;
+  // Executor-wide hard cap on admitted deadline calls (> 0): queued, running or quarantined.
+  int max_in_flight = 64;
+  // The same bound per function (> 0, capped by max_in_flight).
+  int max_in_flight_per_function = 16;
+  // Invocation records kept per function (> 0; ListInvocations returns the newest 100).
   int records_per_function = 128;
+  // How long the destructor's Shutdown waits for calls in flight (>= 0).
+  std::chrono::milliseconds shutdown_grace{1000};
 };
 
 // The function registry and its dispatcher.
 //
 // Thread-safety: thread-safe. Configuration (Register, Deploy, Remove) may run concurrently
 // with calls; a call uses the version that was active when it started.
-// NOTE: the destructor waits for every worker, quarantined ones included: a handler that never
-// returns blocks it. Calls must not be running when the executor is destroyed.
+// Lifecycle: Shutdown refuses new calls, cancels the ones in flight and waits for them with a
+// bound; the destructor calls Shutdown(options.shutdown_grace). Workers still stuck after the
+// bound are detached: they hold what they use (the function, its version, the interceptors, the
+// call's state) by shared_ptr, so nothing they touch later is freed memory.
+// NOTE: a handler still running detached after destruction must not use the executor itself
+// (e.g. a captured reference to it), and the FaultMonitor must outlive such handlers.
+// NOTE: calls without a deadline run on their callers' threads and cannot be cancelled; the
+// destructor waits for them to return, however long that takes.
 class FunctionExecutor {
  public:
+  // Validates `options`: InvalidArgument naming the field for deadline_workers <= 0,
+  // max_quarantined < 0, max_quarantined_per_function < 0, max_in_flight <= 0,
+  // max_in_flight_per_function <= 0, records_per_function <= 0 or shutdown_grace < 0.
   // `app` supplies the FrameResolvers (read at each call) and must outlive the executor.
+  static absl::StatusOr<std::unique_ptr<FunctionExecutor>> Create(
+      const AppContext& app, FunctionExecutorOptions options = {});
+  // For existing callers: never fails, clamps each invalid field of `options` to its nearest
+  // valid value. Prefer Create, which reports them.
   explicit FunctionExecutor(const AppContext& app, FunctionExecutorOptions options = {});
+  // Shutdown(options.shutdown_grace), then waits for callers still inside the executor.
   ~FunctionExecutor();
   FunctionExecutor(const FunctionExecutor&) = delete;
   FunctionExecutor& operator=(const FunctionExecutor&) = delete;
+
+  // Refuses every later call with Unavailable, cancels the calls in flight (their frames' stop
+  // tokens) and waits up to `grace` for them and for the workers. OK when everything ended in
+  // time; DeadlineExceeded saying how many are still running otherwise (workers left running
+  // are detached safely). Idempotent: a second call waits again for what is still running.
+  // May be called from a handler: the calls on the calling thread are not waited for.
+  absl::Status Shutdown(std::chrono::milliseconds grace);
 
   // Registers `name` with `handler` as version 1 and `defaults` as its default options.
   // InvalidArgument for an invalid name (1-128 of [A-Za-z0-9_.-], starting with a letter or
@@ -174,15 +221,24 @@ class FunctionExecutor {
   absl::Status Remove(std::string_view name);
 
   // Invokes `name` and returns everything its handler wrote. Fails with
+  //   Unavailable         the executor is shut down;
   //   NotFound            unknown function;
   //   FailedPrecondition  the active version was disabled by the fault policy;
   //   the resolver's error (message `frame resolver "NAME": ...`): the handler did not run;
   //   an interceptor's status: the handler did not run;
-  //   DeadlineExceeded    the deadline passed (returned at the deadline, handler or not);
-  //   ResourceExhausted   a deadline call while max_quarantined workers are quarantined;
-  //   Cancelled           the parent frame's scope was cancelled during a deadline call;
+  //   InvalidArgument     "timeout_ms" is not a positive integer;
+  //   DeadlineExceeded    the deadline passed (returned at the deadline, handler or not), or
+  //                       had passed before the call: then the handler did not run;
+  //   Cancelled           the parent frame's scope was cancelled (before the call: the handler
+  //                       did not run; during a deadline call: returned at once);
+  //   ResourceExhausted   a deadline call beyond a bulkhead: this function's or the executor's
+  //                       quarantined workers or calls in flight (the message says which);
+  //   Internal            the handler ended its worker thread (pthread_exit);
   //   Internal + ExtensionPanic (phase "invoke")   the handler or an interceptor threw;
   //   the handler's own status.
+  // NOTE: a nested deadline call (made by a handler on a worker) that finds the in-flight
+  // budgets spent runs inline on the calling worker: its handler sees the deadline and the stop
+  // token of the enclosing call, but the nested caller waits for it to return.
   absl::StatusOr<std::string> Invoke(const Frame& parent, std::string_view name,
                                      std::string_view payload, const Options& options = {});
   // As Invoke, but chunks go to `sink` as the handler writes them. Returns the call's status.
@@ -195,36 +251,40 @@ class FunctionExecutor {
   // unknown name.
   absl::StatusOr<std::vector<InvocationRecord>> ListInvocations(std::string_view name) const;
   absl::StatusOr<FunctionCounters> Counters(std::string_view name) const;
-  // Workers currently stuck in a handler past its deadline.
+  // Workers currently stuck in a handler past its deadline, all functions together.
   int quarantined() const;
 
  private:
   struct Version;
   struct Function;
   struct CallState;
-  class Workers;
+  struct Shared;
+  struct DispatchCall;
 
-  absl::Status Dispatch(const Frame& parent, std::string_view name, std::string_view payload,
-                        const Options& options, CallKind kind, Sink& sink, std::string* output,
-                        std::uint64_t* output_bytes);
-  absl::Status RunWithDeadline(const std::shared_ptr<Function>& function,
-                               const std::shared_ptr<Version>& version, CallKind kind,
-                               const Frame& frame, const Options& options, std::string_view payload,
-                               Sink* user_sink, std::string* output, bool& timed_out,
-                               bool& faulted);
+  absl::Status Dispatch(DispatchCall& call);
+  absl::Status PrepareFrame(DispatchCall& call);
+  absl::Status RunInline(DispatchCall& call);
+  absl::Status RunWithDeadline(DispatchCall& call);
+  void Record(const DispatchCall& call, const absl::Status& status, Clock::time_point start);
   // The function registered as `name`, or NotFound. The caller holds mu_.
   absl::StatusOr<std::shared_ptr<Function>> FindLocked(std::string_view name) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Lookup(std::string_view name, std::shared_ptr<Function>& function,
-                      std::shared_ptr<Version>& version) const;
-  // Runs the handler under the invoke guard; sets `faulted` when it threw.
-  absl::Status RunHandler(Version& version, Call& call, Sink& sink, bool& faulted);
+  // FindLocked under mu_; also copies the active version into `*active` when given.
+  absl::StatusOr<std::shared_ptr<Function>> Find(std::string_view name,
+                                                 std::shared_ptr<Version>* active = nullptr) const;
+  absl::Status Lookup(DispatchCall& call) const;
+  // Waits until no call but the calling thread's own is inside the executor, or `until`.
+  bool WaitForCallers(Deadline until);
 
   const AppContext& app_;
   const FunctionExecutorOptions options_;
-  FaultMonitor* const monitor_;
-  std::unique_ptr<Workers> workers_;
+  const std::shared_ptr<Shared> shared_;
   std::atomic<std::uint64_t> next_id_{1};
+  // Calls inside Dispatch (on callers' threads), for Shutdown and the destructor.
+  // Memory ordering: seq_cst on both, so that a call entering (increment, then read shut_down_)
+  // and Shutdown (set shut_down_, then read callers_) cannot both miss each other.
+  std::atomic<int> callers_{0};
+  std::atomic<bool> shut_down_{false};
 
   mutable std::mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Function>> functions_ ABSL_GUARDED_BY(mu_);
