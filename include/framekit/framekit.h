@@ -12,6 +12,7 @@
 #include "framekit/ctx/options.h"
 #include "framekit/ctx/pair.h"
 #include "framekit/ctx/panic.h"
+#include "framekit/ctx/portable.h"
 #include "framekit/dispatch/code.h"
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/fault_policy.h"
