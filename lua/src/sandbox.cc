@@ -121,19 +121,17 @@ int SafeSetmetatable(lua_State* L) {
 int SafeLoad(lua_State* L) {
   const std::string_view mode = lua_isnoneornil(L, 3) ? "t" : ToView(L, 3);
   if (mode.find('b') != std::string_view::npos) Deny(L, "load of a binary chunk");
-  if (lua_type(L, 1) == LUA_TSTRING && ToView(L, 1).substr(0, 1) == LUA_SIGNATURE) {
+  if (lua_type(L, 1) == LUA_TSTRING && ToView(L, 1).substr(0, 1) == std::string_view(LUA_SIGNATURE, 1)) {
     Deny(L, "load of a binary chunk");
   }
-  lua_settop(L, 4);
+  // No env given: drop it, so the original uses the sandbox's globals.
+  const int nargs = lua_isnoneornil(L, 4) ? 3 : 4;
+  lua_settop(L, nargs);
   lua_pushliteral(L, "t");
   lua_replace(L, 3);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
-  if (lua_isnil(L, 5)) {  // no env given: the sandbox's globals, as the original does
-    lua_call(L, 3, LUA_MULTRET);
-  } else {
-    lua_call(L, 4, LUA_MULTRET);
-  }
+  lua_call(L, nargs, LUA_MULTRET);
   return lua_gettop(L);
 }
 
