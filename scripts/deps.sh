@@ -4,6 +4,7 @@ FRAMEKIT_PACKAGES=(
   build-essential cmake ninja-build clang libclang-rt-14-dev
   libabsl-dev libboost-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev nlohmann-json3-dev
+  liblua5.4-dev pkg-config python3
   microsocks gnuplot-nox
 )
 

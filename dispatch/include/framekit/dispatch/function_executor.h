@@ -60,6 +60,7 @@
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/key.h"
 #include "framekit/ctx/options.h"
+#include "framekit/dispatch/code.h"
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/interceptors.h"
 
@@ -74,16 +75,6 @@ inline constexpr std::string_view kTraceIdOption = "trace_id";    // string: the
 
 // The trace id a call carries (inherited by nested calls).
 const Key<std::string>& TraceIdKey();
-
-// Where a handler writes its output, chunk by chunk.
-// Thread-safety: a sink is written by one handler at a time.
-class Sink {
- public:
-  virtual ~Sink() = default;
-  // Delivers `chunk`. A non-OK status (the caller went away, the stream was closed) tells the
-  // handler to stop producing; it should return that status.
-  virtual absl::Status Write(std::string_view chunk) = 0;
-};
 
 // A handler: reads the call's frame and payload and writes its output to `out`.
 // The frame is immutable; its stop_token() is triggered at the call's deadline (and when the

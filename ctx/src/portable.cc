@@ -1,0 +1,238 @@
+#include "framekit/ctx/portable.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <system_error>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace framekit {
+namespace {
+
+// Debian's abseil has its own string_view.
+absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+absl::Status Malformed(std::string_view what, std::string_view bytes) {
+  constexpr std::size_t kShown = 32;
+  const std::string_view shown = bytes.substr(0, kShown);
+  return absl::InvalidArgumentError(
+      absl::StrCat("malformed ", AV(what), ": \"", AV(shown),
+                   bytes.size() > kShown ? "...\"" : "\""));
+}
+
+void PutString(std::string& out, std::string_view value) {
+  const auto n = static_cast<std::uint32_t>(value.size());
+  const char le[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                      static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
+  out.append(le, 4);
+  out.append(value);
+}
+
+// Reads a 4-byte little-endian length; false when fewer than 4 bytes remain.
+bool GetLength(std::string_view& in, std::uint32_t& n) {
+  if (in.size() < 4) return false;
+  n = 0;
+  for (int i = 3; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(in[i]);
+  in.remove_prefix(4);
+  return true;
+}
+
+bool GetString(std::string_view& in, std::string& value) {
+  std::uint32_t n = 0;
+  if (!GetLength(in, n) || n > in.size()) return false;
+  value.assign(in.substr(0, n));
+  in.remove_prefix(n);
+  return true;
+}
+
+}  // namespace
+
+PortableCodec<std::string> StringCodec() {
+  return {[](const std::string& value) { return value; },
+          [](std::string_view bytes) -> absl::StatusOr<std::string> {
+            return std::string(bytes);
+          }};
+}
+
+PortableCodec<std::int64_t> Int64Codec() {
+  return {[](const std::int64_t& value) { return std::to_string(value); },
+          [](std::string_view bytes) -> absl::StatusOr<std::int64_t> {
+            std::int64_t value = 0;
+            const auto [end, ec] = std::from_chars(bytes.data(), bytes.data() + bytes.size(), value);
+            if (bytes.empty() || ec != std::errc() || end != bytes.data() + bytes.size()) {
+              return Malformed("int64", bytes);
+            }
+            return value;
+          }};
+}
+
+PortableCodec<bool> BoolCodec() {
+  return {[](const bool& value) { return std::string(value ? "true" : "false"); },
+          [](std::string_view bytes) -> absl::StatusOr<bool> {
+            if (bytes == "true") return true;
+            if (bytes == "false") return false;
+            return Malformed("bool", bytes);
+          }};
+}
+
+PortableCodec<double> DoubleCodec() {
+  return {[](const double& value) {
+            char buffer[64];
+            const auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), value);
+            return std::string(buffer, ec == std::errc() ? end : buffer);
+          },
+          [](std::string_view bytes) -> absl::StatusOr<double> {
+            double value = 0;
+            const auto [end, ec] = std::from_chars(bytes.data(), bytes.data() + bytes.size(), value);
+            if (bytes.empty() || ec != std::errc() || end != bytes.data() + bytes.size()) {
+              return Malformed("double", bytes);
+            }
+            return value;
+          }};
+}
+
+PortableCodec<CallerContext> CallerCodec() {
+  return {[](const CallerContext& caller) {
+            std::string out;
+            for (const std::string* field :
+                 {&caller.user_id, &caller.role, &caller.tenant_id, &caller.email}) {
+              PutString(out, *field);
+            }
+            PutString(out, std::string_view());  // the groups' count, written below
+            const auto n = static_cast<std::uint32_t>(caller.groups.size());
+            for (int i = 0; i < 4; ++i) out[out.size() - 4 + i] = static_cast<char>(n >> (8 * i));
+            for (const std::string& group : caller.groups) PutString(out, group);
+            return out;
+          },
+          [](std::string_view bytes) -> absl::StatusOr<CallerContext> {
+            std::string_view in = bytes;
+            CallerContext caller;
+            for (std::string* field :
+                 {&caller.user_id, &caller.role, &caller.tenant_id, &caller.email}) {
+              if (!GetString(in, *field)) return Malformed("caller", bytes);
+            }
+            std::uint32_t groups = 0;
+            // Each group takes at least 4 bytes: a count beyond that is malformed, not a
+            // reason to reserve memory.
+            if (!GetLength(in, groups) || groups > in.size() / 4) {
+              return Malformed("caller", bytes);
+            }
+            caller.groups.resize(groups);
+            for (std::string& group : caller.groups) {
+              if (!GetString(in, group)) return Malformed("caller", bytes);
+            }
+            if (!in.empty()) return Malformed("caller", bytes);
+            return caller;
+          }};
+}
+
+absl::Status PortableKeys::AddEntry(Entry entry, bool codec_complete) {
+  const absl::string_view name = AV(entry.key->name());
+  if (!codec_complete) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("portable key \"", name, "\": the codec needs encode and decode"));
+  }
+  if (name.empty() || name.size() > limits_.max_name_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "portable key \"", name, "\": the name must be 1 to ", limits_.max_name_bytes, " bytes"));
+  }
+  if (!entry.key->inherit()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("portable key \"", name,
+                     "\" does not inherit: a portable value arrives in another call and would "
+                     "be dropped there"));
+  }
+  const auto [it, inserted] = by_name_.try_emplace(std::string(name), std::move(entry));
+  if (!inserted) {
+    return absl::AlreadyExistsError(absl::StrCat("portable key \"", name, "\" exists already"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PortableFrame> PortableKeys::Encode(const Frame& frame) const {
+  PortableFrame out;
+  if (const std::optional<Deadline> deadline = frame.deadline()) {
+    out.remaining = std::max(Clock::duration::zero(), *deadline - Clock::now());
+  }
+  if (by_name_.empty()) return out;
+  std::size_t total = 0;
+  absl::Status status;
+  frame.ForEach([&](const Pair& pair, ValueOrigin) {
+    if (!status.ok()) return;
+    const auto it = by_name_.find(AV(pair.name()));
+    if (it == by_name_.end() || !pair.Is(*it->second.key)) return;
+    std::string bytes = it->second.encode(pair);
+    if (bytes.size() > limits_.max_value_bytes) {
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("portable key \"", it->first, "\": value of ", bytes.size(),
+                       " bytes exceeds the limit of ", limits_.max_value_bytes));
+      return;
+    }
+    total += it->first.size() + bytes.size();
+    if (total > limits_.max_total_bytes || out.pairs.size() == limits_.max_pairs) {
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("portable pairs exceed the limit of ", limits_.max_pairs, " pairs or ",
+                       limits_.max_total_bytes, " bytes"));
+      return;
+    }
+    out.pairs.emplace_back(it->first, std::move(bytes));
+  });
+  if (!status.ok()) return status;
+  std::sort(out.pairs.begin(), out.pairs.end());
+  return out;
+}
+
+absl::StatusOr<DecodedFrame> PortableKeys::Decode(const PortableFrame& in,
+                                                  const Frame& base) const {
+  if (in.pairs.size() > limits_.max_pairs) {
+    return absl::InvalidArgumentError(absl::StrCat("portable frame has ", in.pairs.size(),
+                                                   " pairs; the limit is ", limits_.max_pairs));
+  }
+  DecodedFrame out;
+  PairList pairs;
+  pairs.reserve(in.pairs.size());
+  std::size_t total = 0;
+  for (const auto& [name, bytes] : in.pairs) {
+    total += name.size() + bytes.size();
+    if (name.size() > limits_.max_name_bytes || bytes.size() > limits_.max_value_bytes ||
+        total > limits_.max_total_bytes) {
+      const std::string_view shown = std::string_view(name).substr(0, 64);
+      return absl::InvalidArgumentError(
+          absl::StrCat("portable key \"", AV(shown),
+                       "\": name or value exceeds the size limits"));
+    }
+    const auto it = by_name_.find(name);
+    if (it == by_name_.end()) {
+      ++out.dropped_unknown;
+      continue;
+    }
+    for (const Pair& seen : pairs) {
+      if (seen.Is(*it->second.key)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("portable key \"", name, "\" appears twice"));
+      }
+    }
+    absl::StatusOr<Pair> pair = it->second.decode(bytes);
+    if (!pair.ok()) {
+      return absl::Status(pair.status().code(),
+                          absl::StrCat("portable key \"", name, "\": ", pair.status().message()));
+    }
+    pairs.push_back(*std::move(pair));
+  }
+  Frame frame = base.With(pairs);
+  if (in.remaining.has_value()) {
+    frame = frame.WithTimeout(std::max(Clock::duration::zero(), *in.remaining));
+  }
+  out.frame = frame.Fork();
+  return out;
+}
+
+std::optional<PortableValue> PortableKeys::Lookup(const Frame& frame, std::string_view name) const {
+  const auto it = by_name_.find(AV(name));
+  if (it == by_name_.end()) return std::nullopt;
+  return it->second.lookup(frame);
+}
+
+}  // namespace framekit

@@ -1,0 +1,116 @@
+// Internal: the per-call state of a Lua run and the sandbox primitives shared by the library's
+// sources (the allocator, the hook, the pattern matcher). Not part of the public API.
+#ifndef FRAMEKIT_LUA_INTERNAL_SANDBOX_H_
+#define FRAMEKIT_LUA_INTERNAL_SANDBOX_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <stop_token>
+#include <string>
+
+#include "absl/status/status.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/dispatch/code.h"
+#include "framekit/lua/lua_function.h"
+
+struct lua_State;
+
+namespace framekit::lua_internal {
+
+using lua::LuaFunction;
+using lua::LuaHost;
+using lua::LuaInvoker;
+
+// Everything one Run needs, reachable from any thread (coroutine) of its lua_State through the
+// allocator's userdata (lua_getallocf).
+struct CallState {
+  // Limits.
+  std::size_t memory_limit = 0;
+  Deadline deadline = Deadline::max();
+  std::stop_token stop;
+  int hook_period = 1000;
+
+  // Accounting.
+  std::size_t used = 0;
+  std::size_t peak = 0;
+  std::uint64_t allocations = 0;
+  std::uint64_t hooks = 0;
+  std::uint64_t host_calls = 0;
+  std::uint64_t output_bytes = 0;
+  int log_lines = 0;
+  bool closing = false;  // lua_close runs: never refuse memory
+  // A refused growth not yet known to be final (Lua retries once after an emergency GC).
+  bool pending_refusal = false;
+  void* pending_ptr = nullptr;
+  std::size_t pending_nsize = 0;
+
+  // The first fatal condition (deadline, cancellation, denied capability, out of memory, a
+  // failed Sink write): once set, every checkpoint re-raises it and the call ends with it.
+  absl::Status fatal;
+
+  // The call.
+  const LuaFunction* function = nullptr;
+  const LuaHost* host = nullptr;
+  const Frame* frame = nullptr;
+  dispatch::Sink* out = nullptr;
+  std::size_t max_output = 0;
+  int max_log_lines = 0;
+  std::string chunkname;
+  std::string_view payload;
+  const std::string* bytecode = nullptr;
+};
+
+CallState& StateOf(lua_State* L);
+
+// The counting allocator (userdata: CallState*). Refuses growth past the limit, and any growth
+// once the call is past its deadline; never refuses a free or a shrink, nor anything while
+// `closing`.
+void* Alloc(void* ud, void* ptr, std::size_t osize, std::size_t nsize);
+
+// Checks the deadline and stop token; raises the call's fatal error (a Lua error that pcall
+// wrappers re-raise) when one is set. Called from the count hook and the pattern matcher.
+void CheckPoint(lua_State* L);
+
+// Sets `fatal` (if none yet) and raises it. Never returns.
+[[noreturn]] void RaiseFatal(lua_State* L, absl::Status status);
+
+// Makes a pending allocator refusal final (ResourceExhausted).
+void SettlePending(CallState& cs);
+
+// Installs the deadline hook on L (coroutines created later inherit it).
+void InstallHook(lua_State* L, int period);
+
+// Whether the value at `index` is the error object of a fatal condition.
+bool IsFatalObject(lua_State* L, int index);
+
+// A message handler: the error message with a traceback appended (fatal objects pass through).
+int Traceback(lua_State* L);
+
+// Writes one chunk of output, enforcing the output limit; a failed write is fatal. Raises.
+void WriteOutput(lua_State* L, std::string_view chunk);
+
+// Pushes the read-only frame view (a userdata indexed by portable key name).
+void PushFrameView(lua_State* L);
+
+// Builds the sandbox's globals on L (base subset, string, table, math, utf8, coroutine, os
+// subset, denied stubs) and the host table. Raises Lua errors (call it protected).
+void OpenSandbox(lua_State* L);
+
+// Lua 5.4.4's string.find / match / gmatch / gsub with a work budget (pattern.cc).
+int PatternFind(lua_State* L);
+int PatternMatch(lua_State* L);
+int PatternGmatch(lua_State* L);
+int PatternGsub(lua_State* L);
+
+// LuaHost internals for the sandbox.
+class LuaHostAccess {
+ public:
+  static const auto& functions(const LuaHost& host) { return host.functions_; }
+  static const LuaInvoker& invoker(const LuaHost& host) { return host.invoker_; }
+  static spdlog::logger& logger(const LuaHost& host) { return *host.logger_; }
+  static dispatch::ExtRef ref(const LuaHost& host) { return host.ref(); }
+};
+
+}  // namespace framekit::lua_internal
+
+#endif  // FRAMEKIT_LUA_INTERNAL_SANDBOX_H_

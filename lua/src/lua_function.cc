@@ -1,0 +1,237 @@
+#include "framekit/lua/lua_function.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "framekit/lua/internal/sandbox.h"
+#include "lauxlib.h"
+#include "lua.h"
+#include "spdlog/logger.h"
+#include "spdlog/sinks/stdout_sinks.h"
+
+namespace framekit::lua {
+namespace {
+
+using lua_internal::CallState;
+
+absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+std::string_view ToView(lua_State* L, int index) {
+  std::size_t n = 0;
+  const char* s = lua_tolstring(L, index, &n);
+  return s == nullptr ? std::string_view() : std::string_view(s, n);
+}
+
+absl::Status LuaError(std::string_view text) {
+  const std::string_view first = text.substr(0, text.find('\n'));
+  absl::Status status = absl::InternalError(absl::StrCat("lua: ", AV(first)));
+  status.SetPayload(AV(kLuaErrorUrl), absl::Cord(AV(text)));
+  return status;
+}
+
+// The handler's result to the Sink: a string (or number) is output, nil is none.
+void EmitResult(lua_State* L, std::string* error) {
+  const int type = lua_type(L, -1);
+  if (type == LUA_TNIL) return;
+  if (type == LUA_TSTRING || type == LUA_TNUMBER) {
+    lua_internal::WriteOutput(L, ToView(L, -1));
+    return;
+  }
+  *error = absl::StrCat("the handler returned a ", luaL_typename(L, -1),
+                        "; it must return a string or nil");
+}
+
+// Runs a protected call on top of the stack (the message handler at index 2); false with
+// `error` set on a Lua error. A fatal condition or out-of-memory is raised on.
+bool CallHandled(lua_State* L, int nargs, std::string* error) {
+  const int status = lua_pcall(L, nargs, 1, 2);
+  if (status == LUA_OK) return true;
+  CallState& cs = lua_internal::StateOf(L);
+  if (status == LUA_ERRMEM) cs.pending_refusal = true;
+  lua_internal::SettlePending(cs);
+  if (!cs.fatal.ok() || lua_internal::IsFatalObject(L, -1)) {
+    lua_internal::RaiseFatal(L, absl::InternalError("lua: fatal error"));
+  }
+  *error = std::string(ToView(L, -1));
+  return false;
+}
+
+// The whole call, run protected: sandbox, chunk, handler, output.
+int Protected(lua_State* L) {
+  auto* error = static_cast<std::string*>(lua_touserdata(L, 1));
+  CallState& cs = lua_internal::StateOf(L);
+  lua_settop(L, 0);
+  lua_pushnil(L);  // index 1: unused
+  lua_pushcfunction(L, lua_internal::Traceback);  // index 2
+  lua_internal::OpenSandbox(L);
+  const std::string name = absl::StrCat("=", cs.chunkname);
+  if (luaL_loadbufferx(L, cs.bytecode->data(), cs.bytecode->size(), name.c_str(), "b") != LUA_OK) {
+    return lua_error(L);
+  }
+  if (!CallHandled(L, 0, error)) return 0;
+  if (lua_type(L, -1) != LUA_TFUNCTION) {
+    *error = absl::StrCat(cs.chunkname, ": the chunk must return the handler function, got ",
+                          luaL_typename(L, -1));
+    return 0;
+  }
+  lua_pushlstring(L, cs.payload.data(), cs.payload.size());
+  lua_internal::PushFrameView(L);
+  if (!CallHandled(L, 2, error)) return 0;
+  EmitResult(L, error);
+  return 0;
+}
+
+int Panic(lua_State* L) {
+  // Unreachable by construction (every call is protected); Lua aborts after this returns.
+  std::fprintf(stderr, "framekit lua: unprotected error: %s\n", lua_tostring(L, -1));
+  return 0;
+}
+
+int Writer(lua_State*, const void* p, std::size_t size, void* ud) {
+  static_cast<std::string*>(ud)->append(static_cast<const char*>(p), size);
+  return 0;
+}
+
+absl::Status RunState(CallState& cs) {
+  if (Clock::now() >= cs.deadline) return absl::DeadlineExceededError("lua: deadline exceeded");
+  if (cs.stop.stop_requested()) return absl::CancelledError("lua: call cancelled");
+  lua_State* L = lua_newstate(lua_internal::Alloc, &cs);
+  if (L == nullptr) return absl::ResourceExhaustedError("lua: memory limit too small for a state");
+  lua_atpanic(L, Panic);
+  lua_internal::InstallHook(L, cs.hook_period);
+  std::string error;
+  lua_pushcfunction(L, Protected);
+  lua_pushlightuserdata(L, &error);
+  const int status = lua_pcall(L, 1, 0, 0);
+  if (status == LUA_ERRMEM) cs.pending_refusal = true;
+  lua_internal::SettlePending(cs);
+  absl::Status result;
+  if (!cs.fatal.ok()) {
+    result = cs.fatal;
+  } else if (status != LUA_OK) {
+    result = LuaError(lua_internal::IsFatalObject(L, -1) ? "fatal error" : ToView(L, -1));
+  } else if (!error.empty()) {
+    result = LuaError(error);
+  }
+  cs.closing = true;
+  lua_close(L);
+  return result;
+}
+
+bool IsIdentifier(std::string_view name) {
+  if (name.empty() || name.size() > 64 || (name[0] >= '0' && name[0] <= '9')) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+}  // namespace
+
+bool IsLuaError(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kInternal &&
+         status.GetPayload(AV(kLuaErrorUrl)).has_value();
+}
+
+std::optional<std::string> LuaTraceback(const absl::Status& status) {
+  absl::optional<absl::Cord> payload = status.GetPayload(AV(kLuaErrorUrl));
+  if (!payload.has_value()) return std::nullopt;
+  return std::string(*payload);
+}
+
+LuaHost::LuaHost(LuaHostOptions options) : options_(std::move(options)) {
+  logger_ = options_.logger != nullptr
+                ? options_.logger
+                : std::make_shared<spdlog::logger>(
+                      "lua", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+}
+
+LuaHost::~LuaHost() = default;
+
+dispatch::ExtRef LuaHost::ref() const {
+  return options_.monitor != nullptr ? dispatch::ExtRef(options_.name, *options_.monitor)
+                                     : dispatch::ExtRef(options_.name);
+}
+
+void LuaHost::set_invoker(LuaInvoker invoker) { invoker_ = std::move(invoker); }
+
+absl::Status LuaHost::AddEntry(std::string name, lua_internal::HostFunctionEntry entry) {
+  if (!IsIdentifier(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("host function name \"", name, "\" is not a Lua identifier"));
+  }
+  if (name == "write" || name == "log" || name == "remaining" || name == "invoke" ||
+      functions_.contains(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("host function \"", name, "\" exists already"));
+  }
+  functions_.emplace(std::move(name), std::move(entry));
+  return absl::OkStatus();
+}
+
+LuaFunction::LuaFunction(std::string chunkname, std::string source, std::string bytecode,
+                         LuaLimits limits, std::shared_ptr<const LuaHost> host)
+    : chunkname_(std::move(chunkname)),
+      source_(std::move(source)),
+      bytecode_(std::move(bytecode)),
+      limits_(limits),
+      host_(std::move(host)) {}
+
+absl::StatusOr<std::shared_ptr<LuaFunction>> LuaFunction::Compile(
+    std::string chunkname, std::string source, LuaLimits limits,
+    std::shared_ptr<const LuaHost> host) {
+  if (limits.memory_bytes == 0 || limits.max_output_bytes == 0 || limits.hook_instructions <= 0 ||
+      limits.timeout <= Clock::duration::zero() || limits.max_log_lines < 0) {
+    return absl::InvalidArgumentError("lua: limits must be positive");
+  }
+  if (host == nullptr) host = std::make_shared<const LuaHost>();
+  CallState cs;
+  // Parsing is linear in the source; its memory is bounded apart from the per-call limit.
+  cs.memory_limit = (64u << 20) + 16 * source.size();
+  lua_State* L = lua_newstate(lua_internal::Alloc, &cs);
+  if (L == nullptr) return absl::ResourceExhaustedError("lua: out of memory");
+  lua_atpanic(L, Panic);
+  const std::string name = absl::StrCat("=", chunkname);
+  absl::Status status;
+  std::string bytecode;
+  if (luaL_loadbufferx(L, source.data(), source.size(), name.c_str(), "t") != LUA_OK) {
+    status = absl::InvalidArgumentError(AV(ToView(L, -1)));
+  } else {
+    lua_dump(L, Writer, &bytecode, /*strip=*/0);
+  }
+  cs.closing = true;
+  lua_close(L);
+  if (!status.ok()) return status;
+  return std::make_shared<LuaFunction>(std::move(chunkname), std::move(source), std::move(bytecode),
+                                       limits, std::move(host));
+}
+
+absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, dispatch::Sink& out,
+                              dispatch::RunStats& stats) {
+  CallState cs;
+  cs.memory_limit = limits_.memory_bytes;
+  cs.deadline = Clock::now() + limits_.timeout;
+  if (const std::optional<Deadline> deadline = frame.deadline()) {
+    cs.deadline = std::min(cs.deadline, *deadline);
+  }
+  cs.stop = frame.stop_token();
+  cs.hook_period = limits_.hook_instructions;
+  cs.function = this;
+  cs.host = host_.get();
+  cs.frame = &frame;
+  cs.out = &out;
+  cs.max_output = limits_.max_output_bytes;
+  cs.max_log_lines = limits_.max_log_lines;
+  cs.chunkname = chunkname_;
+  cs.payload = payload;
+  cs.bytecode = &bytecode_;
+  absl::Status status = RunState(cs);
+  stats.peak_memory_bytes = cs.peak;
+  stats.host_calls = cs.host_calls;
+  stats.output_bytes = cs.output_bytes;
+  stats.instructions = cs.hooks * static_cast<std::uint64_t>(cs.hook_period);
+  return status;
+}
+
+}  // namespace framekit::lua

@@ -1,0 +1,580 @@
+// The sandbox: the counting allocator, the deadline hook, the library subset with its wrappers,
+// the denied stubs, the host table and the read-only frame view.
+//
+// Error handling: this file is compiled against the C++ build of Lua (lua5.4-c++), where
+// lua_error unwinds with a C++ exception, so C++ objects alive in a C function that raises are
+// destroyed (tests/lua/lua_function_test.cc, LuaCxx.ErrorRunsDestructors, proves it). The one
+// rule that follows: never call a Lua API function that may raise inside a C++ try block (the
+// catch-all would swallow Lua's exception); host code runs under the guards with no Lua API
+// call inside them.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/lua/internal/sandbox.h"
+#include "lauxlib.h"
+#include "lua.h"
+#include "lualib.h"
+#include "spdlog/logger.h"
+
+namespace framekit::lua_internal {
+namespace {
+
+// The error object of a fatal condition: a light userdata, so raising it allocates nothing.
+char kFatalTag;
+
+absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+std::string_view ToView(lua_State* L, int index) {
+  std::size_t n = 0;
+  const char* s = lua_tolstring(L, index, &n);
+  return s == nullptr ? std::string_view() : std::string_view(s, n);
+}
+
+void RaiseIfFatal(lua_State* L) {
+  CallState& cs = StateOf(L);
+  SettlePending(cs);
+  if (!cs.fatal.ok()) {
+    lua_pushlightuserdata(L, &kFatalTag);
+    lua_error(L);
+  }
+}
+
+void Hook(lua_State* L, lua_Debug*) {
+  ++StateOf(L).hooks;
+  CheckPoint(L);
+}
+
+// pcall and xpcall as lbaselib's, re-raising a fatal condition instead of returning it.
+int FinishPcall(lua_State* L, int status, lua_KContext extra) {
+  if (status == LUA_ERRMEM) StateOf(L).pending_refusal = true;
+  RaiseIfFatal(L);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - static_cast<int>(extra);
+}
+
+int Pcall(lua_State* L) {
+  luaL_checkany(L, 1);
+  lua_pushboolean(L, 1);
+  lua_insert(L, 1);
+  const int status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, FinishPcall);
+  return FinishPcall(L, status, 0);
+}
+
+int Xpcall(lua_State* L) {
+  const int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);
+  const int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, FinishPcall);
+  return FinishPcall(L, status, 2);
+}
+
+// coroutine.resume / coroutine.close: the original (upvalue 1), then re-raise a fatal
+// condition the coroutine's error carried.
+int Rethrowing(lua_State* L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  RaiseIfFatal(L);
+  return lua_gettop(L);
+}
+
+[[noreturn]] void Deny(lua_State* L, std::string_view capability) {
+  RaiseFatal(L, absl::PermissionDeniedError(absl::StrCat(
+                    "lua sandbox: ", AV(capability), " is not available to scripts")));
+}
+
+// A denied global function (upvalue 1: its name).
+int DeniedFunction(lua_State* L) { Deny(L, ToView(L, lua_upvalueindex(1))); }
+
+// __index / __newindex of a denied library table (upvalue 1: the library's name).
+int DeniedField(lua_State* L) {
+  std::string capability(ToView(L, lua_upvalueindex(1)));
+  capability.append(".").append(lua_type(L, 2) == LUA_TSTRING ? ToView(L, 2) : "?");
+  Deny(L, capability);
+}
+
+int SafeSetmetatable(lua_State* L) {
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_pushliteral(L, "__gc");
+    if (lua_rawget(L, 2) != LUA_TNIL) Deny(L, "a __gc metamethod");
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+// load(chunk [, chunkname [, mode [, env]]]) with text chunks only (upvalue 1: the original).
+int SafeLoad(lua_State* L) {
+  const std::string_view mode = lua_isnoneornil(L, 3) ? "t" : ToView(L, 3);
+  if (mode.find('b') != std::string_view::npos) Deny(L, "load of a binary chunk");
+  if (lua_type(L, 1) == LUA_TSTRING && ToView(L, 1).substr(0, 1) == std::string_view(LUA_SIGNATURE, 1)) {
+    Deny(L, "load of a binary chunk");
+  }
+  // No env given: drop it, so the original uses the sandbox's globals.
+  const int nargs = lua_isnoneornil(L, 4) ? 3 : 4;
+  lua_settop(L, nargs);
+  lua_pushliteral(L, "t");
+  lua_replace(L, 3);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, nargs, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+int SafeCollectgarbage(lua_State* L) {
+  const std::string_view option = lua_isnoneornil(L, 1) ? "collect" : ToView(L, 1);
+  if (option != "count" && option != "collect" && option != "step" && option != "isrunning") {
+    Deny(L, absl::StrCat("collectgarbage(\"", AV(option.substr(0, 32)), "\")"));
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+void Log(lua_State* L, spdlog::level::level_enum level, std::string_view message) {
+  CallState& cs = StateOf(L);
+  if (cs.log_lines >= cs.max_log_lines) return;
+  ++cs.log_lines;
+  constexpr std::size_t kMaxLine = 4096;
+  const std::string* trace = cs.frame->Find(dispatch::TraceIdKey());
+  const std::string_view text = message.substr(0, kMaxLine);
+  const std::string_view trace_id = trace != nullptr ? std::string_view(*trace) : "-";
+  const std::string line = absl::StrCat("[", cs.chunkname, "] trace_id=", AV(trace_id), " ",
+                                        AV(text), message.size() > kMaxLine ? "..." : "");
+  dispatch::CallTeardown(LuaHostAccess::ref(*cs.host), [&] {
+    LuaHostAccess::logger(*cs.host).log(level, "{}", line);
+  });
+}
+
+int Print(lua_State* L) {
+  ++StateOf(L).host_calls;
+  const int n = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; ++i) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, nullptr);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  Log(L, spdlog::level::info, ToView(L, -1));
+  return 0;
+}
+
+int HostLog(lua_State* L) {
+  ++StateOf(L).host_calls;
+  spdlog::level::level_enum level = spdlog::level::info;
+  int message = 1;
+  if (lua_gettop(L) >= 2) {
+    static const char* const kLevels[] = {"debug", "info", "warn", "error", nullptr};
+    static const spdlog::level::level_enum kValues[] = {
+        spdlog::level::debug, spdlog::level::info, spdlog::level::warn, spdlog::level::err};
+    level = kValues[luaL_checkoption(L, 1, nullptr, kLevels)];
+    message = 2;
+  }
+  Log(L, level, luaL_checkstring(L, message));
+  return 0;
+}
+
+}  // namespace
+
+// Writes one chunk of output, enforcing max_output; a failed write is fatal.
+void WriteOutput(lua_State* L, std::string_view chunk) {
+  CallState& cs = StateOf(L);
+  if (chunk.empty()) return;
+  if (cs.output_bytes + chunk.size() > cs.max_output) {
+    RaiseFatal(L, absl::ResourceExhaustedError(absl::StrCat(
+                      "lua: output exceeds the limit of ", cs.max_output, " bytes")));
+  }
+  cs.output_bytes += chunk.size();
+  absl::Status status;
+  try {
+    status = cs.out->Write(chunk);
+  } catch (...) {
+    RethrowIfForcedUnwind();
+    status = absl::InternalError("lua: the sink threw");
+  }
+  if (!status.ok()) RaiseFatal(L, std::move(status));
+}
+
+namespace {
+
+int HostWrite(lua_State* L) {
+  ++StateOf(L).host_calls;
+  const int n = lua_gettop(L);
+  for (int i = 1; i <= n; ++i) {
+    luaL_checktype(L, i, LUA_TSTRING);
+    WriteOutput(L, ToView(L, i));
+  }
+  return 0;
+}
+
+int HostRemaining(lua_State* L) {
+  CallState& cs = StateOf(L);
+  ++cs.host_calls;
+  const auto left = std::chrono::duration<double>(cs.deadline - Clock::now()).count();
+  lua_pushnumber(L, std::max(0.0, left));
+  return 1;
+}
+
+int HostInvoke(lua_State* L) {
+  CallState& cs = StateOf(L);
+  ++cs.host_calls;
+  const std::string_view function = luaL_checkstring(L, 1);
+  const std::string_view payload = luaL_optstring(L, 2, "");
+  const LuaInvoker& invoker = LuaHostAccess::invoker(*cs.host);
+  if (!invoker) return luaL_error(L, "host.invoke is not configured");
+  auto guarded = dispatch::HostFunc<absl::StatusOr<std::string>()>(
+      LuaHostAccess::ref(*cs.host), "invoke", [&]() { return invoker(*cs.frame, function, payload); });
+  absl::StatusOr<std::string> result = guarded();
+  CheckPoint(L);
+  if (!result.ok()) {
+    lua_pushstring(L, result.status().ToString().c_str());
+    return lua_error(L);
+  }
+  lua_pushlstring(L, result->data(), result->size());
+  return 1;
+}
+
+// An application host function (upvalue 1: its HostFunctionEntry, upvalue 2: its name).
+int HostApp(lua_State* L) {
+  CallState& cs = StateOf(L);
+  ++cs.host_calls;
+  const auto& entry = *static_cast<const HostFunctionEntry*>(lua_touserdata(L, lua_upvalueindex(1)));
+  const int n = static_cast<int>(entry.params.size());
+  if (lua_gettop(L) > n) {
+    return luaL_error(L, "host.%s takes %d argument(s), got %d", lua_tostring(L, lua_upvalueindex(2)),
+                      n, lua_gettop(L));
+  }
+  std::vector<HostValue> args;
+  args.reserve(entry.params.size());
+  for (int i = 1; i <= n; ++i) {
+    switch (entry.params[i - 1]) {
+      case HostType::kBool:
+        luaL_checktype(L, i, LUA_TBOOLEAN);
+        args.emplace_back(std::in_place_type<bool>, lua_toboolean(L, i) != 0);
+        break;
+      case HostType::kInteger:
+        args.emplace_back(std::in_place_type<std::int64_t>, luaL_checkinteger(L, i));
+        break;
+      case HostType::kNumber:
+        args.emplace_back(std::in_place_type<double>, luaL_checknumber(L, i));
+        break;
+      case HostType::kString:
+        luaL_checktype(L, i, LUA_TSTRING);
+        args.emplace_back(std::in_place_type<std::string>, ToView(L, i));
+        break;
+    }
+  }
+  absl::StatusOr<HostValue> result = entry.call(*cs.frame, args);
+  CheckPoint(L);
+  if (!result.ok()) {
+    const std::string message(result.status().message());
+    lua_pushlstring(L, message.data(), message.size());
+    return lua_error(L);
+  }
+  return std::visit(
+      [L](const auto& value) -> int {
+        using T = std::decay_t<decltype(value)>;
+        if constexpr (std::is_same_v<T, std::monostate>) {
+          return 0;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          lua_pushboolean(L, value ? 1 : 0);
+        } else if constexpr (std::is_same_v<T, std::int64_t>) {
+          lua_pushinteger(L, value);
+        } else if constexpr (std::is_same_v<T, double>) {
+          lua_pushnumber(L, value);
+        } else {
+          lua_pushlstring(L, value.data(), value.size());
+        }
+        return 1;
+      },
+      *result);
+}
+
+void PushCaller(lua_State* L, const CallerContext& caller) {
+  lua_createtable(L, 0, 5);
+  const auto field = [L](const char* name, const std::string& value) {
+    lua_pushlstring(L, value.data(), value.size());
+    lua_setfield(L, -2, name);
+  };
+  field("user_id", caller.user_id);
+  field("role", caller.role);
+  field("tenant_id", caller.tenant_id);
+  field("email", caller.email);
+  lua_createtable(L, static_cast<int>(caller.groups.size()), 0);
+  for (std::size_t i = 0; i < caller.groups.size(); ++i) {
+    lua_pushlstring(L, caller.groups[i].data(), caller.groups[i].size());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  lua_setfield(L, -2, "groups");
+}
+
+// frame[name]: the portable value of that name, or nil.
+int FrameIndex(lua_State* L) {
+  CallState& cs = StateOf(L);
+  ++cs.host_calls;
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;
+  const PortableKeys* portable = cs.host->options().portable.get();
+  if (portable == nullptr) return 0;
+  std::optional<PortableValue> value = portable->Lookup(*cs.frame, ToView(L, 2));
+  if (!value.has_value()) return 0;
+  std::visit(
+      [L](const auto& v) {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          lua_pushlstring(L, v.data(), v.size());
+        } else if constexpr (std::is_same_v<T, std::int64_t>) {
+          lua_pushinteger(L, v);
+        } else if constexpr (std::is_same_v<T, bool>) {
+          lua_pushboolean(L, v ? 1 : 0);
+        } else if constexpr (std::is_same_v<T, double>) {
+          lua_pushnumber(L, v);
+        } else {
+          PushCaller(L, v);
+        }
+      },
+      *value);
+  return 1;
+}
+
+int FrameNewindex(lua_State* L) { return luaL_error(L, "the frame is read-only"); }
+
+void SetFunction(lua_State* L, const char* name, lua_CFunction fn) {
+  lua_pushcfunction(L, fn);
+  lua_setfield(L, -2, name);
+}
+
+// Replaces table[name] (table on top) by `fn` with the old value as upvalue 1.
+void Wrap(lua_State* L, const char* name, lua_CFunction fn) {
+  lua_getfield(L, -1, name);
+  lua_pushcclosure(L, fn, 1);
+  lua_setfield(L, -2, name);
+}
+
+void DenyGlobalFunction(lua_State* L, const char* name) {
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, DeniedFunction, 1);
+  lua_setglobal(L, name);
+}
+
+// A table whose every read or write is denied; `keep` (table on top, or none) holds the
+// allowed fields.
+void DeniedTable(lua_State* L, const char* name, bool keep_top) {
+  if (!keep_top) lua_newtable(L);
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, DeniedField, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, DeniedField, 1);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+  lua_setglobal(L, name);
+}
+
+void OpenHost(lua_State* L) {
+  CallState& cs = StateOf(L);
+  lua_newtable(L);
+  SetFunction(L, "write", HostWrite);
+  SetFunction(L, "log", HostLog);
+  SetFunction(L, "remaining", HostRemaining);
+  SetFunction(L, "invoke", HostInvoke);
+  for (const auto& [name, entry] : LuaHostAccess::functions(*cs.host)) {
+    lua_pushlightuserdata(L, const_cast<HostFunctionEntry*>(&entry));
+    lua_pushlstring(L, name.data(), name.size());
+    lua_pushcclosure(L, HostApp, 2);
+    lua_setfield(L, -2, name.c_str());
+  }
+  lua_setglobal(L, "host");
+}
+
+}  // namespace
+
+// An allocator refusal is final unless Lua retries the same request after its emergency
+// collection and that retry succeeds.
+void SettlePending(CallState& cs) {
+  if (cs.pending_refusal && cs.fatal.ok()) {
+    cs.fatal = absl::ResourceExhaustedError(
+        absl::StrCat("lua: memory limit of ", cs.memory_limit, " bytes exceeded"));
+  }
+  cs.pending_refusal = false;
+}
+
+void InstallHook(lua_State* L, int period) { lua_sethook(L, Hook, LUA_MASKCOUNT, period); }
+
+int Traceback(lua_State* L) {
+  if (IsFatalObject(L, 1)) return 1;
+  const char* message = lua_tostring(L, 1);
+  if (message == nullptr) {
+    message = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, message, 1);
+  return 1;
+}
+
+CallState& StateOf(lua_State* L) {
+  void* ud = nullptr;
+  lua_getallocf(L, &ud);
+  return *static_cast<CallState*>(ud);
+}
+
+void* Alloc(void* ud, void* ptr, std::size_t osize, std::size_t nsize) {
+  CallState& cs = *static_cast<CallState*>(ud);
+  const std::size_t old = ptr == nullptr ? 0 : osize;
+  if (nsize == 0) {
+    std::free(ptr);
+    cs.used -= old;
+    return nullptr;
+  }
+  const bool grows = nsize > old;
+  if (grows && !cs.closing) {
+    const bool retry = cs.pending_refusal && cs.pending_ptr == ptr && cs.pending_nsize == nsize;
+    if (cs.pending_refusal && !retry) SettlePending(cs);
+    bool refuse = cs.used - old + nsize > cs.memory_limit;
+    if ((++cs.allocations & 255) == 0 && cs.fatal.ok()) {
+      if (Clock::now() >= cs.deadline) {
+        cs.fatal = absl::DeadlineExceededError("lua: deadline exceeded");
+      } else if (cs.stop.stop_requested()) {
+        cs.fatal = absl::CancelledError("lua: call cancelled");
+      }
+    }
+    refuse = refuse || !cs.fatal.ok();
+    if (refuse) {
+      if (retry) {
+        SettlePending(cs);
+      } else {
+        cs.pending_refusal = true;
+        cs.pending_ptr = ptr;
+        cs.pending_nsize = nsize;
+      }
+      return nullptr;
+    }
+    cs.pending_refusal = false;
+  }
+  void* block = std::realloc(ptr, nsize);
+  if (block == nullptr) return nullptr;
+  cs.used = cs.used - old + nsize;
+  cs.peak = std::max(cs.peak, cs.used);
+  return block;
+}
+
+void CheckPoint(lua_State* L) {
+  CallState& cs = StateOf(L);
+  if (cs.fatal.ok()) {
+    if (Clock::now() >= cs.deadline) {
+      cs.fatal = absl::DeadlineExceededError("lua: deadline exceeded");
+    } else if (cs.stop.stop_requested()) {
+      cs.fatal = absl::CancelledError("lua: call cancelled");
+    }
+  }
+  RaiseIfFatal(L);
+}
+
+void RaiseFatal(lua_State* L, absl::Status status) {
+  CallState& cs = StateOf(L);
+  if (cs.fatal.ok()) cs.fatal = std::move(status);
+  lua_pushlightuserdata(L, &kFatalTag);
+  lua_error(L);
+  std::abort();  // lua_error does not return
+}
+
+bool IsFatalObject(lua_State* L, int index) {
+  return lua_touserdata(L, index) == &kFatalTag && lua_islightuserdata(L, index);
+}
+
+void OpenSandbox(lua_State* L) {
+  luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+  lua_pop(L, 1);
+  luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+  lua_pop(L, 1);
+  luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+  lua_pop(L, 1);
+  luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+  lua_pop(L, 1);
+  luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
+  lua_pop(L, 1);
+  luaL_requiref(L, LUA_COLIBNAME, luaopen_coroutine, 1);
+  lua_pop(L, 1);
+  luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);  // not global: clock and time are copied
+
+  lua_pushglobaltable(L);
+  SetFunction(L, "pcall", Pcall);
+  SetFunction(L, "xpcall", Xpcall);
+  SetFunction(L, "print", Print);
+  Wrap(L, "setmetatable", SafeSetmetatable);
+  Wrap(L, "load", SafeLoad);
+  Wrap(L, "collectgarbage", SafeCollectgarbage);
+  lua_pushnil(L);
+  lua_setfield(L, -2, "warn");
+  lua_pop(L, 1);
+  DenyGlobalFunction(L, "dofile");
+  DenyGlobalFunction(L, "loadfile");
+  DenyGlobalFunction(L, "require");
+
+  lua_getglobal(L, LUA_STRLIBNAME);
+  SetFunction(L, "find", PatternFind);
+  SetFunction(L, "match", PatternMatch);
+  SetFunction(L, "gmatch", PatternGmatch);
+  SetFunction(L, "gsub", PatternGsub);
+  lua_pushliteral(L, "string.dump");
+  lua_pushcclosure(L, DeniedFunction, 1);
+  lua_setfield(L, -2, "dump");
+  lua_pop(L, 1);
+  // Hide the shared string metatable (getmetatable("") returns false).
+  lua_pushliteral(L, "");
+  lua_getmetatable(L, -1);
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 2);
+
+  lua_getglobal(L, LUA_COLIBNAME);
+  Wrap(L, "resume", Rethrowing);
+  Wrap(L, "close", Rethrowing);
+  lua_pop(L, 1);
+
+  lua_newtable(L);  // os: clock and time only
+  lua_getfield(L, -2, "clock");
+  lua_setfield(L, -2, "clock");
+  lua_getfield(L, -2, "time");
+  lua_setfield(L, -2, "time");
+  DeniedTable(L, LUA_OSLIBNAME, /*keep_top=*/true);
+  lua_pop(L, 1);  // the real os table
+  DeniedTable(L, LUA_IOLIBNAME, false);
+  DeniedTable(L, LUA_DBLIBNAME, false);
+  DeniedTable(L, LUA_LOADLIBNAME, false);
+
+  OpenHost(L);
+}
+
+// The frame view's userdata and metatable, pushed for the handler.
+void PushFrameView(lua_State* L) {
+  lua_newuserdatauv(L, 0, 0);
+  lua_createtable(L, 0, 4);
+  SetFunction(L, "__index", FrameIndex);
+  SetFunction(L, "__newindex", FrameNewindex);
+  lua_pushliteral(L, "frame");
+  lua_setfield(L, -2, "__name");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+}
+
+}  // namespace framekit::lua_internal

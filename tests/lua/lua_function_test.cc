@@ -1,0 +1,440 @@
+#include "framekit/lua/lua_function.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <latch>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "framekit/ctx/caller.h"
+#include "framekit/base/status_macros.h"
+#include "framekit/dispatch/function_executor.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "lauxlib.h"
+#include "lua.h"
+#include "support/status_matchers.h"
+
+namespace framekit::lua {
+namespace {
+
+using ::framekit::testing::IsOk;
+using ::framekit::testing::StatusIs;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+inline const Key<std::string> kTenant{"test.tenant"};
+inline const Key<std::int64_t> kQuota{"test.quota"};
+inline const Key<std::string> kSecret{"test.secret"};
+
+class StringSink : public dispatch::Sink {
+ public:
+  absl::Status Write(std::string_view chunk) override {
+    text.append(chunk);
+    ++writes;
+    return status;
+  }
+  std::string text;
+  int writes = 0;
+  absl::Status status;
+};
+
+std::shared_ptr<const PortableKeys> Portable() {
+  auto keys = std::make_shared<PortableKeys>();
+  EXPECT_THAT(keys->Add(kTenant), IsOk());
+  EXPECT_THAT(keys->Add(kQuota), IsOk());
+  EXPECT_THAT(keys->Add(CallerKey()), IsOk());
+  return keys;
+}
+
+std::shared_ptr<LuaHost> MakeHost() {
+  return std::make_shared<LuaHost>(LuaHostOptions{.name = "test", .portable = Portable()});
+}
+
+std::shared_ptr<LuaFunction> MustCompile(std::string source, LuaLimits limits = {},
+                                         std::shared_ptr<const LuaHost> host = MakeHost()) {
+  absl::StatusOr<std::shared_ptr<LuaFunction>> fn =
+      LuaFunction::Compile("test.lua", std::move(source), limits, std::move(host));
+  EXPECT_THAT(fn, IsOk());
+  return fn.ok() ? *fn : nullptr;
+}
+
+struct Outcome {
+  absl::Status status;
+  std::string output;
+  dispatch::RunStats stats;
+  Clock::duration elapsed;
+};
+
+Outcome RunOnce(LuaFunction& fn, const Frame& frame = Frame().WithTimeout(2s),
+                std::string_view payload = "") {
+  Outcome out;
+  StringSink sink;
+  const auto start = Clock::now();
+  out.status = fn.Run(frame, payload, sink, out.stats);
+  out.elapsed = Clock::now() - start;
+  out.output = sink.text;
+  return out;
+}
+
+Outcome RunSource(std::string source, LuaLimits limits = {}, Frame frame = Frame().WithTimeout(2s)) {
+  std::shared_ptr<LuaFunction> fn = MustCompile(std::move(source), limits);
+  if (fn == nullptr) return {absl::InternalError("no compile"), "", {}, {}};
+  return RunOnce(*fn, frame);
+}
+
+// --- the C++ build of Lua ----------------------------------------------------------------
+
+struct Flag {
+  bool* set;
+  ~Flag() { *set = true; }
+};
+bool destroyed = false;
+int RaiseWithObject(lua_State* L) {
+  Flag flag{&destroyed};
+  return luaL_error(L, "boom");
+}
+
+// Tests that lua_error unwinds with a C++ exception (lua5.4-c++), so C++ destructors in host
+// functions run; a longjmp build would skip them.
+TEST(LuaCxx, ErrorRunsDestructors) {
+  lua_State* L = luaL_newstate();
+  lua_pushcfunction(L, RaiseWithObject);
+  EXPECT_NE(lua_pcall(L, 0, 0, 0), LUA_OK);
+  EXPECT_TRUE(destroyed);
+  lua_close(L);
+}
+
+// --- basics --------------------------------------------------------------------------------
+
+TEST(LuaFunction, ReturnsOutputAndStreamsChunks) {
+  Outcome out = RunSource(R"(return function(payload, frame)
+    host.write("a", "b")
+    return "hello " .. payload
+  end)");
+  std::shared_ptr<LuaFunction> fn = MustCompile(
+      "return function(p) host.write('<') return p .. '>' end");
+  out = RunOnce(*fn, Frame().WithTimeout(1s), "x");
+  EXPECT_THAT(out.status, IsOk());
+  EXPECT_EQ(out.output, "<x>");
+  EXPECT_TRUE(fn->preemptive());
+  EXPECT_GT(out.stats.peak_memory_bytes, 0u);
+  EXPECT_EQ(out.stats.host_calls, 1u);
+  EXPECT_EQ(out.stats.output_bytes, 3u);
+}
+
+TEST(LuaFunction, SyntaxErrorIsInvalidArgumentWithChunkAndLine) {
+  absl::StatusOr<std::shared_ptr<LuaFunction>> fn =
+      LuaFunction::Compile("bad.lua", "return function()\n  x = = 1\nend");
+  EXPECT_THAT(fn, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bad.lua:2:")));
+}
+
+TEST(LuaFunction, KeepsTheSource) {
+  std::shared_ptr<LuaFunction> fn = MustCompile("return function() end");
+  EXPECT_EQ(fn->source(), "return function() end");
+  EXPECT_EQ(fn->chunkname(), "test.lua");
+}
+
+TEST(LuaFunction, LuaErrorIsInternalWithTraceback) {
+  Outcome out = RunSource("return function()\n  local x = nil\n  error('kaputt')\nend");
+  EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kInternal, HasSubstr("test.lua:3: kaputt")));
+  EXPECT_TRUE(IsLuaError(out.status));
+  ASSERT_TRUE(LuaTraceback(out.status).has_value());
+  EXPECT_THAT(*LuaTraceback(out.status), HasSubstr("stack traceback"));
+  EXPECT_THAT(*LuaTraceback(out.status), HasSubstr("test.lua:3"));
+}
+
+TEST(LuaFunction, ChunkMustReturnAFunctionAndHandlerAString) {
+  EXPECT_THAT(RunSource("return 42").status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("must return the handler")));
+  EXPECT_THAT(RunSource("return function() return {} end").status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("string or nil")));
+  EXPECT_THAT(RunSource("return function() return nil end").status, IsOk());
+}
+
+TEST(LuaFunction, FrameViewShowsPortableKeysOnlyAndIsReadOnly) {
+  const Frame frame = WithCaller(Frame(), {.user_id = "u1", .groups = {"ops"}})
+                          .With({Pair::Of(kTenant, "acme"), Pair::Of(kQuota, 7),
+                                 Pair::Of(kSecret, "hunter2")})
+                          .WithTimeout(2s);
+  std::shared_ptr<LuaFunction> fn = MustCompile(R"(return function(p, frame)
+    local c = frame["framekit.caller"]
+    return table.concat({frame["test.tenant"], math.type(frame["test.quota"]),
+                         tostring(frame["test.secret"]), c.user_id, c.groups[1]}, ",")
+  end)");
+  Outcome out = RunOnce(*fn, frame);
+  EXPECT_THAT(out.status, IsOk());
+  EXPECT_EQ(out.output, "acme,integer,nil,u1,ops");
+  fn = MustCompile("return function(p, frame) frame['test.tenant'] = 'evil' end");
+  EXPECT_THAT(RunOnce(*fn, frame).status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("read-only")));
+  fn = MustCompile("return function(p, frame) return tostring(getmetatable(frame)) end");
+  EXPECT_EQ(RunOnce(*fn, frame).output, "false");
+}
+
+// --- limits --------------------------------------------------------------------------------
+
+TEST(LuaLimits, InfiniteLoopsEndAtTheDeadline) {
+  const std::vector<std::string> loops = {
+      "return function() while true do end end",
+      "return function() while true do pcall(function() while true do end end) end end",
+      "return function() local co = coroutine.wrap(function() while true do end end) co() end",
+      "return function() while true do coroutine.resume(coroutine.create(function() while true do end end)) end end",
+      "return function() local t = setmetatable({}, {__index = function(t, k) while true do end end}) return t.x end",
+      "return function() local s = string.rep('a', 4000) while true do s:gsub('a', 'b') end end",
+      "return function() return string.find(string.rep('a', 300000), '.-.-.-.-.-b') end",
+      "return function() local s = string.rep('a', 500000) return s:find(string.rep('a', 200000) .. 'b', 1, true) end",
+      "return function() while true do xpcall(function() while true do end end, function() while true do end end) end end",
+  };
+  std::vector<double> overruns_ms;
+  for (const std::string& source : loops) {
+    const auto deadline = 30ms;
+    Outcome out = RunSource(source, {}, Frame().WithTimeout(deadline));
+    EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("deadline")))
+        << source;
+    overruns_ms.push_back(std::chrono::duration<double, std::milli>(out.elapsed - deadline).count());
+    EXPECT_LT(out.elapsed, 2s) << source;
+  }
+  std::sort(overruns_ms.begin(), overruns_ms.end());
+  std::printf("deadline overrun over %zu hostile scripts: max %.3f ms\n", overruns_ms.size(),
+              overruns_ms.back());
+}
+
+// Tests the deadline overrun's distribution on a plain CPU loop (printed, not asserted).
+TEST(LuaLimits, DeadlineOverrunP99) {
+  std::shared_ptr<LuaFunction> fn = MustCompile("return function() local i = 0 while true do i = i + 1 end end");
+  std::vector<double> overruns_us;
+  for (int i = 0; i < 200; ++i) {
+    Outcome out = RunOnce(*fn, Frame().WithTimeout(2ms));
+    ASSERT_THAT(out.status, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("")));
+    overruns_us.push_back(std::chrono::duration<double, std::micro>(out.elapsed - 2ms).count());
+  }
+  std::sort(overruns_us.begin(), overruns_us.end());
+  std::printf("deadline overrun (2 ms deadline, 200 runs): p50 %.1f us, p99 %.1f us, max %.1f us\n",
+              overruns_us[100], overruns_us[197], overruns_us.back());
+}
+
+TEST(LuaLimits, CancellationEndsTheCall) {
+  std::shared_ptr<LuaFunction> fn = MustCompile("return function() while true do end end");
+  auto [frame, canceller] = Frame().WithTimeout(10s).WithCancel();
+  std::thread cancel([&canceller = canceller] {
+    std::this_thread::sleep_for(20ms);
+    canceller.Cancel();
+  });
+  Outcome out = RunOnce(*fn, frame);
+  cancel.join();
+  EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kCancelled, HasSubstr("cancelled")));
+}
+
+TEST(LuaLimits, NoFrameDeadlineUsesTheLimitTimeout) {
+  LuaLimits limits;
+  limits.timeout = 20ms;
+  Outcome out = RunSource("return function() while true do end end", limits, Frame());
+  EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("")));
+}
+
+TEST(LuaLimits, MemoryLimitIsResourceExhausted) {
+  LuaLimits limits;
+  limits.memory_bytes = 1 << 20;
+  for (const std::string& source : std::vector<std::string>{
+           "return function() local t = {} while true do t[#t + 1] = {} end end",
+           "return function() return string.rep('x', 1 << 30) end",
+           "return function() local t = {} for i = 1, 1e6 do t[i] = 'x' .. i end return table.concat(t) end",
+           "return function() local s = 'x' while true do s = s .. s end end",
+           "return function() local t = {} while true do pcall(function() t[#t + 1] = string.rep('y', 1000) end) end end",
+           "return function() local function f(n) return f(n + 1) + 1 end return f(1) end",
+       }) {
+    Outcome out = RunSource(source, limits);
+    EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("memory")))
+        << source;
+    EXPECT_LE(out.stats.peak_memory_bytes, limits.memory_bytes) << source;
+  }
+  // Garbage that an emergency collection frees is no reason to fail.
+  EXPECT_THAT(RunSource("return function() for i = 1, 2000 do local s = string.rep('z', 4000) .. i end end",
+                        limits).status,
+              IsOk());
+}
+
+TEST(LuaLimits, OutputLimitIsResourceExhausted) {
+  LuaLimits limits;
+  limits.max_output_bytes = 10;
+  EXPECT_THAT(RunSource("return function() host.write('0123456789') return 'x' end", limits).status,
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("output")));
+}
+
+TEST(LuaLimits, SinkFailureEndsTheCallWithItsStatus) {
+  std::shared_ptr<LuaFunction> fn =
+      MustCompile("return function() while true do pcall(host.write, 'x') end end");
+  StringSink sink;
+  sink.status = absl::UnavailableError("client went away");
+  dispatch::RunStats stats;
+  EXPECT_THAT(fn->Run(Frame().WithTimeout(1s), "", sink, stats),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("went away")));
+  EXPECT_EQ(sink.writes, 1);
+}
+
+// --- sandbox -------------------------------------------------------------------------------
+
+TEST(LuaSandbox, DeniedCapabilitiesArePermissionDenied) {
+  const std::vector<std::pair<std::string, std::string>> denied = {
+      {"io.open('/etc/passwd')", "io.open"},
+      {"io.write('x')", "io.write"},
+      {"os.execute('touch /tmp/pwned')", "os.execute"},
+      {"os.exit(1)", "os.exit"},
+      {"os.getenv('HOME')", "os.getenv"},
+      {"os.remove('/tmp/x')", "os.remove"},
+      {"debug.getregistry()", "debug.getregistry"},
+      {"debug.sethook()", "debug.sethook"},
+      {"package.loadlib('libc.so.6', 'system')", "package.loadlib"},
+      {"require('os')", "require"},
+      {"dofile('/etc/passwd')", "dofile"},
+      {"loadfile('/etc/passwd')", "loadfile"},
+      {"string.dump(function() end)", "string.dump"},
+      {"load('\\27Lua', 'x', 'b')", "binary chunk"},
+      {"load('\\27LuaT\\0')", "binary chunk"},
+      {"collectgarbage('stop')", "collectgarbage(\"stop\")"},
+      {"collectgarbage('generational')", "collectgarbage"},
+      {"setmetatable({}, {__gc = function() while true do end end})", "__gc"},
+      {"pcall(io.open, 'x')", "io.open"},
+      {"io.open = 1", "io.open"},
+  };
+  for (const auto& [code, capability] : denied) {
+    Outcome out = RunSource("return function() local ok = pcall(function() " + code +
+                            " end) return 'escaped' end");
+    EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr(capability)))
+        << code;
+    EXPECT_EQ(out.output, "") << code;
+  }
+}
+
+TEST(LuaSandbox, WhatRemainsWorks) {
+  Outcome out = RunSource(R"lua(return function()
+    local f = load("return 1 + 1")
+    local ok, e = pcall(error, "x")
+    local co = coroutine.wrap(function() coroutine.yield(5) end)
+    return table.concat({f(), tostring(ok), co(), string.format("%d", 7), ("abc"):upper(),
+                         tostring(os.time() > 0), tostring(os.clock() >= 0),
+                         tostring(collectgarbage("count") > 0), utf8.char(72), math.max(1, 9),
+                         select("#", ("a,b"):find(",")), (("k=v"):gsub("(%w)=(%w)", "%2=%1"))}, " ")
+  end)lua");
+  EXPECT_THAT(out.status, IsOk());
+  EXPECT_EQ(out.output, "2 false 5 7 ABC true true true H 9 2 v=k");
+}
+
+TEST(LuaSandbox, MetatableAndEnvironmentTricksStayInside) {
+  // The string metatable is hidden; load gets the sandbox's globals; nothing reaches the host.
+  Outcome out = RunSource(R"(return function()
+    local r = {}
+    r[#r + 1] = tostring(getmetatable(""))
+    r[#r + 1] = tostring(pcall(function() getmetatable("").__index.x = 1 end))
+    r[#r + 1] = tostring(load("return io")() == io)
+    r[#r + 1] = tostring(rawget(_G, "debug") ~= nil)
+    r[#r + 1] = tostring(getmetatable(io))
+    return table.concat(r, " ")
+  end)");
+  EXPECT_THAT(out.status, IsOk());
+  EXPECT_EQ(out.output, "false false true true false");
+}
+
+TEST(LuaSandbox, NoStateLeaksBetweenCalls) {
+  std::shared_ptr<LuaFunction> fn = MustCompile(R"(
+    local count = 0
+    return function()
+      count = count + 1
+      leaked = (leaked or 0) + 1
+      string.evil = true
+      return count .. " " .. leaked .. " " .. tostring(rawget(string, "evil") and 1)
+    end)");
+  EXPECT_EQ(RunOnce(*fn).output, "1 1 1");
+  EXPECT_EQ(RunOnce(*fn).output, "1 1 1");
+}
+
+TEST(LuaSandbox, DeepRecursionAndHugeValuesFailCleanly) {
+  EXPECT_THAT(RunSource("return function() local function f() return 1 + f() end return f() end").status,
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("")));
+  // Lua checks the size before allocating: a Lua error, nothing allocated.
+  EXPECT_THAT(RunSource("return function() return ('x'):rep(1e18) end").status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("too large")));
+  Outcome out = RunSource("return function() return select('#', table.unpack({}, 1, 1e7)) end");
+  EXPECT_TRUE(IsLuaError(out.status)) << out.status;
+  out = RunSource("return function() return string.rep('(', 300) .. ('x'):find(string.rep('(', 300)) end");
+  EXPECT_TRUE(IsLuaError(out.status)) << out.status;
+}
+
+// --- host ----------------------------------------------------------------------------------
+
+TEST(LuaHost, ApplicationFunctionsTypedArgumentsAndErrors) {
+  auto host = MakeHost();
+  ASSERT_THAT(host->AddFunction("add", [](std::int64_t a, double b) { return a + b; }), IsOk());
+  ASSERT_THAT(host->AddFunction("greet", [](std::string_view who, bool loud) -> absl::StatusOr<std::string> {
+    if (who.empty()) return absl::InvalidArgumentError("nobody to greet");
+    return std::string(loud ? "HI " : "hi ") + std::string(who);
+  }), IsOk());
+  ASSERT_THAT(host->AddFunction("tenant", [](const Frame& frame) {
+    const std::string* t = frame.Find(kTenant);
+    return t == nullptr ? std::string("?") : *t;
+  }), IsOk());
+  ASSERT_THAT(host->AddFunction("explode", []() -> int { throw std::runtime_error("kaboom"); }), IsOk());
+  EXPECT_THAT(host->AddFunction("write", [] {}), StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("write")));
+  EXPECT_THAT(host->AddFunction("no-dash", [] {}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("identifier")));
+
+  std::shared_ptr<LuaFunction> fn = MustCompile(R"(return function()
+    return host.add(2, 0.5) .. " " .. host.greet("bob", true) .. " " .. host.tenant()
+  end)", {}, host);
+  Outcome out = RunOnce(*fn, Frame().With(kTenant, "acme").WithTimeout(1s));
+  EXPECT_THAT(out.status, IsOk());
+  EXPECT_EQ(out.output, "2.5 HI bob acme");
+  EXPECT_EQ(out.stats.host_calls, 3u);
+
+  fn = MustCompile("return function() return host.greet('', false) end", {}, host);
+  EXPECT_THAT(RunOnce(*fn).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("nobody to greet")));
+  fn = MustCompile("return function() return host.add('x', 1) end", {}, host);
+  EXPECT_THAT(RunOnce(*fn).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("bad argument #1")));
+  // A throw is a fault of the host function: a Lua error the script may catch, never a crash.
+  fn = MustCompile(R"(return function()
+    local ok, e = pcall(host.explode)
+    return tostring(ok) .. " " .. e
+  end)", {}, host);
+  out = RunOnce(*fn);
+  EXPECT_THAT(out.status, IsOk());
+  EXPECT_THAT(out.output, HasSubstr("false host function \"explode\""));
+  EXPECT_THAT(out.output, HasSubstr("kaboom"));
+}
+
+TEST(LuaHost, InvokeHook) {
+  auto host = MakeHost();
+  std::shared_ptr<LuaFunction> fn = MustCompile("return function() return host.invoke('echo', 'ping') end", {}, host);
+  EXPECT_THAT(RunOnce(*fn).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("not configured")));
+  host->set_invoker([](const Frame&, std::string_view name, std::string_view payload)
+                        -> absl::StatusOr<std::string> { return std::string(name) + ":" + std::string(payload); });
+  EXPECT_EQ(RunOnce(*fn).output, "echo:ping");
+}
+
+// --- concurrency ---------------------------------------------------------------------------
+
+TEST(LuaFunction, ConcurrentRunsAreIsolated) {
+  std::shared_ptr<LuaFunction> fn = MustCompile(R"(
+    return function(p) counter = (counter or 0) + 1 for i = 1, 1000 do end return p .. counter end)");
+  constexpr int kThreads = 4;
+  std::latch start(kThreads);
+  std::vector<std::thread> threads;
+  std::vector<int> bad(kThreads, 0);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      start.arrive_and_wait();
+      for (int i = 0; i < 50; ++i) {
+        Outcome out = RunOnce(*fn, Frame().WithTimeout(5s), std::to_string(t));
+        if (!out.status.ok() || out.output != std::to_string(t) + "1") ++bad[t];
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(bad[t], 0);
+}
+
+}  // namespace
+}  // namespace framekit::lua
