@@ -16,6 +16,11 @@ import sys
 
 # Headers whose example is a function returning something else than absl::Status.
 RETURN_TYPES = {"examples/host/host.h": "int"}
+# Declarations an example of one header takes for granted beyond the shared context.
+PREAMBLES = {"examples/host/host.h": "using namespace framekit::host;  // NOLINT"}
+
+# A function definition at the top level of a snippet: the snippet is then namespace-scope code.
+FUNCTION_DEFINITION = re.compile(r"^[A-Za-z_][\w:<>, &*]*\s+[A-Za-z_]\w*\(.*\)\s*(const\s*)?\{\s*$")
 
 
 def header_examples(path: pathlib.Path):
@@ -65,6 +70,8 @@ def main():
             continue
         for n, block in enumerate(header_examples(header)):
             hoisted, body = split_hoisted(block)
+            if any(FUNCTION_DEFINITION.match(line) for line in block):
+                hoisted, body = block, []
             include = rel.split("/include/", 1)[1] if "/include/" in rel else header.name
             name = re.sub(r"[^A-Za-z0-9]", "_", rel)
             ret = RETURN_TYPES.get(rel, "absl::Status")
@@ -73,10 +80,12 @@ def main():
                     f'#include "{include}"\n#include "example_context.h"\n\n'
                     f"namespace doc_example_{name}_{n} {{\n"
                     "using namespace framekit_doc_examples;  // NOLINT\n"
+                    + PREAMBLES.get(rel, "") + "\n"
                     + "\n".join(hoisted) + "\n\n"
-                    f"[[maybe_unused]] {ret} Example() {{\n"
-                    + "\n".join("  " + l if l else "" for l in body) + "\n" + tail +
-                    "}\n}  // namespace\n")
+                    + (f"[[maybe_unused]] {ret} Example() {{\n"
+                       + "\n".join("  " + l if l else "" for l in body) + "\n" + tail + "}\n"
+                       if body else "")
+                    + "}  // namespace\n")
             out = output / f"{name}_{n}.cc"
             out.write_text(text)
             generated.append(out)

@@ -7,7 +7,7 @@
 //   inline const framekit::Key<int> kRetries{"app.retries"};
 //   inline const framekit::Key<std::string> kTenant{"app.tenant", /*inherit=*/true};
 //
-//   framekit::Frame frame = framekit::Frame().With(framekit::Pair::Of(kRetries, 3));
+//   framekit::Frame frame = framekit::Frame().With(kRetries, 3);
 //   const int* retries = frame.Find(kRetries);  // points at 3
 //
 // Constants for applications, accessor functions for framekit's own keys. The house style

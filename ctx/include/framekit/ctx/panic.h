@@ -10,7 +10,7 @@
 //   absl::Status status = framekit::IsolateStatus("billing", framekit::Phase::kSetup,
 //                                                 [&] { return ext.Setup(); });
 //   if (std::optional<framekit::ExtensionPanic> panic = framekit::GetExtensionPanic(status)) {
-//     LOG(ERROR) << panic->type << ": " << panic->message;
+//     std::cerr << panic->type << ": " << panic->message << "\n";
 //   }
 #ifndef FRAMEKIT_CTX_PANIC_H_
 #define FRAMEKIT_CTX_PANIC_H_

@@ -32,7 +32,7 @@
 //       "greet",
 //       [](const framekit::Frame& frame, std::string_view payload,
 //          framekit::dispatch::Sink& out) -> absl::Status {
-//         return out.Write(absl::StrCat("hello ", payload));
+//         return out.Write("hello " + std::string(payload));
 //       },
 //       framekit::Options{{"timeout_ms", 500}}));
 //   absl::StatusOr<std::string> reply =
