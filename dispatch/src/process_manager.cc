@@ -89,6 +89,21 @@ ProcessManager::ProcessManager(const AppContext& app, ProcessManagerOptions opti
 
 ProcessManager::~ProcessManager() { Shutdown(); }
 
+absl::StatusOr<std::unique_ptr<ProcessManager>> ProcessManager::Create(
+    const AppContext& app, ProcessManagerOptions options) {
+  return std::make_unique<ProcessManager>(app, std::move(options));
+}
+
+std::size_t ProcessManager::process_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return processes_.size();
+}
+
+std::size_t ProcessManager::timer_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return timers_.size();
+}
+
 std::shared_ptr<ProcessManager::Process> ProcessManager::Find(Pid pid) const {
   const auto it = processes_.find(pid);
   return it == processes_.end() ? nullptr : it->second;

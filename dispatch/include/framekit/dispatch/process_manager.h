@@ -145,6 +145,8 @@ struct ProcessManagerOptions {
   std::shared_ptr<const Interceptors> interceptors = nullptr;
   // Receives faults; nullptr: DefaultFaultMonitor(). Must outlive the manager.
   FaultMonitor* monitor = nullptr;
+  // Exited processes kept for Wait, Stop and List; older exits are reaped.
+  std::size_t retain_exited = 64;
 };
 
 // Thread-safety: thread-safe. Lifecycle code never runs under the manager's lock.
@@ -153,6 +155,8 @@ class ProcessManager {
  public:
   // `app` supplies the FrameResolvers and must outlive the manager.
   explicit ProcessManager(const AppContext& app, ProcessManagerOptions options = {});
+  static absl::StatusOr<std::unique_ptr<ProcessManager>> Create(const AppContext& app,
+                                                               ProcessManagerOptions options = {});
   // Shutdown().
   ~ProcessManager();
   ProcessManager(const ProcessManager&) = delete;
@@ -180,6 +184,10 @@ class ProcessManager {
   // Stops every process, waits for them to exit, joins every worker. Idempotent.
   // NOTE: blocks while a lifecycle function ignores its stop token.
   void Shutdown();
+
+  std::size_t process_count() const;
+  std::size_t timer_count() const;
+  int workers() const { return static_cast<int>(workers_.size()); }
 
  private:
   friend class ProcessContext;
