@@ -196,6 +196,8 @@ absl::Status PanicStatus(const ExtensionPanic& panic) {
   return status;
 }
 
+std::string StatusToString(const absl::Status& status) { return status.ToString(); }
+
 bool IsExtensionPanic(const absl::Status& status) {
   return status.GetPayload(absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size()))
       .has_value();

@@ -244,6 +244,13 @@ std::string FaultMonitor::RenderPrometheus() const {
   return out;
 }
 
+bool FaultMonitor::Forget(std::string_view) { return false; }
+std::size_t FaultMonitor::extension_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return extensions_.size();
+}
+std::uint64_t FaultMonitor::evicted() const { return 0; }
+
 FaultMonitor& DefaultFaultMonitor() {
   static FaultMonitor* const monitor = new FaultMonitor();
   return *monitor;

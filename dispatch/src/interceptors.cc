@@ -29,11 +29,15 @@ absl::Status Interceptors::Register(std::string name, int order, InterceptorFn f
   entry->name = std::move(name);
   entry->order = order;
   entry->fn = std::move(fn);
-  return registry_.Mutate([&](auto& draft) { return draft.Add(std::move(entry)); });
+  absl::Status s = registry_.Mutate([&](auto& draft) { return draft.Add(std::move(entry)); });
+  if (s.ok()) ++published_;
+  return s;
 }
 
 absl::Status Interceptors::Unregister(std::string_view name) {
-  return registry_.Mutate([&](auto& draft) { return draft.Remove(name); });
+  absl::Status s = registry_.Mutate([&](auto& draft) { return draft.Remove(name); });
+  if (s.ok()) ++published_;
+  return s;
 }
 
 std::vector<std::string> Interceptors::names() const {

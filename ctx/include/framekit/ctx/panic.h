@@ -55,6 +55,8 @@ ExtensionPanic DescribeCurrentException(std::string_view extension, Phase phase)
 // Internal-code status "extension \"E\" threw in phase P: TYPE: MESSAGE" carrying `panic`.
 absl::Status PanicStatus(const ExtensionPanic& panic);
 
+std::string StatusToString(const absl::Status& status);
+
 // Whether `status` carries an ExtensionPanic.
 bool IsExtensionPanic(const absl::Status& status);
 // The ExtensionPanic `status` carries, or nullopt.

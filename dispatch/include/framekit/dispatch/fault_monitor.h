@@ -80,6 +80,7 @@ struct FaultMonitorOptions {
   // Re-entrancy: it may call any FaultMonitor method. An exception it throws is logged and
   // swallowed: the alarm callback runs inside a guard's fault path.
   std::function<void(const FaultAlarm&)> on_alarm;
+  std::size_t max_extensions = 1024;
 };
 
 // Thread-safe. Bookkeeping happens under one internal mutex held only for counter and window
@@ -113,6 +114,10 @@ class FaultMonitor {
   // framekit_faults_total{extension,phase}, framekit_fault_records_suppressed_total{extension,
   // phase} and framekit_fault_alarms_total{extension}.
   std::string RenderPrometheus() const;
+
+  bool Forget(std::string_view extension);
+  std::size_t extension_count() const;
+  std::uint64_t evicted() const;
 
   // The logger records go to (the default logger when none was given).
   std::shared_ptr<spdlog::logger> logger() const;

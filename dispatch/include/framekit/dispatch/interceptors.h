@@ -20,6 +20,7 @@
 #ifndef FRAMEKIT_DISPATCH_INTERCEPTORS_H_
 #define FRAMEKIT_DISPATCH_INTERCEPTORS_H_
 
+#include <atomic>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -116,6 +117,7 @@ class Interceptors {
   // Names in run order (outermost first).
   std::vector<std::string> names() const;
   std::size_t size() const { return registry_.Load()->entries.size(); }
+  std::size_t retained_snapshots() const { return published_.load(); }
 
   // Runs the chain around `terminal` (the handler). With no interceptors, calls `terminal`
   // directly. Returns the status of the outermost interceptor (or of `terminal`).
@@ -129,6 +131,7 @@ class Interceptors {
  private:
   resolvers_internal::CowRegistry<dispatch_internal::InterceptorEntry> registry_;
   FaultMonitor* monitor_;
+  std::atomic<std::size_t> published_{1};
 };
 
 // Runs `interceptors`' chain around `terminal`; a nullptr registry calls `terminal` directly.
