@@ -8,6 +8,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "framekit/ctx/internal/names.h"
 #include "framekit/ctx/panic.h"
 
 namespace framekit {
@@ -39,6 +40,9 @@ constexpr absl::string_view kRollbackUrl(kRollbackFailureUrl.data(), kRollbackFa
 absl::Status ValidateRegistration(const ResolverRegistration& r) {
   if (r.name.empty()) {
     return absl::InvalidArgumentError("frame resolver: the name is empty");
+  }
+  if (!ctx_internal::ValidName(r.name)) {
+    return absl::InvalidArgumentError(ctx_internal::InvalidNameMessage("frame resolver", r.name));
   }
   if (!r.fn) {
     return absl::InvalidArgumentError(
