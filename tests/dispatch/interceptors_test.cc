@@ -24,7 +24,8 @@ InterceptorFn PassThrough() {
 
 absl::Status RunOnce(const Interceptors& interceptors) {
   Options options;
-  Call call{.kind = CallKind::kInvoke, .target = "f", .frame = Frame(), .options = &options};
+  Call call{
+      .kind = CallKind::kInvoke, .target = "f", .frame = Frame(), .options = &options, .payload = {}};
   return interceptors.Run(call, [](Call&) { return absl::OkStatus(); });
 }
 

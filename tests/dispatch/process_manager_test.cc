@@ -585,8 +585,9 @@ TEST(ProcessManager, DestroyWithProcessesRunning) {
   {
     ProcessManager manager(app, {.workers = 2});
     ProcessSpec busy = Idle("busy");
+    std::atomic<bool> counted{false};
     busy.poll = [&](ProcessContext&) {
-      busy_running.count_down();
+      if (!counted.exchange(true)) busy_running.count_down();
       return Step::kBusy;
     };
     busy.finalize = [&](ProcessContext&) { ++finalizes; };
