@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <execinfo.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -125,6 +126,50 @@ bool GetField(std::string_view& in, std::string& field) {
   return true;
 }
 
+// `value` with control, DEL and non-ASCII bytes as \xNN (and `"`, `\` escaped when quoting), so a
+// log record stays one printable line.
+std::string EscapeText(std::string_view value, bool quoting) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u >= 0x7f) {
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 0xf];
+    } else if (quoting && (c == '"' || c == '\\')) {
+      out += '\\';
+      out += c;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string QuoteField(std::string_view value) {
+  return absl::StrCat("\"", EscapeText(value, true), "\"");
+}
+
+// extension="E" phase="P" type="T" message="M" nested=["..."] stack_frames=N: one line, every
+// byte outside printable ASCII escaped. The stack is counted, not printed: a status is a
+// summary; the fault record carries the stack.
+std::string DescribePanicFields(const ExtensionPanic& panic) {
+  std::string out = absl::StrCat("extension=", QuoteField(panic.extension),
+                                 " phase=", QuoteField(PhaseName(panic.phase)),
+                                 " type=", QuoteField(panic.type),
+                                 " message=", QuoteField(panic.message), " nested=[");
+  for (std::size_t i = 0; i < panic.nested.size(); ++i) {
+    absl::StrAppend(&out, i == 0 ? "" : ", ", QuoteField(panic.nested[i]));
+  }
+  const std::size_t frames = static_cast<std::size_t>(
+      std::count(panic.stack.begin(), panic.stack.end(), '\n') +
+      (!panic.stack.empty() && panic.stack.back() != '\n' ? 1 : 0));
+  absl::StrAppend(&out, "] stack_frames=", frames);
+  return out;
+}
+
 }  // namespace
 
 __attribute__((no_sanitize("null"))) void RethrowIfForcedUnwind() {
@@ -195,6 +240,25 @@ absl::Status PanicStatus(const ExtensionPanic& panic) {
   PutField(payload, panic.stack);
   status.SetPayload(AsAbsl(kExtensionPanicUrl), absl::Cord(payload));
   return status;
+}
+
+std::string StatusToString(const absl::Status& status) {
+  if (status.ok()) return "OK";
+  std::string out = absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                                 EscapeText(std::string_view(status.message().data(), status.message().size()), false));
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
+    if (url == absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size())) {
+      absl::Status one(absl::StatusCode::kInternal, "");
+      one.SetPayload(url, payload);
+      if (const std::optional<ExtensionPanic> panic = GetExtensionPanic(one)) {
+        absl::StrAppend(&out, " [ExtensionPanic ", DescribePanicFields(*panic), "]");
+        return;
+      }
+    }
+    absl::StrAppend(&out, " [", EscapeText(std::string_view(url.data(), url.size()), false), "='",
+                    EscapeText(std::string(payload), false), "']");
+  });
+  return out;
 }
 
 bool IsExtensionPanic(const absl::Status& status) {

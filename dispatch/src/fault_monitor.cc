@@ -8,7 +8,17 @@
 #include "absl/strings/str_cat.h"
 #include "framekit/base/internal/strings.h"
 #include "framekit/dispatch/internal/log_format.h"
+#include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
+
+namespace framekit::dispatch_internal {
+struct FaultSummary {
+  std::string extension;
+  Phase phase;
+  std::uint64_t suppressed;
+  std::chrono::nanoseconds over;
+};
+}  // namespace framekit::dispatch_internal
 
 namespace framekit::dispatch {
 
@@ -16,6 +26,22 @@ using base_internal::AsAbsl;
 namespace {
 
 using dispatch_internal::Quote;
+using Summary = dispatch_internal::FaultSummary;
+
+// "fn@v3" -> "fn"; a name without "@" is its own base.
+std::string_view BaseName(std::string_view name) {
+  const std::size_t at = name.find('@');
+  return at == std::string_view::npos ? name : name.substr(0, at);
+}
+
+std::shared_ptr<spdlog::logger> StderrLogger() {
+  static const std::shared_ptr<spdlog::logger> logger = [] {
+    auto log = std::make_shared<spdlog::logger>(
+        "framekit", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    return log;
+  }();
+  return logger;
+}
 
 std::size_t PhaseIndex(Phase phase) { return static_cast<std::size_t>(phase); }
 
@@ -29,14 +55,6 @@ constexpr std::array<Phase, kPhaseCount> kAllPhases = [] {
 std::int64_t Millis(std::chrono::nanoseconds d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
 }
-
-// One "suppressed N" summary waiting to be written.
-struct Summary {
-  std::string extension;
-  Phase phase;
-  std::uint64_t suppressed;
-  std::chrono::nanoseconds over;
-};
 
 std::string SummaryText(const Summary& s) {
   return absl::StrCat("fault records suppressed extension=", Quote(s.extension),
@@ -89,25 +107,104 @@ void AppendPrometheusLabel(std::string& out, std::string_view value) {
 FaultMonitor::FaultMonitor(FaultMonitorOptions options) : options_(std::move(options)) {}
 
 std::shared_ptr<spdlog::logger> FaultMonitor::logger() const {
-  return options_.logger != nullptr ? options_.logger : spdlog::default_logger();
+  return options_.logger != nullptr ? options_.logger : StderrLogger();
+}
+
+void FaultMonitor::EraseLocked(const std::string& name, std::chrono::steady_clock::time_point now,
+                               std::vector<Summary>& summaries) {
+  const auto it = extensions_.find(name);
+  if (it == extensions_.end()) return;
+  for (Phase phase : kAllPhases) {
+    const PhaseState& state = it->second.phases[PhaseIndex(phase)];
+    if (state.suppressed_pending > 0) {
+      summaries.push_back({name, phase, state.suppressed_pending, now - state.pending_since});
+    }
+  }
+  extensions_.erase(it);
+}
+
+FaultMonitor::ExtensionState& FaultMonitor::EntryLocked(const std::string& name,
+                                                        std::chrono::steady_clock::time_point now,
+                                                        std::vector<Summary>& summaries) {
+  if (const auto it = extensions_.find(name); it != extensions_.end()) return it->second;
+  // A new version of a function replaces the entries of its older versions.
+  const std::string_view base = BaseName(name);
+  if (base.size() != name.size()) {
+    std::vector<std::string> older;
+    for (const auto& [other, ext] : extensions_) {
+      if (other.size() > base.size() && BaseName(other) == base) older.push_back(other);
+    }
+    for (const std::string& other : older) EraseLocked(other, now, summaries);
+    evicted_ += older.size();
+  }
+  const std::size_t capacity = std::max<std::size_t>(1, options_.max_extensions);
+  while (extensions_.size() >= capacity) {
+    auto quietest = extensions_.begin();
+    for (auto it = extensions_.begin(); it != extensions_.end(); ++it) {
+      if (it->second.last_fault < quietest->second.last_fault) quietest = it;
+    }
+    const std::string victim = quietest->first;
+    EraseLocked(victim, now, summaries);
+    ++evicted_;
+  }
+  ExtensionState& ext = extensions_[name];
+  ext.intensity = FaultIntensity(options_.policy);
+  return ext;
+}
+
+void FaultMonitor::WriteSummaries(const std::vector<Summary>& summaries) const noexcept {
+  try {
+    if (summaries.empty()) return;
+    const std::shared_ptr<spdlog::logger> log = logger();
+    if (log == nullptr) return;
+    for (const Summary& s : summaries) log->warn("{}", SummaryText(s));
+  } catch (...) {
+  }
+}
+
+bool FaultMonitor::Forget(std::string_view extension) {
+  const auto now = FaultNow(options_.clock);
+  std::vector<Summary> summaries;
+  bool dropped = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> names;
+    for (const auto& [name, ext] : extensions_) {
+      if (name == extension ||
+          (extension.find('@') == std::string_view::npos && BaseName(name) == extension)) {
+        names.push_back(name);
+      }
+    }
+    for (const std::string& name : names) EraseLocked(name, now, summaries);
+    dropped = !names.empty();
+  }
+  WriteSummaries(summaries);
+  return dropped;
+}
+
+std::size_t FaultMonitor::extension_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return extensions_.size();
+}
+
+std::uint64_t FaultMonitor::evicted() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return evicted_;
 }
 
 FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view detail) noexcept {
   try {
     const auto now = FaultNow(options_.clock);
     std::optional<Summary> summary;
+    std::vector<Summary> evicted_summaries;
     bool write_record = false;
     std::uint64_t count = 0;
     std::optional<FaultAlarm> alarm;
     FaultVerdict verdict = FaultVerdict::kContinue;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = extensions_.find(AsAbsl(panic.extension));
-      if (it == extensions_.end()) {
-        it = extensions_.try_emplace(panic.extension).first;
-        it->second.intensity = FaultIntensity(options_.policy);
-      }
-      ExtensionState& ext = it->second;
+      ExtensionState& ext = EntryLocked(panic.extension, now, evicted_summaries);
+      ext.last_fault = now;
       PhaseState& state = ext.phases[PhaseIndex(panic.phase)];
       count = ++state.faults;
       if (!state.has_record || now - state.last_record >= options_.record_interval) {
@@ -132,6 +229,7 @@ FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view 
                            outcome.verdict, panic};
       }
     }
+    WriteSummaries(evicted_summaries);
     const std::shared_ptr<spdlog::logger> log = logger();
     if (log != nullptr) {
       if (summary.has_value()) log->warn("{}", SummaryText(*summary));

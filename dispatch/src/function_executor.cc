@@ -603,11 +603,16 @@ std::vector<std::string> FunctionExecutor::List() const {
 
 absl::Status FunctionExecutor::Remove(std::string_view name) {
   std::shared_ptr<Function> removed;  // destroyed outside the lock
-  std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
-  if (!found.ok()) return found.status();
-  removed = *std::move(found);
-  functions_.erase(AsAbsl(name));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
+    if (!found.ok()) return found.status();
+    removed = *std::move(found);
+    functions_.erase(AsAbsl(name));
+  }
+  // The fault monitor forgets the function and every version of it, so that a host that
+  // registers, faults and removes functions keeps a bounded fault table.
+  shared_->monitor->Forget(name);
   return absl::OkStatus();
 }
 

@@ -64,7 +64,7 @@ void LogSwallowedStatus(ExtRef ext, Phase phase, std::string_view detail,
     std::string text = absl::StrCat("error swallowed extension=", Quote(ext.name()),
                                     " phase=", Quote(PhaseName(phase)));
     if (!detail.empty()) absl::StrAppend(&text, " detail=", Quote(detail));
-    absl::StrAppend(&text, " status=", Quote(status.ToString()));
+    absl::StrAppend(&text, " status=", Quote(StatusToString(status)));
     log->warn("{}", text);
   } catch (...) {
   }

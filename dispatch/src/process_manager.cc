@@ -16,6 +16,36 @@ namespace {
 using base_internal::AsAbsl;
 using base_internal::IsValidName;
 
+std::int64_t Millis(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+// The spec fields Start checks beyond name and poll: each would make a process spin, or make
+// its restart and fault limits meaningless.
+absl::Status ValidateSpecLimits(const ProcessSpec& spec) {
+  const auto invalid = [&](std::string_view field, auto&&... why) {
+    return absl::InvalidArgumentError(absl::StrCat("process \"", spec.name, "\": ",
+                                                   absl::string_view(field.data(), field.size()),
+                                                   " ", why...));
+  };
+  if (spec.mailbox_capacity == 0) return invalid("mailbox_capacity", "is 0");
+  if (spec.idle_interval <= std::chrono::milliseconds(0)) {
+    return invalid("idle_interval", "must be positive, is ", spec.idle_interval.count(), " ms");
+  }
+  if (spec.max_restarts < 0) {
+    return invalid("max_restarts", "must not be negative, is ", spec.max_restarts);
+  }
+  if (spec.restart_window < std::chrono::nanoseconds(0)) {
+    return invalid("restart_window", "must not be negative, is ", Millis(spec.restart_window),
+                   " ms");
+  }
+  if (spec.poll_faults.window < std::chrono::nanoseconds(0)) {
+    return invalid("poll_faults.window", "must not be negative, is ",
+                   Millis(spec.poll_faults.window), " ms");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string_view ProcessStateName(ProcessState state) {
@@ -37,8 +67,8 @@ struct ProcessManager::Process {
 
   // Immutable after Start.
   Pid pid = 0;
-  ProcessSpec spec;
-  Canceller canceller;
+  ProcessSpec spec;  // its callbacks are released at exit (ReleaseAtExit)
+  Canceller canceller;  // guarded by mu_: reset at exit
   Clock::time_point started{};
 
   // Touched only by the worker running the process's current step (one at a time).
@@ -53,7 +83,7 @@ struct ProcessManager::Process {
   ProcessState state = ProcessState::kStarting;
   std::deque<std::string> mailbox;
   bool parked = false;
-  std::uint64_t park_generation = 0;
+  std::optional<TimerQueue::iterator> timer;  // set while parked with a wake-up pending
   std::uint64_t faults = 0;
   int restarts = 0;
   absl::Status exit;
@@ -72,30 +102,76 @@ ProcessManager::ProcessManager(const AppContext& app, ProcessManagerOptions opti
     : app_(app),
       options_(std::move(options)),
       monitor_(options_.monitor != nullptr ? options_.monitor : &DefaultFaultMonitor()) {
-  const int n = std::max(1, options_.workers);
+  const int n = std::clamp(options_.workers, 1, kMaxWorkers);
   workers_.reserve(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ProcessManager::~ProcessManager() { Shutdown(); }
 
+absl::Status ProcessManager::Validate(const ProcessManagerOptions& options) {
+  if (options.workers < 1 || options.workers > kMaxWorkers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "process manager: workers must be in [1, ", kMaxWorkers, "], is ", options.workers));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ProcessManager>> ProcessManager::Create(
+    const AppContext& app, ProcessManagerOptions options) {
+  if (absl::Status status = Validate(options); !status.ok()) return status;
+  return std::make_unique<ProcessManager>(app, std::move(options));
+}
+
+std::size_t ProcessManager::process_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return processes_.size();
+}
+
+std::size_t ProcessManager::timer_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return timers_.size();
+}
+
 std::shared_ptr<ProcessManager::Process> ProcessManager::Find(Pid pid) const {
   const auto it = processes_.find(pid);
   return it == processes_.end() ? nullptr : it->second;
 }
 
+absl::Status ProcessManager::NotFoundLocked(Pid pid) const {
+  if (pid != 0 && pid < next_pid_) {
+    return absl::NotFoundError(absl::StrCat(
+        "process ", pid, " exited and was reaped (the manager keeps the last ",
+        options_.retain_exited, " exited processes)"));
+  }
+  return absl::NotFoundError(absl::StrCat("no process ", pid));
+}
+
+absl::Status ProcessManager::CheckParent(const Frame& parent, std::string_view name) {
+  if (const std::optional<Deadline> deadline = parent.deadline();
+      deadline.has_value() && *deadline <= Clock::now()) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "process \"", absl::string_view(name.data(), name.size()),
+        "\" not started: the parent frame's deadline has passed"));
+  }
+  if (parent.cancelled()) {
+    return absl::CancelledError(absl::StrCat("process \"",
+                                             absl::string_view(name.data(), name.size()),
+                                             "\" not started: the parent frame is cancelled"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Pid> ProcessManager::Start(const Frame& parent, ProcessSpec spec,
                                           const Options& options) {
   if (!IsValidName(spec.name)) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid process name \"", spec.name, "\""));
+    return absl::InvalidArgumentError(base_internal::InvalidNameMessage("process", spec.name));
   }
   if (!spec.poll) {
     return absl::InvalidArgumentError(absl::StrCat("process \"", spec.name, "\" has no poll"));
   }
-  if (spec.mailbox_capacity == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("process \"", spec.name, "\": mailbox_capacity is 0"));
-  }
+  if (absl::Status status = ValidateSpecLimits(spec); !status.ok()) return status;
+  if (absl::Status status = CheckParent(parent, spec.name); !status.ok()) return status;
   Frame frame = parent.Fork();
   {
     PairList pairs;
@@ -141,7 +217,7 @@ absl::StatusOr<Pid> ProcessManager::Start(const Frame& parent, ProcessSpec spec,
 absl::Status ProcessManager::Send(Pid pid, std::string message) {
   std::lock_guard<std::mutex> lock(mu_);
   std::shared_ptr<Process> process = Find(pid);
-  if (process == nullptr) return absl::NotFoundError(absl::StrCat("no process ", pid));
+  if (process == nullptr) return NotFoundLocked(pid);
   if (process->state == ProcessState::kStopping || process->state == ProcessState::kExited) {
     return absl::FailedPreconditionError(
         absl::StrCat("process ", pid, " is ", AsAbsl(ProcessStateName(process->state))));
@@ -158,21 +234,26 @@ absl::Status ProcessManager::Send(Pid pid, std::string message) {
 void ProcessManager::WakeLocked(const std::shared_ptr<Process>& process) {
   if (!process->parked) return;
   process->parked = false;
-  ++process->park_generation;
+  if (process->timer.has_value()) {
+    timers_.erase(*process->timer);
+    process->timer.reset();
+  }
   run_queue_.push_back(process);
   work_cv_.notify_one();
 }
 
 absl::Status ProcessManager::Stop(Pid pid, Clock::duration grace) {
   std::shared_ptr<Process> process;
+  Canceller canceller;
   {
     std::lock_guard<std::mutex> lock(mu_);
     process = Find(pid);
-    if (process == nullptr) return absl::NotFoundError(absl::StrCat("no process ", pid));
+    if (process == nullptr) return NotFoundLocked(pid);
     if (process->state == ProcessState::kExited) return absl::OkStatus();
     process->state = ProcessState::kStopping;
+    canceller = process->canceller;
   }
-  process->canceller.Cancel();  // runs the process's stop callbacks: no lock held
+  canceller.Cancel();  // runs the process's stop callbacks: no lock held
   std::unique_lock<std::mutex> lock(mu_);
   WakeLocked(process);
   if (exit_cv_.wait_for(lock, grace, [&] { return process->state == ProcessState::kExited; })) {
@@ -187,7 +268,7 @@ absl::Status ProcessManager::Stop(Pid pid, Clock::duration grace) {
 absl::StatusOr<ProcessExit> ProcessManager::Wait(Pid pid, Clock::duration timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   std::shared_ptr<Process> process = Find(pid);
-  if (process == nullptr) return absl::NotFoundError(absl::StrCat("no process ", pid));
+  if (process == nullptr) return NotFoundLocked(pid);
   if (!exit_cv_.wait_for(lock, timeout, [&] { return process->state == ProcessState::kExited; })) {
     return absl::DeadlineExceededError(
         absl::StrCat("process ", pid, " is still ", AsAbsl(ProcessStateName(process->state))));
@@ -213,6 +294,7 @@ std::vector<ProcessInfo> ProcessManager::List() const {
 
 void ProcessManager::Shutdown() {
   std::vector<std::shared_ptr<Process>> live;
+  std::vector<Canceller> cancellers;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (workers_stop_) return;
@@ -221,10 +303,11 @@ void ProcessManager::Shutdown() {
       if (process->state != ProcessState::kExited) {
         process->state = ProcessState::kStopping;
         live.push_back(process);
+        cancellers.push_back(process->canceller);
       }
     }
   }
-  for (const auto& process : live) process->canceller.Cancel();
+  for (const Canceller& canceller : cancellers) canceller.Cancel();
   {
     std::unique_lock<std::mutex> lock(mu_);
     for (const auto& process : live) WakeLocked(process);
@@ -239,12 +322,9 @@ void ProcessManager::WorkerLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     const Clock::time_point now = Clock::now();
-    while (!timers_.empty() && timers_.top().at <= now) {
-      Timer timer = timers_.top();
-      timers_.pop();
-      if (timer.process->parked && timer.process->park_generation == timer.generation) {
-        WakeLocked(timer.process);
-      }
+    while (!timers_.empty() && timers_.begin()->first <= now) {
+      const std::shared_ptr<Process> process = timers_.begin()->second;
+      WakeLocked(process);  // erases the timer: a parked process has exactly one
     }
     if (!run_queue_.empty()) {
       std::shared_ptr<Process> process = std::move(run_queue_.front());
@@ -261,10 +341,42 @@ void ProcessManager::WorkerLoop() {
     } else {
       // A copy: wait_until reads its deadline again after waking, by which time a push may have
       // reallocated the queue the reference pointed into.
-      const Clock::time_point wake = timers_.top().at;
+      const Clock::time_point wake = timers_.begin()->first;
       work_cv_.wait_until(lock, wake);
     }
   }
+}
+
+void ProcessManager::ExitProcess(const std::shared_ptr<Process>& process, bool stopped) {
+  Process& p = *process;
+  // What the process captured is released now, not when the manager goes: these are destroyed
+  // at the end of this function with no lock held, since their destructors are user code.
+  auto setup = std::exchange(p.spec.setup, nullptr);
+  auto poll = std::exchange(p.spec.poll, nullptr);
+  auto teardown = std::exchange(p.spec.teardown, nullptr);
+  auto finalize = std::exchange(p.spec.finalize, nullptr);
+  Frame frame = std::exchange(p.context.frame_, Frame());
+  Canceller canceller;
+  std::deque<std::string> mailbox;
+  std::vector<std::shared_ptr<Process>> reaped;
+  std::lock_guard<std::mutex> lock(mu_);
+  p.state = ProcessState::kExited;
+  p.exit = stopped && p.exit_reason.ok() ? absl::OkStatus() : p.exit_reason;
+  p.exit_reason = absl::OkStatus();
+  mailbox.swap(p.mailbox);
+  std::swap(canceller, p.canceller);
+  --live_;
+  exited_.push_back(p.pid);
+  while (exited_.size() > options_.retain_exited) {
+    const auto it = processes_.find(exited_.front());
+    if (it != processes_.end()) {
+      reaped.push_back(std::move(it->second));
+      processes_.erase(it);
+    }
+    exited_.pop_front();
+  }
+  exit_cv_.notify_all();
+  // `lock` is released before the locals above are destroyed (reverse declaration order).
 }
 
 void ProcessManager::RunStep(const std::shared_ptr<Process>& process) {
@@ -367,12 +479,7 @@ void ProcessManager::RunStep(const std::shared_ptr<Process>& process) {
                     .count(),
                 " ms reached]"));
       }
-      std::lock_guard<std::mutex> lock(mu_);
-      p.state = ProcessState::kExited;
-      p.exit = stopped && p.exit_reason.ok() ? absl::OkStatus() : p.exit_reason;
-      p.mailbox.clear();
-      --live_;
-      exit_cv_.notify_all();
+      ExitProcess(process, stopped);
       return;
     }
   }
@@ -380,8 +487,7 @@ void ProcessManager::RunStep(const std::shared_ptr<Process>& process) {
   std::lock_guard<std::mutex> lock(mu_);
   if (park && p.mailbox.empty() && !stop.stop_requested()) {
     p.parked = true;
-    ++p.park_generation;
-    timers_.push({Clock::now() + p.spec.idle_interval, p.park_generation, process});
+    p.timer = timers_.emplace(Clock::now() + p.spec.idle_interval, process);
     work_cv_.notify_one();  // a sleeping worker may need the earlier timer
     return;
   }

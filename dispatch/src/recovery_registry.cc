@@ -123,7 +123,7 @@ std::vector<int> RecoveryRegistry::RunAll() {
       } else {
         if (auto log = monitor.logger())
           log->warn("recovery handler failed name={} status={}", Quote(entry.name),
-                    Quote(result.status().ToString()));
+                    Quote(StatusToString(result.status())));
       }
     } catch (...) {
       ::framekit::RethrowIfForcedUnwind();

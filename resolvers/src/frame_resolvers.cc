@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "framekit/base/internal/status.h"
 #include "framekit/base/internal/strings.h"
+#include "framekit/base/internal/name.h"
 #include "framekit/ctx/panic.h"
 
 namespace framekit {
@@ -40,6 +41,9 @@ constexpr absl::string_view kRollbackUrl = AsAbsl(kRollbackFailureUrl);
 absl::Status ValidateRegistration(const ResolverRegistration& r) {
   if (r.name.empty()) {
     return absl::InvalidArgumentError("frame resolver: the name is empty");
+  }
+  if (!base_internal::IsValidName(r.name)) {
+    return absl::InvalidArgumentError(base_internal::InvalidNameMessage("frame resolver", r.name));
   }
   if (!r.fn) {
     return absl::InvalidArgumentError(

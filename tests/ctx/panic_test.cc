@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "absl/strings/cord.h"
 #include "framekit/base/internal/strings.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -88,6 +89,42 @@ TEST(ExtensionPanic, CorruptPayloadReadsAsNothing) {
   status.SetPayload(AsAbsl(kExtensionPanicUrl), absl::Cord("9999:short"));
   EXPECT_TRUE(IsExtensionPanic(status));
   EXPECT_FALSE(GetExtensionPanic(status).has_value());
+}
+
+// Tests that a panic status renders as readable text: no length-prefixed payload bytes, no raw
+// newlines from the stack, every field named.
+TEST(StatusToString, PanicPayloadIsReadable) {
+  ExtensionPanic panic;
+  panic.extension = "billing";
+  panic.phase = Phase::kSetup;
+  panic.type = "std::runtime_error";
+  panic.message = "disk \"full\"";
+  panic.nested = {"std::logic_error: inner"};
+  panic.stack = "#0 0x1 Foo()\n#1 0x2 Bar()\n";
+  const absl::Status status = PanicStatus(panic);
+  const std::string text = StatusToString(status);
+  EXPECT_THAT(text, ::testing::StartsWith("INTERNAL: "));
+  EXPECT_THAT(text, ::testing::HasSubstr("extension=\"billing\""));
+  EXPECT_THAT(text, ::testing::HasSubstr("phase=\"setup\""));
+  EXPECT_THAT(text, ::testing::HasSubstr("type=\"std::runtime_error\""));
+  EXPECT_THAT(text, ::testing::HasSubstr("nested=[\"std::logic_error: inner\"]"));
+  EXPECT_THAT(text, ::testing::HasSubstr("stack_frames=2"));
+  EXPECT_EQ(text.find('\n'), std::string::npos) << text;
+  EXPECT_EQ(text.find("7:billing"), std::string::npos) << text;  // the raw encoding
+  // Status::ToString shows the raw bytes; that is what the helper replaces.
+  EXPECT_NE(status.ToString().find("7:billing"), std::string::npos);
+}
+
+TEST(StatusToString, OtherStatusesAsToStringWithEscapedPayloads) {
+  EXPECT_EQ(StatusToString(absl::OkStatus()), "OK");
+  const absl::Status plain = absl::NotFoundError("no such thing");
+  EXPECT_EQ(StatusToString(plain), plain.ToString());
+  absl::Status binary = absl::InternalError("bad");
+  binary.SetPayload("type.example/Bytes", absl::Cord(std::string("a\0\n\xff", 4)));
+  const std::string text = StatusToString(binary);
+  EXPECT_THAT(text, ::testing::HasSubstr("type.example/Bytes="));
+  EXPECT_EQ(text.find('\n'), std::string::npos) << text;
+  EXPECT_EQ(text.find('\0'), std::string::npos) << text;
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -456,6 +457,28 @@ TEST(FunctionExecutorBulkhead, CountersReportPerFunctionQuarantine) {
   gate.Open();
   WaitForQuarantine(executor, 0);
   EXPECT_EQ(executor.Counters("stuck")->quarantined, 0);
+}
+
+
+// Tests that removing a function makes the fault monitor forget it: a host that registers,
+// faults and removes functions keeps a bounded fault table.
+TEST(FunctionExecutorLifecycle, RemoveForgetsTheFunctionsFaults) {
+  AppContext app;
+  FaultMonitor monitor;
+  FunctionExecutor executor(app, {.monitor = &monitor});
+  for (int i = 0; i < 50; ++i) {
+    const std::string name = absl::StrCat("thrower", i);
+    ASSERT_TRUE(executor
+                    .Register(name,
+                              [](const Frame&, std::string_view, Sink&) -> absl::Status {
+                                throw std::runtime_error("boom");
+                              })
+                    .ok());
+    EXPECT_EQ(executor.Invoke(Frame(), name, "").status().code(), absl::StatusCode::kInternal);
+    EXPECT_EQ(monitor.extension_count(), 1u);
+    ASSERT_TRUE(executor.Remove(name).ok());
+    EXPECT_EQ(monitor.extension_count(), 0u) << name << " is still in the fault table";
+  }
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/guard.h"
 #include "gmock/gmock.h"
@@ -223,6 +224,102 @@ TEST_F(FaultMonitorTest, ConcurrentReportsCountExactly) {
   const auto summaries = sink_->WithPrefix("fault records suppressed");
   ASSERT_EQ(summaries.size(), 1u);
   EXPECT_EQ(SuppressedOf(summaries[0]), kThreads * kPerThread - 1u);
+}
+
+// Tests that a monitor with no logger never writes to stdout, which belongs to the host.
+TEST(FaultMonitor, DefaultRecordsStayOffStdout) {
+  FaultMonitor monitor;
+  ::testing::internal::CaptureStdout();
+  monitor.Report(Panic("noisy", Phase::kPoll));
+  monitor.Report(Panic("noisy", Phase::kPoll));
+  monitor.FlushSuppressed();
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(monitor.faults("noisy", Phase::kPoll), 2u);
+}
+
+// Tests that the table of extensions is bounded: quiet (least recently faulted) entries go first.
+TEST(FaultMonitor, ExtensionTableIsBounded) {
+  auto sink = std::make_shared<CollectingSink>();
+  FaultMonitorOptions options = LoggerOptions(sink);
+  ManualClock clock;
+  options.clock = clock.AsFaultClock();
+  options.max_extensions = 8;
+  FaultMonitor monitor(std::move(options));
+  for (int i = 0; i < 1000; ++i) {
+    monitor.Report(Panic(absl::StrCat("ext", i), Phase::kInvoke));
+    clock.Advance(milliseconds(1));
+  }
+  EXPECT_EQ(monitor.extension_count(), 8u);
+  EXPECT_EQ(monitor.evicted(), 992u);
+  EXPECT_EQ(monitor.faults("ext999", Phase::kInvoke), 1u);
+  EXPECT_EQ(monitor.faults("ext0", Phase::kInvoke), 0u);
+}
+
+// Tests that the least recently faulted entry is evicted, not the oldest inserted.
+TEST(FaultMonitor, EvictsLeastRecentlyFaulted) {
+  auto sink = std::make_shared<CollectingSink>();
+  FaultMonitorOptions options = LoggerOptions(sink);
+  ManualClock clock;
+  options.clock = clock.AsFaultClock();
+  options.max_extensions = 2;
+  FaultMonitor monitor(std::move(options));
+  monitor.Report(Panic("a", Phase::kInvoke));
+  clock.Advance(milliseconds(1));
+  monitor.Report(Panic("b", Phase::kInvoke));
+  clock.Advance(milliseconds(1));
+  monitor.Report(Panic("a", Phase::kInvoke));  // a is the busy one now
+  clock.Advance(milliseconds(1));
+  monitor.Report(Panic("c", Phase::kInvoke));
+  EXPECT_EQ(monitor.faults("a", Phase::kInvoke), 2u);
+  EXPECT_EQ(monitor.faults("b", Phase::kInvoke), 0u);
+  EXPECT_EQ(monitor.faults("c", Phase::kInvoke), 1u);
+}
+
+TEST(FaultMonitor, ForgetDropsNameAndItsVersions) {
+  auto sink = std::make_shared<CollectingSink>();
+  FaultMonitor monitor(LoggerOptions(sink));
+  monitor.Report(Panic("fn@v1", Phase::kInvoke));
+  monitor.Report(Panic("fn", Phase::kSetup));
+  monitor.Report(Panic("fnx@v1", Phase::kInvoke));
+  EXPECT_EQ(monitor.extension_count(), 3u);
+  EXPECT_TRUE(monitor.Forget("fn"));
+  EXPECT_EQ(monitor.extension_count(), 1u);
+  EXPECT_EQ(monitor.faults("fnx@v1", Phase::kInvoke), 1u);
+  EXPECT_FALSE(monitor.Forget("fn"));
+}
+
+// Tests that each deploy of a faulting function replaces its previous version's entry.
+TEST(FaultMonitor, NewVersionReplacesOldVersionEntry) {
+  auto sink = std::make_shared<CollectingSink>();
+  FaultMonitor monitor(LoggerOptions(sink));
+  for (int v = 1; v <= 100; ++v) {
+    monitor.Report(Panic(absl::StrCat("fn@v", v), Phase::kInvoke));
+  }
+  EXPECT_EQ(monitor.extension_count(), 1u);
+  EXPECT_EQ(monitor.faults("fn@v100", Phase::kInvoke), 1u);
+}
+
+// Tests that many threads reporting fresh names stay within the bound.
+TEST(FaultMonitor, ConcurrentReportsOfFreshNamesStayBounded) {
+  auto sink = std::make_shared<CollectingSink>();
+  FaultMonitorOptions options = LoggerOptions(sink);
+  options.max_extensions = 16;
+  options.record_interval = std::chrono::hours(1);
+  FaultMonitor monitor(std::move(options));
+  std::latch go(4);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      go.arrive_and_wait();
+      for (int i = 0; i < 2000; ++i) {
+        monitor.Report(Panic(absl::StrCat("t", t, "-", i), Phase::kInvoke));
+        if (i % 7 == 0) monitor.Forget(absl::StrCat("t", t, "-", i));
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_LE(monitor.extension_count(), 16u);
 }
 
 }  // namespace

@@ -3,12 +3,15 @@
 #include "framekit/dispatch/interceptors.h"
 
 #include <atomic>
+#include <latch>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "framekit/app/app_context.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/panic.h"
@@ -18,6 +21,7 @@
 #include "support/status_matchers.h"
 #include "support/tenant_app.h"
 
+
 namespace framekit::dispatch {
 namespace {
 
@@ -26,6 +30,7 @@ using ::framekit::testing::kTenant;
 using ::framekit::testing::StatusIs;
 using ::framekit::testing::TenantApp;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 TEST(Interceptors, RunInOrderThenName) {
   Interceptors interceptors;
@@ -117,6 +122,118 @@ TEST(FunctionExecutor, ThrowingInterceptorIsIsolated) {
   ASSERT_TRUE(IsExtensionPanic(result.status())) << result.status();
   EXPECT_EQ(GetExtensionPanic(result.status())->extension, "interceptor boom");
   EXPECT_FALSE(ran);
+}
+
+InterceptorFn PassThrough() {
+  return [](Call& call, const Next& next) { return next(call); };
+}
+
+absl::Status RunOnce(const Interceptors& interceptors) {
+  Options options;
+  Call call{
+      .kind = CallKind::kInvoke, .target = "f", .frame = Frame(), .options = &options, .payload = {}};
+  return interceptors.Run(call, [](Call&) { return absl::OkStatus(); });
+}
+
+// Tests that register/unregister churn at run time does not keep every retired snapshot.
+TEST(Interceptors, ChurnKeepsRetainedSnapshotsBounded) {
+  Interceptors interceptors;
+  ASSERT_TRUE(interceptors.Register("base", 1, PassThrough()).ok());
+  for (int i = 0; i < 100000; ++i) {
+    absl::Status s = interceptors.Register("churn", 2, PassThrough());
+    ASSERT_TRUE(s.ok()) << s;
+    s = RunOnce(interceptors);
+    ASSERT_TRUE(s.ok()) << s;
+    s = interceptors.Unregister("churn");
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  EXPECT_LE(interceptors.retained_snapshots(), 2u);
+  EXPECT_EQ(interceptors.names(), std::vector<std::string>{"base"});
+}
+
+// Tests that an unregistered interceptor, and what it captured, is released once no call runs it.
+TEST(Interceptors, UnregisterReleasesCapturesWhenIdle) {
+  Interceptors interceptors;
+  auto resource = std::make_shared<int>(1);
+  ASSERT_TRUE(interceptors
+                  .Register("holder", 1,
+                            [resource](Call& call, const Next& next) { return next(call); })
+                  .ok());
+  EXPECT_TRUE(RunOnce(interceptors).ok());
+  ASSERT_TRUE(interceptors.Unregister("holder").ok());
+  EXPECT_EQ(resource.use_count(), 1);
+}
+
+// Tests that a call inside the chain keeps running an interceptor unregistered meanwhile (the
+// AddressSanitizer build would see a use after free), and that it is released afterwards.
+TEST(Interceptors, ConcurrentUnregisterWhileCallInsideChain) {
+  auto interceptors = std::make_shared<Interceptors>();
+  std::latch inside(1), removed(1);
+  auto resource = std::make_shared<std::string>("kept alive");
+  ASSERT_TRUE(interceptors
+                  ->Register("slow", 1,
+                             [resource, &inside, &removed](Call& call, const Next& next) {
+                               inside.count_down();
+                               removed.wait();
+                               EXPECT_EQ(*resource, "kept alive");
+                               return next(call);
+                             })
+                  .ok());
+  std::thread caller([&] {
+    const absl::Status s = RunOnce(*interceptors);
+    EXPECT_TRUE(s.ok()) << s;
+  });
+  inside.wait();
+  ASSERT_TRUE(interceptors->Unregister("slow").ok());
+  removed.count_down();
+  caller.join();
+  EXPECT_EQ(resource.use_count(), 1);
+  EXPECT_EQ(interceptors->retained_snapshots(), 1u);
+}
+
+// Tests that readers racing with register/unregister churn see whole snapshots.
+TEST(Interceptors, ConcurrentRunsDuringChurn) {
+  Interceptors interceptors;
+  ASSERT_TRUE(interceptors.Register("base", 1, PassThrough()).ok());
+  std::atomic<bool> stop{false};
+  std::latch go(3);
+  std::vector<std::thread> readers;
+  std::atomic<int> failures{0};
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&] {
+      go.arrive_and_wait();
+      while (!stop.load()) {
+        if (!RunOnce(interceptors).ok()) ++failures;
+      }
+    });
+  }
+  go.arrive_and_wait();
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_TRUE(interceptors.Register(absl::StrCat("c", i % 3), 2, PassThrough()).ok());
+    ASSERT_TRUE(interceptors.Unregister(absl::StrCat("c", i % 3)).ok());
+  }
+  stop = true;
+  for (auto& reader : readers) reader.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_LE(interceptors.retained_snapshots(), 3u);
+}
+
+TEST(Interceptors, NamesFollowTheFunctionNameGrammar) {
+  Interceptors interceptors;
+  for (const std::string& bad : {std::string(""), std::string("-lead"), std::string("has space"),
+                                 std::string("slash/x"), std::string(129, 'a')}) {
+    const absl::Status s = interceptors.Register(bad, 1, PassThrough());
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad << ": " << s;
+  }
+  const absl::Status s = interceptors.Register(std::string(100000, '*'), 1, PassThrough());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_LT(s.message().size(), 200u);
+  EXPECT_THAT(s.message(), HasSubstr("..."));
+  for (const std::string& good : {std::string("auth"), std::string("a.b-c_d"), std::string("9x"),
+                                  std::string(128, 'z')}) {
+    const absl::Status ok = interceptors.Register(good, 1, PassThrough());
+    EXPECT_TRUE(ok.ok()) << good << ": " << ok;
+  }
 }
 
 }  // namespace

@@ -398,5 +398,246 @@ TEST(ProcessManager, ConcurrentSendersAndProcessesBesideAFaultingOne) {
   EXPECT_GT(InfoOf(manager.List(), *bad_pid)->faults, 0u);
 }
 
+// Tests that a parent whose deadline already passed never reaches setup.
+TEST(ProcessManager, StartWithExpiredParentDeadlineIsDeadlineExceeded) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::atomic<int> setups{0};
+  ProcessSpec spec = Idle("late");
+  spec.setup = [&](ProcessContext&) {
+    ++setups;
+    return absl::OkStatus();
+  };
+  const Frame expired = Frame().WithDeadline(Clock::now() - std::chrono::seconds(1));
+  auto pid = manager.Start(expired, spec);
+  EXPECT_EQ(pid.status().code(), absl::StatusCode::kDeadlineExceeded) << pid.status();
+  manager.Shutdown();
+  EXPECT_EQ(setups.load(), 0);
+  EXPECT_TRUE(manager.List().empty());
+}
+
+// Tests that a parent whose scope is already cancelled never reaches setup.
+TEST(ProcessManager, StartWithCancelledParentIsCancelled) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::atomic<int> setups{0};
+  ProcessSpec spec = Idle("gone");
+  spec.setup = [&](ProcessContext&) {
+    ++setups;
+    return absl::OkStatus();
+  };
+  auto [parent, canceller] = Frame().WithCancel();
+  canceller.Cancel();
+  auto pid = manager.Start(parent, spec);
+  EXPECT_EQ(pid.status().code(), absl::StatusCode::kCancelled) << pid.status();
+  manager.Shutdown();
+  EXPECT_EQ(setups.load(), 0);
+  EXPECT_TRUE(manager.List().empty());
+}
+
+// Tests that what a process's callbacks captured is released when it exits, not when the
+// manager is destroyed.
+TEST(ProcessManager, ExitReleasesCallbacks) {
+  AppContext app;
+  ProcessManager manager(app);
+  auto resource = std::make_shared<int>(42);
+  ProcessSpec spec = Idle("holder");
+  spec.setup = [resource](ProcessContext&) { return absl::OkStatus(); };
+  spec.poll = [resource](ProcessContext&) { return Step::kDone; };
+  spec.teardown = [resource](ProcessContext&) {};
+  spec.finalize = [resource](ProcessContext&) {};
+  auto pid = manager.Start(Frame(), std::move(spec));
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  auto exit = manager.Wait(*pid, kLong);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_TRUE(exit->status.ok()) << exit->status;
+  EXPECT_EQ(resource.use_count(), 1);
+}
+
+// Tests that exited processes are reaped past the retention bound, and that a reaped pid reads
+// as NotFound with a message saying so.
+TEST(ProcessManager, ExitedProcessesAreReapedPastRetention) {
+  AppContext app;
+  auto manager = ProcessManager::Create(app, {.workers = 2, .retain_exited = 4});
+  ASSERT_TRUE(manager.ok()) << manager.status();
+  std::vector<Pid> pids;
+  for (int i = 0; i < 20; ++i) {
+    ProcessSpec spec = Idle("short");
+    spec.poll = [](ProcessContext&) { return Step::kDone; };
+    auto pid = (*manager)->Start(Frame(), spec);
+    ASSERT_TRUE(pid.ok()) << pid.status();
+    auto exit = (*manager)->Wait(*pid, kLong);
+    ASSERT_TRUE(exit.ok()) << exit.status();
+    pids.push_back(*pid);
+  }
+  EXPECT_EQ((*manager)->process_count(), 4u);
+  EXPECT_EQ((*manager)->List().size(), 4u);
+  // The newest exits are still there for inspection.
+  EXPECT_TRUE((*manager)->Wait(pids.back(), kLong).ok());
+  const absl::Status wait = (*manager)->Wait(pids.front(), kLong).status();
+  EXPECT_EQ(wait.code(), absl::StatusCode::kNotFound) << wait;
+  EXPECT_THAT(wait.message(), HasSubstr("reaped"));
+  const absl::Status stop = (*manager)->Stop(pids.front(), kLong);
+  EXPECT_EQ(stop.code(), absl::StatusCode::kNotFound) << stop;
+  EXPECT_THAT(stop.message(), HasSubstr("reaped"));
+  const absl::Status send = (*manager)->Send(pids.front(), "m");
+  EXPECT_EQ(send.code(), absl::StatusCode::kNotFound) << send;
+  EXPECT_THAT(send.message(), HasSubstr("reaped"));
+  const absl::Status never = (*manager)->Send(999999, "m");
+  EXPECT_EQ(never.code(), absl::StatusCode::kNotFound) << never;
+  EXPECT_THAT(never.message(), HasSubstr("no process"));
+}
+
+// Tests that 10^5 start/stop cycles keep the process table bounded.
+TEST(ProcessManager, StartStopCyclesKeepTableBounded) {
+  AppContext app;
+  ProcessManager manager(app, {.workers = 2, .retain_exited = 8});
+  for (int i = 0; i < 100000; ++i) {
+    auto pid = manager.Start(Frame(), Idle("cycle"));
+    ASSERT_TRUE(pid.ok()) << pid.status();
+    const absl::Status stop = manager.Stop(*pid, kLong);
+    ASSERT_TRUE(stop.ok()) << stop;
+  }
+  EXPECT_LE(manager.process_count(), 8u);
+  EXPECT_EQ(manager.timer_count(), 0u);
+}
+
+// Tests that message round trips to one parked process keep at most one timer for it.
+TEST(ProcessManager, ParkedProcessKeepsOneTimer) {
+  AppContext app;
+  ProcessManager manager(app, {.workers = 1});
+  std::mutex mu;
+  std::condition_variable cv;
+  int handled = 0;
+  ProcessSpec spec = Idle("echo");
+  spec.idle_interval = std::chrono::hours(1);
+  spec.poll = [&](ProcessContext& ctx) {
+    if (!ctx.Receive()) return Step::kIdle;
+    std::lock_guard<std::mutex> lock(mu);
+    ++handled;
+    cv.notify_all();
+    return Step::kIdle;
+  };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  for (int i = 1; i <= 1000; ++i) {
+    ASSERT_TRUE(manager.Send(*pid, "m").ok());
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return handled == i; });
+  }
+  EXPECT_LE(manager.timer_count(), 1u);
+  EXPECT_TRUE(manager.Stop(*pid, kLong).ok());
+  EXPECT_EQ(manager.timer_count(), 0u);
+}
+
+TEST(ProcessManager, CreateRejectsBadOptions) {
+  AppContext app;
+  for (int workers : {0, -3}) {
+    auto manager = ProcessManager::Create(app, {.workers = workers});
+    EXPECT_EQ(manager.status().code(), absl::StatusCode::kInvalidArgument) << manager.status();
+    EXPECT_THAT(manager.status().message(), HasSubstr("workers"));
+  }
+  auto ok = ProcessManager::Create(app, {.workers = 1});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  // The constructor clamps instead: one worker at least.
+  ProcessManager clamped(app, {.workers = -1});
+  EXPECT_EQ(clamped.workers(), 1);
+}
+
+// Tests that spec fields that would busy-spin or make no sense are refused at Start.
+TEST(ProcessManager, StartRejectsBadSpecFields) {
+  AppContext app;
+  ProcessManager manager(app);
+  const auto expect_invalid = [&](ProcessSpec spec, const char* field) {
+    auto pid = manager.Start(Frame(), std::move(spec));
+    EXPECT_EQ(pid.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_THAT(pid.status().message(), HasSubstr(field));
+  };
+  ProcessSpec spec = Idle("p");
+  spec.idle_interval = std::chrono::milliseconds(0);
+  expect_invalid(spec, "idle_interval");
+  spec = Idle("p");
+  spec.idle_interval = std::chrono::milliseconds(-5);
+  expect_invalid(spec, "idle_interval");
+  spec = Idle("p");
+  spec.max_restarts = -1;
+  expect_invalid(spec, "max_restarts");
+  spec = Idle("p");
+  spec.restart_window = std::chrono::seconds(-1);
+  expect_invalid(spec, "restart_window");
+  spec = Idle("p");
+  spec.poll_faults.window = std::chrono::seconds(-1);
+  expect_invalid(spec, "poll_faults");
+  EXPECT_TRUE(manager.List().empty());
+}
+
+// Tests that a bad name's error echoes a bounded prefix, not the whole input.
+TEST(ProcessManager, BadNameErrorIsBounded) {
+  AppContext app;
+  ProcessManager manager(app);
+  auto pid = manager.Start(Frame(), Idle(std::string(10000, '!')));
+  EXPECT_EQ(pid.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(pid.status().message().size(), 200u) << pid.status();
+  EXPECT_THAT(pid.status().message(), HasSubstr("..."));
+}
+
+// Tests that destroying the manager with running and parked processes stops them all.
+TEST(ProcessManager, DestroyWithProcessesRunning) {
+  AppContext app;
+  std::atomic<int> finalizes{0};
+  std::latch busy_running(1);
+  {
+    ProcessManager manager(app, {.workers = 2});
+    ProcessSpec busy = Idle("busy");
+    std::atomic<bool> counted{false};
+    busy.poll = [&](ProcessContext&) {
+      if (!counted.exchange(true)) busy_running.count_down();
+      return Step::kBusy;
+    };
+    busy.finalize = [&](ProcessContext&) { ++finalizes; };
+    ASSERT_TRUE(manager.Start(Frame(), busy).ok());
+    ProcessSpec parked = Idle("parked");
+    parked.idle_interval = std::chrono::hours(1);
+    parked.finalize = [&](ProcessContext&) { ++finalizes; };
+    ASSERT_TRUE(manager.Start(Frame(), parked).ok());
+    busy_running.wait();
+  }
+  EXPECT_EQ(finalizes.load(), 2);
+}
+
+// Tests that a poll may start, stop and message other processes, and stop itself with a zero
+// grace, without deadlocking the manager.
+TEST(ProcessManager, ConcurrentPollReentersManager) {
+  AppContext app;
+  ProcessManager manager(app, {.workers = 2});
+  std::latch done(1);
+  std::atomic<int> children{0};
+  ProcessSpec parent = Idle("parent");
+  parent.poll = [&](ProcessContext& ctx) {
+    for (int i = 0; i < 50; ++i) {
+      ProcessSpec child = Idle("child");
+      child.poll = [&](ProcessContext&) {
+        ++children;
+        return Step::kDone;
+      };
+      auto pid = manager.Start(Frame(), child);
+      if (!pid.ok()) return Step::kDone;
+      (void)manager.Send(*pid, "hi");
+      (void)manager.Stop(*pid, std::chrono::seconds(0));
+    }
+    (void)manager.Stop(ctx.pid(), std::chrono::seconds(0));  // itself: requests, never waits
+    done.count_down();
+    return Step::kIdle;
+  };
+  auto pid = manager.Start(Frame(), parent);
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  done.wait();
+  auto exit = manager.Wait(*pid, kLong);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_TRUE(exit->status.ok()) << exit->status;
+  manager.Shutdown();
+  EXPECT_EQ(manager.timer_count(), 0u);
+}
+
 }  // namespace
 }  // namespace framekit::dispatch

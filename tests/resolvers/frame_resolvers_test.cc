@@ -507,5 +507,26 @@ TEST(FrameResolvers, ConcurrentRegistrationsAllLand) {
   EXPECT_EQ(resolvers.size(), static_cast<std::size_t>(kWriters * kEach + 1));
 }
 
+// Tests that resolver names follow the function-name grammar and that errors echo a bounded
+// prefix of the input.
+TEST(FrameResolvers, NamesFollowTheFunctionNameGrammar) {
+  FrameResolvers registry;
+  const auto noop = [](const Frame&, const Options&, PairList&) { return absl::OkStatus(); };
+  for (const std::string& bad : {std::string("-lead"), std::string("has space"),
+                                 std::string("a/b"), std::string(129, 'a')}) {
+    const absl::Status s = registry.Register(bad, 1, noop);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad << ": " << s;
+  }
+  const absl::Status long_bad = registry.Register(std::string(100000, '#'), 1, noop);
+  EXPECT_EQ(long_bad.code(), absl::StatusCode::kInvalidArgument) << long_bad;
+  EXPECT_LT(long_bad.message().size(), 200u);
+  EXPECT_THAT(long_bad.message(), ::testing::HasSubstr("..."));
+  for (const std::string& good : {std::string("net.overlay"), std::string("a_b-c"),
+                                  std::string("0x"), std::string(128, 'z')}) {
+    const absl::Status ok = registry.Register(good, 1, noop);
+    EXPECT_TRUE(ok.ok()) << good << ": " << ok;
+  }
+}
+
 }  // namespace
 }  // namespace framekit

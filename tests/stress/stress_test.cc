@@ -76,6 +76,7 @@
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/function_executor.h"
 #include "framekit/dispatch/interceptors.h"
+#include "framekit/dispatch/process_manager.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gtest/gtest.h"
 #include "spdlog/logger.h"
@@ -1555,6 +1556,86 @@ TEST(StressExecutorCounters, EachThrowIsCountedOnceByTheFunctionItHitIn) {
   EXPECT_EQ(GetExtensionPanic(resolved.status())->phase, Phase::kResolve);
   EXPECT_EQ(counters("guarded").faults, 3u);
   EXPECT_EQ(counters("guarded").errors, 4u);  // 2 direct, 1 nested, 1 resolver
+}
+
+// Resident set size in KiB, from /proc/self/statm; 0 when unreadable. A figure, never asserted.
+std::uint64_t RssKiB() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  unsigned long long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%llu %llu", &size, &resident);
+  std::fclose(f);
+  if (n != 2) return 0;
+  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE)) / 1024;
+}
+
+// Soak: start/stop cycles with faulting polls, on a manager and a monitor with small bounds.
+// Every table stays within its bound however long it runs (10^5 cycles at scale 1 is the
+// default for FRAMEKIT_STRESS_SOAK; the quick run does 2,000 x scale).
+TEST(StressLifecycle, ConcurrentStartStopAndFaultsKeepTablesBounded) {
+  const bool soak = EnvU64("FRAMEKIT_STRESS_SOAK", 0) != 0;
+  const int cycles = soak ? 100000 : static_cast<int>(2000 * Scale());
+  FaultMonitorOptions monitor_options;
+  monitor_options.logger = std::make_shared<spdlog::logger>(
+      "soak", std::make_shared<spdlog::sinks::null_sink_mt>());
+  monitor_options.max_extensions = 32;
+  FaultMonitor monitor(std::move(monitor_options));
+  AppContext app;
+  auto manager = ProcessManager::Create(app, {.workers = 2, .monitor = &monitor,
+                                              .retain_exited = 16});
+  ASSERT_TRUE(manager.ok()) << manager.status();
+  const std::uint64_t rss_before = RssKiB();
+  std::mt19937_64 rng(Seed());
+  constexpr int kThreads = 2;
+  std::latch go(kThreads);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t, seed = rng()] {
+      std::mt19937_64 local(seed);
+      go.arrive_and_wait();
+      for (int i = t; i < cycles; i += kThreads) {
+        ProcessSpec spec;
+        // Fresh names (and versions) churn the monitor's table.
+        spec.name = absl::StrCat("soak", local() % 100000, "@v", local() % 4);
+        spec.name[spec.name.find('@')] = '_';
+        auto payload = std::make_shared<std::string>(256, 'x');  // released at exit
+        const bool faulty = local() % 3 == 0;
+        spec.poll = [payload, faulty](ProcessContext& ctx) -> Step {
+          if (faulty) throw std::runtime_error("soak fault");
+          return ctx.Receive() ? Step::kBusy : Step::kIdle;
+        };
+        spec.idle_interval = std::chrono::milliseconds(1 + local() % 5);
+        auto pid = (*manager)->Start(Frame(), std::move(spec));
+        if (!pid.ok()) {
+          ++failures;
+          continue;
+        }
+        (void)(*manager)->Send(*pid, "m");
+        if (!(*manager)->Stop(*pid, std::chrono::seconds(30)).ok()) ++failures;
+        // Monitor churn beside the manager: a faulting function, redeployed and removed.
+        ExtensionPanic panic;
+        panic.extension = absl::StrCat("fn", local() % 5000, "@v", local() % 8);
+        panic.phase = Phase::kInvoke;
+        monitor.Report(panic);
+        if (local() % 4 == 0) monitor.Forget(panic.extension.substr(0, panic.extension.find('@')));
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  const std::uint64_t rss_after = RssKiB();
+  std::printf("[ lifecycle soak ] cycles=%d rss_before=%llu KiB rss_after=%llu KiB (+%lld KiB) "
+              "processes=%zu timers=%zu monitor_extensions=%zu evicted=%llu seed=%llu\n",
+              cycles, static_cast<unsigned long long>(rss_before),
+              static_cast<unsigned long long>(rss_after),
+              static_cast<long long>(rss_after) - static_cast<long long>(rss_before),
+              (*manager)->process_count(), (*manager)->timer_count(), monitor.extension_count(),
+              static_cast<unsigned long long>(monitor.evicted()),
+              static_cast<unsigned long long>(Seed()));
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_LE((*manager)->process_count(), 16u);
+  EXPECT_EQ((*manager)->timer_count(), 0u);
+  EXPECT_LE(monitor.extension_count(), 32u);
 }
 
 }  // namespace

@@ -60,6 +60,13 @@ ExtensionPanic DescribeCurrentException(std::string_view extension, Phase phase)
 // Internal-code status "extension \"E\" threw in phase P: TYPE: MESSAGE" carrying `panic`.
 absl::Status PanicStatus(const ExtensionPanic& panic);
 
+// `status` as one readable line for logs: "CODE: message" as Status::ToString has it, but an
+// ExtensionPanic payload is rendered field by field ([ExtensionPanic extension="E" phase="P"
+// type="T" message="M" nested=[...] stack_frames=N]) instead of as its raw length-prefixed
+// bytes, and any other payload, and the message, with non-printable bytes escaped. framekit
+// logs every status through it.
+std::string StatusToString(const absl::Status& status);
+
 // Whether `status` carries an ExtensionPanic.
 bool IsExtensionPanic(const absl::Status& status);
 // The ExtensionPanic `status` carries, or nullopt.

@@ -4,13 +4,17 @@
 // The guards of framekit/dispatch/guard.h report each fault they catch to a FaultMonitor: the
 // process-wide DefaultFaultMonitor() unless the caller names its own. A monitor
 //   - writes one spdlog record per fault: extension, phase, type, message, nested levels and the
-//     throw-site stack, at error level;
+//     throw-site stack, at error level, to the logger it was given or else to stderr (never
+//     stdout, which belongs to the host);
 //   - rate-limits those records per (extension, phase): at most one full record per
 //     `record_interval`, the rest counted and summed up in one "suppressed N" record;
 //   - counts every fault exactly per (extension, phase), readable as a snapshot or in the
 //     Prometheus text exposition format;
 //   - applies a FaultPolicy per extension: K faults within T raise an alarm (an error record
-//     and the host's callback) once per episode, and yield the verdict dispatchers act on.
+//     and the host's callback) once per episode, and yield the verdict dispatchers act on;
+//   - keeps at most `max_extensions` extensions: the least recently faulted one is evicted
+//     (its pending "suppressed N" summary written first), one entry per function across its
+//     versions ("fn@v2" replaces "fn@v1"), and Forget drops a removed function's entries.
 //
 // Example:
 //   framekit::dispatch::FaultMonitorOptions options;
@@ -40,6 +44,10 @@
 #include "framekit/dispatch/fault_policy.h"
 #include "spdlog/logger.h"
 
+namespace framekit::dispatch_internal {
+struct FaultSummary;  // one pending "suppressed N" summary
+}  // namespace framekit::dispatch_internal
+
 namespace framekit::dispatch {
 
 // The alarm raised when an extension reaches its fault intensity limit.
@@ -67,7 +75,8 @@ struct FaultReport {
 };
 
 struct FaultMonitorOptions {
-  // Where records go. Null: spdlog::default_logger(), looked up at each record.
+  // Where records go. Null: framekit's own logger "framekit", writing to stderr. (Not
+  // spdlog's default logger, which writes to stdout: a host's output must stay its own.)
   std::shared_ptr<spdlog::logger> logger;
   // Injectable clock for the rate limit and the fault policy. Empty: the steady clock.
   FaultClock clock;
@@ -80,6 +89,10 @@ struct FaultMonitorOptions {
   // Re-entrancy: it may call any FaultMonitor method. An exception it throws is logged and
   // swallowed: the alarm callback runs inside a guard's fault path.
   std::function<void(const FaultAlarm&)> on_alarm;
+  // At most this many extensions are tracked (0 counts as 1). Reporting a new one past that
+  // evicts the least recently faulted: its counters and fault-policy window are lost (counted
+  // by evicted()), so an extension faulting again after eviction starts a fresh episode.
+  std::size_t max_extensions = 1024;
 };
 
 // Thread-safe. Bookkeeping happens under one internal mutex held only for counter and window
@@ -114,6 +127,16 @@ class FaultMonitor {
   // phase} and framekit_fault_alarms_total{extension}.
   std::string RenderPrometheus() const;
 
+  // Drops `extension`'s counters and window, and when `extension` has no "@", those of every
+  // version "extension@..." too (what the executor reports a deployed version under). Writes
+  // any pending "suppressed N" summary first. Returns whether anything was dropped. For a host
+  // removing a function: the executor calls it on Remove.
+  bool Forget(std::string_view extension);
+  // Extensions tracked now: at most max_extensions.
+  std::size_t extension_count() const;
+  // Extensions dropped by the capacity bound or by a newer version (not by Forget).
+  std::uint64_t evicted() const;
+
   // The logger records go to (the default logger when none was given).
   std::shared_ptr<spdlog::logger> logger() const;
   // The monitor's clock, read.
@@ -134,14 +157,22 @@ class FaultMonitor {
     std::array<PhaseState, kPhases> phases;
     FaultIntensity intensity;
     std::uint64_t alarms = 0;
+    std::chrono::steady_clock::time_point last_fault{};
   };
+  // Finds or inserts `name`, evicting to stay within max_extensions.
+  ExtensionState& EntryLocked(const std::string& name, std::chrono::steady_clock::time_point now,
+                              std::vector<dispatch_internal::FaultSummary>& summaries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseLocked(const std::string& name, std::chrono::steady_clock::time_point now,
+                   std::vector<dispatch_internal::FaultSummary>& summaries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WriteSummaries(const std::vector<dispatch_internal::FaultSummary>& summaries) const noexcept;
 
   const FaultMonitorOptions options_;
   mutable std::mutex mu_;
   absl::flat_hash_map<std::string, ExtensionState> extensions_ ABSL_GUARDED_BY(mu_);
+  std::uint64_t evicted_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// The process-wide monitor the guards use when the caller names none: the default spdlog
+// The process-wide monitor the guards use when the caller names none: framekit's stderr
 // logger, the steady clock, the default FaultPolicy and no alarm callback. Never destroyed.
 FaultMonitor& DefaultFaultMonitor();
 

@@ -9,13 +9,20 @@
 //             the process with that reason;
 //   teardown  under CallTeardown (faults logged and swallowed), skipped after a failed setup;
 //   finalize  under CallFinalize (faults logged and swallowed), always.
-// Steps are scheduled on the manager's workers: an idle process holds no thread. A process that
-// exits with an error is restarted when its spec says so, at most `max_restarts` times within
-// `restart_window`; past that it stays down with its last error.
+// Steps are scheduled on the manager's workers: an idle process holds no thread, and a parked
+// process holds exactly one timer, so the timer queue is bounded by the live processes. A
+// process that exits with an error is restarted when its spec says so, at most `max_restarts`
+// times within `restart_window`; past that it stays down with its last error.
+// At exit a process's callbacks (setup, poll, teardown, finalize) are destroyed, releasing what
+// they captured, and its mailbox and frame are dropped; only its pid, name, counters and exit
+// status stay, for the last `retain_exited` exits. Older exits are reaped: Wait, Stop and Send
+// then fail with NotFound ("process N exited and was reaped"), and List no longer shows them.
 //
 // clang-format off
 // Example:
-//   framekit::dispatch::ProcessManager manager(app, {.workers = 4});
+// clang-format off
+//   FRAMEKIT_ASSIGN_OR_RETURN(std::unique_ptr<framekit::dispatch::ProcessManager> manager,
+//                             framekit::dispatch::ProcessManager::Create(app, {.workers = 4}));
 //   framekit::dispatch::ProcessSpec spec;
 //   spec.name = "echo";
 //   spec.poll = [](framekit::dispatch::ProcessContext& ctx) {
@@ -24,11 +31,10 @@
 //     Handle(ctx.frame(), *message);
 //     return framekit::dispatch::Step::kBusy;
 //   };
-//   absl::StatusOr<framekit::dispatch::Pid> pid =
-//       manager.Start(parent, spec, {{"tenant", "acme"}});
-//   FRAMEKIT_RETURN_IF_ERROR(pid.status());
-//   FRAMEKIT_RETURN_IF_ERROR(manager.Send(*pid, "hello"));
-//   FRAMEKIT_RETURN_IF_ERROR(manager.Stop(*pid, std::chrono::seconds(1)));
+//   FRAMEKIT_ASSIGN_OR_RETURN(framekit::dispatch::Pid pid,
+//                             manager->Start(parent, spec, {{"tenant", "acme"}}));
+//   FRAMEKIT_RETURN_IF_ERROR(manager->Send(pid, "hello"));
+//   FRAMEKIT_RETURN_IF_ERROR(manager->Stop(pid, std::chrono::seconds(1)));
 // clang-format on
 #ifndef FRAMEKIT_DISPATCH_PROCESS_MANAGER_H_
 #define FRAMEKIT_DISPATCH_PROCESS_MANAGER_H_
@@ -42,7 +48,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <queue>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -110,19 +115,23 @@ struct ProcessSpec {
   // 1-128 of [A-Za-z0-9_.-], starting with a letter or digit (the grammar the executor uses
   // too); also the extension name faults are reported under.
   std::string name;
+  // Copied into the manager at Start; destroyed when the process exits (after finalize).
   std::function<absl::Status(ProcessContext&)> setup = nullptr;  // optional
   std::function<Step(ProcessContext&)> poll = nullptr;           // required
   std::function<void(ProcessContext&)> teardown = nullptr;       // optional
   std::function<void(ProcessContext&)> finalize = nullptr;       // optional
   // Send fails with ResourceExhausted when this many messages are waiting.
   std::size_t mailbox_capacity = 64;
-  // How long a kIdle poll parks the process when no message or stop arrives.
+  // How long a kIdle poll parks the process when no message or stop arrives. Must be positive:
+  // Start refuses 0 or less (it would poll in a busy loop).
   std::chrono::milliseconds idle_interval{10};
-  // K poll faults within T stop the process (any verdict but kContinue stops it).
+  // K poll faults within T stop the process (any verdict but kContinue stops it). A negative
+  // window is refused at Start; max_faults <= 0 never stops it (see FaultPolicy).
   FaultPolicy poll_faults = {
       .max_faults = 5, .window = std::chrono::seconds(10), .on_trip = FaultVerdict::kEvict};
   RestartPolicy restart = RestartPolicy::kNever;
-  // At most this many restarts within `restart_window`; then the process stays down.
+  // At most this many restarts within `restart_window`; then the process stays down. Start
+  // refuses a negative max_restarts or restart_window.
   int max_restarts = 3;
   std::chrono::nanoseconds restart_window = std::chrono::seconds(60);
 };
@@ -144,63 +153,87 @@ struct ProcessInfo {
   absl::Status exit;  // meaningful once kExited
 };
 
+// Checked by ProcessManager::Create (InvalidArgument); the constructor clamps instead.
 struct ProcessManagerOptions {
-  // Worker threads; every process step runs on one of them.
+  // Worker threads; every process step runs on one of them. 1..ProcessManager::kMaxWorkers.
   int workers = 4;
   // Run on Start around admission (CallKind::kStart): a refusal means the process never starts.
   std::shared_ptr<const Interceptors> interceptors = nullptr;
   // Receives faults; nullptr: DefaultFaultMonitor(). Must outlive the manager.
   FaultMonitor* monitor = nullptr;
+  // How many exited processes are kept for Wait, Stop and List, newest first; older exits are
+  // reaped (NotFound). 0 reaps at exit: only a Wait already waiting sees the exit status.
+  std::size_t retain_exited = 64;
 };
 
-// Thread-safety: thread-safe. Lifecycle code never runs under the manager's lock.
-// NOTE: exited processes are kept (for Wait and List) until the manager is destroyed.
+// Thread-safety: thread-safe. Lifecycle code, and the destructors of what a spec captured,
+// never run under the manager's lock.
+// NOTE: only the last `retain_exited` exited processes are kept; see the file comment.
 class ProcessManager {
  public:
-  // `app` supplies the FrameResolvers and must outlive the manager.
+  static constexpr int kMaxWorkers = 1024;
+
+  // `app` supplies the FrameResolvers and must outlive the manager. Options out of range are
+  // clamped (workers to [1, kMaxWorkers]); use Create to have them refused instead.
   explicit ProcessManager(const AppContext& app, ProcessManagerOptions options = {});
+  // As the constructor, but InvalidArgument (naming the field) for options out of range.
+  static absl::StatusOr<std::unique_ptr<ProcessManager>> Create(const AppContext& app,
+                                                               ProcessManagerOptions options = {});
+  // OK, or the InvalidArgument Create would return for `options`.
+  static absl::Status Validate(const ProcessManagerOptions& options);
   // Shutdown().
   ~ProcessManager();
   ProcessManager(const ProcessManager&) = delete;
   ProcessManager& operator=(const ProcessManager&) = delete;
 
   // Starts `spec` with `options` and returns its pid; setup runs asynchronously (its failure
-  // is the exit status Wait returns). Fails, and nothing starts, with InvalidArgument for a bad
-  // spec, the resolver's error (`frame resolver "NAME": ...`), an interceptor's status, or
-  // FailedPrecondition after Shutdown().
+  // is the exit status Wait returns). Fails, and nothing starts (setup never runs), with
+  // InvalidArgument for a bad spec (name outside the grammar, no poll, mailbox_capacity 0,
+  // idle_interval <= 0, negative max_restarts or windows), DeadlineExceeded when `parent`'s
+  // deadline has passed, Cancelled when `parent`'s scope is cancelled, the resolver's error
+  // (`frame resolver "NAME": ...`), an interceptor's status, or FailedPrecondition after
+  // Shutdown().
   absl::StatusOr<Pid> Start(const Frame& parent, ProcessSpec spec, const Options& options = {});
-  // Queues `message`. NotFound for an unknown pid; FailedPrecondition once the process is
+  // Queues `message`. NotFound for an unknown or reaped pid; FailedPrecondition once the process is
   // stopping or exited; ResourceExhausted when the mailbox is full (never a silent drop).
   absl::Status Send(Pid pid, std::string message);
   // Cancels the process's frame (its stop token fires) and waits up to `grace` for it to exit.
   // OK when it exited in time (or had already); DeadlineExceeded when it overran `grace` (it
-  // still exits when its current step returns); NotFound for an unknown pid.
+  // still exits when its current step returns); NotFound for an unknown or reaped pid.
+  // NOTE: from a process's own lifecycle function, use a zero grace: it cannot exit while the
+  // call that waits for it is running.
   absl::Status Stop(Pid pid, Clock::duration grace);
   // Waits up to `timeout` for the process to exit and returns how it ended. Its status is OK
   // after kDone or a Stop, setup's error (an ExtensionPanic when setup threw), or Aborted
   // carrying the last ExtensionPanic when poll faults reached the spec's policy. Fails with
-  // NotFound for an unknown pid, DeadlineExceeded when it is still running at the timeout.
+  // NotFound for an unknown or reaped pid (a Wait already waiting when the process exits gets
+  // its exit even if it is reaped), DeadlineExceeded when it is still running at the timeout.
   absl::StatusOr<ProcessExit> Wait(Pid pid, Clock::duration timeout);
-  // Every process, by pid.
+  // Every live process and the retained exited ones, by pid.
   std::vector<ProcessInfo> List() const;
   // Stops every process, waits for them to exit, joins every worker. Idempotent.
   // NOTE: blocks while a lifecycle function ignores its stop token.
   void Shutdown();
 
+  // Entries in the process table: live processes plus at most `retain_exited` exited ones.
+  std::size_t process_count() const;
+  // Pending park timers: at most one per parked process.
+  std::size_t timer_count() const;
+  // Worker threads running (after clamping).
+  int workers() const { return static_cast<int>(workers_.size()); }
+
  private:
   friend class ProcessContext;
   struct Process;
-  struct Timer {
-    Clock::time_point at;
-    std::uint64_t generation;
-    std::shared_ptr<Process> process;
-    bool operator>(const Timer& other) const { return at > other.at; }
-  };
+  using TimerQueue = std::multimap<Clock::time_point, std::shared_ptr<Process>>;
 
   void WorkerLoop();
   void RunStep(const std::shared_ptr<Process>& process);
   void WakeLocked(const std::shared_ptr<Process>& process) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<Process> Find(Pid pid) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status NotFoundLocked(Pid pid) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExitProcess(const std::shared_ptr<Process>& process, bool stopped);
+  static absl::Status CheckParent(const Frame& parent, std::string_view name);
 
   const AppContext& app_;
   const ProcessManagerOptions options_;
@@ -211,7 +244,8 @@ class ProcessManager {
   std::condition_variable exit_cv_;  // a process exited
   std::map<Pid, std::shared_ptr<Process>> processes_ ABSL_GUARDED_BY(mu_);
   std::deque<std::shared_ptr<Process>> run_queue_ ABSL_GUARDED_BY(mu_);
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_ ABSL_GUARDED_BY(mu_);
+  TimerQueue timers_ ABSL_GUARDED_BY(mu_);          // parked processes by wake-up time
+  std::deque<Pid> exited_ ABSL_GUARDED_BY(mu_);    // retained exits, oldest first
   Pid next_pid_ ABSL_GUARDED_BY(mu_) = 1;
   int live_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

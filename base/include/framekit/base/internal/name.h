@@ -1,5 +1,6 @@
-// The one name grammar for things a host registers by name: functions, processes (and the
-// extension names faults are reported under).
+// The one name grammar for things a host registers by name: functions, processes, frame
+// resolvers, interceptors (and the extension names faults are reported under), and the bounded
+// echo of user input in error messages.
 //
 // Grammar: 1 to kMaxNameLength characters of [A-Za-z0-9_.-], the first a letter or a digit.
 // The first-character rule keeps names usable as file names, metric labels and log fields
@@ -8,14 +9,24 @@
 #define FRAMEKIT_BASE_INTERNAL_NAME_H_
 
 #include <cstddef>
+#include <string>
 #include <string_view>
 
 namespace framekit::base_internal {
 
 inline constexpr std::size_t kMaxNameLength = 128;
+// At most this many bytes of user input are echoed in an error message.
+inline constexpr std::size_t kEchoPrefix = 64;
 
 // Whether `name` follows the grammar above.
 bool IsValidName(std::string_view name);
+
+// `input` for an error message: at most kEchoPrefix bytes, then "..." when it was longer;
+// control, quote, backslash and non-ASCII bytes as \xNN, so a message stays one printable line.
+std::string EchoPrefix(std::string_view input);
+
+// "KIND name \"ECHO\" is invalid: use 1-128 of [A-Za-z0-9_.-], starting with a letter or digit".
+std::string InvalidNameMessage(std::string_view kind, std::string_view name);
 
 }  // namespace framekit::base_internal
 
