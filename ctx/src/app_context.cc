@@ -65,6 +65,11 @@ void AppContext::Seal() {
   sealed_.store(true, std::memory_order_release);
 }
 
+void AppContext::SealFrameResolvers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (staged_registry_ != nullptr) staged_registry_->Seal();
+}
+
 void AppContext::BeginStage() {
   std::lock_guard<std::mutex> lock(mu_);
   staging_ = true;

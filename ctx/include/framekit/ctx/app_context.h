@@ -45,6 +45,8 @@ class StagedRegistry {
   virtual absl::Status CommitStaging() = 0;
   // Drops what was held back; stops staging.
   virtual void AbortStaging() = 0;
+  // Refuses every later registration (FailedPrecondition). Idempotent.
+  virtual void Seal() = 0;
 
  protected:
   ~StagedRegistry() = default;
@@ -91,9 +93,12 @@ class AppContext {
   std::shared_ptr<FrameResolvers> shared_frame_resolvers() const;
 
   // Refuses every later write. Idempotent. Does not seal the FrameResolvers (it has its own
-  // Seal(), which the host calls when its registrations are done).
+  // Seal(); SealFrameResolvers() below; BootSequence::Run seals both).
   void Seal();
   bool sealed() const { return sealed_.load(std::memory_order_acquire); }
+  // Seals the installed FrameResolvers: every later Register fails with FailedPrecondition.
+  // Idempotent; does nothing when no registry is installed.
+  void SealFrameResolvers();
 
   // Boot staging, used by the boot sequence around each component: writes made after
   // BeginStage() are kept by CommitStage() and undone by AbortStage(), including the
