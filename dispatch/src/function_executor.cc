@@ -14,7 +14,9 @@
 #include "framekit/ctx/internal/status_macros.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/guard.h"
+#include "framekit/dispatch/internal/call_identity.h"
 #include "framekit/resolvers/frame_resolvers.h"
+#include "framekit/resolvers/internal/echo.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -104,6 +106,13 @@ bool InterceptorFaulted(const absl::Status& status, bool handler_ran,
 }
 
 }  // namespace
+
+std::vector<std::string_view> FunctionExecutor::OwnOptionKeys(
+    const FunctionExecutorOptions& options) {
+  std::vector<std::string_view> keys = {kTimeoutOption, kCallerOption, kTraceIdOption};
+  keys.insert(keys.end(), options.option_keys.begin(), options.option_keys.end());
+  return keys;
+}
 
 const Key<std::string>& TraceIdKey() {
   static const Key<std::string> key{"framekit.trace_id"};
@@ -381,7 +390,8 @@ absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::Fi
     std::string_view name) const {
   const auto it = functions_.find(AbslView(name));
   if (it == functions_.end()) {
-    return absl::NotFoundError(absl::StrCat("function \"", AbslView(name), "\" not found"));
+    return absl::NotFoundError(
+        absl::StrCat("function \"", resolvers_internal::Echo(name), "\" not found"));
   }
   return it->second;
 }
@@ -458,19 +468,22 @@ absl::Status FunctionExecutor::Dispatch(const Frame& parent, std::string_view na
     }
   }
 
-  // 2-3. The call's frame.
+  // 2-5. Strict options, identity, the call's frame.
   Frame frame = parent.Fork();
   absl::Status status;
-  {
+  if (!options_.allow_undeclared_options) {
+    status = framekit::CheckOptions(app_.frame_resolvers(), *merged, own_option_keys_);
+  }
+  dispatch_internal::CallIdentity identity;
+  if (status.ok() && !merged->empty()) {
+    status = dispatch_internal::ReadCallIdentity(frame, *merged, options_.allow_caller_option,
+                                                 identity);
+  }
+  if (status.ok()) {
     PairList pairs;
     status = framekit::Resolve(app_.frame_resolvers(), frame, *merged, pairs);
+    if (status.ok()) status = dispatch_internal::AppendCallIdentity(identity, pairs);
     if (status.ok()) {
-      if (const auto caller = merged->GetString(kCallerOption)) {
-        pairs.push_back(Pair::Of(CallerKey(), CallerContext{.user_id = std::string(*caller)}));
-      }
-      if (const auto trace = merged->GetString(kTraceIdOption)) {
-        pairs.push_back(Pair::Of(TraceIdKey(), std::string(*trace)));
-      }
       if (!pairs.empty()) frame = frame.With(pairs);
       if (const OptionValue* timeout = merged->Get(kTimeoutOption)) {
         const std::int64_t* ms = std::get_if<std::int64_t>(timeout);

@@ -4,9 +4,13 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/ctx/internal/status_macros.h"
 #include "framekit/ctx/panic.h"
+#include "framekit/dispatch/function_executor.h"
 #include "framekit/dispatch/guard.h"
+#include "framekit/dispatch/internal/call_identity.h"
 #include "framekit/resolvers/frame_resolvers.h"
+#include "framekit/resolvers/internal/echo.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -89,6 +93,12 @@ ProcessManager::ProcessManager(const AppContext& app, ProcessManagerOptions opti
 
 ProcessManager::~ProcessManager() { Shutdown(); }
 
+std::vector<std::string_view> ProcessManager::OwnOptionKeys(const ProcessManagerOptions& options) {
+  std::vector<std::string_view> keys = {kCallerOption, kTraceIdOption};
+  keys.insert(keys.end(), options.option_keys.begin(), options.option_keys.end());
+  return keys;
+}
+
 std::shared_ptr<ProcessManager::Process> ProcessManager::Find(Pid pid) const {
   const auto it = processes_.find(pid);
   return it == processes_.end() ? nullptr : it->second;
@@ -97,7 +107,8 @@ std::shared_ptr<ProcessManager::Process> ProcessManager::Find(Pid pid) const {
 absl::StatusOr<Pid> ProcessManager::Start(const Frame& parent, ProcessSpec spec,
                                           const Options& options) {
   if (!ValidName(spec.name)) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid process name \"", spec.name, "\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid process name \"", resolvers_internal::Echo(spec.name), "\""));
   }
   if (!spec.poll) {
     return absl::InvalidArgumentError(absl::StrCat("process \"", spec.name, "\" has no poll"));
@@ -108,8 +119,16 @@ absl::StatusOr<Pid> ProcessManager::Start(const Frame& parent, ProcessSpec spec,
   }
   Frame frame = parent.Fork();
   {
+    if (!options_.allow_undeclared_options) {
+      FRAMEKIT_RETURN_IF_ERROR(
+          framekit::CheckOptions(app_.frame_resolvers(), options, own_option_keys_));
+    }
+    dispatch_internal::CallIdentity identity;
+    FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::ReadCallIdentity(
+        frame, options, options_.allow_caller_option, identity));
     PairList pairs;
     absl::Status status = framekit::Resolve(app_.frame_resolvers(), frame, options, pairs);
+    if (status.ok()) status = dispatch_internal::AppendCallIdentity(identity, pairs);
     if (!status.ok()) return status;
     if (!pairs.empty()) frame = frame.With(pairs);
   }

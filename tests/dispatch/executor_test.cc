@@ -107,7 +107,9 @@ TEST(FunctionExecutor, InterceptorShortCircuitsAndSeesFrameAndOptions) {
                                return next(call);
                              })
                   .ok());
-  FunctionExecutor executor(app.app, {.interceptors = interceptors});
+  // The interceptor reads "over_quota": declared, so that strict options accept it.
+  FunctionExecutor executor(app.app,
+                            {.interceptors = interceptors, .option_keys = {"over_quota"}});
   std::atomic<int> runs{0};
   ASSERT_TRUE(executor
                   .Register("f",
@@ -150,8 +152,8 @@ TEST(FunctionExecutor, ThrowingInterceptorIsIsolated) {
 }
 
 TEST(FunctionExecutor, RegistryLifecycle) {
-  AppContext app;
-  FunctionExecutor executor(app);
+  TenantApp app;  // its resolver reads the "tenant" default below
+  FunctionExecutor executor(app.app);
   EXPECT_EQ(executor.Register("", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("bad name", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("-x", Echo()).code(), absl::StatusCode::kInvalidArgument);
@@ -224,7 +226,7 @@ TEST(FunctionExecutor, FailingResolverKeepsHandlerFromRunning) {
 
 TEST(FunctionExecutor, AttachesCallerAndTraceAndRecordsThem) {
   AppContext app;
-  FunctionExecutor executor(app);
+  FunctionExecutor executor(app, {.allow_caller_option = true});
   ASSERT_TRUE(executor
                   .Register("f",
                             [](const Frame& frame, std::string_view, Sink& out) {

@@ -1,5 +1,5 @@
 // Test support for the dispatcher tests: an app whose registry holds a brand-new "tenant"
-// resolver the dispatchers have never heard of. Its pair proves a resolver reaches handlers and
+// resolver the dispatchers have never heard of; it declares the option key it reads. Its pair proves a resolver reaches handlers and
 // processes generically; the tenant "forbidden" makes resolution fail.
 #ifndef FRAMEKIT_TESTS_DISPATCH_TENANT_APP_H_
 #define FRAMEKIT_TESTS_DISPATCH_TENANT_APP_H_
@@ -19,7 +19,7 @@ struct TenantApp {
   TenantApp() {
     resolvers = std::make_shared<FrameResolvers>();
     EXPECT_TRUE(resolvers
-                    ->Register("test.tenant", 300,
+                    ->Register("test.tenant", 300, {"tenant"},
                                [](const Frame&, const Options& options, PairList& out) {
                                  if (auto tenant = options.GetString("tenant")) {
                                    if (*tenant == "forbidden") {

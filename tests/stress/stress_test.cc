@@ -907,7 +907,7 @@ void SetUpWorld(World& world) {
     if (!status.ok()) world.failures.Add(absl::StrCat(what, ": ", status.ToString()));
   };
   // Invariant 7: a per-call unique pair from the call's options.
-  expect(resolvers.Register("stress.call", 100,
+  expect(resolvers.Register("stress.call", 100, {"call_id"},
                             [live = LiveToken()](const Frame&, const Options& options,
                                                  PairList& out) -> absl::Status {
                               if (const auto id = options.GetInt("call_id")) {
@@ -917,7 +917,7 @@ void SetUpWorld(World& world) {
                               return absl::OkStatus();
                             }),
          "register resolver stress.call");
-  expect(resolvers.Register("stress.faulty_resolver", 150,
+  expect(resolvers.Register("stress.faulty_resolver", 150, {"resolver_fault"},
                             [&world, live = LiveToken()](const Frame&, const Options& options,
                                                          PairList&) -> absl::Status {
                               if (options.GetBool("resolver_fault").value_or(false)) {
@@ -1457,7 +1457,7 @@ TEST(StressQuarantine, ConcurrentCallsFailFastBeyondTheBound) {
 TEST(StressExecutorCounters, EachThrowIsCountedOnceByTheFunctionItHitIn) {
   auto resolvers = std::make_shared<FrameResolvers>();
   ASSERT_TRUE(resolvers
-                  ->Register("boom", 1,
+                  ->Register("boom", 1, {"boom"},
                              [](const Frame&, const Options& options, PairList&) -> absl::Status {
                                if (options.GetBool("boom").value_or(false)) {
                                  throw std::runtime_error("resolver fault");

@@ -41,6 +41,7 @@
 #include <queue>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -145,6 +146,13 @@ struct ProcessManagerOptions {
   std::shared_ptr<const Interceptors> interceptors = nullptr;
   // Receives faults; nullptr: DefaultFaultMonitor(). Must outlive the manager.
   FaultMonitor* monitor = nullptr;
+  // As FunctionExecutorOptions: whether a "caller" option may name the caller of a process
+  // whose frame has none (off: a caller on the frame always wins, an option never replaces it).
+  bool allow_caller_option = false;
+  // As FunctionExecutorOptions: the opt-out of strict options, and the option keys the
+  // interceptors read.
+  bool allow_undeclared_options = false;
+  std::vector<std::string> option_keys = {};
 };
 
 // Thread-safety: thread-safe. Lifecycle code never runs under the manager's lock.
@@ -159,9 +167,13 @@ class ProcessManager {
   ProcessManager& operator=(const ProcessManager&) = delete;
 
   // Starts `spec` with `options` and returns its pid; setup runs asynchronously (its failure
-  // is the exit status Wait returns). Fails, and nothing starts, with InvalidArgument for a bad
-  // spec, the resolver's error (`frame resolver "NAME": ...`), an interceptor's status, or
-  // FailedPrecondition after Shutdown().
+  // is the exit status Wait returns). Options are read as FunctionExecutor reads them: strict
+  // (an option no registered resolver declares, and that is not "caller" or "trace_id" or one
+  // of option_keys, is InvalidArgument, IsUndeclaredOption), with "caller" and "trace_id"
+  // checked and attached as the executor does (kCallerOption, kTraceIdOption). Fails, and
+  // nothing starts, with InvalidArgument for a bad spec or option, PermissionDenied for a
+  // "caller" option, the resolver's error (`frame resolver "NAME": ...`), an interceptor's
+  // status, or FailedPrecondition after Shutdown().
   absl::StatusOr<Pid> Start(const Frame& parent, ProcessSpec spec, const Options& options = {});
   // Queues `message`. NotFound for an unknown pid; FailedPrecondition once the process is
   // stopping or exited; ResourceExhausted when the mailbox is full (never a silent drop).
@@ -211,6 +223,9 @@ class ProcessManager {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool workers_stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;
+  // The keys strict options accept besides the resolvers': the manager's and options_'s.
+  const std::vector<std::string_view> own_option_keys_ = OwnOptionKeys(options_);
+  static std::vector<std::string_view> OwnOptionKeys(const ProcessManagerOptions& options);
 };
 
 }  // namespace framekit::dispatch
