@@ -487,9 +487,9 @@ absl::Status FunctionExecutor::Dispatch(const Frame& parent, std::string_view na
       if (!pairs.empty()) frame = frame.With(pairs);
       if (const OptionValue* timeout = merged->Get(kTimeoutOption)) {
         const std::int64_t* ms = std::get_if<std::int64_t>(timeout);
-        if (ms == nullptr || *ms <= 0) {
-          status = absl::InvalidArgumentError(
-              absl::StrCat("option \"timeout_ms\" must be a positive integer"));
+        if (ms == nullptr || *ms <= 0 || *ms > kMaxTimeoutMs) {
+          status = absl::InvalidArgumentError(absl::StrCat(
+              "option \"timeout_ms\" must be an integer in 1..", kMaxTimeoutMs, " (30 days)"));
         } else {
           frame = frame.WithTimeout(std::chrono::milliseconds(*ms));
         }

@@ -11,14 +11,17 @@
 #include "absl/strings/str_cat.h"
 #include "framekit/ctx/internal/status_macros.h"
 #include "framekit/net/internal/errors.h"
+#include "framekit/resolvers/internal/echo.h"
 
 namespace framekit {
 namespace net_internal {
 
 absl::Status NetworkNotFoundError(std::string_view id, std::string_view what) {
+  // The id may come from a request: echoed bounded and escaped, in the message and the payload.
+  const std::string echo = resolvers_internal::Echo(id);
   absl::Status status = absl::NotFoundError(
-      absl::StrCat("network \"", AsAbsl(id), "\" (", AsAbsl(what), ") is not configured"));
-  status.SetPayload(AsAbsl(net::kNetworkNotFoundUrl), absl::Cord(AsAbsl(id)));
+      absl::StrCat("network \"", echo, "\" (", AsAbsl(what), ") is not configured"));
+  status.SetPayload(AsAbsl(net::kNetworkNotFoundUrl), absl::Cord(echo));
   return status;
 }
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -195,6 +196,73 @@ TEST(FunctionExecutor, HostileOptionKeysAreRejectedWithABoundedEcho) {
     EXPECT_LE(result.status().message().size(), kMaxMessage);
     EXPECT_THAT(result.status().message(), Not(HasSubstr("\n")));
   }
+  EXPECT_EQ(who.runs.load(), 0);
+}
+
+// Tests that a timeout is bounded: a huge one would overflow the deadline arithmetic (undefined
+// behaviour that UBSan reports) instead of being refused.
+TEST(FunctionExecutor, TimeoutIsBounded) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  WhoAmI who;
+  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  for (const std::int64_t ms : {std::numeric_limits<std::int64_t>::max(), kMaxTimeoutMs + 1,
+                                std::int64_t{0}, std::numeric_limits<std::int64_t>::min()}) {
+    absl::StatusOr<std::string> result =
+        executor.Invoke(Frame(), "who", "", {{"timeout_ms", ms}});
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+  }
+  EXPECT_EQ(who.runs.load(), 0);
+  absl::StatusOr<std::string> result =
+      executor.Invoke(Frame(), "who", "", {{"timeout_ms", kMaxTimeoutMs}});
+  EXPECT_TRUE(result.ok()) << result.status();
+}
+
+// Tests that a huge function name is echoed bounded in NotFound.
+TEST(FunctionExecutor, UnknownFunctionNameIsEchoedBounded) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  absl::StatusOr<std::string> result = executor.Invoke(Frame(), std::string(1 << 20, 'f'), "");
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kNotFound) << result.status();
+  EXPECT_LE(result.status().message().size(), kMaxMessage);
+}
+
+// Tests the opt-outs: allow_caller_option lets an option name the caller of a frame that has
+// none (never one that has one); allow_undeclared_options ignores an option nothing reads.
+TEST(FunctionExecutor, OptOutsAreExplicitAndNarrow) {
+  AppContext app;
+  FunctionExecutor executor(app, {.allow_caller_option = true, .allow_undeclared_options = true});
+  WhoAmI who;
+  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  absl::StatusOr<std::string> result =
+      executor.Invoke(Frame(), "who", "", {{"caller", "svc@batch"}, {"netwrok", "tor"}});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, "caller{user=svc@batch}/-");
+  result = executor.Invoke(WithCaller(Frame(), kAdmin), "who", "", {{"caller", "mallory"}});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied) << result.status();
+  // Still typed and bounded.
+  result = executor.Invoke(Frame(), "who", "", {{"caller", std::string(129, 'u')}});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+}
+
+// Tests that a caller a resolver set is not replaced by an option either.
+TEST(FunctionExecutor, CallerOptionCannotReplaceAResolversCaller) {
+  auto resolvers = std::make_shared<FrameResolvers>();
+  ASSERT_TRUE(resolvers
+                  ->Register("auth", 10,
+                             [](const Frame&, const Options&, PairList& out) {
+                               out.push_back(Pair::Of(CallerKey(), kAdmin));
+                               return absl::OkStatus();
+                             })
+                  .ok());
+  AppContext app;
+  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
+  FunctionExecutor executor(app, {.allow_caller_option = true});
+  WhoAmI who;
+  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  absl::StatusOr<std::string> result =
+      executor.Invoke(Frame(), "who", "", {{"caller", "mallory"}});
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied) << result.status();
   EXPECT_EQ(who.runs.load(), 0);
 }
 

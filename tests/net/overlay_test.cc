@@ -84,6 +84,16 @@ TEST(OverlayResolver, UnknownOptionIdIsNotFound) {
   EXPECT_EQ(out.pairs.size(), 0u);
 }
 
+// Tests that a hostile network id is echoed bounded and escaped.
+TEST(OverlayResolver, HugeUnknownIdIsEchoedBounded) {
+  const std::string id = std::string(1 << 20, 'x') + "\n";
+  Outcome out = Apply(OverlayResolver(Networks(), "lan"), Options{{"network", id}});
+  EXPECT_TRUE(IsNetworkNotFound(out.status)) << out.status.message().substr(0, 200);
+  EXPECT_LE(out.status.message().size(), 400u);
+  EXPECT_LE(out.status.GetPayload(absl::string_view(kNetworkNotFoundUrl.data(), kNetworkNotFoundUrl.size()))
+                ->size(), 400u);
+}
+
 TEST(OverlayResolver, UnknownDefaultIsNotFound) {
   Outcome out = Apply(OverlayResolver(Networks(), "i2p"), Options());
   EXPECT_TRUE(IsNetworkNotFound(out.status)) << out.status;

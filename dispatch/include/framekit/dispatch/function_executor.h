@@ -60,7 +60,10 @@
 namespace framekit::dispatch {
 
 // Option keys the executor itself reads (every option also reaches the resolvers).
-inline constexpr std::string_view kTimeoutOption = "timeout_ms";  // int64 > 0: the call's timeout
+// int64 in 1..kMaxTimeoutMs: the call's timeout; anything else is InvalidArgument.
+inline constexpr std::string_view kTimeoutOption = "timeout_ms";
+// 30 days: far beyond any call, far below where a deadline in nanoseconds would overflow.
+inline constexpr std::int64_t kMaxTimeoutMs = std::int64_t{30} * 24 * 3600 * 1000;
 // string, 1-128 of [A-Za-z0-9._:@+-]: the caller's user id, for a call whose frame has no
 // caller, and only where the dispatcher allows it (allow_caller_option). A caller set on the
 // frame always wins: a "caller" option on such a call fails with PermissionDenied (the request
