@@ -87,7 +87,7 @@ int main() {
   Call(app, request, "priority=5", {{"priority", 5}});
   Call(app, request, "tenant=acme (own tenant)", {{"tenant", "acme"}});
   Call(app, request, "tenant=other (refused)", {{"tenant", "other"}});
-  Call(app, request, "priorty=5 (misspelt, refused)", {{"priorty", 5}});
+  Call(app, request, "priorty=5 (misspelt)", {{"priorty", 5}});
   Call(app, framekit::Frame(), "no caller (refused)", {});
 
   // Every call succeeded or failed as shown above; exit 0 only if that is what happened.
