@@ -5,6 +5,7 @@
 // path (target <= 150 ns, no resolvers); Invoke/with_deadline runs the handler on a worker and
 // waits for it (target <= 10 us).
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <string>
 
@@ -15,6 +16,7 @@
 #include "framekit/ctx/frame.h"
 #include "framekit/dispatch/function_executor.h"
 #include "framekit/dispatch/process_manager.h"
+#include "framekit/resolvers/frame_resolvers.h"
 
 namespace framekit::bench {
 namespace {
@@ -65,6 +67,42 @@ void BM_InvokeNoDeadline(benchmark::State& state) {
   allocations.Report(state);
 }
 BENCHMARK(BM_InvokeNoDeadline)->Name("Invoke/no_deadline");
+
+// The strict-options check in the same run as its baseline: Arg 0 is the default (strict),
+// Arg 1 opts out (allow_undeclared_options: no check, the path before strict options). Range 0
+// calls with no options (the check must cost nothing); range 1 with one option a resolver
+// declares ("tenant") and a trace id.
+void BM_InvokeStrictOptions(benchmark::State& state) {
+  auto resolvers = std::make_shared<FrameResolvers>();
+  if (!resolvers
+           ->Register("bench.tenant", 300, {"tenant"},
+                      [](const Frame&, const Options&, PairList&) { return absl::OkStatus(); })
+           .ok()) {
+    state.SkipWithError("Register resolver failed");
+  }
+  AppContext app;
+  if (!app.SetFrameResolvers(resolvers).ok()) state.SkipWithError("SetFrameResolvers failed");
+  dispatch::FunctionExecutor executor(app, {.allow_undeclared_options = state.range(0) == 1});
+  if (!executor.Register("echo", EchoHandler).ok()) state.SkipWithError("Register failed");
+  const Frame parent;
+  const Options options = state.range(1) == 0
+                              ? Options()
+                              : Options{{"tenant", "acme"}, {"trace_id", "4bf92f3577b34da6"}};
+  AllocationScope allocations;
+  for (auto _ : state) {
+    absl::StatusOr<std::string> result = executor.Invoke(parent, "echo", "payload", options);
+    if (!result.ok()) state.SkipWithError("Invoke failed");
+    benchmark::DoNotOptimize(result);
+  }
+  allocations.Report(state);
+}
+BENCHMARK(BM_InvokeStrictOptions)
+    ->Name("Invoke/options")
+    ->ArgNames({"lenient", "with_options"})
+    ->Args({0, 0})
+    ->Args({1, 0})
+    ->Args({0, 1})
+    ->Args({1, 1});
 
 void BM_InvokeWithDeadline(benchmark::State& state) {
   AppContext app;

@@ -63,6 +63,11 @@ void AppContext::Seal() {
   sealed_.store(true, std::memory_order_release);
 }
 
+void AppContext::SealFrameResolvers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (resolvers_ != nullptr) resolvers_->Seal();
+}
+
 void AppContext::BeginStage() {
   std::lock_guard<std::mutex> lock(mu_);
   staging_ = true;

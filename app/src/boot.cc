@@ -147,6 +147,9 @@ absl::Status BootSequence::Run(AppContext& app) {
       return WrapComponentError(name, commit);
     }
   }
+  // A resolver registered after boot would change what every later call resolves, after the
+  // host has checked its wiring: the registry is sealed with the app.
+  app.SealFrameResolvers();
   app.Seal();
   return absl::OkStatus();
 }

@@ -192,6 +192,11 @@ std::uint64_t FaultMonitor::evicted() const {
   return evicted_;
 }
 
+std::uint64_t FaultMonitor::total_faults() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return total_faults_;
+}
+
 FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view detail) noexcept {
   try {
     const auto now = FaultNow(options_.clock);
@@ -207,6 +212,7 @@ FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view 
       ext.last_fault = now;
       PhaseState& state = ext.phases[PhaseIndex(panic.phase)];
       count = ++state.faults;
+      ++total_faults_;
       if (!state.has_record || now - state.last_record >= options_.record_interval) {
         if (state.suppressed_pending > 0) {
           summary = Summary{panic.extension, panic.phase, state.suppressed_pending,

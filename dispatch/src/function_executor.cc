@@ -15,8 +15,10 @@
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/guard.h"
+#include "framekit/dispatch/internal/call_identity.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "worker_pool.h"
+#include "framekit/base/internal/echo.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -97,6 +99,13 @@ bool InterceptorFaulted(const absl::Status& status, bool handler_ran,
 }
 
 }  // namespace
+
+std::vector<std::string_view> FunctionExecutor::OwnOptionKeys(
+    const FunctionExecutorOptions& options) {
+  std::vector<std::string_view> keys = {kTimeoutOption, kCallerOption, kTraceIdOption};
+  keys.insert(keys.end(), options.option_keys.begin(), options.option_keys.end());
+  return keys;
+}
 
 const Key<std::string>& TraceIdKey() {
   static const Key<std::string> key{"framekit.trace_id"};
@@ -620,7 +629,8 @@ absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::Fi
     std::string_view name) const {
   const auto it = functions_.find(AsAbsl(name));
   if (it == functions_.end()) {
-    return absl::NotFoundError(absl::StrCat("function \"", AsAbsl(name), "\" not found"));
+    return absl::NotFoundError(
+        absl::StrCat("function \"", base_internal::Echo(name), "\" not found"));
   }
   return it->second;
 }
@@ -701,16 +711,22 @@ absl::Status FunctionExecutor::PrepareFrame(DispatchCall& call) {
       call.merged = &call.merged_storage;
     }
   }
+  // Strict options: an option no resolver, interceptor or the executor reads is a wiring bug
+  // (a misspelt or unbooted "network" would otherwise run with no route).
+  if (!options_.allow_undeclared_options) {
+    FRAMEKIT_RETURN_IF_ERROR(
+        framekit::CheckOptions(app_.frame_resolvers(), *call.merged, own_option_keys_));
+  }
   call.frame = call.parent.Fork();
+  dispatch_internal::CallIdentity identity;
+  if (!call.merged->empty()) {
+    FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::ReadCallIdentity(
+        call.frame, *call.merged, options_.allow_caller_option, identity));
+  }
   PairList pairs;
   FRAMEKIT_RETURN_IF_ERROR(framekit::Resolve(app_.frame_resolvers(), call.frame, *call.merged,
                                              pairs));
-  if (const auto caller = call.merged->GetString(kCallerOption)) {
-    pairs.push_back(Pair::Of(CallerKey(), CallerContext{.user_id = std::string(*caller)}));
-  }
-  if (const auto trace = call.merged->GetString(kTraceIdOption)) {
-    pairs.push_back(Pair::Of(TraceIdKey(), std::string(*trace)));
-  }
+  FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::AppendCallIdentity(identity, pairs));
   if (!pairs.empty()) call.frame = call.frame.With(pairs);
   if (const OptionValue* timeout = call.merged->Get(kTimeoutOption)) {
     const std::int64_t* ms = std::get_if<std::int64_t>(timeout);

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/echo.h"
 #include "framekit/base/internal/name.h"
 #include "framekit/dispatch/guard.h"
 
@@ -108,7 +109,7 @@ absl::Status Interceptors::Unregister(std::string_view name) {
     }
     if (next.owned.size() == current->owned.size()) {
       return absl::NotFoundError(
-          absl::StrCat("interceptor \"", base_internal::EchoPrefix(name), "\" is not registered"));
+          absl::StrCat("interceptor \"", base_internal::Echo(name), "\" is not registered"));
     }
     next.entries.reserve(next.owned.size());
     for (const auto& e : next.owned) next.entries.push_back(e.get());

@@ -6,9 +6,13 @@
 #include "absl/strings/str_cat.h"
 #include "framekit/base/internal/name.h"
 #include "framekit/base/internal/strings.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/ctx/panic.h"
+#include "framekit/dispatch/function_executor.h"
 #include "framekit/dispatch/guard.h"
+#include "framekit/dispatch/internal/call_identity.h"
 #include "framekit/resolvers/frame_resolvers.h"
+#include "framekit/base/internal/echo.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -133,6 +137,12 @@ std::size_t ProcessManager::timer_count() const {
   return timers_.size();
 }
 
+std::vector<std::string_view> ProcessManager::OwnOptionKeys(const ProcessManagerOptions& options) {
+  std::vector<std::string_view> keys = {kCallerOption, kTraceIdOption};
+  keys.insert(keys.end(), options.option_keys.begin(), options.option_keys.end());
+  return keys;
+}
+
 std::shared_ptr<ProcessManager::Process> ProcessManager::Find(Pid pid) const {
   const auto it = processes_.find(pid);
   return it == processes_.end() ? nullptr : it->second;
@@ -174,8 +184,16 @@ absl::StatusOr<Pid> ProcessManager::Start(const Frame& parent, ProcessSpec spec,
   if (absl::Status status = CheckParent(parent, spec.name); !status.ok()) return status;
   Frame frame = parent.Fork();
   {
+    if (!options_.allow_undeclared_options) {
+      FRAMEKIT_RETURN_IF_ERROR(
+          framekit::CheckOptions(app_.frame_resolvers(), options, own_option_keys_));
+    }
+    dispatch_internal::CallIdentity identity;
+    FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::ReadCallIdentity(
+        frame, options, options_.allow_caller_option, identity));
     PairList pairs;
     absl::Status status = framekit::Resolve(app_.frame_resolvers(), frame, options, pairs);
+    if (status.ok()) status = dispatch_internal::AppendCallIdentity(identity, pairs);
     if (!status.ok()) return status;
     if (!pairs.empty()) frame = frame.With(pairs);
   }

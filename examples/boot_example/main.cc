@@ -15,7 +15,7 @@ const framekit::Key<std::string> kRegion{"app.region"};
 const framekit::Key<std::int64_t> kPriority{"app.priority", /*inherit=*/false};
 
 // Boot: install the registry and register the resolvers. A new frame option is one resolver
-// and one Register line.
+// and one Register line; each resolver declares the option keys it reads.
 absl::Status Boot(framekit::AppContext& app) {
   auto resolvers = std::make_shared<framekit::FrameResolvers>();
   FRAMEKIT_RETURN_IF_ERROR(app.SetFrameResolvers(resolvers));
@@ -23,7 +23,7 @@ absl::Status Boot(framekit::AppContext& app) {
 
   // The tenant comes from the caller's identity; a call may not name another tenant.
   FRAMEKIT_RETURN_IF_ERROR(resolvers->Register(
-      "app.tenant", 300,
+      "app.tenant", 300, /*option_keys=*/{"tenant"},
       [](const framekit::Frame& parent, const framekit::Options& options,
          framekit::PairList& out) -> absl::Status {
         const framekit::CallerContext* caller = framekit::CallerOf(parent);
@@ -38,7 +38,7 @@ absl::Status Boot(framekit::AppContext& app) {
       }));
   // Priority: an option with a default.
   FRAMEKIT_RETURN_IF_ERROR(resolvers->Register(
-      "app.priority", 400,
+      "app.priority", 400, /*option_keys=*/{"priority"},
       [](const framekit::Frame&, const framekit::Options& options, framekit::PairList& out) {
         out.push_back(framekit::Pair::Of(kPriority, options.GetInt("priority").value_or(0)));
         return absl::OkStatus();
@@ -48,10 +48,12 @@ absl::Status Boot(framekit::AppContext& app) {
   return absl::OkStatus();
 }
 
-// What every dispatcher does for a call: fork the parent, apply the registry, attach pairs.
+// What every dispatcher does for a call: check the options strictly (this one reads none
+// itself), fork the parent, apply the registry, attach pairs.
 absl::StatusOr<framekit::Frame> NewCallFrame(const framekit::AppContext& app,
                                              const framekit::Frame& parent,
                                              const framekit::Options& options) {
+  FRAMEKIT_RETURN_IF_ERROR(framekit::CheckOptions(app.frame_resolvers(), options, {}));
   framekit::PairList pairs;
   FRAMEKIT_RETURN_IF_ERROR(framekit::Resolve(app.frame_resolvers(), parent, options, pairs));
   return parent.Fork().With(pairs);
@@ -85,10 +87,12 @@ int main() {
   Call(app, request, "priority=5", {{"priority", 5}});
   Call(app, request, "tenant=acme (own tenant)", {{"tenant", "acme"}});
   Call(app, request, "tenant=other (refused)", {{"tenant", "other"}});
+  Call(app, request, "priorty=5 (misspelt)", {{"priorty", 5}});
   Call(app, framekit::Frame(), "no caller (refused)", {});
 
   // Every call succeeded or failed as shown above; exit 0 only if that is what happened.
   const bool ok = NewCallFrame(app, request, {}).ok() &&
-                  !NewCallFrame(app, request, {{"tenant", "other"}}).ok();
+                  !NewCallFrame(app, request, {{"tenant", "other"}}).ok() &&
+                  !NewCallFrame(app, request, {{"priorty", 5}}).ok();
   return ok ? 0 : 1;
 }

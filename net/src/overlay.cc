@@ -11,14 +11,17 @@
 #include "absl/strings/str_cat.h"
 #include "framekit/base/status_macros.h"
 #include "framekit/net/internal/errors.h"
+#include "framekit/base/internal/echo.h"
 
 namespace framekit {
 namespace net_internal {
 
 absl::Status NetworkNotFoundError(std::string_view id, std::string_view what) {
+  // The id may come from a request: echoed bounded and escaped, in the message and the payload.
+  const std::string echo = base_internal::Echo(id);
   absl::Status status = absl::NotFoundError(
-      absl::StrCat("network \"", AsAbsl(id), "\" (", AsAbsl(what), ") is not configured"));
-  status.SetPayload(AsAbsl(net::kNetworkNotFoundUrl), absl::Cord(AsAbsl(id)));
+      absl::StrCat("network \"", echo, "\" (", AsAbsl(what), ") is not configured"));
+  status.SetPayload(AsAbsl(net::kNetworkNotFoundUrl), absl::Cord(echo));
   return status;
 }
 
@@ -53,7 +56,7 @@ class OverlayState {
     clearnet_pair_ = Pair::Of(key, std::string(kClearnet));
   }
 
-  absl::Status Select(const Options& options, PairList& out) const {
+  absl::Status Select(const Frame& parent, const Options& options, PairList& out) const {
     if (const OptionValue* value = options.Get(kNetworkOption); value != nullptr) {
       const std::string* id = std::get_if<std::string>(value);
       if (id == nullptr) {
@@ -77,6 +80,11 @@ class OverlayState {
         return NetworkNotFoundError(*id, "selected by option \"network\"");
       }
     }
+    // A nested call keeps the selection it inherited: falling back to the app default could
+    // move a call running on an overlay onto a less private route.
+    if (const std::string* inherited = parent.Find(NetworkKey()); inherited != nullptr) {
+      return SelectInherited(*inherited, out);
+    }
     if (app_default_.empty()) return absl::OkStatus();
     if (default_pair_.empty()) [[unlikely]] {
       return NetworkNotFoundError(app_default_, "the app default");
@@ -93,6 +101,25 @@ class OverlayState {
     std::string id;
     Pair pair;
   };
+
+  // The inherited selection `id`, checked against this registry as an option would be: a
+  // frame may come from another node or be built by hand.
+  absl::Status SelectInherited(const std::string& id, PairList& out) const {
+    if (const Pair* pair = FindPair(id); pair != nullptr) [[likely]] {
+      out.push_back(*pair);
+      return absl::OkStatus();
+    }
+    if (id == kClearnet) {
+      if (!clearnet_allowed_) {
+        return absl::PermissionDeniedError(
+            "inherited network=clearnet: the network configuration does not allow clearnet "
+            "overrides");
+      }
+      out.push_back(clearnet_pair_);
+      return absl::OkStatus();
+    }
+    return NetworkNotFoundError(id, "inherited from the parent call");
+  }
 
   const Pair* FindPair(std::string_view id) const {
     for (const Entry& entry : small_) {
@@ -127,9 +154,9 @@ const Key<std::shared_ptr<const NetworkRegistry>>& NetworkRegistryKey() {
 FrameResolverFn OverlayResolver(std::shared_ptr<const NetworkRegistry> networks,
                                 std::string app_default) {
   auto state = std::make_shared<const OverlayState>(std::move(networks), std::move(app_default));
-  return [state = std::move(state)](const Frame&, const Options& options,
+  return [state = std::move(state)](const Frame& parent, const Options& options,
                                     PairList& out) -> absl::Status {
-    return state->Select(options, out);
+    return state->Select(parent, options, out);
   };
 }
 
@@ -158,9 +185,13 @@ absl::Status RegisterNetworkOverlay(AppContext& app,
   if (!app_default.empty() && !networks->Contains(app_default)) {
     return NetworkNotFoundError(app_default, "the app default");
   }
-  FRAMEKIT_RETURN_IF_ERROR(resolvers->Register(
-      std::string(kOverlayResolverName), kOverlayOrder,
-      OverlayResolver(std::move(networks), std::move(app_default)), {std::string(kNetworkClaim)}));
+  FRAMEKIT_RETURN_IF_ERROR(resolvers->RegisterAll({{
+      .name = std::string(kOverlayResolverName),
+      .order = kOverlayOrder,
+      .fn = OverlayResolver(std::move(networks), std::move(app_default)),
+      .covers = {std::string(kNetworkClaim)},
+      .option_keys = {std::string(kNetworkOption)},
+  }}));
   absl::Status claim = RegisterNetworkClaim(*resolvers);
   if (claim.ok() || absl::IsAlreadyExists(claim)) return absl::OkStatus();
   return claim;

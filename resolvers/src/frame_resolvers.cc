@@ -12,6 +12,7 @@
 #include "framekit/base/internal/strings.h"
 #include "framekit/base/internal/name.h"
 #include "framekit/ctx/panic.h"
+#include "framekit/base/internal/echo.h"
 
 namespace framekit {
 namespace resolvers_internal {
@@ -24,6 +25,34 @@ void ClaimSet::Refresh(const std::vector<const ResolverEntry*>& entries) {
     });
     if (!covered) uncovered.push_back(claim.get());
   }
+  option_keys.clear();
+  for (const ResolverEntry* e : entries) {
+    for (const std::string& key : e->option_keys) option_keys.push_back(key);
+  }
+  const Options::KeyOrder less;
+  std::sort(option_keys.begin(), option_keys.end(), less);
+  option_keys.erase(std::unique(option_keys.begin(), option_keys.end()), option_keys.end());
+}
+
+absl::Status CheckOptionKeys(const std::vector<std::string_view>* declared,
+                             const Options& options, std::span<const std::string_view> own_keys) {
+  const Options::KeyOrder less;
+  for (const auto& [key, value] : options) {
+    const std::string_view k = key;
+    if (std::find(own_keys.begin(), own_keys.end(), k) != own_keys.end()) continue;
+    if (declared != nullptr && std::binary_search(declared->begin(), declared->end(), k, less)) {
+      continue;
+    }
+    const std::string echo = base_internal::Echo(k);
+    absl::Status error = absl::InvalidArgumentError(absl::StrCat(
+        "option \"", echo,
+        "\" is read by no registered frame resolver nor by the dispatcher (misspelt, or its "
+        "resolver was never registered); refusing the call rather than ignore it"));
+    error.SetPayload(absl::string_view(kUndeclaredOptionUrl.data(), kUndeclaredOptionUrl.size()),
+                     absl::Cord(echo));
+    return error;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace resolvers_internal
@@ -31,12 +60,23 @@ void ClaimSet::Refresh(const std::vector<const ResolverEntry*>& entries) {
 namespace {
 
 using resolvers_internal::ClaimEntry;
+using base_internal::Echo;
 using resolvers_internal::ResolverEntry;
 
 using base_internal::AsAbsl;
 
 constexpr absl::string_view kNotRegisteredUrl = AsAbsl(kResolverNotRegisteredUrl);
 constexpr absl::string_view kRollbackUrl = AsAbsl(kRollbackFailureUrl);
+constexpr absl::string_view kUndeclaredUrl = AsAbsl(kUndeclaredOptionUrl);
+
+// Options::Parse's key grammar, bounded: 1-128 of [A-Za-z0-9_.-].
+bool ValidOptionKey(std::string_view key) {
+  if (key.empty() || key.size() > 128) return false;
+  return std::all_of(key.begin(), key.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+  });
+}
 
 absl::Status ValidateRegistration(const ResolverRegistration& r) {
   if (r.name.empty()) {
@@ -53,6 +93,13 @@ absl::Status ValidateRegistration(const ResolverRegistration& r) {
     if (claim.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("frame resolver \"", r.name, "\": covers an empty claim name"));
+    }
+  }
+  for (const std::string& key : r.option_keys) {
+    if (!ValidOptionKey(key)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "frame resolver \"", Echo(r.name), "\": declares the option key \"", Echo(key),
+          "\", which is not 1-128 of [A-Za-z0-9_.-]"));
     }
   }
   return absl::OkStatus();
@@ -85,6 +132,13 @@ absl::Status FrameResolvers::Register(std::string name, int order, FrameResolver
                                       std::vector<std::string> covers) {
   std::vector<ResolverRegistration> batch;
   batch.push_back({std::move(name), order, std::move(fn), std::move(covers)});
+  return RegisterAll(std::move(batch));
+}
+
+absl::Status FrameResolvers::Register(std::string name, int order,
+                                      std::vector<std::string> option_keys, FrameResolverFn fn) {
+  std::vector<ResolverRegistration> batch;
+  batch.push_back({std::move(name), order, std::move(fn), {}, std::move(option_keys)});
   return RegisterAll(std::move(batch));
 }
 
@@ -124,7 +178,8 @@ absl::Status FrameResolvers::Publish(std::vector<ResolverRegistration> resolvers
     };
     auto add_resolver = [&draft](const ResolverRegistration& r) -> absl::Status {
       return draft.Add(
-          std::make_unique<ResolverEntry>(ResolverEntry{r.name, r.order, r.fn, r.covers}));
+          std::make_unique<ResolverEntry>(
+          ResolverEntry{r.name, r.order, r.fn, r.covers, r.option_keys}));
     };
     if (staging) {
       for (const ResolverRegistration& r : staged_) {
@@ -183,6 +238,12 @@ std::vector<std::string> FrameResolvers::names() const {
   out.reserve(snapshot->entries.size());
   for (const ResolverEntry* e : snapshot->entries) out.push_back(e->name);
   return out;
+}
+
+std::vector<std::string> FrameResolvers::option_keys() const {
+  const Snapshot* snapshot = registry_.Load();
+  return std::vector<std::string>(snapshot->extra.option_keys.begin(),
+                                  snapshot->extra.option_keys.end());
 }
 
 std::vector<std::string> FrameResolvers::claims() const {
@@ -252,6 +313,16 @@ absl::Status FrameResolvers::ResolveSnapshot(const Snapshot& snapshot, const Fra
     return wrapped;
   }
   return absl::OkStatus();
+}
+
+bool IsUndeclaredOption(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kInvalidArgument &&
+         status.GetPayload(kUndeclaredUrl).has_value();
+}
+
+std::string UndeclaredOption(const absl::Status& status) {
+  if (!IsUndeclaredOption(status)) return "";
+  return std::string(*status.GetPayload(kUndeclaredUrl));
 }
 
 bool IsResolverNotRegistered(const absl::Status& status) {

@@ -50,6 +50,26 @@ TEST(BootSequence, RunsInDependencyOrderThenSeals) {
   EXPECT_TRUE(app.sealed());
 }
 
+// Tests that boot leaves the FrameResolvers sealed with the AppContext: a resolver registered
+// after boot (by a late component, a plugin, an attacker holding the app) is refused.
+TEST(BootSequence, SealsTheFrameResolvers) {
+  BootSequence boot;
+  ASSERT_TRUE(boot.Add({"resolvers", {}, [](AppContext& app) -> absl::Status {
+                          auto resolvers = std::make_shared<FrameResolvers>();
+                          FRAMEKIT_RETURN_IF_ERROR(resolvers->Register("test.noop", 10, Noop));
+                          return app.SetFrameResolvers(resolvers);
+                        }})
+                  .ok());
+  AppContext app;
+  const absl::Status booted = boot.Run(app);
+  ASSERT_TRUE(booted.ok()) << booted;
+  ASSERT_NE(app.frame_resolvers(), nullptr);
+  EXPECT_TRUE(app.frame_resolvers()->sealed());
+  const absl::Status late = app.frame_resolvers()->Register("test.late", 20, Noop);
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition) << late;
+  EXPECT_THAT(app.frame_resolvers()->names(), ElementsAre("test.noop"));
+}
+
 // Tests that independent components run in the order they were added.
 TEST(BootSequence, TiesRunInRegistrationOrder) {
   std::vector<std::string> log;

@@ -56,8 +56,8 @@ void WaitForQuarantine(const FunctionExecutor& executor, int want) {
 }
 
 TEST(FunctionExecutor, RegistryLifecycle) {
-  AppContext app;
-  FunctionExecutor executor(app);
+  TenantApp app;  // its resolver reads the "tenant" default below
+  FunctionExecutor executor(app.app);
   EXPECT_EQ(executor.Register("", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("bad name", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("-x", Echo()).code(), absl::StatusCode::kInvalidArgument);
@@ -129,15 +129,16 @@ TEST(FunctionExecutor, FailingResolverKeepsHandlerFromRunning) {
 
 TEST(FunctionExecutor, AttachesCallerAndTraceAndRecordsThem) {
   AppContext app;
-  FunctionExecutor executor(app);
-  ASSERT_THAT(executor.Register("f",
-                                [](const Frame& frame, std::string_view, Sink& out) {
-                                  const CallerContext* caller = CallerOf(frame);
-                                  const std::string* trace = frame.Find(TraceIdKey());
-                                  return out.Write(absl::StrCat(caller ? caller->user_id : "-", "/",
-                                                                trace ? *trace : "-"));
-                                }),
-              IsOk());
+  FunctionExecutor executor(app, {.allow_caller_option = true});
+  ASSERT_TRUE(executor
+                  .Register("f",
+                            [](const Frame& frame, std::string_view, Sink& out) {
+                              const CallerContext* caller = CallerOf(frame);
+                              const std::string* trace = frame.Find(TraceIdKey());
+                              return out.Write(absl::StrCat(caller ? caller->user_id : "-", "/",
+                                                            trace ? *trace : "-"));
+                            })
+                  .ok());
   auto result = executor.Invoke(Frame(), "f", "", {{"caller", "u1"}, {"trace_id", "t-9"}});
   ASSERT_THAT(result, IsOk()) << result.status();
   EXPECT_EQ(*result, "u1/t-9");

@@ -85,7 +85,9 @@ TEST(FunctionExecutor, InterceptorShortCircuitsAndSeesFrameAndOptions) {
                                        return next(call);
                                      }),
               IsOk());
-  FunctionExecutor executor(app.app, {.interceptors = interceptors});
+  // The interceptor reads "over_quota": declared, so that strict options accept it.
+  FunctionExecutor executor(app.app,
+                            {.interceptors = interceptors, .option_keys = {"over_quota"}});
   std::atomic<int> runs{0};
   ASSERT_THAT(executor.Register("f",
                                 [&](const Frame&, std::string_view, Sink& out) {

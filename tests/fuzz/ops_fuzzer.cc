@@ -99,7 +99,11 @@ class Harness {
     app_.Seal();
     executor_ = std::make_unique<fd::FunctionExecutor>(
         app_,
-        fd::FunctionExecutorOptions{.interceptors = interceptors_, .monitor = monitor_.get()});
+        // The resolvers read "fail" only in some kinds; the fuzzer exercises the registry and
+        // the executor, not strict options.
+        fd::FunctionExecutorOptions{.interceptors = interceptors_,
+                                    .monitor = monitor_.get(),
+                                    .allow_undeclared_options = true});
   }
 
   void Apply(const std::uint8_t* op) {

@@ -106,23 +106,72 @@ TEST_F(ExecutorNetworkTest, UnknownNetworkStopsTheCallBeforeTheHandler) {
   EXPECT_TRUE(echo_->peers().empty());
 }
 
-// Tests the contract's precedence for nested calls: option, then app default. The parent's
-// selection is inherited by the fork, but the overlay resolver appends the app default for a
-// nested call that names no network, and that pair shadows the inherited one.
-TEST_F(ExecutorNetworkTest, NestedCallWithoutOptionTakesTheAppDefault) {
-  ASSERT_THAT(
-      executor_->Register(
-          "outer",
-          [this](const Frame& frame, std::string_view, dispatch::Sink& out) -> absl::Status {
-            absl::StatusOr<std::string> inner = executor_->Invoke(frame, "fetch", "");
-            if (!inner.ok()) return inner.status();
-            return out.Write(*inner);
-          }),
-      IsOk());
+// Tests the fail-safe precedence for nested calls: option, then the selection inherited from
+// the parent call, then the app default. A call running on lo-eight whose handler makes a
+// nested call naming no network keeps lo-eight: it never falls back to the app default's
+// (possibly less private) route. A nested call may still name a network itself.
+TEST_F(ExecutorNetworkTest, NestedCallWithoutOptionKeepsTheParentsNetwork) {
+  ASSERT_TRUE(executor_
+                  ->Register("outer",
+                             [this](const Frame& frame, std::string_view payload,
+                                    dispatch::Sink& out) -> absl::Status {
+                               Options options;
+                               if (!payload.empty()) options.Set("network", std::string(payload));
+                               absl::StatusOr<std::string> inner =
+                                   executor_->Invoke(frame, "fetch", "", options);
+                               if (!inner.ok()) return inner.status();
+                               return out.Write(*inner);
+                             })
+                  .ok());
   absl::StatusOr<std::string> seen =
       executor_->Invoke(Frame(), "outer", "", Options{{"network", "lo-eight"}});
-  ASSERT_THAT(seen, IsOk()) << seen.status();
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(*seen, "127.0.0.8\n");
+  // The nested call's own option still wins over the inherited selection.
+  seen = executor_->Invoke(Frame(), "outer", "lo-seven", Options{{"network", "lo-eight"}});
+  ASSERT_TRUE(seen.ok()) << seen.status();
   EXPECT_EQ(*seen, "127.0.0.7\n");
+  // A root call with no inherited selection still takes the app default.
+  seen = executor_->Invoke(Frame(), "outer", "");
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(*seen, "127.0.0.7\n");
+}
+
+// Tests that an application that never booted the overlay fails a call selecting a network
+// with InvalidArgument, before the handler runs, with no registration beyond the boot it did:
+// no silent downgrade to clearnet. The same call on the booted application dials lo-eight.
+TEST_F(ExecutorNetworkTest, NetworkOptionWithoutTheOverlayFailsClosed) {
+  AppContext bare;
+  ASSERT_TRUE(bare.SetFrameResolvers(std::make_shared<FrameResolvers>()).ok());
+  dispatch::FunctionExecutor executor(bare);
+  ASSERT_TRUE(executor
+                  .Register("fetch",
+                            [this](const Frame&, std::string_view, dispatch::Sink&) {
+                              ++handler_runs_;
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  for (const Options& options : {Options{{"network", "tor"}}, Options{{"network", "lo-eight"}}}) {
+    const absl::StatusOr<std::string> result = executor.Invoke(Frame(), "fetch", "", options);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+    EXPECT_THAT(std::string(result.status().message()), HasSubstr("\"network\""));
+  }
+  dispatch::ProcessManager processes(bare);
+  dispatch::ProcessSpec spec;
+  spec.name = "p";
+  spec.poll = [](dispatch::ProcessContext&) { return dispatch::Step::kDone; };
+  EXPECT_EQ(processes.Start(Frame(), std::move(spec), Options{{"network", "tor"}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(handler_runs_.load(), 0);
+  // The booted application, which did nothing but boot the network component, still accepts it,
+  // and a misspelt option fails there too.
+  EXPECT_EQ(executor_->Invoke(Frame(), "fetch", "", Options{{"network", "lo-eight"}})
+                .value_or("error"),
+            "127.0.0.8\n");
+  EXPECT_EQ(executor_->Invoke(Frame(), "fetch", "", Options{{"netwrok", "lo-eight"}})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ExecutorNetworkTest, ProcessFramesCarryTheSelectedNetwork) {

@@ -87,6 +87,16 @@ TEST(OverlayResolver, UnknownOptionIdIsNotFound) {
   EXPECT_EQ(out.pairs.size(), 0u);
 }
 
+// Tests that a hostile network id is echoed bounded and escaped.
+TEST(OverlayResolver, HugeUnknownIdIsEchoedBounded) {
+  const std::string id = std::string(1 << 20, 'x') + "\n";
+  Outcome out = Apply(OverlayResolver(Networks(), "lan"), Options{{"network", id}});
+  EXPECT_TRUE(IsNetworkNotFound(out.status)) << out.status.message().substr(0, 200);
+  EXPECT_LE(out.status.message().size(), 400u);
+  EXPECT_LE(out.status.GetPayload(absl::string_view(kNetworkNotFoundUrl.data(), kNetworkNotFoundUrl.size()))
+                ->size(), 400u);
+}
+
 TEST(OverlayResolver, UnknownDefaultIsNotFound) {
   Outcome out = Apply(OverlayResolver(Networks(), "i2p"), Options());
   EXPECT_TRUE(IsNetworkNotFound(out.status)) << out.status;
@@ -121,6 +131,57 @@ TEST(OverlayResolver, NonStringOptionIsInvalid) {
   Outcome out = Apply(OverlayResolver(Networks(), "tor"), Options{{"network", std::int64_t{7}}});
   EXPECT_EQ(out.status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(out.pairs.size(), 0u);
+}
+
+// The outcome of the resolver for a nested call: `parent` is the parent call's frame, forked as
+// a dispatcher forks it.
+Outcome ApplyNested(const FrameResolverFn& resolver, const Frame& parent, const Options& options) {
+  Outcome out;
+  out.status = resolver(parent.Fork(), options, out.pairs);
+  return out;
+}
+
+// Tests the fail-safe precedence: a nested call that names no network keeps its parent's
+// selection instead of falling back to the app default.
+TEST(OverlayResolver, InheritedSelectionBeatsTheDefault) {
+  const Frame on_lan = Frame().With(NetworkKey(), "lan");
+  Outcome out = ApplyNested(OverlayResolver(Networks(), "tor"), on_lan, Options());
+  EXPECT_TRUE(out.status.ok()) << out.status;
+  EXPECT_EQ(Selected(out), "lan");
+  Outcome empty = ApplyNested(OverlayResolver(Networks(), "tor"), on_lan, Options{{"network", ""}});
+  EXPECT_TRUE(empty.status.ok()) << empty.status;
+  EXPECT_EQ(Selected(empty), "lan");
+}
+
+TEST(OverlayResolver, OptionBeatsInheritedSelection) {
+  const Frame on_lan = Frame().With(NetworkKey(), "lan");
+  Outcome out =
+      ApplyNested(OverlayResolver(Networks(), "lan"), on_lan, Options{{"network", "tor"}});
+  EXPECT_TRUE(out.status.ok()) << out.status;
+  EXPECT_EQ(Selected(out), "tor");
+}
+
+// Tests that an inherited id this registry does not know (a frame decoded from another node, a
+// pair set by hand) fails closed rather than falling back to the default.
+TEST(OverlayResolver, UnknownInheritedIdIsNotFound) {
+  const Frame on_i2p = Frame().With(NetworkKey(), "i2p");
+  Outcome out = ApplyNested(OverlayResolver(Networks(), "tor"), on_i2p, Options());
+  EXPECT_TRUE(IsNetworkNotFound(out.status)) << out.status;
+  EXPECT_THAT(out.status.message(), HasSubstr("inherited"));
+  EXPECT_EQ(out.pairs.size(), 0u);
+}
+
+// Tests that an inherited clearnet selection is kept only where this registry allows clearnet.
+TEST(OverlayResolver, InheritedClearnetNeedsClearnetAllowed) {
+  const Frame on_clearnet = Frame().With(NetworkKey(), std::string(kClearnet));
+  Outcome allowed =
+      ApplyNested(OverlayResolver(Networks(ClearnetPolicy::kAllow), "tor"), on_clearnet, {});
+  EXPECT_TRUE(allowed.status.ok()) << allowed.status;
+  EXPECT_EQ(Selected(allowed), "clearnet");
+  Outcome denied =
+      ApplyNested(OverlayResolver(Networks(ClearnetPolicy::kDeny), "tor"), on_clearnet, {});
+  EXPECT_EQ(denied.status.code(), absl::StatusCode::kPermissionDenied) << denied.status;
+  EXPECT_EQ(denied.pairs.size(), 0u);
 }
 
 TEST(NetworkKey, InheritedAcrossFork) {

@@ -424,6 +424,91 @@ TEST(FrameResolvers, AppContextStagesTheInstalledRegistry) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// The keys a dispatcher reads itself, for the CheckOptions tests.
+constexpr std::string_view kOwnKeys[] = {"timeout_ms"};
+
+absl::Status Noop(const Frame&, const Options&, PairList&) { return absl::OkStatus(); }
+
+// Tests strict options: a key is accepted while a registered resolver declares it or the
+// dispatcher reads it; anything else is InvalidArgument naming the key (IsUndeclaredOption).
+TEST(FrameResolversOptions, CheckAcceptsDeclaredAndOwnKeysOnly) {
+  FrameResolvers resolvers;
+  ASSERT_TRUE(resolvers.Register("app.tenant", 300, {"tenant", "tenant"}, Noop).ok());
+  ASSERT_TRUE(resolvers
+                  .RegisterAll({{.name = "app.region",
+                                 .order = 100,
+                                 .fn = Noop,
+                                 .covers = {},
+                                 .option_keys = {"region", "tenant"}}})
+                  .ok());
+  EXPECT_THAT(resolvers.option_keys(), ElementsAre("region", "tenant"));
+  EXPECT_TRUE(resolvers.CheckOptions(Options(), {}).ok());
+  absl::Status ok = resolvers.CheckOptions(
+      Options{{"tenant", "acme"}, {"region", "eu"}, {"timeout_ms", 5}}, kOwnKeys);
+  EXPECT_TRUE(ok.ok()) << ok;
+  absl::Status bad = resolvers.CheckOptions(Options{{"tenant", "acme"}, {"netwrok", "tor"}}, {});
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
+  EXPECT_TRUE(IsUndeclaredOption(bad)) << bad;
+  EXPECT_EQ(UndeclaredOption(bad), "netwrok");
+  EXPECT_THAT(bad.message(), HasSubstr("\"netwrok\""));
+  // The dispatcher's own keys are its own: not accepted without them.
+  EXPECT_TRUE(IsUndeclaredOption(resolvers.CheckOptions(Options{{"timeout_ms", 5}}, {})));
+  // Case and whitespace matter: a near-miss is not the key.
+  EXPECT_TRUE(IsUndeclaredOption(resolvers.CheckOptions(Options{{"Tenant", "acme"}}, {})));
+  EXPECT_TRUE(IsUndeclaredOption(resolvers.CheckOptions(Options{{"tenant ", "acme"}}, {})));
+}
+
+// Tests that a nullptr registry declares nothing: only the dispatcher's own keys pass.
+TEST(FrameResolversOptions, NullRegistryAcceptsOnlyOwnKeys) {
+  EXPECT_TRUE(CheckOptions(nullptr, Options(), {}).ok());
+  EXPECT_TRUE(CheckOptions(nullptr, Options{{"timeout_ms", 5}}, kOwnKeys).ok());
+  absl::Status status = CheckOptions(nullptr, Options{{"network", "tor"}}, kOwnKeys);
+  EXPECT_TRUE(IsUndeclaredOption(status)) << status;
+  EXPECT_EQ(UndeclaredOption(status), "network");
+}
+
+// Tests that a declared key must follow the option key grammar, and that a rejected
+// registration declares nothing.
+TEST(FrameResolversOptions, RegisterRejectsBadKeys) {
+  FrameResolvers resolvers;
+  for (const std::string& key : {std::string(), std::string(129, 'k'), std::string("a b"),
+                                 std::string("\xff"), std::string("a\0b", 3)}) {
+    absl::Status status = resolvers.Register("r", 1, {key}, Noop);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_LE(status.message().size(), 400u);
+  }
+  EXPECT_EQ(resolvers.size(), 0u);
+  EXPECT_TRUE(resolvers.option_keys().empty());
+}
+
+// Tests that a key declared by a resolver that never got registered is not declared: a
+// duplicate name, a registration after Seal, a boot component that failed.
+TEST(FrameResolversOptions, KeysOfFailedRegistrationsAreNotDeclared) {
+  auto resolvers = std::make_shared<FrameResolvers>();
+  ASSERT_TRUE(resolvers->Register("r", 1, {"a"}, Noop).ok());
+  EXPECT_EQ(resolvers->Register("r", 2, {"dup"}, Noop).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(resolvers
+                ->RegisterAll({{.name = "ok", .order = 1, .fn = Noop, .covers = {},
+                                .option_keys = {"batch"}},
+                               {.name = "", .order = 1, .fn = Noop, .covers = {},
+                                .option_keys = {"batch2"}}})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  AppContext app;
+  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
+  app.BeginStage();
+  ASSERT_TRUE(resolvers->Register("staged", 1, {"staged"}, Noop).ok());
+  EXPECT_TRUE(IsUndeclaredOption(resolvers->CheckOptions(Options{{"staged", 1}}, {})));
+  app.AbortStage();
+  app.SealFrameResolvers();
+  EXPECT_EQ(resolvers->Register("late", 1, {"late"}, Noop).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(resolvers->option_keys(), ElementsAre("a"));
+  for (const char* key : {"dup", "batch", "batch2", "staged", "late"}) {
+    EXPECT_TRUE(IsUndeclaredOption(resolvers->CheckOptions(Options{{key, 1}}, {}))) << key;
+  }
+}
+
 TEST(FrameResolvers, AbortedStageUninstallsARegistryItInstalled) {
   AppContext app;
   app.BeginStage();

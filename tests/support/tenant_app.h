@@ -19,7 +19,7 @@ inline const Key<std::string> kTenant{"test.tenant"};
 struct TenantApp {
   TenantApp() {
     resolvers = std::make_shared<FrameResolvers>();
-    EXPECT_THAT(resolvers->Register("test.tenant", 300,
+    EXPECT_THAT(resolvers->Register("test.tenant", 300, {"tenant"},
                                     [](const Frame&, const Options& options, PairList& out) {
                                       if (auto tenant = options.GetString("tenant")) {
                                         if (*tenant == "forbidden") {

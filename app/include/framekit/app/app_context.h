@@ -66,8 +66,11 @@ class AppContext {
   std::shared_ptr<FrameResolvers> shared_frame_resolvers() const;
 
   // Refuses every later write. Idempotent. Does not seal the FrameResolvers (it has its own
-  // Seal(), which the host calls when its registrations are done).
+  // Seal(); SealFrameResolvers() below; BootSequence::Run seals both).
   void Seal();
+  // Seals the installed FrameResolvers: every later Register fails with FailedPrecondition.
+  // Idempotent; does nothing when no registry is installed.
+  void SealFrameResolvers();
   bool sealed() const { return sealed_.load(std::memory_order_acquire); }
 
   // Boot staging, used by the boot sequence around each component: writes made after

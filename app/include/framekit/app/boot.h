@@ -5,7 +5,7 @@
 // components it needs first. Run() checks the whole graph before anything runs (a cycle or a
 // missing dependency fails boot with nothing started), runs the components in dependency order,
 // stages each one so that a failing component leaves nothing of its own half-installed, and
-// seals the AppContext after the last one.
+// seals the AppContext and its FrameResolvers after the last one.
 //
 // Example:
 //   framekit::BootSequence boot;
@@ -76,7 +76,8 @@ class BootSequence {
   // later component runs, and the error keeps the original code and payloads with the message
   // `boot component "NAME": <original message>` and the name as a kBootComponentUrl payload.
   // A component that throws is isolated (an Internal status carrying an ExtensionPanic, phase
-  // "setup"). When every component succeeds the AppContext is sealed.
+  // "setup"). When every component succeeds the AppContext and its FrameResolvers are sealed:
+  // a later Set or Register fails with FailedPrecondition.
   // FailedPrecondition when this sequence has run already or `app` is sealed.
   // NOTE: components that succeeded before a failing one stay installed; the AppContext is
   // then left unsealed, and the host should discard it.

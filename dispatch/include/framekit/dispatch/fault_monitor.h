@@ -136,6 +136,9 @@ class FaultMonitor {
   std::size_t extension_count() const;
   // Extensions dropped by the capacity bound or by a newer version (not by Forget).
   std::uint64_t evicted() const;
+  // Every fault ever reported, of every extension and phase: monotonic, unaffected by eviction
+  // and Forget (the per-extension counters are not).
+  std::uint64_t total_faults() const;
 
   // The logger records go to (the default logger when none was given).
   std::shared_ptr<spdlog::logger> logger() const;
@@ -170,6 +173,7 @@ class FaultMonitor {
   mutable std::mutex mu_;
   absl::flat_hash_map<std::string, ExtensionState> extensions_ ABSL_GUARDED_BY(mu_);
   std::uint64_t evicted_ ABSL_GUARDED_BY(mu_) = 0;
+  std::uint64_t total_faults_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The process-wide monitor the guards use when the caller names none: framekit's stderr

@@ -5,13 +5,17 @@
 // new option is one resolver, and the handler finds its pair on the frame it receives. In order,
 // a call
 //   1. merges the function's default options with the call's (the call wins);
-//   2. forks the parent frame and applies the registry (a failure stops the call: the handler
+//   2. checks the options strictly: a key that no registered resolver declares and the executor
+//      does not read itself fails the call with InvalidArgument (IsUndeclaredOption), unless
+//      the executor was built with allow_undeclared_options;
+//   3. checks the identity options: "caller" and "trace_id" (see kCallerOption);
+//   4. forks the parent frame and applies the registry (a failure stops the call: the handler
 //      never runs and the error names the resolver);
-//   3. attaches the caller ("caller" option), trace id ("trace_id") and deadline
-//      ("timeout_ms", or the parent frame's deadline, whichever is earlier), and stops with
-//      Cancelled or DeadlineExceeded, the handler unrun, when the frame is already over;
-//   4. runs the interceptors;
-//   5. runs the handler under the invoke guard: a throw becomes an Internal status carrying an
+//   5. attaches the caller, trace id and deadline ("timeout_ms", or the parent frame's
+//      deadline, whichever is earlier), and stops with Cancelled or DeadlineExceeded, the
+//      handler unrun, when the frame is already over;
+//   6. runs the interceptors;
+//   7. runs the handler under the invoke guard: a throw becomes an Internal status carrying an
 //      ExtensionPanic with phase "invoke", reported to the fault monitor, whose policy may
 //      disable the version until the next Deploy.
 // A call without a deadline runs on the caller's thread. A call with one runs on a worker and
@@ -67,11 +71,19 @@
 namespace framekit::dispatch {
 
 // Option keys the executor itself reads (every option also reaches the resolvers).
-// "timeout_ms": int64 > 0, the call's timeout. Zero or negative is InvalidArgument; a huge value
-// (up to INT64_MAX) saturates to "no deadline" (see DeadlineAfter in framekit/ctx/frame.h).
+// "timeout_ms": int64 > 0, the call's timeout. Zero or negative (or not an int64) is
+// InvalidArgument; a huge value (up to INT64_MAX) saturates to "no deadline" (see DeadlineAfter
+// in framekit/ctx/frame.h).
 inline constexpr std::string_view kTimeoutOption = "timeout_ms";
-inline constexpr std::string_view kCallerOption = "caller";       // string: the caller's user id
-inline constexpr std::string_view kTraceIdOption = "trace_id";    // string: the call's trace id
+// string, 1-128 of [A-Za-z0-9._:@+-]: the caller's user id, for a call whose frame has no
+// caller, and only where the dispatcher allows it (allow_caller_option). A caller set on the
+// frame always wins: a "caller" option on such a call fails with PermissionDenied (the request
+// tried to claim an identity; refusing is the fail-closed choice), as it does where the
+// dispatcher does not allow it. Not a string, or out of bounds: InvalidArgument.
+inline constexpr std::string_view kCallerOption = "caller";
+// string, 1-128 of [A-Za-z0-9._:-] (W3C trace ids are hex): the call's trace id; anything
+// else is InvalidArgument echoing at most an escaped prefix.
+inline constexpr std::string_view kTraceIdOption = "trace_id";
 
 // The trace id a call carries (inherited by nested calls).
 const Key<std::string>& TraceIdKey();
@@ -158,6 +170,15 @@ struct FunctionExecutorOptions {
   int records_per_function = 128;
   // How long the destructor's Shutdown waits for calls in flight (>= 0).
   std::chrono::milliseconds shutdown_grace{1000};
+  // Whether a "caller" option may name the caller of a call whose frame has none. Off: options
+  // usually come from requests, and the caller is who the host authenticated.
+  bool allow_caller_option = false;
+  // Opt-out of strict options: when true, an option no one declares is ignored, as before.
+  // NOTE: then `network=tor` on an application without the overlay runs with no route.
+  bool allow_undeclared_options = false;
+  // Option keys the interceptors read (besides the executor's own and the resolvers'), so that
+  // strict options accept them. Each is compared as is.
+  std::vector<std::string> option_keys = {};
 };
 
 // The function registry and its dispatcher.
@@ -215,6 +236,11 @@ class FunctionExecutor {
   //   Unavailable         the executor is shut down;
   //   NotFound            unknown function;
   //   FailedPrecondition  the active version was disabled by the fault policy;
+  //   InvalidArgument     an option (the call's or the function's default) that no registered
+  //                       resolver declares and the executor does not read (IsUndeclaredOption;
+  //                       checked at call time, so defaults are checked against the registry
+  //                       the call sees), or a bad "caller", "trace_id" or "timeout_ms";
+  //   PermissionDenied    a "caller" option (see kCallerOption);
   //   the resolver's error (message `frame resolver "NAME": ...`): the handler did not run;
   //   an interceptor's status: the handler did not run;
   //   InvalidArgument     "timeout_ms" is not a positive integer;
@@ -279,6 +305,9 @@ class FunctionExecutor {
 
   mutable std::mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Function>> functions_ ABSL_GUARDED_BY(mu_);
+  // The keys strict options accept besides the resolvers': the executor's and options_'s.
+  const std::vector<std::string_view> own_option_keys_ = OwnOptionKeys(options_);
+  static std::vector<std::string_view> OwnOptionKeys(const FunctionExecutorOptions& options);
 };
 
 }  // namespace framekit::dispatch

@@ -50,6 +50,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -164,6 +165,13 @@ struct ProcessManagerOptions {
   // How many exited processes are kept for Wait, Stop and List, newest first; older exits are
   // reaped (NotFound). 0 reaps at exit: only a Wait already waiting sees the exit status.
   std::size_t retain_exited = 64;
+  // As FunctionExecutorOptions: whether a "caller" option may name the caller of a process
+  // whose frame has none (off: a caller on the frame always wins, an option never replaces it).
+  bool allow_caller_option = false;
+  // As FunctionExecutorOptions: the opt-out of strict options, and the option keys the
+  // interceptors read.
+  bool allow_undeclared_options = false;
+  std::vector<std::string> option_keys = {};
 };
 
 // Thread-safety: thread-safe. Lifecycle code, and the destructors of what a spec captured,
@@ -187,10 +195,14 @@ class ProcessManager {
   ProcessManager& operator=(const ProcessManager&) = delete;
 
   // Starts `spec` with `options` and returns its pid; setup runs asynchronously (its failure
-  // is the exit status Wait returns). Fails, and nothing starts (setup never runs), with
-  // InvalidArgument for a bad spec (name outside the grammar, no poll, mailbox_capacity 0,
-  // idle_interval <= 0, negative max_restarts or windows), DeadlineExceeded when `parent`'s
-  // deadline has passed, Cancelled when `parent`'s scope is cancelled, the resolver's error
+  // is the exit status Wait returns). Options are read as FunctionExecutor reads them: strict
+  // (an option no registered resolver declares, and that is not "caller" or "trace_id" or one
+  // of option_keys, is InvalidArgument, IsUndeclaredOption), with "caller" and "trace_id"
+  // checked and attached as the executor does (kCallerOption, kTraceIdOption). Fails, and
+  // nothing starts (setup never runs), with InvalidArgument for a bad spec (name outside the
+  // grammar, no poll, mailbox_capacity 0, idle_interval <= 0, negative max_restarts or windows)
+  // or option, PermissionDenied for a "caller" option, DeadlineExceeded when `parent`'s deadline
+  // has passed, Cancelled when `parent`'s scope is cancelled, the resolver's error
   // (`frame resolver "NAME": ...`), an interceptor's status, or FailedPrecondition after
   // Shutdown().
   absl::StatusOr<Pid> Start(const Frame& parent, ProcessSpec spec, const Options& options = {});
@@ -251,6 +263,9 @@ class ProcessManager {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool workers_stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;
+  // The keys strict options accept besides the resolvers': the manager's and options_'s.
+  const std::vector<std::string_view> own_option_keys_ = OwnOptionKeys(options_);
+  static std::vector<std::string_view> OwnOptionKeys(const ProcessManagerOptions& options);
 };
 
 }  // namespace framekit::dispatch

@@ -1,12 +1,20 @@
 // The network overlay: the frame resolver that decides which network a call's outbound
 // traffic takes, and the boot component that installs it.
 //
-// Selection, per call: the option `network` when it is a non-empty string, else the app
-// default, else nothing. The selection is carried on the call's frame as the pair
+// Selection, per call (fail-safe precedence): the option `network` when it is a non-empty
+// string; else the selection inherited from the parent call (the NetworkKey() pair its frame
+// carries); else the app default; else nothing. A root call has nothing to inherit, so it takes
+// the app default as before; a nested call that names no network stays on its parent's
+// network instead of falling back to the default's (possibly less private) route. The selection is carried on the call's frame as the pair
 // `NetworkKey()` (inherited by forks), which Dial (framekit/net/dial.h) routes by. An id that
 // is not a configured network fails the call with NotFound (IsNetworkNotFound); the overlay is
 // never silently skipped. The reserved value `clearnet` selects no overlay, where the
 // configuration allows it.
+//
+// Strict options: the overlay resolver declares the option key "network", so booting it (with
+// NetworkComponent or RegisterNetworkOverlay) is all an application does for `network=...` to
+// be accepted; an application that never booted it fails such calls with InvalidArgument in
+// the dispatchers (IsUndeclaredOption) instead of running them with no route.
 //
 // Fail-closed claim: the claim "network" (a call whose `network` option is a non-empty
 // string) is registered on the FrameResolvers, covered by the overlay resolver. A host
@@ -71,8 +79,10 @@ const Key<std::string>& NetworkKey();
 const Key<std::shared_ptr<const NetworkRegistry>>& NetworkRegistryKey();
 
 // The overlay resolver (see the file comment). Appends at most one pair, `NetworkKey()`:
-//  - option `network` a non-empty string: that id; else `app_default` when non-empty; else
-//    nothing;
+//  - option `network` a non-empty string: that id; else the id `parent` carries under
+//    NetworkKey() (inherited); else `app_default` when non-empty; else nothing;
+//  - an inherited id is checked as an option's is: not in `networks` is NotFound, "clearnet"
+//    where `networks` does not allow it is PermissionDenied (never the app default instead);
 //  - the selected id not in `networks`, or `networks` null: NotFound (IsNetworkNotFound),
 //    nothing appended;
 //  - option `network` = "clearnet": appends NetworkKey() = "clearnet" (no overlay; the pair
@@ -89,7 +99,8 @@ FrameResolverFn OverlayResolver(std::shared_ptr<const NetworkRegistry> networks,
 absl::Status RegisterNetworkClaim(FrameResolvers& resolvers);
 
 // Boot step: registers OverlayResolver(networks, app_default) as "net.overlay" at
-// kOverlayOrder, covering the claim "network", and the claim itself when it is missing.
+// kOverlayOrder, declaring the option key "network" and covering the claim "network", and the
+// claim itself when it is missing.
 // FailedPrecondition (IsFrameResolversMissing) when `app` has no FrameResolvers: boot fails
 // loud rather than skip the overlay. InvalidArgument for a null `networks`; NotFound
 // (IsNetworkNotFound) when a non-empty `app_default` is not in `networks`; the registry's

@@ -15,15 +15,9 @@
 namespace framekit::base_internal {
 
 inline constexpr std::size_t kMaxNameLength = 128;
-// At most this many bytes of user input are echoed in an error message.
-inline constexpr std::size_t kEchoPrefix = 64;
 
 // Whether `name` follows the grammar above.
 bool IsValidName(std::string_view name);
-
-// `input` for an error message: at most kEchoPrefix bytes, then "..." when it was longer;
-// control, quote, backslash and non-ASCII bytes as \xNN, so a message stays one printable line.
-std::string EchoPrefix(std::string_view input);
 
 // "KIND name \"ECHO\" is invalid: use 1-128 of [A-Za-z0-9_.-], starting with a letter or digit".
 std::string InvalidNameMessage(std::string_view kind, std::string_view name);
