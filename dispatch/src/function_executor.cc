@@ -128,7 +128,8 @@ struct FunctionExecutor::Version {
 
   struct Outcome {
     absl::Status status;
-    bool faulted = false;  // the handler or an interceptor threw
+    bool faulted = false;    // the handler or an interceptor threw
+    bool timed_out = false;  // the deadline passed before the handler could start
   };
   // Runs the interceptors, then the handler under the invoke guard: the one place a call runs,
   // on the caller's thread or on a worker.
@@ -301,6 +302,7 @@ struct FunctionExecutor::CallState final : public Sink {
   bool quarantined ABSL_GUARDED_BY(mu) = false;
   bool closed ABSL_GUARDED_BY(mu) = false;
   bool faulted ABSL_GUARDED_BY(mu) = false;
+  bool timed_out ABSL_GUARDED_BY(mu) = false;
   int writers ABSL_GUARDED_BY(mu) = 0;
   DetachedStatus status ABSL_GUARDED_BY(mu);
   std::string output ABSL_GUARDED_BY(mu);
@@ -347,7 +349,23 @@ struct FunctionExecutor::CallState final : public Sink {
       if (state->stage == Stage::kAbandoned) return;
       state->stage = Stage::kRunning;
     }
-    if (state->frame.cancelled()) return;  // its caller returns at once: nothing to report
+    if (state->frame.cancelled()) {
+      // The worker started late (past the deadline, or after the parent's cancellation): the
+      // handler does not run. The caller may still be waiting, or may wake to find this call
+      // done before it sees the deadline itself, so the call ends as the caller would end it
+      // and never as a thread that ended inside its handler.
+      outcome.emplace();
+      if (Clock::now() >= state->deadline) {
+        outcome->timed_out = true;
+        outcome->status = absl::DeadlineExceededError(absl::StrCat(
+            "function \"", state->function->name, "\": the deadline passed before a worker "
+            "could start the call"));
+      } else {
+        outcome->status = absl::CancelledError(absl::StrCat(
+            "function \"", state->function->name, "\": the caller's frame was cancelled"));
+      }
+      return;
+    }
     Call call{.kind = state->kind,
               .target = state->function->name,
               .frame = state->frame,
@@ -361,6 +379,7 @@ struct FunctionExecutor::CallState final : public Sink {
     std::lock_guard<std::mutex> lock(mu);
     if (outcome != nullptr) {
       faulted = outcome->faulted;
+      timed_out = outcome->timed_out;
       status = DetachedStatus::From(outcome->status);
     } else {
       status = DetachedStatus::From(absl::InternalError(absl::StrCat(
@@ -389,6 +408,7 @@ struct FunctionExecutor::CallState final : public Sink {
     if (stage == Stage::kDone) {
       if (call.output != nullptr) *call.output = std::move(output);
       call.faulted = faulted;
+      call.timed_out = timed_out;
       return status.Rebuild();
     }
     if (stage == Stage::kRunning) {

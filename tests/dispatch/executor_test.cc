@@ -411,16 +411,19 @@ TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
               IsOk());
   constexpr int kThreads = 4;
   constexpr int kCalls = 200;
-  std::atomic<int> failures{0};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;  // "function: status", printed on failure
+  auto fail = [&](std::string_view function, const absl::Status& status) {
+    std::lock_guard<std::mutex> lock(failures_mu);
+    failures.push_back(absl::StrCat(function, ": ", status.ToString()));
+  };
   std::latch go(kThreads + 2);
   std::vector<std::thread> threads;
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&] {
       go.arrive_and_wait();
-      if (executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 20}}).status().code() !=
-          absl::StatusCode::kDeadlineExceeded) {
-        ++failures;
-      }
+      const absl::Status status = executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 20}}).status();
+      if (status.code() != absl::StatusCode::kDeadlineExceeded) fail("hang", status);
     });
   }
   for (int t = 0; t < kThreads; ++t) {
@@ -431,18 +434,63 @@ TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
         Options options{{"tenant", tenant}};
         if (i % 2 == 0) options.Set("timeout_ms", std::int64_t{10000});
         auto result = executor.Invoke(Frame(), "tenant", "", options);
-        if (!result.ok() || *result != tenant) ++failures;
-        if (!IsExtensionPanic(executor.Invoke(Frame(), "boom", "", options).status())) ++failures;
+        if (!result.ok()) fail("tenant", result.status());
+        if (result.ok() && *result != tenant) fail("tenant", absl::InternalError(*result));
+        const absl::Status boom = executor.Invoke(Frame(), "boom", "", options).status();
+        if (!IsExtensionPanic(boom)) fail("boom", boom);
       }
     });
   }
   for (auto& thread : threads) thread.join();
-  EXPECT_EQ(failures.load(), 0);
+  EXPECT_THAT(failures, ::testing::IsEmpty());
   // A hang call may have timed out while still queued, so its handler never started: release
   // without waiting for `started`.
   release.count_down();
   WaitForQuarantine(executor, 0);
   EXPECT_EQ(executor.Counters("tenant")->calls, static_cast<std::uint64_t>(kThreads * kCalls));
+}
+
+// Tests that a deadline call whose worker starts only after the deadline (a slow thread start,
+// a loaded machine) ends DeadlineExceeded, never with the "handler ended its worker thread"
+// Internal error: the worker skipping an expired call used to finish it as if the handler had
+// called pthread_exit, and a caller that woke after that finish returned that status.
+TEST(FunctionExecutor, ConcurrentDeadlineCallsStartingLateEndDeadlineExceeded) {
+  TenantApp app;
+  // Quarantine budgets large enough that an echo worker caught past its deadline never gets a
+  // call refused: only OK and DeadlineExceeded are expected.
+  FunctionExecutor executor(app.app, {.deadline_workers = 1,
+                                      .max_quarantined = 64,
+                                      .max_quarantined_per_function = 64,
+                                      .max_in_flight_per_function = 64});
+  ASSERT_THAT(executor.Register("echo", Echo()), IsOk());
+  constexpr int kThreads = 6;
+  constexpr int kCalls = 300;
+  std::mutex mu;
+  std::vector<std::string> unexpected;
+  std::atomic<int> timeouts{0};
+  std::latch go(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      go.arrive_and_wait();
+      for (int i = 0; i < kCalls; ++i) {
+        const absl::Status status =
+            executor.Invoke(Frame(), "echo", "x", {{"timeout_ms", 1}}).status();
+        if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+          ++timeouts;
+        } else if (!status.ok()) {
+          std::lock_guard<std::mutex> lock(mu);
+          unexpected.push_back(status.ToString());
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_THAT(unexpected, ::testing::IsEmpty());
+  const absl::StatusOr<FunctionCounters> counters = executor.Counters("echo");
+  ASSERT_THAT(counters, IsOk());
+  // Every DeadlineExceeded a caller saw is counted as a timeout, however the call expired.
+  EXPECT_EQ(counters->timeouts, static_cast<std::uint64_t>(timeouts.load()));
 }
 
 }  // namespace
