@@ -413,7 +413,7 @@ TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
   constexpr int kCalls = 200;
   std::mutex failures_mu;
   std::vector<std::string> failures;  // "function: status", printed on failure
-  auto fail = [&](std::string_view function, const absl::Status& status) {
+  auto fail = [&](const std::string& function, const absl::Status& status) {
     std::lock_guard<std::mutex> lock(failures_mu);
     failures.push_back(absl::StrCat(function, ": ", status.ToString()));
   };
