@@ -28,6 +28,7 @@ namespace framekit::dispatch {
 namespace {
 
 using ::framekit::testing::IsOk;
+using ::framekit::testing::StatusIs;
 
 using ::framekit::testing::kTenant;
 using ::framekit::testing::TenantApp;
@@ -61,7 +62,9 @@ TEST(FunctionExecutor, RegistryLifecycle) {
   EXPECT_EQ(executor.Register("", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("bad name", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("-x", Echo()).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(executor.Register("f", nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor.Register("f", Handler()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor.Register("f", std::shared_ptr<Code>()).code(),
+            absl::StatusCode::kInvalidArgument);
   ASSERT_THAT(executor.Register("f", Echo(), {{"tenant", "dflt"}}), IsOk());
   ASSERT_THAT(executor.Register("a.b-c_1", Echo()), IsOk());
   EXPECT_EQ(executor.Register("f", Echo()).code(), absl::StatusCode::kAlreadyExists);
@@ -491,6 +494,69 @@ TEST(FunctionExecutor, ConcurrentDeadlineCallsStartingLateEndDeadlineExceeded) {
   ASSERT_THAT(counters, IsOk());
   // Every DeadlineExceeded a caller saw is counted as a timeout, however the call expired.
   EXPECT_EQ(counters->timeouts, static_cast<std::uint64_t>(timeouts.load()));
+}
+
+// Preemptive code: spins until its frame is cancelled (deadline or stop) and reports the thread
+// it ran on and some RunStats.
+class SpinUntilCancelled final : public Code {
+ public:
+  bool preemptive() const override { return true; }
+  absl::Status Run(const Frame& frame, std::string_view, Sink& out, RunStats& stats) override {
+    thread.store(std::this_thread::get_id());
+    entered.store(true);
+    stats.host_calls = 7;
+    stats.peak_memory_bytes = 1234;
+    FRAMEKIT_RETURN_IF_ERROR(out.Write("partial"));
+    while (!frame.cancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (frame.stop_token().stop_requested()) return absl::CancelledError("spin: cancelled");
+    return absl::DeadlineExceededError("spin: deadline");
+  }
+  std::atomic<std::thread::id> thread{};
+  std::atomic<bool> entered{false};
+};
+
+// Tests that preemptive code runs on the caller's thread even with a deadline: nothing is
+// quarantined, the timeout is counted, and the record carries the code's RunStats.
+TEST(FunctionExecutor, PreemptiveCodeRunsOnTheCallersThread) {
+  TenantApp app;
+  FunctionExecutor executor(app.app, {.max_quarantined = 0, .max_quarantined_per_function = 0});
+  auto spin = std::make_shared<SpinUntilCancelled>();
+  ASSERT_THAT(executor.Register("spin", spin), IsOk());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(executor.Invoke(Frame(), "spin", "", {{"timeout_ms", 20}, {"tenant", "acme"}}),
+                StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("spin: deadline")));
+    EXPECT_EQ(spin->thread.load(), std::this_thread::get_id());
+    EXPECT_EQ(executor.quarantined(), 0);
+  }
+  const absl::StatusOr<FunctionCounters> counters = executor.Counters("spin");
+  ASSERT_THAT(counters, IsOk());
+  EXPECT_EQ(counters->timeouts, 3u);
+  EXPECT_EQ(counters->refusals, 0u);
+  EXPECT_EQ(counters->in_flight, 0);
+  const absl::StatusOr<std::vector<InvocationRecord>> records = executor.ListInvocations("spin");
+  ASSERT_THAT(records, IsOk());
+  ASSERT_EQ(records->size(), 3u);
+  EXPECT_EQ(records->front().stats.host_calls, 7u);
+  EXPECT_EQ(records->front().stats.peak_memory_bytes, 1234u);
+  EXPECT_EQ(records->front().output_bytes, std::string_view("partial").size());
+  // A native handler's record reports no RunStats.
+  ASSERT_THAT(executor.Register("echo", Echo()), IsOk());
+  ASSERT_THAT(executor.Invoke(Frame(), "echo", "x", {{"timeout_ms", 1000}}), IsOk());
+  EXPECT_EQ(executor.ListInvocations("echo")->front().stats.host_calls, 0u);
+}
+
+// Tests that Shutdown cancels a preemptive call running on its caller's thread.
+TEST(FunctionExecutor, ShutdownCancelsPreemptiveCalls) {
+  TenantApp app;
+  FunctionExecutor executor(app.app);
+  auto spin = std::make_shared<SpinUntilCancelled>();
+  ASSERT_THAT(executor.Register("spin", spin), IsOk());
+  absl::Status status;
+  std::thread caller([&] { status = executor.Invoke(Frame(), "spin", "").status(); });
+  while (!spin->entered.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_THAT(executor.Shutdown(std::chrono::seconds(10)), IsOk());
+  caller.join();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled, HasSubstr("spin: cancelled")));
 }
 
 }  // namespace
