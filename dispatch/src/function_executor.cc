@@ -364,9 +364,10 @@ struct FunctionExecutor::CallState final : public Sink {
       outcome.emplace();
       if (Clock::now() >= state->deadline) {
         outcome->timed_out = true;
-        outcome->status = absl::DeadlineExceededError(absl::StrCat(
-            "function \"", state->function->name, "\": the deadline passed before a worker "
-            "could start the call"));
+        outcome->status =
+            absl::DeadlineExceededError(absl::StrCat("function \"", state->function->name,
+                                                     "\": the deadline passed before a worker "
+                                                     "could start the call"));
       } else {
         outcome->status = absl::CancelledError(absl::StrCat(
             "function \"", state->function->name, "\": the caller's frame was cancelled"));
@@ -378,8 +379,8 @@ struct FunctionExecutor::CallState final : public Sink {
               .frame = state->frame,
               .options = &state->options,
               .payload = state->payload};
-    outcome = state->version->Run(state->shared->interceptors.get(), *state->shared->monitor,
-                                  call, *state, stats);
+    outcome = state->version->Run(state->shared->interceptors.get(), *state->shared->monitor, call,
+                                  *state, stats);
   }
 
   void Finish(const Version::Outcome* outcome, const RunStats& run_stats) {
@@ -796,7 +797,8 @@ absl::Status FunctionExecutor::RunPreemptive(DispatchCall& call) {
   std::pair<Frame, Canceller> cancellable = call.frame.WithCancel();
   call.frame = std::move(cancellable.first);
   Canceller& canceller = cancellable.second;
-  std::stop_callback on_shutdown(shared_->shutdown.get_token(), [&canceller] { canceller.Cancel(); });
+  std::stop_callback on_shutdown(shared_->shutdown.get_token(),
+                                 [&canceller] { canceller.Cancel(); });
   absl::Status status = RunInline(call);
   // The runtime reports its own deadline (the frame's, or an earlier limit of its own).
   call.timed_out = status.code() == absl::StatusCode::kDeadlineExceeded && !call.faulted;

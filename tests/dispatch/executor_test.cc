@@ -425,7 +425,8 @@ TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&] {
       go.arrive_and_wait();
-      const absl::Status status = executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 20}}).status();
+      const absl::Status status =
+          executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 20}}).status();
       if (status.code() != absl::StatusCode::kDeadlineExceeded) fail("hang", status);
     });
   }

@@ -51,12 +51,13 @@ dispatch::Handler Tenant() {
 TEST(LuaExecutor, RegisteredLuaFunctionRunsThroughInvoke) {
   TenantApp app;
   dispatch::FunctionExecutor executor(app.app);
-  ASSERT_THAT(executor.Register("greet",
-                                MustCompile("return function(p) return 'hello ' .. p end")),
-              IsOk());
+  ASSERT_THAT(
+      executor.Register("greet", MustCompile("return function(p) return 'hello ' .. p end")),
+      IsOk());
   EXPECT_THAT(executor.Invoke(Frame(), "greet", "lua"), IsOk());
   EXPECT_EQ(*executor.Invoke(Frame(), "greet", "lua", {{"timeout_ms", 1000}}), "hello lua");
-  absl::StatusOr<int> v2 = executor.Deploy("greet", MustCompile("return function(p) return 'hi ' .. p end"));
+  absl::StatusOr<int> v2 =
+      executor.Deploy("greet", MustCompile("return function(p) return 'hi ' .. p end"));
   ASSERT_THAT(v2, IsOk());
   EXPECT_EQ(*v2, 2);
   EXPECT_EQ(*executor.Invoke(Frame(), "greet", "lua"), "hi lua");
@@ -70,8 +71,8 @@ TEST(LuaExecutor, RegisteredLuaFunctionRunsThroughInvoke) {
 // quarantined, and native deadline calls of another function keep succeeding meanwhile.
 TEST(LuaExecutor, ConcurrentInfiniteLoopEndsAtDeadlineWithoutQuarantine) {
   TenantApp app;
-  dispatch::FunctionExecutor executor(app.app, {.max_quarantined = 0,
-                                                .max_quarantined_per_function = 0});
+  dispatch::FunctionExecutor executor(app.app,
+                                      {.max_quarantined = 0, .max_quarantined_per_function = 0});
   ASSERT_THAT(executor.Register("spin", MustCompile("return function() while true do end end")),
               IsOk());
   ASSERT_THAT(executor.Register("tenant", Tenant()), IsOk());
@@ -130,15 +131,14 @@ TEST(LuaExecutor, MemoryLimitIsResourceExhaustedAndRecordedPeak) {
   dispatch::FunctionExecutor executor(app.app);
   LuaLimits limits;
   limits.memory_bytes = 1 << 20;
-  ASSERT_THAT(executor.Register(
-                  "hog",
-                  MustCompile("return function() local t = {} while true do t[#t + 1] = {} end end",
-                              limits)),
-              IsOk());
+  ASSERT_THAT(
+      executor.Register(
+          "hog", MustCompile("return function() local t = {} while true do t[#t + 1] = {} end end",
+                             limits)),
+      IsOk());
   EXPECT_THAT(executor.Invoke(Frame(), "hog", "", {{"timeout_ms", 5000}}),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("memory")));
-  absl::StatusOr<std::vector<dispatch::InvocationRecord>> records =
-      executor.ListInvocations("hog");
+  absl::StatusOr<std::vector<dispatch::InvocationRecord>> records = executor.ListInvocations("hog");
   ASSERT_THAT(records, IsOk());
   ASSERT_EQ(records->size(), 1u);
   const dispatch::InvocationRecord& record = records->front();
@@ -156,12 +156,12 @@ TEST(LuaExecutor, ScriptInvokesNativeFunctionThroughExecutor) {
   auto host = std::make_shared<LuaHost>();
   BindInvoker(*host, executor);
   ASSERT_THAT(executor.Register("tenant", Tenant()), IsOk());
-  ASSERT_THAT(executor.Register(
-                  "script",
-                  MustCompile("return function(p) return host.invoke('tenant', p) .. ';' .. "
-                              "host.invoke('tenant', 'again') end",
-                              {}, host)),
-              IsOk());
+  ASSERT_THAT(
+      executor.Register("script",
+                        MustCompile("return function(p) return host.invoke('tenant', p) .. ';' .. "
+                                    "host.invoke('tenant', 'again') end",
+                                    {}, host)),
+      IsOk());
   absl::StatusOr<std::string> reply =
       executor.Invoke(Frame(), "script", "hi", {{"tenant", "acme"}, {"timeout_ms", 2000}});
   ASSERT_THAT(reply, IsOk());
@@ -177,12 +177,12 @@ TEST(LuaExecutor, ScriptInvokesNativeFunctionThroughExecutor) {
   EXPECT_EQ(executor.Counters("tenant")->calls, 2u);
 
   // A nested call's failure is a Lua error the script can catch.
-  ASSERT_THAT(executor.Register(
-                  "missing",
-                  MustCompile("return function() local ok, err = pcall(host.invoke, 'nope') "
-                              "return tostring(ok) .. ' ' .. err end",
-                              {}, host)),
-              IsOk());
+  ASSERT_THAT(
+      executor.Register("missing",
+                        MustCompile("return function() local ok, err = pcall(host.invoke, 'nope') "
+                                    "return tostring(ok) .. ' ' .. err end",
+                                    {}, host)),
+      IsOk());
   absl::StatusOr<std::string> missing = executor.Invoke(Frame(), "missing", "");
   ASSERT_THAT(missing, IsOk());
   EXPECT_THAT(*missing, HasSubstr("false NOT_FOUND"));
