@@ -121,15 +121,16 @@ std::chrono::nanoseconds LatencyBucketBound(int bucket) {
 
 struct FunctionExecutor::Version {
   int number = 0;
-  Handler handler;
+  std::shared_ptr<Code> code;  // never null
   Clock::time_point deployed{};
   std::string guard_name;  // "NAME@vN": a redeploy starts a fresh fault-policy history
   std::atomic<bool> disabled{false};
 
-  static std::shared_ptr<Version> Make(std::string_view function, int number, Handler handler) {
+  static std::shared_ptr<Version> Make(std::string_view function, int number,
+                                       std::shared_ptr<Code> code) {
     auto version = std::make_shared<Version>();
     version->number = number;
-    version->handler = std::move(handler);
+    version->code = std::move(code);
     version->deployed = Clock::now();
     version->guard_name = absl::StrCat(AsAbsl(function), "@v", number);
     return version;
@@ -137,11 +138,13 @@ struct FunctionExecutor::Version {
 
   struct Outcome {
     absl::Status status;
-    bool faulted = false;  // the handler or an interceptor threw
+    bool faulted = false;    // the handler or an interceptor threw
+    bool timed_out = false;  // the deadline passed before the handler could start
   };
-  // Runs the interceptors, then the handler under the invoke guard: the one place a call runs,
-  // on the caller's thread or on a worker.
-  Outcome Run(const Interceptors* interceptors, FaultMonitor& monitor, Call& call, Sink& sink) {
+  // Runs the interceptors, then the code under the invoke guard: the one place a call runs, on
+  // the caller's thread or on a worker.
+  Outcome Run(const Interceptors* interceptors, FaultMonitor& monitor, Call& call, Sink& sink,
+              RunStats& stats) {
     Outcome out;
     bool handler_ran = false;
     absl::Status handler_status;
@@ -149,7 +152,7 @@ struct FunctionExecutor::Version {
       handler_ran = true;
       handler_status = Guard(
           ExtRef(guard_name, monitor), Phase::kInvoke,
-          [&]() -> absl::Status { return handler(c.frame, c.payload, sink); },
+          [&]() -> absl::Status { return code->Run(c.frame, c.payload, sink, stats); },
           [&](FaultReport&& report) -> absl::Status {
             out.faulted = true;
             if (report.verdict == FaultVerdict::kEvict) {
@@ -176,6 +179,7 @@ struct FunctionExecutor::Function {
     absl::StatusCode error_code = absl::StatusCode::kOk;
     std::string error_message;
     std::uint64_t output_bytes = 0;
+    RunStats stats;
     std::string caller;
     std::string trace_id;
   };
@@ -295,6 +299,7 @@ struct FunctionExecutor::DispatchCall {
   Options merged_storage;
   Frame frame;
   std::uint64_t output_bytes = 0;
+  RunStats stats;  // what the code reported
   bool timed_out = false;
   bool faulted = false;
 };
@@ -310,6 +315,8 @@ struct FunctionExecutor::CallState final : public Sink {
   bool quarantined ABSL_GUARDED_BY(mu) = false;
   bool closed ABSL_GUARDED_BY(mu) = false;
   bool faulted ABSL_GUARDED_BY(mu) = false;
+  bool timed_out ABSL_GUARDED_BY(mu) = false;
+  RunStats stats ABSL_GUARDED_BY(mu);
   int writers ABSL_GUARDED_BY(mu) = 0;
   DetachedStatus status ABSL_GUARDED_BY(mu);
   std::string output ABSL_GUARDED_BY(mu);
@@ -346,30 +353,51 @@ struct FunctionExecutor::CallState final : public Sink {
   // budgets are given back, however the worker leaves, a forced unwind (pthread_exit) included.
   static void Work(const std::shared_ptr<CallState>& state) {
     std::optional<Version::Outcome> outcome;
+    RunStats stats;  // the worker's own until Finish copies it under mu
     struct End {
       CallState& state;
       std::optional<Version::Outcome>& outcome;
-      ~End() { state.Finish(outcome ? &*outcome : nullptr); }
-    } end{*state, outcome};
+      const RunStats& stats;
+      ~End() { state.Finish(outcome ? &*outcome : nullptr, stats); }
+    } end{*state, outcome, stats};
     {
       std::lock_guard<std::mutex> lock(state->mu);
       if (state->stage == Stage::kAbandoned) return;
       state->stage = Stage::kRunning;
     }
-    if (state->frame.cancelled()) return;  // its caller returns at once: nothing to report
+    if (state->frame.cancelled()) {
+      // The worker started late (past the deadline, or after the parent's cancellation): the
+      // handler does not run. The caller may still be waiting, or may wake to find this call
+      // done before it sees the deadline itself, so the call ends as the caller would end it
+      // and never as a thread that ended inside its handler.
+      outcome.emplace();
+      if (Clock::now() >= state->deadline) {
+        outcome->timed_out = true;
+        outcome->status =
+            absl::DeadlineExceededError(absl::StrCat("function \"", state->function->name,
+                                                     "\": the deadline passed before a worker "
+                                                     "could start the call"));
+      } else {
+        outcome->status = absl::CancelledError(absl::StrCat(
+            "function \"", state->function->name, "\": the caller's frame was cancelled"));
+      }
+      return;
+    }
     Call call{.kind = state->kind,
               .target = state->function->name,
               .frame = state->frame,
               .options = &state->options,
               .payload = state->payload};
-    outcome = state->version->Run(state->shared->interceptors.get(), *state->shared->monitor,
-                                  call, *state);
+    outcome = state->version->Run(state->shared->interceptors.get(), *state->shared->monitor, call,
+                                  *state, stats);
   }
 
-  void Finish(const Version::Outcome* outcome) {
+  void Finish(const Version::Outcome* outcome, const RunStats& run_stats) {
     std::lock_guard<std::mutex> lock(mu);
+    stats = run_stats;
     if (outcome != nullptr) {
       faulted = outcome->faulted;
+      timed_out = outcome->timed_out;
       status = DetachedStatus::From(outcome->status);
     } else {
       status = DetachedStatus::From(absl::InternalError(absl::StrCat(
@@ -398,6 +426,8 @@ struct FunctionExecutor::CallState final : public Sink {
     if (stage == Stage::kDone) {
       if (call.output != nullptr) *call.output = std::move(output);
       call.faulted = faulted;
+      call.timed_out = timed_out;
+      call.stats = stats;
       return status.Rebuild();
     }
     if (stage == Stage::kRunning) {
@@ -449,6 +479,11 @@ absl::Status CheckHandler(std::string_view name, const Handler& handler) {
   if (handler) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("function \"", AsAbsl(name), "\" has no handler"));
+}
+
+absl::Status CheckCode(std::string_view name, const std::shared_ptr<Code>& code) {
+  if (code != nullptr) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("function \"", AsAbsl(name), "\" has no code"));
 }
 
 absl::Status ValidateOptions(const FunctionExecutorOptions& o) {
@@ -537,12 +572,18 @@ bool FunctionExecutor::WaitForCallers(Deadline until) {
 }
 
 absl::Status FunctionExecutor::Register(std::string name, Handler handler, Options defaults) {
+  FRAMEKIT_RETURN_IF_ERROR(CheckHandler(name, handler));
+  return Register(std::move(name), NativeCode(std::move(handler)), std::move(defaults));
+}
+
+absl::Status FunctionExecutor::Register(std::string name, std::shared_ptr<Code> code,
+                                        Options defaults) {
   if (!IsValidName(name)) {
     return absl::InvalidArgumentError(
         absl::StrCat("invalid function name \"", name,
                      "\": want 1-128 of [A-Za-z0-9_.-], starting with a letter or digit"));
   }
-  FRAMEKIT_RETURN_IF_ERROR(CheckHandler(name, handler));
+  FRAMEKIT_RETURN_IF_ERROR(CheckCode(name, code));
   auto function = std::make_shared<Function>();
   function->name = name;
   function->defaults = std::move(defaults);
@@ -550,7 +591,7 @@ absl::Status FunctionExecutor::Register(std::string name, Handler handler, Optio
     std::lock_guard<std::mutex> lock(function->records_mu);
     function->ring.resize(static_cast<std::size_t>(options_.records_per_function));
   }
-  function->active = Version::Make(name, 1, std::move(handler));
+  function->active = Version::Make(name, 1, std::move(code));
   function->versions.push_back(function->active);
 
   std::lock_guard<std::mutex> lock(mu_);
@@ -563,12 +604,17 @@ absl::Status FunctionExecutor::Register(std::string name, Handler handler, Optio
 
 absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler handler) {
   FRAMEKIT_RETURN_IF_ERROR(CheckHandler(name, handler));
+  return Deploy(name, NativeCode(std::move(handler)));
+}
+
+absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, std::shared_ptr<Code> code) {
+  FRAMEKIT_RETURN_IF_ERROR(CheckCode(name, code));
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
   if (!found.ok()) return found.status();
   Function& function = **found;
   const int number = static_cast<int>(function.versions.size()) + 1;
-  function.active = Version::Make(name, number, std::move(handler));
+  function.active = Version::Make(name, number, std::move(code));
   function.versions.push_back(function.active);
   return number;
 }
@@ -692,7 +738,13 @@ absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
   const Clock::time_point start = Clock::now();
   call.function->calls.fetch_add(1, std::memory_order_relaxed);
   absl::Status status = PrepareFrame(call);
-  if (status.ok()) status = call.frame.deadline() ? RunWithDeadline(call) : RunInline(call);
+  if (status.ok()) {
+    if (call.version->code->preemptive()) {
+      status = RunPreemptive(call);
+    } else {
+      status = call.frame.deadline() ? RunWithDeadline(call) : RunInline(call);
+    }
+  }
   if (call.output != nullptr) call.output_bytes = call.output->size();
   Record(call, status, start);
   return status;
@@ -754,9 +806,24 @@ absl::Status FunctionExecutor::RunInline(DispatchCall& call) {
          .options = call.merged,
          .payload = call.payload};
   Version::Outcome outcome =
-      call.version->Run(shared_->interceptors.get(), *shared_->monitor, c, *call.sink);
+      call.version->Run(shared_->interceptors.get(), *shared_->monitor, c, *call.sink, call.stats);
   call.faulted = outcome.faulted;
   return std::move(outcome.status);
+}
+
+// Steps 4-5 of preemptive code, on the caller's thread whether or not the call has a deadline:
+// the code returns by the deadline itself, so no worker is handed the call and none can be
+// quarantined. Shutdown cancels the call's frame, which such code also honours promptly.
+absl::Status FunctionExecutor::RunPreemptive(DispatchCall& call) {
+  std::pair<Frame, Canceller> cancellable = call.frame.WithCancel();
+  call.frame = std::move(cancellable.first);
+  Canceller& canceller = cancellable.second;
+  std::stop_callback on_shutdown(shared_->shutdown.get_token(),
+                                 [&canceller] { canceller.Cancel(); });
+  absl::Status status = RunInline(call);
+  // The runtime reports its own deadline (the frame's, or an earlier limit of its own).
+  call.timed_out = status.code() == absl::StatusCode::kDeadlineExceeded && !call.faulted;
+  return status;
 }
 
 // Steps 4-5 on a worker, the caller waiting until the deadline at most.
@@ -819,6 +886,7 @@ void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& stat
     slot.error_message.assign(message.data(), message.size());
   }
   slot.output_bytes = call.output_bytes;
+  slot.stats = call.stats;
   if (caller != nullptr) {
     slot.caller = caller->user_id;
   } else {
@@ -850,6 +918,7 @@ absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(
                    .error = absl::Status(slot.error_code, slot.error_message),
                    .duration = slot.end - slot.start,
                    .output_bytes = slot.output_bytes,
+                   .stats = slot.stats,
                    .caller = slot.caller,
                    .trace_id = slot.trace_id});
   }

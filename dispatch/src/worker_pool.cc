@@ -15,23 +15,52 @@ std::shared_ptr<WorkerPool> WorkerPool::Create(int keep_idle) {
   return std::make_shared<WorkerPool>(keep_idle);
 }
 
+WorkerPool::~WorkerPool() {
+  // Only threads still stuck in a task can be left (the last reference may be such a thread's
+  // own): they run on detached.
+  for (auto& [id, thread] : threads_) {
+    if (thread.joinable()) thread.detach();
+  }
+}
+
+std::vector<std::thread> WorkerPool::TakeFinishedLocked() {
+  std::vector<std::thread> out;
+  for (const std::thread::id id : finished_) {
+    const auto it = threads_.find(id);
+    if (it == threads_.end()) continue;
+    out.push_back(std::move(it->second));
+    threads_.erase(it);
+  }
+  finished_.clear();
+  return out;
+}
+
 bool WorkerPool::Run(Task task) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (stop_) return false;
-  if (static_cast<std::size_t>(idle_) > queue_.size()) {
-    queue_.push_back(std::move(task));
-    work_cv_.notify_one();
-    return true;
+  std::vector<std::thread> finished;
+  bool ran = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished = TakeFinishedLocked();
+    if (stop_) {
+      ran = false;
+    } else if (static_cast<std::size_t>(idle_) > queue_.size()) {
+      queue_.push_back(std::move(task));
+      work_cv_.notify_one();
+    } else {
+      try {
+        std::thread thread([self = shared_from_this(), first = std::move(task)]() mutable {
+          self->Loop(std::move(first));
+        });
+        threads_.emplace(thread.get_id(), std::move(thread));
+        ++live_;
+      } catch (const std::system_error&) {
+        ran = false;
+      }
+    }
   }
-  try {
-    std::thread([self = shared_from_this(), first = std::move(task)]() mutable {
-      self->Loop(std::move(first));
-    }).detach();
-  } catch (const std::system_error&) {
-    return false;
-  }
-  ++live_;
-  return true;
+  // Ended threads have left Loop: joining them waits only for their last instructions.
+  for (std::thread& thread : finished) thread.join();
+  return ran;
 }
 
 void WorkerPool::Loop(Task first) {
@@ -42,10 +71,12 @@ void WorkerPool::Loop(Task first) {
     ~Exit() {
       std::lock_guard<std::mutex> lock(pool.mu_);
       --pool.live_;
+      pool.finished_.push_back(std::this_thread::get_id());
       pool.exited_cv_.notify_all();
     }
   } exit{*this};
   std::move(first)();
+  first = nullptr;  // what the task holds goes before the thread counts as ended
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_ && idle_ < keep_idle_) {
     ++idle_;
@@ -63,11 +94,18 @@ void WorkerPool::Loop(Task first) {
 
 int WorkerPool::Shutdown(Deadline until) {
   const int self = OnWorkerThread() ? 1 : 0;
-  std::unique_lock<std::mutex> lock(mu_);
-  stop_ = true;
-  work_cv_.notify_all();
-  exited_cv_.wait_until(lock, until, [&] { return live_ <= self; });
-  return live_ - self;
+  std::vector<std::thread> finished;
+  int left = 0;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    stop_ = true;
+    work_cv_.notify_all();
+    exited_cv_.wait_until(lock, until, [&] { return live_ <= self; });
+    finished = TakeFinishedLocked();
+    left = live_ - self;
+  }
+  for (std::thread& thread : finished) thread.join();
+  return left;
 }
 
 bool WorkerPool::OnWorkerThread() const { return tls_pool == this; }

@@ -6,8 +6,10 @@
 // it admits, which bounds the threads. Up to `keep_idle` idle threads are kept for reuse; the
 // others exit when their task ends.
 //
-// Threads are detached and each holds the pool by shared_ptr: a thread still stuck in a task
-// when Shutdown gives up touches nothing that its owner frees.
+// Each thread holds the pool by shared_ptr: a thread still stuck in a task when Shutdown gives
+// up touches nothing that its owner frees. Threads that have ended are joined (by the next Run,
+// and by Shutdown), so that a pool that shut down cleanly leaves no thread behind; a thread
+// still stuck when the pool is destroyed is detached.
 //
 // Thread-safety: thread-safe.
 #ifndef FRAMEKIT_DISPATCH_SRC_WORKER_POOL_H_
@@ -17,6 +19,9 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
@@ -40,9 +45,12 @@ class WorkerPool : public std::enable_shared_from_this<WorkerPool> {
   bool OnWorkerThread() const;
 
   explicit WorkerPool(int keep_idle) : keep_idle_(keep_idle) {}
+  ~WorkerPool();
 
  private:
   void Loop(Task first);
+  // Takes the threads that have ended out of threads_, for the caller to join unlocked.
+  std::vector<std::thread> TakeFinishedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int keep_idle_;
   std::mutex mu_;
@@ -52,6 +60,8 @@ class WorkerPool : public std::enable_shared_from_this<WorkerPool> {
   int idle_ ABSL_GUARDED_BY(mu_) = 0;
   int live_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::unordered_map<std::thread::id, std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread::id> finished_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace framekit::dispatch_internal

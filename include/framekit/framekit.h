@@ -23,6 +23,7 @@
 #include "framekit/dispatch/interceptors.h"
 #include "framekit/dispatch/process_manager.h"
 #include "framekit/dispatch/recovery_registry.h"
+#include "framekit/lua/executor_binding.h"
 #include "framekit/lua/lua_function.h"
 #include "framekit/net/dial.h"
 #include "framekit/net/network.h"

@@ -28,6 +28,7 @@ namespace framekit::dispatch {
 namespace {
 
 using ::framekit::testing::IsOk;
+using ::framekit::testing::StatusIs;
 
 using ::framekit::testing::kTenant;
 using ::framekit::testing::TenantApp;
@@ -61,7 +62,9 @@ TEST(FunctionExecutor, RegistryLifecycle) {
   EXPECT_EQ(executor.Register("", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("bad name", Echo()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(executor.Register("-x", Echo()).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(executor.Register("f", nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor.Register("f", Handler()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor.Register("f", std::shared_ptr<Code>()).code(),
+            absl::StatusCode::kInvalidArgument);
   ASSERT_THAT(executor.Register("f", Echo(), {{"tenant", "dflt"}}), IsOk());
   ASSERT_THAT(executor.Register("a.b-c_1", Echo()), IsOk());
   EXPECT_EQ(executor.Register("f", Echo()).code(), absl::StatusCode::kAlreadyExists);
@@ -412,16 +415,20 @@ TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
               IsOk());
   constexpr int kThreads = 4;
   constexpr int kCalls = 200;
-  std::atomic<int> failures{0};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;  // "function: status", printed on failure
+  auto fail = [&](const std::string& function, const absl::Status& status) {
+    std::lock_guard<std::mutex> lock(failures_mu);
+    failures.push_back(absl::StrCat(function, ": ", status.ToString()));
+  };
   std::latch go(kThreads + 2);
   std::vector<std::thread> threads;
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&] {
       go.arrive_and_wait();
-      if (executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 20}}).status().code() !=
-          absl::StatusCode::kDeadlineExceeded) {
-        ++failures;
-      }
+      const absl::Status status =
+          executor.Invoke(Frame(), "hang", "", {{"timeout_ms", 20}}).status();
+      if (status.code() != absl::StatusCode::kDeadlineExceeded) fail("hang", status);
     });
   }
   for (int t = 0; t < kThreads; ++t) {
@@ -432,18 +439,126 @@ TEST(FunctionExecutor, ConcurrentHealthyCallsBesideHangsAndFaults) {
         Options options{{"tenant", tenant}};
         if (i % 2 == 0) options.Set("timeout_ms", std::int64_t{10000});
         auto result = executor.Invoke(Frame(), "tenant", "", options);
-        if (!result.ok() || *result != tenant) ++failures;
-        if (!IsExtensionPanic(executor.Invoke(Frame(), "boom", "", options).status())) ++failures;
+        if (!result.ok()) fail("tenant", result.status());
+        if (result.ok() && *result != tenant) fail("tenant", absl::InternalError(*result));
+        const absl::Status boom = executor.Invoke(Frame(), "boom", "", options).status();
+        if (!IsExtensionPanic(boom)) fail("boom", boom);
       }
     });
   }
   for (auto& thread : threads) thread.join();
-  EXPECT_EQ(failures.load(), 0);
+  EXPECT_THAT(failures, ::testing::IsEmpty());
   // A hang call may have timed out while still queued, so its handler never started: release
   // without waiting for `started`.
   release.count_down();
   WaitForQuarantine(executor, 0);
   EXPECT_EQ(executor.Counters("tenant")->calls, static_cast<std::uint64_t>(kThreads * kCalls));
+}
+
+// Tests that a deadline call whose worker starts only after the deadline (a slow thread start,
+// a loaded machine) ends DeadlineExceeded, never with the "handler ended its worker thread"
+// Internal error: the worker skipping an expired call used to finish it as if the handler had
+// called pthread_exit, and a caller that woke after that finish returned that status.
+TEST(FunctionExecutor, ConcurrentDeadlineCallsStartingLateEndDeadlineExceeded) {
+  TenantApp app;
+  // Quarantine budgets large enough that an echo worker caught past its deadline never gets a
+  // call refused: only OK and DeadlineExceeded are expected.
+  FunctionExecutor executor(app.app, {.deadline_workers = 1,
+                                      .max_quarantined = 64,
+                                      .max_quarantined_per_function = 64,
+                                      .max_in_flight_per_function = 64});
+  ASSERT_THAT(executor.Register("echo", Echo()), IsOk());
+  constexpr int kThreads = 6;
+  constexpr int kCalls = 300;
+  std::mutex mu;
+  std::vector<std::string> unexpected;
+  std::atomic<int> timeouts{0};
+  std::latch go(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      go.arrive_and_wait();
+      for (int i = 0; i < kCalls; ++i) {
+        const absl::Status status =
+            executor.Invoke(Frame(), "echo", "x", {{"timeout_ms", 1}}).status();
+        if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+          ++timeouts;
+        } else if (!status.ok()) {
+          std::lock_guard<std::mutex> lock(mu);
+          unexpected.push_back(status.ToString());
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_THAT(unexpected, ::testing::IsEmpty());
+  const absl::StatusOr<FunctionCounters> counters = executor.Counters("echo");
+  ASSERT_THAT(counters, IsOk());
+  // Every DeadlineExceeded a caller saw is counted as a timeout, however the call expired.
+  EXPECT_EQ(counters->timeouts, static_cast<std::uint64_t>(timeouts.load()));
+}
+
+// Preemptive code: spins until its frame is cancelled (deadline or stop) and reports the thread
+// it ran on and some RunStats.
+class SpinUntilCancelled final : public Code {
+ public:
+  bool preemptive() const override { return true; }
+  absl::Status Run(const Frame& frame, std::string_view, Sink& out, RunStats& stats) override {
+    thread.store(std::this_thread::get_id());
+    entered.store(true);
+    stats.host_calls = 7;
+    stats.peak_memory_bytes = 1234;
+    FRAMEKIT_RETURN_IF_ERROR(out.Write("partial"));
+    while (!frame.cancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (frame.stop_token().stop_requested()) return absl::CancelledError("spin: cancelled");
+    return absl::DeadlineExceededError("spin: deadline");
+  }
+  std::atomic<std::thread::id> thread{};
+  std::atomic<bool> entered{false};
+};
+
+// Tests that preemptive code runs on the caller's thread even with a deadline: nothing is
+// quarantined, the timeout is counted, and the record carries the code's RunStats.
+TEST(FunctionExecutor, PreemptiveCodeRunsOnTheCallersThread) {
+  TenantApp app;
+  FunctionExecutor executor(app.app, {.max_quarantined = 0, .max_quarantined_per_function = 0});
+  auto spin = std::make_shared<SpinUntilCancelled>();
+  ASSERT_THAT(executor.Register("spin", spin), IsOk());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(executor.Invoke(Frame(), "spin", "", {{"timeout_ms", 20}, {"tenant", "acme"}}),
+                StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("spin: deadline")));
+    EXPECT_EQ(spin->thread.load(), std::this_thread::get_id());
+    EXPECT_EQ(executor.quarantined(), 0);
+  }
+  const absl::StatusOr<FunctionCounters> counters = executor.Counters("spin");
+  ASSERT_THAT(counters, IsOk());
+  EXPECT_EQ(counters->timeouts, 3u);
+  EXPECT_EQ(counters->refusals, 0u);
+  EXPECT_EQ(counters->in_flight, 0);
+  const absl::StatusOr<std::vector<InvocationRecord>> records = executor.ListInvocations("spin");
+  ASSERT_THAT(records, IsOk());
+  ASSERT_EQ(records->size(), 3u);
+  EXPECT_EQ(records->front().stats.host_calls, 7u);
+  EXPECT_EQ(records->front().stats.peak_memory_bytes, 1234u);
+  EXPECT_EQ(records->front().output_bytes, std::string_view("partial").size());
+  // A native handler's record reports no RunStats.
+  ASSERT_THAT(executor.Register("echo", Echo()), IsOk());
+  ASSERT_THAT(executor.Invoke(Frame(), "echo", "x", {{"timeout_ms", 1000}}), IsOk());
+  EXPECT_EQ(executor.ListInvocations("echo")->front().stats.host_calls, 0u);
+}
+
+// Tests that Shutdown cancels a preemptive call running on its caller's thread.
+TEST(FunctionExecutor, ShutdownCancelsPreemptiveCalls) {
+  TenantApp app;
+  FunctionExecutor executor(app.app);
+  auto spin = std::make_shared<SpinUntilCancelled>();
+  ASSERT_THAT(executor.Register("spin", spin), IsOk());
+  absl::Status status;
+  std::thread caller([&] { status = executor.Invoke(Frame(), "spin", "").status(); });
+  while (!spin->entered.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_THAT(executor.Shutdown(std::chrono::seconds(10)), IsOk());
+  caller.join();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled, HasSubstr("spin: cancelled")));
 }
 
 }  // namespace

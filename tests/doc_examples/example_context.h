@@ -46,6 +46,7 @@ extern const std::string config_text;
 extern const framekit::Frame frame;
 extern std::shared_ptr<const framekit::PortableKeys> portable_keys;
 extern framekit::dispatch::Sink& sink;
+extern std::unique_ptr<framekit::dispatch::FunctionExecutor> executor;
 extern Extension ext;
 extern Store store;
 extern Leases leases;

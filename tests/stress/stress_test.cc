@@ -78,6 +78,7 @@
 #include "framekit/dispatch/interceptors.h"
 #include "framekit/dispatch/process_manager.h"
 #include "framekit/resolvers/frame_resolvers.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "spdlog/logger.h"
 #include "spdlog/sinks/null_sink.h"
@@ -1476,6 +1477,120 @@ TEST(StressQuarantine, ConcurrentCallsFailFastBeyondTheBound) {
     OpScope scope(slot, "executor shutdown");
   }
   watchdog.Stop();
+}
+
+// Tests the per-function bulkheads under load: one function's handlers ignore their stop token
+// and hang past every deadline, while a healthy function is called concurrently with deadlines.
+// The hanging function exhausts its own quarantine budget (its calls are refused), and the
+// healthy one sees no refusal and no timeout. Prints the figures.
+TEST(StressBulkhead, ConcurrentHealthyCallsBesideAFunctionThatIgnoresItsStopToken) {
+  AppContext app;
+  app.Seal();
+  FaultMonitorOptions monitor_options;
+  monitor_options.logger = std::make_shared<spdlog::logger>(
+      "stress-bulkhead", std::make_shared<spdlog::sinks::null_sink_mt>());
+  FaultMonitor monitor(std::move(monitor_options));
+  // The defaults: 2 quarantined workers per function under an executor-wide 4.
+  FunctionExecutor executor(app, {.monitor = &monitor});
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  ASSERT_THAT(executor.Register("stuck",
+                                [&](const Frame&, std::string_view, Sink&) {
+                                  std::unique_lock<std::mutex> lock(mu);
+                                  cv.wait(lock, [&] { return release; });
+                                  return absl::OkStatus();
+                                }),
+              IsOk());
+  ASSERT_THAT(executor.Register("healthy", [](const Frame&, std::string_view payload,
+                                              Sink& out) { return out.Write(payload); }),
+              IsOk());
+  const int healthy_calls = std::max(50, static_cast<int>(300 * Scale()));
+  constexpr int kHealthyThreads = 3;
+  constexpr int kStuckThreads = 2;
+  std::atomic<bool> healthy_running{true};
+  std::atomic<int> stuck_calls{0}, stuck_timeouts{0}, stuck_refusals{0}, max_quarantined{0};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
+  std::vector<std::vector<std::int64_t>> latencies_us(kHealthyThreads);
+  std::latch go(kHealthyThreads + kStuckThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kStuckThreads; ++t) {
+    threads.emplace_back([&] {
+      go.arrive_and_wait();
+      while (healthy_running.load()) {
+        const absl::Status status =
+            executor.Invoke(Frame(), "stuck", "", {{"timeout_ms", std::int64_t{20}}}).status();
+        ++stuck_calls;
+        if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+          ++stuck_timeouts;
+        } else if (status.code() == absl::StatusCode::kResourceExhausted) {
+          ++stuck_refusals;
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        } else {
+          std::lock_guard<std::mutex> lock(failures_mu);
+          failures.push_back(absl::StrCat("stuck: ", status.ToString()));
+        }
+        int q = executor.quarantined(), seen = max_quarantined.load();
+        while (q > seen && !max_quarantined.compare_exchange_weak(seen, q)) {
+        }
+      }
+    });
+  }
+  for (int t = 0; t < kHealthyThreads; ++t) {
+    threads.emplace_back([&, t] {
+      go.arrive_and_wait();
+      latencies_us[t].reserve(healthy_calls);
+      for (int i = 0; i < healthy_calls; ++i) {
+        const Clock::time_point start = Clock::now();
+        absl::StatusOr<std::string> result = executor.Invoke(
+            Frame(), "healthy", "ok", {{"timeout_ms", std::int64_t{5000}}});
+        latencies_us[t].push_back(
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
+        if (!result.ok()) {
+          std::lock_guard<std::mutex> lock(failures_mu);
+          failures.push_back(absl::StrCat("healthy: ", result.status().ToString()));
+        }
+      }
+    });
+  }
+  for (int t = kStuckThreads; t < kStuckThreads + kHealthyThreads; ++t) threads[t].join();
+  healthy_running.store(false);
+  for (int t = 0; t < kStuckThreads; ++t) threads[t].join();
+
+  std::vector<std::int64_t> all;
+  for (const auto& v : latencies_us) all.insert(all.end(), v.begin(), v.end());
+  std::sort(all.begin(), all.end());
+  const absl::StatusOr<FunctionCounters> healthy = executor.Counters("healthy");
+  const absl::StatusOr<FunctionCounters> stuck = executor.Counters("stuck");
+  ASSERT_THAT(healthy, IsOk());
+  ASSERT_THAT(stuck, IsOk());
+  std::printf(
+      "bulkhead: healthy %d calls (p50 %lld us, p99 %lld us, max %lld us), %llu refusals, %llu "
+      "timeouts; stuck %d calls, %d timeouts, %d refusals; executor quarantine peak %d\n",
+      static_cast<int>(all.size()), static_cast<long long>(all[all.size() / 2]),
+      static_cast<long long>(all[all.size() * 99 / 100]), static_cast<long long>(all.back()),
+      static_cast<unsigned long long>(healthy->refusals),
+      static_cast<unsigned long long>(healthy->timeouts), stuck_calls.load(),
+      stuck_timeouts.load(), stuck_refusals.load(), max_quarantined.load());
+  EXPECT_THAT(failures, ::testing::IsEmpty());
+  EXPECT_EQ(healthy->refusals, 0u);
+  EXPECT_EQ(healthy->timeouts, 0u);
+  EXPECT_EQ(healthy->errors, 0u);
+  EXPECT_EQ(healthy->calls, static_cast<std::uint64_t>(kHealthyThreads * healthy_calls));
+  EXPECT_GT(stuck_timeouts.load(), 0);
+  // The hanging function is held to its own budget: 2 quarantined workers.
+  EXPECT_LE(max_quarantined.load(), 2);
+
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  for (int i = 0; i < 10000 && executor.quarantined() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(executor.quarantined(), 0);
 }
 
 // Tests that FunctionCounters::faults counts each throw of this function's handler or of an

@@ -321,7 +321,13 @@ void RecordingSocks5Server::Handle(int fd) {
   const bool offered =
       std::find(h.methods.begin(), h.methods.end(), script_.method) != h.methods.end();
   const unsigned char choice[2] = {0x05, offered ? script_.method : std::uint8_t{0xFF}};
-  if (!SendAll(fd, choice, 2) || !offered) return record();
+  if (!offered) {
+    // Recorded before the refusal goes out: the client returns as soon as it reads it.
+    record();
+    SendAll(fd, choice, 2);
+    return;
+  }
+  if (!SendAll(fd, choice, 2)) return record();
   if (script_.method == 0x02) {
     if (!ReadCredentials(fd, h.username, h.password)) return record();
     const unsigned char accepted[2] = {0x01, 0x00};

@@ -19,6 +19,8 @@
 #define FRAMEKIT_DISPATCH_CODE_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -65,6 +67,20 @@ class Code {
   virtual absl::Status Run(const Frame& frame, std::string_view payload, Sink& out,
                            RunStats& stats) = 0;
 };
+
+// A native handler: reads the call's frame and payload and writes its output to `out`.
+// The frame is immutable; its stop_token() is triggered at the call's deadline (and when the
+// parent's scope is cancelled), and a handler should check it when it may run long.
+// Re-entrancy: a handler may invoke other functions (pass `frame` as the parent) and may call
+// any executor method. A throw is isolated by the executor's invoke guard.
+// NOTE: `payload` is valid until the handler returns; copy what it keeps.
+using Handler =
+    std::function<absl::Status(const Frame& frame, std::string_view payload, Sink& out)>;
+
+// `handler` as Code: native and not preemptive (the executor runs a deadline call of it on a
+// worker and quarantines the worker if it overruns). Reports no RunStats. Returns nullptr for
+// an empty handler.
+std::shared_ptr<Code> NativeCode(Handler handler);
 
 }  // namespace framekit::dispatch
 

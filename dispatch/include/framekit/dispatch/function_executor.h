@@ -15,12 +15,17 @@
 //      deadline, whichever is earlier), and stops with Cancelled or DeadlineExceeded, the
 //      handler unrun, when the frame is already over;
 //   6. runs the interceptors;
-//   7. runs the handler under the invoke guard: a throw becomes an Internal status carrying an
-//      ExtensionPanic with phase "invoke", reported to the fault monitor, whose policy may
-//      disable the version until the next Deploy.
+//   7. runs the version's Code (code.h) under the invoke guard: a throw becomes an Internal
+//      status carrying an ExtensionPanic with phase "invoke", reported to the fault monitor,
+//      whose policy may disable the version until the next Deploy.
 // A call without a deadline runs on the caller's thread. A call with one runs on a worker and
 // returns DeadlineExceeded at the deadline even if the handler never returns: the call frame's
 // stop token is triggered and the worker is quarantined until the handler gives up.
+// Preemptive code (Code::preemptive(), e.g. a Lua function) always runs on the caller's thread,
+// deadline or not: it returns by the deadline itself, so there is no worker handoff, no
+// quarantine, and its calls take no in-flight budget (which exists to bound workers). Every
+// other step above applies to it alike, and its RunStats reach the invocation records.
+// A Handler is registered as native, non-preemptive Code (NativeCode).
 //
 // Bulkheads: deadline calls are admitted against per-function budgets (calls in flight, workers
 // quarantined) under executor-wide hard caps, so a function whose handlers hang exhausts its own
@@ -88,15 +93,6 @@ inline constexpr std::string_view kTraceIdOption = "trace_id";
 // The trace id a call carries (inherited by nested calls).
 const Key<std::string>& TraceIdKey();
 
-// A handler: reads the call's frame and payload and writes its output to `out`.
-// The frame is immutable; its stop_token() is triggered at the call's deadline (and when the
-// parent's scope is cancelled), and a handler should check it when it may run long.
-// Re-entrancy: a handler may invoke other functions (pass `frame` as the parent) and may call
-// any executor method. A throw is isolated by the invoke guard.
-// NOTE: `payload` is valid until the handler returns; copy what it keeps.
-using Handler =
-    std::function<absl::Status(const Frame& frame, std::string_view payload, Sink& out)>;
-
 // One version of a function.
 struct FunctionVersion {
   int version = 0;  // 1, 2, ... in Deploy order
@@ -123,7 +119,8 @@ struct InvocationRecord {
   bool ok = false;
   absl::Status error;  // OK when ok; code and message only (payloads are not recorded)
   std::chrono::nanoseconds duration{};
-  std::uint64_t output_bytes = 0;
+  std::uint64_t output_bytes = 0;  // what reached the caller (counted by the executor)
+  RunStats stats;      // what the code reported (zeros where its runtime cannot tell)
   std::string caller;  // the caller's user id, or empty
   std::string trace_id;
 };
@@ -216,13 +213,18 @@ class FunctionExecutor {
   // May be called from a handler: the calls on the calling thread are not waited for.
   absl::Status Shutdown(std::chrono::milliseconds grace);
 
-  // Registers `name` with `handler` as version 1 and `defaults` as its default options.
+  // Registers `name` with `code` as version 1 and `defaults` as its default options.
   // InvalidArgument for an invalid name (1-128 of [A-Za-z0-9_.-], starting with a letter or
-  // digit) or an empty handler; AlreadyExists when `name` is registered.
+  // digit) or null code; AlreadyExists when `name` is registered.
+  // NOTE: the executor calls code->preemptive() at every call; it must not change.
+  absl::Status Register(std::string name, std::shared_ptr<Code> code, Options defaults = {});
+  // Register(name, NativeCode(handler), defaults); InvalidArgument for an empty handler.
   absl::Status Register(std::string name, Handler handler, Options defaults = {});
-  // Records `handler` as the next version of `name` and makes it active (re-enabling the
+  // Records `code` as the next version of `name` and makes it active (re-enabling the
   // function if the fault policy had disabled it). Returns the new version number.
-  // NotFound for an unknown name; InvalidArgument for an empty handler.
+  // NotFound for an unknown name; InvalidArgument for null code.
+  absl::StatusOr<int> Deploy(std::string_view name, std::shared_ptr<Code> code);
+  // Deploy(name, NativeCode(handler)); InvalidArgument for an empty handler.
   absl::StatusOr<int> Deploy(std::string_view name, Handler handler);
   // Every version of `name`, oldest first. NotFound for an unknown name.
   absl::StatusOr<std::vector<FunctionVersion>> ListVersions(std::string_view name) const;
@@ -281,6 +283,7 @@ class FunctionExecutor {
   absl::Status Dispatch(DispatchCall& call);
   absl::Status PrepareFrame(DispatchCall& call);
   absl::Status RunInline(DispatchCall& call);
+  absl::Status RunPreemptive(DispatchCall& call);
   absl::Status RunWithDeadline(DispatchCall& call);
   void Record(const DispatchCall& call, const absl::Status& status, Clock::time_point start);
   // The function registered as `name`, or NotFound. The caller holds mu_.

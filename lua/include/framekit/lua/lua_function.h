@@ -260,8 +260,9 @@ class LuaHostAccess;
 namespace framekit::lua {
 
 // Invokes another function on behalf of a script (host.invoke): `parent` is the script's call
-// frame. The integrator sets it to the executor's Invoke; until then host.invoke fails with a
-// Lua error "host.invoke is not configured".
+// frame. The integrator sets it to the executor's Invoke, in one call with BindInvoker
+// (framekit/lua/executor_binding.h); until then host.invoke fails with a Lua error
+// "host.invoke is not configured".
 // Called concurrently from many calls: must be thread-safe.
 using LuaInvoker = absl::AnyInvocable<absl::StatusOr<std::string>(
     const Frame& parent, std::string_view function, std::string_view payload) const>;
