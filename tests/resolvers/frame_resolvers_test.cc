@@ -555,6 +555,11 @@ TEST(FrameResolvers, ConcurrentResolveSeesWholeOrderedSnapshots) {
   }
   start.arrive_and_wait();
   for (int i = 0; i < kResolvers; ++i) {
+    // Halfway, let the readers read a registry that is still changing, however busy the
+    // machine: the test is about reads that overlap registrations.
+    if (i == kResolvers / 2) {
+      while (reads.load(std::memory_order_relaxed) < 2 * kReaders) std::this_thread::yield();
+    }
     ASSERT_THAT(resolvers.Register("r" + std::to_string(i), i,
                                    [i](const Frame&, const Options&, PairList& out) {
                                      out.push_back(Pair::Of(kIndex, i));
