@@ -84,6 +84,11 @@ struct Host::State {
     executor.reset();
   }
 
+  // Host::Start's steps, in order.
+  void LaunchProxies();
+  absl::Status Boot();
+  absl::Status StartDispatch();
+
   // Checks that the host's resolver reached the handler: the tenant label equals the caller's.
   void CheckTenant(const Frame& frame) {
     const std::string* label = frame.Find(kTenantLabel);
@@ -179,22 +184,10 @@ Host::~Host() = default;
 
 const std::vector<std::string>& Host::notes() const { return state_->notes; }
 
-absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
-  auto state = std::make_unique<State>();
-  state->config = std::move(config);
-  HostConfig& cfg = state->config;
-  // Fault records carry the stack of the throw site.
-  SetThrowStackCapture(true);
-  // Fault records go to stderr, so that --json output on stdout stays clean.
-  state->logger = spdlog::get("framekit-host");
-  if (state->logger == nullptr) state->logger = spdlog::stderr_color_mt("framekit-host");
-
-  absl::StatusOr<std::unique_ptr<net::loopback::PeerEchoServer>> echo =
-      net::loopback::PeerEchoServer::Start();
-  if (!echo.ok()) return echo.status();
-  state->echo = *std::move(echo);
-
-  // Launch the proxies; a missing microsocks drops its network (and says so).
+// Start's first step: launches the proxies; a missing microsocks drops its network (and says
+// so), with the functions that default to it.
+void Host::State::LaunchProxies() {
+  HostConfig& cfg = config;
   for (const LaunchedProxy& launched : cfg.launched_proxies) {
     auto network = std::find_if(cfg.networks.networks.begin(), cfg.networks.networks.end(),
                                 [&](const net::Network& n) { return n.id == launched.network_id; });
@@ -204,18 +197,18 @@ absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
                                            .password = network->password});
     if (proxy.ok()) {
       network->proxy_port = (*proxy)->port();
-      state->proxies.push_back(*std::move(proxy));
+      proxies.push_back(*std::move(proxy));
       continue;
     }
-    state->notes.push_back(absl::StrCat("network \"", launched.network_id, "\" is not available: ",
-                                        proxy.status().message(), "; running without it"));
+    notes.push_back(absl::StrCat("network \"", launched.network_id, "\" is not available: ",
+                                 proxy.status().message(), "; running without it"));
     cfg.networks.networks.erase(network);
     auto& fetch = cfg.workload.fetch_networks;
     fetch.erase(std::remove(fetch.begin(), fetch.end(), launched.network_id), fetch.end());
     if (cfg.networks.app_default == launched.network_id) {
       cfg.networks.app_default =
           cfg.networks.networks.empty() ? "" : cfg.networks.networks.front().id;
-      state->notes.push_back(
+      notes.push_back(
           absl::StrCat("the app default network is now \"", cfg.networks.app_default, "\""));
     }
     // Functions that default to the missing network leave the workload.
@@ -225,12 +218,14 @@ absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
       mix.erase(
           std::remove_if(mix.begin(), mix.end(), [&](const auto& m) { return m.first == f.name; }),
           mix.end());
-      state->notes.push_back(absl::StrCat("function \"", f.name, "\" leaves the workload"));
+      notes.push_back(absl::StrCat("function \"", f.name, "\" leaves the workload"));
     }
   }
-  if (cfg.workload.mix.empty()) return absl::FailedPreconditionError("no function left to call");
+}
 
-  // Boot: the registry, the network overlay, and the host's own tenant resolver.
+// Start's boot step: the registry, the network overlay, and the host's own tenant resolver.
+absl::Status Host::State::Boot() {
+  const HostConfig& cfg = config;
   BootSequence boot;
   FRAMEKIT_RETURN_IF_ERROR(boot.Add({"resolvers", {}, [](AppContext& app) -> absl::Status {
                                        auto resolvers = std::make_shared<FrameResolvers>();
@@ -252,48 +247,75 @@ absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
                         return absl::OkStatus();
                       });
                 }}));
-  FRAMEKIT_RETURN_IF_ERROR(boot.Run(state->app));
-  state->app.frame_resolvers()->Seal();
-  const auto* networks = state->app.Get(net::NetworkRegistryKey());
-  if (networks == nullptr || *networks == nullptr) {
+  FRAMEKIT_RETURN_IF_ERROR(boot.Run(app));
+  app.frame_resolvers()->Seal();
+  const auto* registry = app.Get(net::NetworkRegistryKey());
+  if (registry == nullptr || *registry == nullptr) {
     return absl::InternalError("boot: the network component stored no registry");
   }
-  state->networks = *networks;
+  networks = *registry;
+  return absl::OkStatus();
+}
 
+// Start's last step: the fault monitor, the executor with every function, and the processes.
+absl::Status Host::State::StartDispatch() {
+  const HostConfig& cfg = config;
   dispatch::FaultMonitorOptions monitor_options;
-  monitor_options.logger = state->logger;
+  monitor_options.logger = logger;
   monitor_options.policy = {.max_faults = 5,
                             .window = std::chrono::seconds(1),
                             .on_trip = dispatch::FaultVerdict::kAlarm};
-  state->monitor = std::make_unique<dispatch::FaultMonitor>(monitor_options);
+  monitor = std::make_unique<dispatch::FaultMonitor>(monitor_options);
 
   dispatch::FunctionExecutorOptions executor_options;
-  executor_options.monitor = state->monitor.get();
+  executor_options.monitor = monitor.get();
   executor_options.deadline_workers = cfg.workload.threads + 2;
   executor_options.max_quarantined = 8;
-  state->executor = std::make_unique<dispatch::FunctionExecutor>(state->app, executor_options);
+  executor = std::make_unique<dispatch::FunctionExecutor>(app, executor_options);
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
-    state->function_states.push_back(std::make_unique<State::FunctionState>());
-    FRAMEKIT_RETURN_IF_ERROR(state->executor->Register(cfg.functions[i].name, state->MakeHandler(i),
-                                                       cfg.functions[i].defaults));
+    function_states.push_back(std::make_unique<State::FunctionState>());
+    FRAMEKIT_RETURN_IF_ERROR(
+        executor->Register(cfg.functions[i].name, MakeHandler(i), cfg.functions[i].defaults));
   }
 
   dispatch::ProcessManagerOptions process_options;
-  process_options.monitor = state->monitor.get();
+  process_options.monitor = monitor.get();
   process_options.workers = 2;
-  state->processes = std::make_unique<dispatch::ProcessManager>(state->app, process_options);
+  processes = std::make_unique<dispatch::ProcessManager>(app, process_options);
   const Frame process_parent =
       WithCaller(Frame(), {.user_id = "host", .tenant_id = cfg.workload.tenants.front()});
   for (std::size_t i = 0; i < cfg.processes.size(); ++i) {
-    state->process_states.push_back(std::make_unique<State::ProcessState>());
-    absl::StatusOr<dispatch::Pid> pid =
-        state->processes->Start(process_parent, state->MakeProcess(i));
+    process_states.push_back(std::make_unique<State::ProcessState>());
+    absl::StatusOr<dispatch::Pid> pid = processes->Start(process_parent, MakeProcess(i));
     if (!pid.ok()) {
       return absl::Status(pid.status().code(), absl::StrCat("process \"", cfg.processes[i].name,
                                                             "\": ", pid.status().message()));
     }
-    state->process_states.back()->pid = *pid;
+    process_states.back()->pid = *pid;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
+  auto state = std::make_unique<State>();
+  state->config = std::move(config);
+  HostConfig& cfg = state->config;
+  // Fault records carry the stack of the throw site.
+  SetThrowStackCapture(true);
+  // Fault records go to stderr, so that --json output on stdout stays clean.
+  state->logger = spdlog::get("framekit-host");
+  if (state->logger == nullptr) state->logger = spdlog::stderr_color_mt("framekit-host");
+
+  absl::StatusOr<std::unique_ptr<net::loopback::PeerEchoServer>> echo =
+      net::loopback::PeerEchoServer::Start();
+  if (!echo.ok()) return echo.status();
+  state->echo = *std::move(echo);
+
+  state->LaunchProxies();
+  if (cfg.workload.mix.empty()) return absl::FailedPreconditionError("no function left to call");
+
+  FRAMEKIT_RETURN_IF_ERROR(state->Boot());
+  FRAMEKIT_RETURN_IF_ERROR(state->StartDispatch());
   return std::unique_ptr<Host>(new Host(std::move(state)));
 }
 
