@@ -40,6 +40,11 @@ struct CallResult {
   std::string error;
 };
 
+// Records a violation in `summary`; only the first 50 are kept.
+void AddViolation(Summary& summary, std::string text) {
+  if (summary.violations.size() < 50) summary.violations.push_back(std::move(text));
+}
+
 double Percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0;
   std::sort(values.begin(), values.end());
@@ -83,6 +88,17 @@ struct Host::State {
     processes.reset();
     executor.reset();
   }
+
+  // Host::Run's steps, in order.
+  std::vector<int> Schedule() const;
+  CallResult Call(int i, const std::vector<int>& schedule);
+  void RunCalls(const std::vector<int>& schedule, std::vector<std::vector<CallResult>>& per_thread,
+                const std::function<void(int done, int total)>& progress);
+  void DescribeWorkload(Summary& summary) const;
+  void CheckCalls(const std::vector<std::vector<CallResult>>& per_thread, Summary& summary,
+                  std::vector<std::vector<double>>& latencies);
+  void CheckFunctions(Summary& summary, const std::vector<std::vector<double>>& latencies);
+  void StopProcesses(Summary& summary);
 
   // Host::Start's steps, in order.
   void LaunchProxies();
@@ -319,12 +335,11 @@ absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
   return std::unique_ptr<Host>(new Host(std::move(state)));
 }
 
-absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>& progress) {
-  State& s = *state_;
-  const HostConfig& cfg = s.config;
+// Host::Run's steps, in order. The call schedule: function indexes in proportion to their
+// weights.
+std::vector<int> Host::State::Schedule() const {
+  const HostConfig& cfg = config;
   const WorkloadConfig& w = cfg.workload;
-
-  // The call schedule: function indexes in proportion to their weights.
   std::vector<int> schedule;
   for (const auto& [name, weight] : w.mix) {
     const auto it = std::find_if(cfg.functions.begin(), cfg.functions.end(),
@@ -332,55 +347,67 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
     for (int k = 0; k < weight; ++k)
       schedule.push_back(static_cast<int>(it - cfg.functions.begin()));
   }
+  return schedule;
+}
 
+// Call `i` of the workload, made by one of RunCalls's threads.
+CallResult Host::State::Call(int i, const std::vector<int>& schedule) {
+  const HostConfig& cfg = config;
+  const WorkloadConfig& w = cfg.workload;
+  CallResult r;
+  r.function = schedule[static_cast<std::size_t>(i) % schedule.size()];
+  const FunctionConfig& f = cfg.functions[static_cast<std::size_t>(r.function)];
+  const CallerContext caller{
+      .user_id = absl::StrCat("user-", i % 7),
+      .tenant_id = w.tenants[static_cast<std::size_t>(i) % w.tenants.size()]};
+  const Frame parent = WithCaller(Frame(), caller).WithTimeout(w.deadline);
+  Options options;
+  if (f.handler == "fetch") {
+    const std::string choice =
+        w.fetch_networks.empty()
+            ? "default"
+            : w.fetch_networks[static_cast<std::size_t>(i) % w.fetch_networks.size()];
+    if (choice != "default") options.Set("network", choice);
+    // What must be selected: the call's option, else the function's default, else the app's.
+    r.expected_network = choice != "default" ? choice
+                         : f.defaults.GetString("network")
+                             ? std::string(*f.defaults.GetString("network"))
+                             : cfg.networks.app_default;
+  }
+  const std::string payload = absl::StrCat("call-", i);
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::string> output = executor->Invoke(parent, f.name, payload, options);
+  r.ms = Millis(std::chrono::steady_clock::now() - t0).count();
+  r.code = output.status().code();
+  r.panic = IsExtensionPanic(output.status());
+  if (!output.ok()) r.error = output.status().ToString();
+  if (output.ok() && f.handler == "echo") r.output_ok = *output == payload;
+  if (output.ok() && f.handler == "fetch") {
+    const std::size_t network_at = output->find("network="),
+                      source_at = output->find(" source=");
+    r.output_ok = network_at == 0 && source_at != std::string::npos;
+    if (r.output_ok) {
+      r.network = output->substr(8, source_at - 8);
+      r.source = output->substr(source_at + 8);
+    }
+  }
+  return r;
+}
+
+// Makes every call on the workload's threads, reporting progress while they run.
+void Host::State::RunCalls(const std::vector<int>& schedule,
+                           std::vector<std::vector<CallResult>>& per_thread,
+                           const std::function<void(int done, int total)>& progress) {
+  const WorkloadConfig& w = config.workload;
   std::atomic<int> next{0};
   std::atomic<int> done{0};
-  std::vector<std::vector<CallResult>> per_thread(static_cast<std::size_t>(w.threads));
-  const auto started = std::chrono::steady_clock::now();
   std::latch finished(w.threads);
   std::vector<std::thread> threads;
   for (int t = 0; t < w.threads; ++t) {
     threads.emplace_back([&, t] {
       std::vector<CallResult>& results = per_thread[static_cast<std::size_t>(t)];
       for (int i = next.fetch_add(1); i < w.calls; i = next.fetch_add(1)) {
-        CallResult r;
-        r.function = schedule[static_cast<std::size_t>(i) % schedule.size()];
-        const FunctionConfig& f = cfg.functions[static_cast<std::size_t>(r.function)];
-        const CallerContext caller{
-            .user_id = absl::StrCat("user-", i % 7),
-            .tenant_id = w.tenants[static_cast<std::size_t>(i) % w.tenants.size()]};
-        const Frame parent = WithCaller(Frame(), caller).WithTimeout(w.deadline);
-        Options options;
-        if (f.handler == "fetch") {
-          const std::string choice =
-              w.fetch_networks.empty()
-                  ? "default"
-                  : w.fetch_networks[static_cast<std::size_t>(i) % w.fetch_networks.size()];
-          if (choice != "default") options.Set("network", choice);
-          // What must be selected: the call's option, else the function's default, else the app's.
-          r.expected_network = choice != "default" ? choice
-                               : f.defaults.GetString("network")
-                                   ? std::string(*f.defaults.GetString("network"))
-                                   : cfg.networks.app_default;
-        }
-        const std::string payload = absl::StrCat("call-", i);
-        const auto t0 = std::chrono::steady_clock::now();
-        absl::StatusOr<std::string> output = s.executor->Invoke(parent, f.name, payload, options);
-        r.ms = Millis(std::chrono::steady_clock::now() - t0).count();
-        r.code = output.status().code();
-        r.panic = IsExtensionPanic(output.status());
-        if (!output.ok()) r.error = output.status().ToString();
-        if (output.ok() && f.handler == "echo") r.output_ok = *output == payload;
-        if (output.ok() && f.handler == "fetch") {
-          const std::size_t network_at = output->find("network="),
-                            source_at = output->find(" source=");
-          r.output_ok = network_at == 0 && source_at != std::string::npos;
-          if (r.output_ok) {
-            r.network = output->substr(8, source_at - 8);
-            r.source = output->substr(source_at + 8);
-          }
-        }
-        results.push_back(std::move(r));
+        results.push_back(Call(i, schedule));
         done.fetch_add(1, std::memory_order_relaxed);
       }
       finished.count_down();
@@ -392,13 +419,12 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
   }
   for (std::thread& thread : threads) thread.join();
   if (progress) progress(w.calls, w.calls);
+}
 
-  Summary summary;
-  summary.calls = w.calls;
-  summary.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  summary.notes = s.notes;
-  std::vector<std::vector<double>> latencies(cfg.functions.size());
+// The summary's notes, functions and networks, before any call is counted.
+void Host::State::DescribeWorkload(Summary& summary) const {
+  const HostConfig& cfg = config;
+  summary.notes = notes;
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
     summary.functions.push_back(
         {.name = cfg.functions[i].name, .handler = cfg.functions[i].handler});
@@ -417,10 +443,12 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
     }
     summary.networks.push_back(std::move(ns));
   }
-  auto violation = [&summary](std::string text) {
-    if (summary.violations.size() < 50) summary.violations.push_back(std::move(text));
-  };
+}
 
+// Counts every call into its function's and network's summary, with the violations it shows.
+void Host::State::CheckCalls(const std::vector<std::vector<CallResult>>& per_thread,
+                             Summary& summary, std::vector<std::vector<double>>& latencies) {
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
   for (const auto& results : per_thread) {
     for (const CallResult& r : results) {
       FunctionSummary& fs = summary.functions[static_cast<std::size_t>(r.function)];
@@ -469,21 +497,28 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
       }
     }
   }
+}
+
+// Each function's latencies and counters, checked against the executor's and the monitor's.
+void Host::State::CheckFunctions(Summary& summary,
+                                 const std::vector<std::vector<double>>& latencies) {
+  const HostConfig& cfg = config;
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
     FunctionSummary& fs = summary.functions[i];
     fs.p50_ms = Percentile(latencies[i], 0.50);
     fs.p99_ms = Percentile(latencies[i], 0.99);
-    absl::StatusOr<dispatch::FunctionCounters> counters = s.executor->Counters(fs.name);
+    absl::StatusOr<dispatch::FunctionCounters> counters = executor->Counters(fs.name);
     if (counters.ok()) {
       fs.executor_faults = counters->faults;
       fs.executor_timeouts = counters->timeouts;
     }
-    const std::uint64_t injected = s.function_states[i]->injected.load();
+    const std::uint64_t injected = function_states[i]->injected.load();
     // The executor reports a function's faults under "NAME@vVERSION".
-    const absl::StatusOr<dispatch::FunctionInfo> info = s.executor->Get(fs.name);
+    const absl::StatusOr<dispatch::FunctionInfo> info = executor->Get(fs.name);
     const std::string extension = absl::StrCat(fs.name, "@v", info.ok() ? info->active_version : 0);
-    const std::uint64_t monitored = s.monitor->faults(extension, Phase::kInvoke);
-    summary.alarms += s.monitor->alarms(extension);
+    const std::uint64_t monitored = monitor->faults(extension, Phase::kInvoke);
+    summary.alarms += monitor->alarms(extension);
     if (fs.handler == "faulty") {
       if (static_cast<std::uint64_t>(fs.faults) != injected || fs.executor_faults != injected ||
           monitored != injected) {
@@ -501,21 +536,25 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
                              " calls timed out, executor counted ", fs.executor_timeouts));
     }
   }
-  if (s.tenant_mismatches.load() != 0) {
-    violation(absl::StrCat(s.tenant_mismatches.load(),
+  if (tenant_mismatches.load() != 0) {
+    violation(absl::StrCat(tenant_mismatches.load(),
                            " handlers did not see their caller's tenant label on their frame"));
   }
+}
 
-  // Stop the processes and check their counts.
+// Stops the processes and checks their counts.
+void Host::State::StopProcesses(Summary& summary) {
+  const HostConfig& cfg = config;
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
   for (std::size_t i = 0; i < cfg.processes.size(); ++i) {
-    State::ProcessState& ps = *s.process_states[i];
-    (void)s.processes->Stop(ps.pid, std::chrono::seconds(1));
-    absl::StatusOr<dispatch::ProcessExit> exit = s.processes->Wait(ps.pid, std::chrono::seconds(5));
+    State::ProcessState& ps = *process_states[i];
+    (void)processes->Stop(ps.pid, std::chrono::seconds(1));
+    absl::StatusOr<dispatch::ProcessExit> exit = processes->Wait(ps.pid, std::chrono::seconds(5));
     ProcessSummary out{.name = cfg.processes[i].name, .kind = cfg.processes[i].kind};
     out.injected_faults = ps.injected.load();
     out.ticks = ps.ticks.load();
     out.exit = exit.ok() ? exit->status.ToString() : exit.status().ToString();
-    for (const dispatch::ProcessInfo& info : s.processes->List()) {
+    for (const dispatch::ProcessInfo& info : processes->List()) {
       if (info.pid != ps.pid) continue;
       out.state = std::string(dispatch::ProcessStateName(info.state));
       out.faults = info.faults;
@@ -529,6 +568,26 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
     if (out.state != "exited") violation(absl::StrCat("process \"", out.name, "\" did not stop"));
     summary.processes.push_back(std::move(out));
   }
+}
+
+absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>& progress) {
+  State& s = *state_;
+  const HostConfig& cfg = s.config;
+  const WorkloadConfig& w = cfg.workload;
+  const std::vector<int> schedule = s.Schedule();
+  std::vector<std::vector<CallResult>> per_thread(static_cast<std::size_t>(w.threads));
+  const auto started = std::chrono::steady_clock::now();
+  s.RunCalls(schedule, per_thread, progress);
+
+  Summary summary;
+  summary.calls = w.calls;
+  summary.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::vector<std::vector<double>> latencies(cfg.functions.size());
+  s.DescribeWorkload(summary);
+  s.CheckCalls(per_thread, summary, latencies);
+  s.CheckFunctions(summary, latencies);
+  s.StopProcesses(summary);
   for (const dispatch::FaultCounter& c : s.monitor->Counters()) summary.isolated_faults += c.faults;
   for (const ProcessConfig& p : cfg.processes) summary.alarms += s.monitor->alarms(p.name);
   s.monitor->FlushSuppressed();
