@@ -18,6 +18,15 @@ struct FaultSummary {
   std::uint64_t suppressed;
   std::chrono::nanoseconds over;
 };
+// What Report does once the lock is released: the records to write and the alarm to raise.
+struct FaultRecordPlan {
+  std::optional<FaultSummary> summary;
+  std::vector<FaultSummary> evicted_summaries;
+  bool write_record = false;
+  std::uint64_t count = 0;
+  std::optional<dispatch::FaultAlarm> alarm;
+  dispatch::FaultVerdict verdict = dispatch::FaultVerdict::kContinue;
+};
 }  // namespace framekit::dispatch_internal
 
 namespace framekit::dispatch {
@@ -197,54 +206,55 @@ std::uint64_t FaultMonitor::total_faults() const {
   return total_faults_;
 }
 
+// The counting, rate limiting and fault-policy step of Report, under mu_. Logging and the
+// alarm callback happen after it, with no lock held.
+dispatch_internal::FaultRecordPlan FaultMonitor::RecordFault(
+    const ExtensionPanic& panic, std::chrono::steady_clock::time_point now) {
+  dispatch_internal::FaultRecordPlan plan;
+  std::lock_guard<std::mutex> lock(mu_);
+  ExtensionState& ext = EntryLocked(panic.extension, now, plan.evicted_summaries);
+  ext.last_fault = now;
+  PhaseState& state = ext.phases[PhaseIndex(panic.phase)];
+  plan.count = ++state.faults;
+  ++total_faults_;
+  if (!state.has_record || now - state.last_record >= options_.record_interval) {
+    if (state.suppressed_pending > 0) {
+      plan.summary = Summary{panic.extension, panic.phase, state.suppressed_pending,
+                             now - state.pending_since};
+      state.suppressed_pending = 0;
+    }
+    state.has_record = true;
+    state.last_record = now;
+    plan.write_record = true;
+  } else {
+    if (state.suppressed_pending == 0) state.pending_since = now;
+    ++state.suppressed_pending;
+    ++state.suppressed_total;
+  }
+  const FaultIntensity::Outcome outcome = ext.intensity.Record(now);
+  plan.verdict = outcome.verdict;
+  if (outcome.episode_started) {
+    ++ext.alarms;
+    plan.alarm = FaultAlarm{panic.extension, outcome.faults_in_window, options_.policy.window,
+                            outcome.verdict, panic};
+  }
+  return plan;
+}
+
 FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view detail) noexcept {
   try {
     const auto now = FaultNow(options_.clock);
-    std::optional<Summary> summary;
-    std::vector<Summary> evicted_summaries;
-    bool write_record = false;
-    std::uint64_t count = 0;
-    std::optional<FaultAlarm> alarm;
-    FaultVerdict verdict = FaultVerdict::kContinue;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ExtensionState& ext = EntryLocked(panic.extension, now, evicted_summaries);
-      ext.last_fault = now;
-      PhaseState& state = ext.phases[PhaseIndex(panic.phase)];
-      count = ++state.faults;
-      ++total_faults_;
-      if (!state.has_record || now - state.last_record >= options_.record_interval) {
-        if (state.suppressed_pending > 0) {
-          summary = Summary{panic.extension, panic.phase, state.suppressed_pending,
-                            now - state.pending_since};
-          state.suppressed_pending = 0;
-        }
-        state.has_record = true;
-        state.last_record = now;
-        write_record = true;
-      } else {
-        if (state.suppressed_pending == 0) state.pending_since = now;
-        ++state.suppressed_pending;
-        ++state.suppressed_total;
-      }
-      const FaultIntensity::Outcome outcome = ext.intensity.Record(now);
-      verdict = outcome.verdict;
-      if (outcome.episode_started) {
-        ++ext.alarms;
-        alarm = FaultAlarm{panic.extension, outcome.faults_in_window, options_.policy.window,
-                           outcome.verdict, panic};
-      }
-    }
-    WriteSummaries(evicted_summaries);
+    const dispatch_internal::FaultRecordPlan plan = RecordFault(panic, now);
+    WriteSummaries(plan.evicted_summaries);
     const std::shared_ptr<spdlog::logger> log = logger();
     if (log != nullptr) {
-      if (summary.has_value()) log->warn("{}", SummaryText(*summary));
-      if (write_record) log->error("{}", FaultText(panic, detail, count));
-      if (alarm.has_value()) log->error("{}", AlarmText(*alarm));
+      if (plan.summary.has_value()) log->warn("{}", SummaryText(*plan.summary));
+      if (plan.write_record) log->error("{}", FaultText(panic, detail, plan.count));
+      if (plan.alarm.has_value()) log->error("{}", AlarmText(*plan.alarm));
     }
-    if (alarm.has_value() && options_.on_alarm) {
+    if (plan.alarm.has_value() && options_.on_alarm) {
       try {
-        options_.on_alarm(*alarm);
+        options_.on_alarm(*plan.alarm);
       } catch (...) {
         RethrowIfForcedUnwind();
         const ExtensionPanic thrown = DescribeCurrentException("fault alarm callback", panic.phase);
@@ -254,7 +264,7 @@ FaultVerdict FaultMonitor::Report(const ExtensionPanic& panic, std::string_view 
         }
       }
     }
-    return verdict;
+    return plan.verdict;
   } catch (...) {
     // The panic.h rule: thread cancellation is never swallowed. Report() is noexcept, so a
     // rethrown cancellation ends in std::terminate; swallowing it would abort the process

@@ -50,6 +50,31 @@ absl::Status ValidateSpecLimits(const ProcessSpec& spec) {
   return absl::OkStatus();
 }
 
+// The exit status of a process stopped by its poll-fault policy: Aborted, carrying the last
+// fault's ExtensionPanic payload.
+absl::Status PollFaultsReason(const ProcessSpec& spec, const FaultIntensity::Outcome& outcome,
+                              const ExtensionPanic& fault) {
+  absl::Status reason = absl::AbortedError(absl::StrCat(
+      "process \"", spec.name, "\" stopped: ", outcome.faults_in_window, " poll faults within ",
+      std::chrono::duration_cast<std::chrono::milliseconds>(spec.poll_faults.window).count(),
+      " ms; last: ", fault.type, ": ", fault.message));
+  const absl::Status panic_status = PanicStatus(fault);
+  const absl::string_view url(kExtensionPanicUrl.data(), kExtensionPanicUrl.size());
+  if (auto payload = panic_status.GetPayload(url)) reason.SetPayload(url, *payload);
+  return reason;
+}
+
+// `exit_reason` annotated for a process that stays down: its restart intensity was reached.
+absl::Status RestartLimitReason(const ProcessSpec& spec, const absl::Status& exit_reason) {
+  return absl::Status(
+      exit_reason.code(),
+      absl::StrCat(exit_reason.message(), " [stays down: restart intensity of ", spec.max_restarts,
+                   " restarts within ",
+                   std::chrono::duration_cast<std::chrono::milliseconds>(spec.restart_window)
+                       .count(),
+                   " ms reached]"));
+}
+
 }  // namespace
 
 std::string_view ProcessStateName(ProcessState state) {
@@ -397,122 +422,124 @@ void ProcessManager::ExitProcess(const std::shared_ptr<Process>& process, bool s
   // `lock` is released before the locals above are destroyed (reverse declaration order).
 }
 
+// One step of `process`: the current phase's lifecycle call, then the process is requeued,
+// parked, restarted or exited. Lifecycle calls run with no lock held.
 void ProcessManager::RunStep(const std::shared_ptr<Process>& process) {
   Process& p = *process;
   const ExtRef ext(p.spec.name, *monitor_);
   const std::stop_token stop = p.context.stop_token();
-  bool requeue = false;
-  bool park = false;
-
   switch (p.phase) {
-    case Process::Phase::kSetup: {
-      absl::Status status =
-          p.spec.setup ? CallSetup(ext, [&] { return p.spec.setup(p.context); }) : absl::OkStatus();
-      if (status.ok()) {
-        p.setup_ok = true;
-        p.phase = Process::Phase::kLoop;
-        std::lock_guard<std::mutex> lock(mu_);
-        if (p.state == ProcessState::kStarting) p.state = ProcessState::kRunning;
-      } else {
-        p.setup_ok = false;
-        p.exit_reason = std::move(status);
-        p.phase = Process::Phase::kFinalize;
-      }
-      requeue = true;
-      break;
-    }
-    case Process::Phase::kLoop: {
-      if (stop.stop_requested()) {
-        p.phase = Process::Phase::kTeardown;
-        requeue = true;
-        break;
-      }
-      std::optional<ExtensionPanic> fault;
-      const Step step = Guard(
-          ext, Phase::kPoll, [&] { return p.spec.poll(p.context); },
-          [&](FaultReport&& report) {
-            fault = std::move(report.panic);
-            return Step::kIdle;
-          });
-      if (fault) {
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          ++p.faults;
-        }
-        const FaultIntensity::Outcome outcome = p.poll_intensity.Record(monitor_->now());
-        if (outcome.verdict != FaultVerdict::kContinue) {
-          absl::Status reason = absl::AbortedError(absl::StrCat(
-              "process \"", p.spec.name, "\" stopped: ", outcome.faults_in_window,
-              " poll faults within ",
-              std::chrono::duration_cast<std::chrono::milliseconds>(p.spec.poll_faults.window)
-                  .count(),
-              " ms; last: ", fault->type, ": ", fault->message));
-          const absl::Status panic_status = PanicStatus(*fault);
-          const absl::string_view url(kExtensionPanicUrl.data(), kExtensionPanicUrl.size());
-          if (auto payload = panic_status.GetPayload(url)) reason.SetPayload(url, *payload);
-          p.exit_reason = std::move(reason);
-          p.phase = Process::Phase::kTeardown;
-          requeue = true;
-          break;
-        }
-      }
-      if (step == Step::kDone) {
-        p.exit_reason = absl::OkStatus();
-        p.phase = Process::Phase::kTeardown;
-        requeue = true;
-      } else if (step == Step::kBusy) {
-        requeue = true;
-      } else {
-        park = true;
-      }
-      break;
-    }
-    case Process::Phase::kTeardown:
-    case Process::Phase::kFinalize: {
-      if (p.phase == Process::Phase::kTeardown && p.setup_ok && p.spec.teardown) {
-        CallTeardown(ext, [&] { p.spec.teardown(p.context); });
-      }
-      if (p.spec.finalize) CallFinalize(ext, p.pid, [&] { p.spec.finalize(p.context); });
-      const bool stopped = stop.stop_requested();
-      if (!stopped && !p.exit_reason.ok() && p.spec.restart == RestartPolicy::kOnFailure) {
-        const FaultIntensity::Outcome outcome = p.restart_intensity.Record(Clock::now());
-        if (outcome.verdict == FaultVerdict::kContinue) {
-          p.poll_intensity.Reset();
-          p.phase = Process::Phase::kSetup;
-          p.setup_ok = false;
-          ++p.context.restarts_;
-          std::lock_guard<std::mutex> lock(mu_);
-          ++p.restarts;
-          p.state = ProcessState::kStarting;
-          run_queue_.push_back(process);
-          work_cv_.notify_one();
-          return;
-        }
-        p.exit_reason = absl::Status(
-            p.exit_reason.code(),
-            absl::StrCat(
-                p.exit_reason.message(), " [stays down: restart intensity of ", p.spec.max_restarts,
-                " restarts within ",
-                std::chrono::duration_cast<std::chrono::milliseconds>(p.spec.restart_window)
-                    .count(),
-                " ms reached]"));
-      }
-      ExitProcess(process, stopped);
+    case Process::Phase::kSetup:
+      RunSetup(p, ext);
+      Reschedule(process, StepNext::kRequeue, stop);
       return;
+    case Process::Phase::kLoop:
+      Reschedule(process, RunPoll(p, ext, stop), stop);
+      return;
+    case Process::Phase::kTeardown:
+    case Process::Phase::kFinalize:
+      RunExitPhases(process, ext, stop);
+      return;
+  }
+}
+
+void ProcessManager::RunSetup(Process& p, const ExtRef& ext) {
+  absl::Status status =
+      p.spec.setup ? CallSetup(ext, [&] { return p.spec.setup(p.context); }) : absl::OkStatus();
+  if (status.ok()) {
+    p.setup_ok = true;
+    p.phase = Process::Phase::kLoop;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (p.state == ProcessState::kStarting) p.state = ProcessState::kRunning;
+  } else {
+    p.setup_ok = false;
+    p.exit_reason = std::move(status);
+    p.phase = Process::Phase::kFinalize;
+  }
+}
+
+ProcessManager::StepNext ProcessManager::RunPoll(Process& p, const ExtRef& ext,
+                                                 const std::stop_token& stop) {
+  if (stop.stop_requested()) {
+    p.phase = Process::Phase::kTeardown;
+    return StepNext::kRequeue;
+  }
+  std::optional<ExtensionPanic> fault;
+  const Step step = Guard(
+      ext, Phase::kPoll, [&] { return p.spec.poll(p.context); },
+      [&](FaultReport&& report) {
+        fault = std::move(report.panic);
+        return Step::kIdle;
+      });
+  if (fault) {
+    const FaultIntensity::Outcome outcome = CountPollFault(p);
+    if (outcome.verdict != FaultVerdict::kContinue) {
+      p.exit_reason = PollFaultsReason(p.spec, outcome, *fault);
+      p.phase = Process::Phase::kTeardown;
+      return StepNext::kRequeue;
     }
   }
+  if (step == Step::kDone) {
+    p.exit_reason = absl::OkStatus();
+    p.phase = Process::Phase::kTeardown;
+    return StepNext::kRequeue;
+  }
+  return step == Step::kBusy ? StepNext::kRequeue : StepNext::kPark;
+}
 
+FaultIntensity::Outcome ProcessManager::CountPollFault(Process& p) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++p.faults;
+  }
+  return p.poll_intensity.Record(monitor_->now());
+}
+
+void ProcessManager::RunExitPhases(const std::shared_ptr<Process>& process, const ExtRef& ext,
+                                   const std::stop_token& stop) {
+  Process& p = *process;
+  if (p.phase == Process::Phase::kTeardown && p.setup_ok && p.spec.teardown) {
+    CallTeardown(ext, [&] { p.spec.teardown(p.context); });
+  }
+  if (p.spec.finalize) CallFinalize(ext, p.pid, [&] { p.spec.finalize(p.context); });
+  const bool stopped = stop.stop_requested();
+  if (!stopped && !p.exit_reason.ok() && p.spec.restart == RestartPolicy::kOnFailure) {
+    if (TryRestart(process)) return;
+  }
+  ExitProcess(process, stopped);
+}
+
+bool ProcessManager::TryRestart(const std::shared_ptr<Process>& process) {
+  Process& p = *process;
+  const FaultIntensity::Outcome outcome = p.restart_intensity.Record(Clock::now());
+  if (outcome.verdict != FaultVerdict::kContinue) {
+    p.exit_reason = RestartLimitReason(p.spec, p.exit_reason);
+    return false;
+  }
+  p.poll_intensity.Reset();
+  p.phase = Process::Phase::kSetup;
+  p.setup_ok = false;
+  ++p.context.restarts_;
   std::lock_guard<std::mutex> lock(mu_);
-  if (park && p.mailbox.empty() && !stop.stop_requested()) {
+  ++p.restarts;
+  p.state = ProcessState::kStarting;
+  run_queue_.push_back(process);
+  work_cv_.notify_one();
+  return true;
+}
+
+void ProcessManager::Reschedule(const std::shared_ptr<Process>& process, StepNext next,
+                                const std::stop_token& stop) {
+  Process& p = *process;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (next == StepNext::kPark && p.mailbox.empty() && !stop.stop_requested()) {
     p.parked = true;
     p.timer = timers_.emplace(Clock::now() + p.spec.idle_interval, process);
     work_cv_.notify_one();  // a sleeping worker may need the earlier timer
     return;
   }
-  if (requeue || park) {
-    run_queue_.push_back(process);
-    work_cv_.notify_one();
-  }
+  run_queue_.push_back(process);
+  work_cv_.notify_one();
 }
 
 }  // namespace framekit::dispatch

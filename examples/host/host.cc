@@ -40,6 +40,11 @@ struct CallResult {
   std::string error;
 };
 
+// Records a violation in `summary`; only the first 50 are kept.
+void AddViolation(Summary& summary, std::string text) {
+  if (summary.violations.size() < 50) summary.violations.push_back(std::move(text));
+}
+
 double Percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0;
   std::sort(values.begin(), values.end());
@@ -83,6 +88,22 @@ struct Host::State {
     processes.reset();
     executor.reset();
   }
+
+  // Host::Run's steps, in order.
+  std::vector<int> Schedule() const;
+  CallResult Call(int i, const std::vector<int>& schedule);
+  void RunCalls(const std::vector<int>& schedule, std::vector<std::vector<CallResult>>& per_thread,
+                const std::function<void(int done, int total)>& progress);
+  void DescribeWorkload(Summary& summary) const;
+  void CheckCalls(const std::vector<std::vector<CallResult>>& per_thread, Summary& summary,
+                  std::vector<std::vector<double>>& latencies);
+  void CheckFunctions(Summary& summary, const std::vector<std::vector<double>>& latencies);
+  void StopProcesses(Summary& summary);
+
+  // Host::Start's steps, in order.
+  void LaunchProxies();
+  absl::Status Boot();
+  absl::Status StartDispatch();
 
   // Checks that the host's resolver reached the handler: the tenant label equals the caller's.
   void CheckTenant(const Frame& frame) {
@@ -179,22 +200,10 @@ Host::~Host() = default;
 
 const std::vector<std::string>& Host::notes() const { return state_->notes; }
 
-absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
-  auto state = std::make_unique<State>();
-  state->config = std::move(config);
-  HostConfig& cfg = state->config;
-  // Fault records carry the stack of the throw site.
-  SetThrowStackCapture(true);
-  // Fault records go to stderr, so that --json output on stdout stays clean.
-  state->logger = spdlog::get("framekit-host");
-  if (state->logger == nullptr) state->logger = spdlog::stderr_color_mt("framekit-host");
-
-  absl::StatusOr<std::unique_ptr<net::loopback::PeerEchoServer>> echo =
-      net::loopback::PeerEchoServer::Start();
-  if (!echo.ok()) return echo.status();
-  state->echo = *std::move(echo);
-
-  // Launch the proxies; a missing microsocks drops its network (and says so).
+// Start's first step: launches the proxies; a missing microsocks drops its network (and says
+// so), with the functions that default to it.
+void Host::State::LaunchProxies() {
+  HostConfig& cfg = config;
   for (const LaunchedProxy& launched : cfg.launched_proxies) {
     auto network = std::find_if(cfg.networks.networks.begin(), cfg.networks.networks.end(),
                                 [&](const net::Network& n) { return n.id == launched.network_id; });
@@ -204,18 +213,18 @@ absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
                                            .password = network->password});
     if (proxy.ok()) {
       network->proxy_port = (*proxy)->port();
-      state->proxies.push_back(*std::move(proxy));
+      proxies.push_back(*std::move(proxy));
       continue;
     }
-    state->notes.push_back(absl::StrCat("network \"", launched.network_id, "\" is not available: ",
-                                        proxy.status().message(), "; running without it"));
+    notes.push_back(absl::StrCat("network \"", launched.network_id, "\" is not available: ",
+                                 proxy.status().message(), "; running without it"));
     cfg.networks.networks.erase(network);
     auto& fetch = cfg.workload.fetch_networks;
     fetch.erase(std::remove(fetch.begin(), fetch.end(), launched.network_id), fetch.end());
     if (cfg.networks.app_default == launched.network_id) {
       cfg.networks.app_default =
           cfg.networks.networks.empty() ? "" : cfg.networks.networks.front().id;
-      state->notes.push_back(
+      notes.push_back(
           absl::StrCat("the app default network is now \"", cfg.networks.app_default, "\""));
     }
     // Functions that default to the missing network leave the workload.
@@ -225,12 +234,14 @@ absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
       mix.erase(
           std::remove_if(mix.begin(), mix.end(), [&](const auto& m) { return m.first == f.name; }),
           mix.end());
-      state->notes.push_back(absl::StrCat("function \"", f.name, "\" leaves the workload"));
+      notes.push_back(absl::StrCat("function \"", f.name, "\" leaves the workload"));
     }
   }
-  if (cfg.workload.mix.empty()) return absl::FailedPreconditionError("no function left to call");
+}
 
-  // Boot: the registry, the network overlay, and the host's own tenant resolver.
+// Start's boot step: the registry, the network overlay, and the host's own tenant resolver.
+absl::Status Host::State::Boot() {
+  const HostConfig& cfg = config;
   BootSequence boot;
   FRAMEKIT_RETURN_IF_ERROR(boot.Add({"resolvers", {}, [](AppContext& app) -> absl::Status {
                                        auto resolvers = std::make_shared<FrameResolvers>();
@@ -252,57 +263,83 @@ absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
                         return absl::OkStatus();
                       });
                 }}));
-  FRAMEKIT_RETURN_IF_ERROR(boot.Run(state->app));
-  state->app.frame_resolvers()->Seal();
-  const auto* networks = state->app.Get(net::NetworkRegistryKey());
-  if (networks == nullptr || *networks == nullptr) {
+  FRAMEKIT_RETURN_IF_ERROR(boot.Run(app));
+  app.frame_resolvers()->Seal();
+  const auto* registry = app.Get(net::NetworkRegistryKey());
+  if (registry == nullptr || *registry == nullptr) {
     return absl::InternalError("boot: the network component stored no registry");
   }
-  state->networks = *networks;
+  networks = *registry;
+  return absl::OkStatus();
+}
 
+// Start's last step: the fault monitor, the executor with every function, and the processes.
+absl::Status Host::State::StartDispatch() {
+  const HostConfig& cfg = config;
   dispatch::FaultMonitorOptions monitor_options;
-  monitor_options.logger = state->logger;
+  monitor_options.logger = logger;
   monitor_options.policy = {.max_faults = 5,
                             .window = std::chrono::seconds(1),
                             .on_trip = dispatch::FaultVerdict::kAlarm};
-  state->monitor = std::make_unique<dispatch::FaultMonitor>(monitor_options);
+  monitor = std::make_unique<dispatch::FaultMonitor>(monitor_options);
 
   dispatch::FunctionExecutorOptions executor_options;
-  executor_options.monitor = state->monitor.get();
+  executor_options.monitor = monitor.get();
   executor_options.deadline_workers = cfg.workload.threads + 2;
   executor_options.max_quarantined = 8;
-  state->executor = std::make_unique<dispatch::FunctionExecutor>(state->app, executor_options);
+  executor = std::make_unique<dispatch::FunctionExecutor>(app, executor_options);
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
-    state->function_states.push_back(std::make_unique<State::FunctionState>());
-    FRAMEKIT_RETURN_IF_ERROR(state->executor->Register(cfg.functions[i].name, state->MakeHandler(i),
-                                                       cfg.functions[i].defaults));
+    function_states.push_back(std::make_unique<State::FunctionState>());
+    FRAMEKIT_RETURN_IF_ERROR(
+        executor->Register(cfg.functions[i].name, MakeHandler(i), cfg.functions[i].defaults));
   }
 
   dispatch::ProcessManagerOptions process_options;
-  process_options.monitor = state->monitor.get();
+  process_options.monitor = monitor.get();
   process_options.workers = 2;
-  state->processes = std::make_unique<dispatch::ProcessManager>(state->app, process_options);
+  processes = std::make_unique<dispatch::ProcessManager>(app, process_options);
   const Frame process_parent =
       WithCaller(Frame(), {.user_id = "host", .tenant_id = cfg.workload.tenants.front()});
   for (std::size_t i = 0; i < cfg.processes.size(); ++i) {
-    state->process_states.push_back(std::make_unique<State::ProcessState>());
-    absl::StatusOr<dispatch::Pid> pid =
-        state->processes->Start(process_parent, state->MakeProcess(i));
+    process_states.push_back(std::make_unique<State::ProcessState>());
+    absl::StatusOr<dispatch::Pid> pid = processes->Start(process_parent, MakeProcess(i));
     if (!pid.ok()) {
       return absl::Status(pid.status().code(), absl::StrCat("process \"", cfg.processes[i].name,
                                                             "\": ", pid.status().message()));
     }
-    state->process_states.back()->pid = *pid;
+    process_states.back()->pid = *pid;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostConfig config) {
+  auto state = std::make_unique<State>();
+  state->config = std::move(config);
+  HostConfig& cfg = state->config;
+  // Fault records carry the stack of the throw site.
+  SetThrowStackCapture(true);
+  // Fault records go to stderr, so that --json output on stdout stays clean.
+  state->logger = spdlog::get("framekit-host");
+  if (state->logger == nullptr) state->logger = spdlog::stderr_color_mt("framekit-host");
+
+  absl::StatusOr<std::unique_ptr<net::loopback::PeerEchoServer>> echo =
+      net::loopback::PeerEchoServer::Start();
+  if (!echo.ok()) return echo.status();
+  state->echo = *std::move(echo);
+
+  state->LaunchProxies();
+  if (cfg.workload.mix.empty()) return absl::FailedPreconditionError("no function left to call");
+
+  FRAMEKIT_RETURN_IF_ERROR(state->Boot());
+  FRAMEKIT_RETURN_IF_ERROR(state->StartDispatch());
   return std::unique_ptr<Host>(new Host(std::move(state)));
 }
 
-absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>& progress) {
-  State& s = *state_;
-  const HostConfig& cfg = s.config;
+// Host::Run's steps, in order. The call schedule: function indexes in proportion to their
+// weights.
+std::vector<int> Host::State::Schedule() const {
+  const HostConfig& cfg = config;
   const WorkloadConfig& w = cfg.workload;
-
-  // The call schedule: function indexes in proportion to their weights.
   std::vector<int> schedule;
   for (const auto& [name, weight] : w.mix) {
     const auto it = std::find_if(cfg.functions.begin(), cfg.functions.end(),
@@ -310,55 +347,67 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
     for (int k = 0; k < weight; ++k)
       schedule.push_back(static_cast<int>(it - cfg.functions.begin()));
   }
+  return schedule;
+}
 
+// Call `i` of the workload, made by one of RunCalls's threads.
+CallResult Host::State::Call(int i, const std::vector<int>& schedule) {
+  const HostConfig& cfg = config;
+  const WorkloadConfig& w = cfg.workload;
+  CallResult r;
+  r.function = schedule[static_cast<std::size_t>(i) % schedule.size()];
+  const FunctionConfig& f = cfg.functions[static_cast<std::size_t>(r.function)];
+  const CallerContext caller{
+      .user_id = absl::StrCat("user-", i % 7),
+      .tenant_id = w.tenants[static_cast<std::size_t>(i) % w.tenants.size()]};
+  const Frame parent = WithCaller(Frame(), caller).WithTimeout(w.deadline);
+  Options options;
+  if (f.handler == "fetch") {
+    const std::string choice =
+        w.fetch_networks.empty()
+            ? "default"
+            : w.fetch_networks[static_cast<std::size_t>(i) % w.fetch_networks.size()];
+    if (choice != "default") options.Set("network", choice);
+    // What must be selected: the call's option, else the function's default, else the app's.
+    r.expected_network = choice != "default" ? choice
+                         : f.defaults.GetString("network")
+                             ? std::string(*f.defaults.GetString("network"))
+                             : cfg.networks.app_default;
+  }
+  const std::string payload = absl::StrCat("call-", i);
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::string> output = executor->Invoke(parent, f.name, payload, options);
+  r.ms = Millis(std::chrono::steady_clock::now() - t0).count();
+  r.code = output.status().code();
+  r.panic = IsExtensionPanic(output.status());
+  if (!output.ok()) r.error = output.status().ToString();
+  if (output.ok() && f.handler == "echo") r.output_ok = *output == payload;
+  if (output.ok() && f.handler == "fetch") {
+    const std::size_t network_at = output->find("network="),
+                      source_at = output->find(" source=");
+    r.output_ok = network_at == 0 && source_at != std::string::npos;
+    if (r.output_ok) {
+      r.network = output->substr(8, source_at - 8);
+      r.source = output->substr(source_at + 8);
+    }
+  }
+  return r;
+}
+
+// Makes every call on the workload's threads, reporting progress while they run.
+void Host::State::RunCalls(const std::vector<int>& schedule,
+                           std::vector<std::vector<CallResult>>& per_thread,
+                           const std::function<void(int done, int total)>& progress) {
+  const WorkloadConfig& w = config.workload;
   std::atomic<int> next{0};
   std::atomic<int> done{0};
-  std::vector<std::vector<CallResult>> per_thread(static_cast<std::size_t>(w.threads));
-  const auto started = std::chrono::steady_clock::now();
   std::latch finished(w.threads);
   std::vector<std::thread> threads;
   for (int t = 0; t < w.threads; ++t) {
     threads.emplace_back([&, t] {
       std::vector<CallResult>& results = per_thread[static_cast<std::size_t>(t)];
       for (int i = next.fetch_add(1); i < w.calls; i = next.fetch_add(1)) {
-        CallResult r;
-        r.function = schedule[static_cast<std::size_t>(i) % schedule.size()];
-        const FunctionConfig& f = cfg.functions[static_cast<std::size_t>(r.function)];
-        const CallerContext caller{
-            .user_id = absl::StrCat("user-", i % 7),
-            .tenant_id = w.tenants[static_cast<std::size_t>(i) % w.tenants.size()]};
-        const Frame parent = WithCaller(Frame(), caller).WithTimeout(w.deadline);
-        Options options;
-        if (f.handler == "fetch") {
-          const std::string choice =
-              w.fetch_networks.empty()
-                  ? "default"
-                  : w.fetch_networks[static_cast<std::size_t>(i) % w.fetch_networks.size()];
-          if (choice != "default") options.Set("network", choice);
-          // What must be selected: the call's option, else the function's default, else the app's.
-          r.expected_network = choice != "default" ? choice
-                               : f.defaults.GetString("network")
-                                   ? std::string(*f.defaults.GetString("network"))
-                                   : cfg.networks.app_default;
-        }
-        const std::string payload = absl::StrCat("call-", i);
-        const auto t0 = std::chrono::steady_clock::now();
-        absl::StatusOr<std::string> output = s.executor->Invoke(parent, f.name, payload, options);
-        r.ms = Millis(std::chrono::steady_clock::now() - t0).count();
-        r.code = output.status().code();
-        r.panic = IsExtensionPanic(output.status());
-        if (!output.ok()) r.error = output.status().ToString();
-        if (output.ok() && f.handler == "echo") r.output_ok = *output == payload;
-        if (output.ok() && f.handler == "fetch") {
-          const std::size_t network_at = output->find("network="),
-                            source_at = output->find(" source=");
-          r.output_ok = network_at == 0 && source_at != std::string::npos;
-          if (r.output_ok) {
-            r.network = output->substr(8, source_at - 8);
-            r.source = output->substr(source_at + 8);
-          }
-        }
-        results.push_back(std::move(r));
+        results.push_back(Call(i, schedule));
         done.fetch_add(1, std::memory_order_relaxed);
       }
       finished.count_down();
@@ -370,13 +419,12 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
   }
   for (std::thread& thread : threads) thread.join();
   if (progress) progress(w.calls, w.calls);
+}
 
-  Summary summary;
-  summary.calls = w.calls;
-  summary.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  summary.notes = s.notes;
-  std::vector<std::vector<double>> latencies(cfg.functions.size());
+// The summary's notes, functions and networks, before any call is counted.
+void Host::State::DescribeWorkload(Summary& summary) const {
+  const HostConfig& cfg = config;
+  summary.notes = notes;
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
     summary.functions.push_back(
         {.name = cfg.functions[i].name, .handler = cfg.functions[i].handler});
@@ -395,10 +443,12 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
     }
     summary.networks.push_back(std::move(ns));
   }
-  auto violation = [&summary](std::string text) {
-    if (summary.violations.size() < 50) summary.violations.push_back(std::move(text));
-  };
+}
 
+// Counts every call into its function's and network's summary, with the violations it shows.
+void Host::State::CheckCalls(const std::vector<std::vector<CallResult>>& per_thread,
+                             Summary& summary, std::vector<std::vector<double>>& latencies) {
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
   for (const auto& results : per_thread) {
     for (const CallResult& r : results) {
       FunctionSummary& fs = summary.functions[static_cast<std::size_t>(r.function)];
@@ -447,21 +497,28 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
       }
     }
   }
+}
+
+// Each function's latencies and counters, checked against the executor's and the monitor's.
+void Host::State::CheckFunctions(Summary& summary,
+                                 const std::vector<std::vector<double>>& latencies) {
+  const HostConfig& cfg = config;
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
     FunctionSummary& fs = summary.functions[i];
     fs.p50_ms = Percentile(latencies[i], 0.50);
     fs.p99_ms = Percentile(latencies[i], 0.99);
-    absl::StatusOr<dispatch::FunctionCounters> counters = s.executor->Counters(fs.name);
+    absl::StatusOr<dispatch::FunctionCounters> counters = executor->Counters(fs.name);
     if (counters.ok()) {
       fs.executor_faults = counters->faults;
       fs.executor_timeouts = counters->timeouts;
     }
-    const std::uint64_t injected = s.function_states[i]->injected.load();
+    const std::uint64_t injected = function_states[i]->injected.load();
     // The executor reports a function's faults under "NAME@vVERSION".
-    const absl::StatusOr<dispatch::FunctionInfo> info = s.executor->Get(fs.name);
+    const absl::StatusOr<dispatch::FunctionInfo> info = executor->Get(fs.name);
     const std::string extension = absl::StrCat(fs.name, "@v", info.ok() ? info->active_version : 0);
-    const std::uint64_t monitored = s.monitor->faults(extension, Phase::kInvoke);
-    summary.alarms += s.monitor->alarms(extension);
+    const std::uint64_t monitored = monitor->faults(extension, Phase::kInvoke);
+    summary.alarms += monitor->alarms(extension);
     if (fs.handler == "faulty") {
       if (static_cast<std::uint64_t>(fs.faults) != injected || fs.executor_faults != injected ||
           monitored != injected) {
@@ -479,21 +536,25 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
                              " calls timed out, executor counted ", fs.executor_timeouts));
     }
   }
-  if (s.tenant_mismatches.load() != 0) {
-    violation(absl::StrCat(s.tenant_mismatches.load(),
+  if (tenant_mismatches.load() != 0) {
+    violation(absl::StrCat(tenant_mismatches.load(),
                            " handlers did not see their caller's tenant label on their frame"));
   }
+}
 
-  // Stop the processes and check their counts.
+// Stops the processes and checks their counts.
+void Host::State::StopProcesses(Summary& summary) {
+  const HostConfig& cfg = config;
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
   for (std::size_t i = 0; i < cfg.processes.size(); ++i) {
-    State::ProcessState& ps = *s.process_states[i];
-    (void)s.processes->Stop(ps.pid, std::chrono::seconds(1));
-    absl::StatusOr<dispatch::ProcessExit> exit = s.processes->Wait(ps.pid, std::chrono::seconds(5));
+    State::ProcessState& ps = *process_states[i];
+    (void)processes->Stop(ps.pid, std::chrono::seconds(1));
+    absl::StatusOr<dispatch::ProcessExit> exit = processes->Wait(ps.pid, std::chrono::seconds(5));
     ProcessSummary out{.name = cfg.processes[i].name, .kind = cfg.processes[i].kind};
     out.injected_faults = ps.injected.load();
     out.ticks = ps.ticks.load();
     out.exit = exit.ok() ? exit->status.ToString() : exit.status().ToString();
-    for (const dispatch::ProcessInfo& info : s.processes->List()) {
+    for (const dispatch::ProcessInfo& info : processes->List()) {
       if (info.pid != ps.pid) continue;
       out.state = std::string(dispatch::ProcessStateName(info.state));
       out.faults = info.faults;
@@ -507,6 +568,26 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
     if (out.state != "exited") violation(absl::StrCat("process \"", out.name, "\" did not stop"));
     summary.processes.push_back(std::move(out));
   }
+}
+
+absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>& progress) {
+  State& s = *state_;
+  const HostConfig& cfg = s.config;
+  const WorkloadConfig& w = cfg.workload;
+  const std::vector<int> schedule = s.Schedule();
+  std::vector<std::vector<CallResult>> per_thread(static_cast<std::size_t>(w.threads));
+  const auto started = std::chrono::steady_clock::now();
+  s.RunCalls(schedule, per_thread, progress);
+
+  Summary summary;
+  summary.calls = w.calls;
+  summary.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::vector<std::vector<double>> latencies(cfg.functions.size());
+  s.DescribeWorkload(summary);
+  s.CheckCalls(per_thread, summary, latencies);
+  s.CheckFunctions(summary, latencies);
+  s.StopProcesses(summary);
   for (const dispatch::FaultCounter& c : s.monitor->Counters()) summary.isolated_faults += c.faults;
   for (const ProcessConfig& p : cfg.processes) summary.alarms += s.monitor->alarms(p.name);
   s.monitor->FlushSuppressed();

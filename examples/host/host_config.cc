@@ -130,6 +130,75 @@ class Reader {
   std::string_view source_;
 };
 
+// A socks5 entry of networks.list (its id already checked): a launched microsocks, or a
+// proxy at host:port.
+absl::Status ParseSocks5(const Reader& r, const YAML::Node& item, const std::string& path,
+                         const std::string& id, HostConfig& config) {
+  std::string launch, egress, host, username, password;
+  FRAMEKIT_ASSIGN_OR_RETURN(launch, r.String(item, path, "launch", false));
+  FRAMEKIT_ASSIGN_OR_RETURN(username, r.String(item, path, "username", false));
+  FRAMEKIT_ASSIGN_OR_RETURN(password, r.String(item, path, "password", false));
+  if (!launch.empty()) {
+    if (launch != "microsocks") {
+      return r.Error(item["launch"], Reader::Join(path, "launch"),
+                     "only microsocks can be launched");
+    }
+    if (item["host"] || item["port"]) {
+      return r.Error(item, path, "a launched proxy takes no host or port (the host picks them)");
+    }
+    FRAMEKIT_ASSIGN_OR_RETURN(egress, r.String(item, path, "egress", false));
+    if (!egress.empty() && !net::IsValidIpAddress(egress)) {
+      return r.Error(item["egress"], Reader::Join(path, "egress"), "expected an IP address");
+    }
+    config.launched_proxies.push_back({id, egress});
+    // The port is filled in when the proxy has started.
+    config.networks.networks.push_back(
+        net::Network::Socks5(id, "127.0.0.1", 1, username, password));
+  } else {
+    std::int64_t port = 0;
+    FRAMEKIT_ASSIGN_OR_RETURN(host, r.String(item, path, "host", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(port, r.Int(item, path, "port", true, 0, 1, 65535));
+    if (!net::IsValidHost(host)) {
+      return r.Error(item["host"], Reader::Join(path, "host"),
+                     "expected a host name or IP address");
+    }
+    config.networks.networks.push_back(
+        net::Network::Socks5(id, host, static_cast<std::uint16_t>(port), username, password));
+  }
+  return absl::OkStatus();
+}
+
+// Entry `i` of networks.list; `ids` holds the ids of the entries before it.
+absl::Status ParseNetworkEntry(const Reader& r, const YAML::Node& item, std::size_t i,
+                               std::set<std::string>& ids, HostConfig& config) {
+  const std::string path = Reader::Index("networks.list", i);
+  FRAMEKIT_RETURN_IF_ERROR(r.OnlyKeys(
+      item, path,
+      {"id", "type", "bind", "host", "port", "username", "password", "launch", "egress"}));
+  std::string id, type;
+  FRAMEKIT_ASSIGN_OR_RETURN(id, r.String(item, path, "id", true));
+  FRAMEKIT_ASSIGN_OR_RETURN(type, r.String(item, path, "type", true));
+  if (!net::IsValidNetworkId(id)) {
+    return r.Error(item["id"], Reader::Join(path, "id"),
+                   "invalid network id (lower-case letters, digits, '.', '_', '-'; at most 64)");
+  }
+  if (!ids.insert(id).second) {
+    return r.Error(item["id"], Reader::Join(path, "id"),
+                   absl::StrCat("duplicate network id \"", id, "\""));
+  }
+  if (type == "direct") {
+    std::string bind;
+    FRAMEKIT_ASSIGN_OR_RETURN(bind, r.String(item, path, "bind", false));
+    if (!bind.empty() && !net::IsValidIpAddress(bind)) {
+      return r.Error(item["bind"], Reader::Join(path, "bind"), "expected an IP address");
+    }
+    config.networks.networks.push_back(net::Network::Direct(id, bind));
+    return absl::OkStatus();
+  }
+  if (type == "socks5") return ParseSocks5(r, item, path, id, config);
+  return r.Error(item["type"], Reader::Join(path, "type"), "expected direct or socks5");
+}
+
 absl::Status ParseNetworks(const Reader& r, const YAML::Node& node, HostConfig& config) {
   FRAMEKIT_RETURN_IF_ERROR(r.OnlyKeys(node, "networks", {"default", "clearnet", "list"}));
   FRAMEKIT_ASSIGN_OR_RETURN(config.networks.app_default,
@@ -146,65 +215,7 @@ absl::Status ParseNetworks(const Reader& r, const YAML::Node& node, HostConfig& 
   if (!list.IsSequence()) return r.Error(list, "networks.list", "expected a list");
   std::set<std::string> ids;
   for (std::size_t i = 0; i < list.size(); ++i) {
-    const YAML::Node item = list[i];
-    const std::string path = Reader::Index("networks.list", i);
-    FRAMEKIT_RETURN_IF_ERROR(r.OnlyKeys(
-        item, path,
-        {"id", "type", "bind", "host", "port", "username", "password", "launch", "egress"}));
-    std::string id, type;
-    FRAMEKIT_ASSIGN_OR_RETURN(id, r.String(item, path, "id", true));
-    FRAMEKIT_ASSIGN_OR_RETURN(type, r.String(item, path, "type", true));
-    if (!net::IsValidNetworkId(id)) {
-      return r.Error(item["id"], Reader::Join(path, "id"),
-                     "invalid network id (lower-case letters, digits, '.', '_', '-'; at most 64)");
-    }
-    if (!ids.insert(id).second) {
-      return r.Error(item["id"], Reader::Join(path, "id"),
-                     absl::StrCat("duplicate network id \"", id, "\""));
-    }
-    if (type == "direct") {
-      std::string bind;
-      FRAMEKIT_ASSIGN_OR_RETURN(bind, r.String(item, path, "bind", false));
-      if (!bind.empty() && !net::IsValidIpAddress(bind)) {
-        return r.Error(item["bind"], Reader::Join(path, "bind"), "expected an IP address");
-      }
-      config.networks.networks.push_back(net::Network::Direct(id, bind));
-    } else if (type == "socks5") {
-      std::string launch, egress, host, username, password;
-      FRAMEKIT_ASSIGN_OR_RETURN(launch, r.String(item, path, "launch", false));
-      FRAMEKIT_ASSIGN_OR_RETURN(username, r.String(item, path, "username", false));
-      FRAMEKIT_ASSIGN_OR_RETURN(password, r.String(item, path, "password", false));
-      if (!launch.empty()) {
-        if (launch != "microsocks") {
-          return r.Error(item["launch"], Reader::Join(path, "launch"),
-                         "only microsocks can be launched");
-        }
-        if (item["host"] || item["port"]) {
-          return r.Error(item, path,
-                         "a launched proxy takes no host or port (the host picks them)");
-        }
-        FRAMEKIT_ASSIGN_OR_RETURN(egress, r.String(item, path, "egress", false));
-        if (!egress.empty() && !net::IsValidIpAddress(egress)) {
-          return r.Error(item["egress"], Reader::Join(path, "egress"), "expected an IP address");
-        }
-        config.launched_proxies.push_back({id, egress});
-        // The port is filled in when the proxy has started.
-        config.networks.networks.push_back(
-            net::Network::Socks5(id, "127.0.0.1", 1, username, password));
-      } else {
-        std::int64_t port = 0;
-        FRAMEKIT_ASSIGN_OR_RETURN(host, r.String(item, path, "host", true));
-        FRAMEKIT_ASSIGN_OR_RETURN(port, r.Int(item, path, "port", true, 0, 1, 65535));
-        if (!net::IsValidHost(host)) {
-          return r.Error(item["host"], Reader::Join(path, "host"),
-                         "expected a host name or IP address");
-        }
-        config.networks.networks.push_back(
-            net::Network::Socks5(id, host, static_cast<std::uint16_t>(port), username, password));
-      }
-    } else {
-      return r.Error(item["type"], Reader::Join(path, "type"), "expected direct or socks5");
-    }
+    FRAMEKIT_RETURN_IF_ERROR(ParseNetworkEntry(r, list[i], i, ids, config));
   }
   if (!config.networks.app_default.empty() && !ids.contains(config.networks.app_default)) {
     return r.Error(node["default"], "networks.default",

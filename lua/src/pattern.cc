@@ -283,6 +283,7 @@ static const char *match_capture (MatchState *ms, const char *s, int l) {
 }
 
 
+// Long (issue 11): upstream Lua 5.4 code, kept verbatim for diffing against Lua releases.
 static const char *match (MatchState *ms, const char *s, const char *p) {
   FRAMEKIT_STEP(ms, 1);
   if (l_unlikely(ms->matchdepth-- == 0))

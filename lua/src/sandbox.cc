@@ -500,7 +500,11 @@ bool IsFatalObject(lua_State* L, int index) {
   return lua_touserdata(L, index) == &kFatalTag && lua_islightuserdata(L, index);
 }
 
-void OpenSandbox(lua_State* L) {
+namespace {
+
+// The libraries a handler may use, each opened as a global, then os (not global: clock and
+// time are copied from it), left on the stack for OpenSandbox.
+void OpenLibraries(lua_State* L) {
   luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
   lua_pop(L, 1);
   luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
@@ -514,7 +518,10 @@ void OpenSandbox(lua_State* L) {
   luaL_requiref(L, LUA_COLIBNAME, luaopen_coroutine, 1);
   lua_pop(L, 1);
   luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);  // not global: clock and time are copied
+}
 
+// The base library's globals: safe replacements, and the file and module loaders denied.
+void RestrictGlobals(lua_State* L) {
   lua_pushglobaltable(L);
   SetFunction(L, "pcall", Pcall);
   SetFunction(L, "xpcall", Xpcall);
@@ -528,7 +535,10 @@ void OpenSandbox(lua_State* L) {
   DenyGlobalFunction(L, "dofile");
   DenyGlobalFunction(L, "loadfile");
   DenyGlobalFunction(L, "require");
+}
 
+// The string library: step-counted patterns, no dump, and its metatable hidden.
+void RestrictString(lua_State* L) {
   lua_getglobal(L, LUA_STRLIBNAME);
   SetFunction(L, "find", PatternFind);
   SetFunction(L, "match", PatternMatch);
@@ -544,6 +554,14 @@ void OpenSandbox(lua_State* L) {
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 2);
+}
+
+}  // namespace
+
+void OpenSandbox(lua_State* L) {
+  OpenLibraries(L);  // leaves the real os table on the stack
+  RestrictGlobals(L);
+  RestrictString(L);
 
   lua_getglobal(L, LUA_COLIBNAME);
   Wrap(L, "resume", Rethrowing);

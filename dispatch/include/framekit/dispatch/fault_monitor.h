@@ -45,7 +45,8 @@
 #include "spdlog/logger.h"
 
 namespace framekit::dispatch_internal {
-struct FaultSummary;  // one pending "suppressed N" summary
+struct FaultSummary;     // one pending "suppressed N" summary
+struct FaultRecordPlan;  // what Report writes and raises after its locked step
 }  // namespace framekit::dispatch_internal
 
 namespace framekit::dispatch {
@@ -168,6 +169,10 @@ class FaultMonitor {
   void EraseLocked(const std::string& name, std::chrono::steady_clock::time_point now,
                    std::vector<dispatch_internal::FaultSummary>& summaries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WriteSummaries(const std::vector<dispatch_internal::FaultSummary>& summaries) const noexcept;
+  // Report's bookkeeping: counts the fault, rate-limits its record and records it against the
+  // policy, all under mu_ (taken here).
+  dispatch_internal::FaultRecordPlan RecordFault(const ExtensionPanic& panic,
+                                                 std::chrono::steady_clock::time_point now);
 
   const FaultMonitorOptions options_;
   mutable std::mutex mu_;

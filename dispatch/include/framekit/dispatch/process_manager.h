@@ -81,6 +81,7 @@ enum class ProcessState { kStarting, kRunning, kStopping, kExited };
 // "starting", "running", "stopping", "exited".
 std::string_view ProcessStateName(ProcessState state);
 
+class ExtRef;  // framekit/dispatch/guard.h
 class ProcessManager;
 
 // What a process's lifecycle functions see. Valid only inside them.
@@ -240,7 +241,27 @@ class ProcessManager {
   using TimerQueue = std::multimap<Clock::time_point, std::shared_ptr<Process>>;
 
   void WorkerLoop();
+  // What a poll step leaves the process to do next.
+  enum class StepNext { kRequeue, kPark };
+
+  // RunStep runs the current phase with no lock held; each helper below is one phase, or one
+  // locked section of it.
   void RunStep(const std::shared_ptr<Process>& process);
+  // kSetup: runs setup; on success the process is kRunning and moves to kLoop, else kFinalize.
+  void RunSetup(Process& p, const ExtRef& ext);
+  // kLoop: one poll (or the move to kTeardown once stopped); a fault is counted and may stop it.
+  StepNext RunPoll(Process& p, const ExtRef& ext, const std::stop_token& stop);
+  // Counts a poll fault (under mu_) and records it against the poll-fault policy (outside it).
+  FaultIntensity::Outcome CountPollFault(Process& p);
+  // kTeardown/kFinalize: teardown, finalize, then a restart or ExitProcess.
+  void RunExitPhases(const std::shared_ptr<Process>& process, const ExtRef& ext,
+                     const std::stop_token& stop);
+  // True when the restart policy allows another run: the process is back at kSetup and queued.
+  // False (exit_reason annotated) when the restart intensity was reached.
+  bool TryRestart(const std::shared_ptr<Process>& process);
+  // Under mu_: parks the process (a timer) or queues its next step.
+  void Reschedule(const std::shared_ptr<Process>& process, StepNext next,
+                  const std::stop_token& stop);
   void WakeLocked(const std::shared_ptr<Process>& process) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<Process> Find(Pid pid) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status NotFoundLocked(Pid pid) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
