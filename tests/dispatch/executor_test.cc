@@ -49,6 +49,15 @@ Handler Hang(std::latch& started, std::latch& release) {
   };
 }
 
+// Waits (bounded) until `flag` is set: whether a deadline call's handler started. A worker that
+// starts after the call's deadline never runs the handler, so a test must not wait on it blindly.
+bool WaitUntilSet(const std::atomic<bool>& flag) {
+  for (int i = 0; i < 5000 && !flag.load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return flag.load();
+}
+
 void WaitForQuarantine(const FunctionExecutor& executor, int want) {
   for (int i = 0; i < 10000 && executor.quarantined() != want; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -265,9 +274,12 @@ TEST(FunctionExecutor, DeadlineWithHandlerHonouringStopToken) {
   AppContext app;
   FunctionExecutor executor(app);
   std::atomic<bool> saw_stop{false};
+  std::atomic<bool> entered{false};
   std::latch finished(1);
+  ASSERT_THAT(executor.Register("ok", Echo()), IsOk());
   ASSERT_THAT(executor.Register("polite",
                                 [&](const Frame& frame, std::string_view, Sink&) {
+                                  entered = true;
                                   std::mutex mu;
                                   std::condition_variable_any cv;
                                   std::unique_lock<std::mutex> lock(mu);
@@ -278,8 +290,11 @@ TEST(FunctionExecutor, DeadlineWithHandlerHonouringStopToken) {
                                   return absl::CancelledError("stopped");
                                 }),
               IsOk());
-  auto result = executor.Invoke(Frame(), "polite", "", {{"timeout_ms", 20}});
+  // Warm up: an idle worker exists, so the handler starts well before its deadline.
+  ASSERT_THAT(executor.Invoke(Frame(), "ok", "", {{"timeout_ms", 60000}}), IsOk());
+  auto result = executor.Invoke(Frame(), "polite", "", {{"timeout_ms", 200}});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(WaitUntilSet(entered)) << "the worker did not start the handler before its deadline";
   finished.wait();
   EXPECT_TRUE(saw_stop.load());
   WaitForQuarantine(executor, 0);
@@ -377,9 +392,12 @@ TEST(FunctionExecutor, InvokeStreamLateWriteAfterDeadlineIsRefused) {
   AppContext app;
   FunctionExecutor executor(app);
   std::latch timed_out(1), wrote(1);
+  std::atomic<bool> entered{false};
   absl::Status late;
+  ASSERT_THAT(executor.Register("ok", Echo()), IsOk());
   ASSERT_THAT(executor.Register("slow",
                                 [&](const Frame&, std::string_view, Sink& out) {
+                                  entered = true;
                                   timed_out.wait();
                                   late = out.Write("late");
                                   wrote.count_down();
@@ -387,8 +405,11 @@ TEST(FunctionExecutor, InvokeStreamLateWriteAfterDeadlineIsRefused) {
                                 }),
               IsOk());
   VectorSink sink;
-  EXPECT_EQ(executor.InvokeStream(Frame(), "slow", "", {{"timeout_ms", 10}}, sink).code(),
+  // Warm up: an idle worker exists, so the handler starts well before its deadline.
+  ASSERT_THAT(executor.Invoke(Frame(), "ok", "", {{"timeout_ms", 60000}}), IsOk());
+  EXPECT_EQ(executor.InvokeStream(Frame(), "slow", "", {{"timeout_ms", 200}}, sink).code(),
             absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(WaitUntilSet(entered)) << "the worker did not start the handler before its deadline";
   timed_out.count_down();
   wrote.wait();
   EXPECT_EQ(late.code(), absl::StatusCode::kCancelled);
