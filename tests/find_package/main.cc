@@ -26,7 +26,7 @@ int main() {
   auto resolvers = std::make_shared<framekit::FrameResolvers>();
   if (!app.SetFrameResolvers(resolvers).ok()) return 1;
   absl::Status registered = app.frame_resolvers()->Register(
-      "consumer.tenant", 100,
+      "consumer.tenant", 100, {"tenant"},  // the option key it reads (options are strict)
       [](const framekit::Frame&, const framekit::Options& options, framekit::PairList& out) {
         out.push_back(
             framekit::Pair::Of(kTenant, std::string(options.GetString("tenant").value_or("none"))));
@@ -63,7 +63,10 @@ int main() {
   }
   absl::StatusOr<std::string> invoked =
       executor.Invoke(framekit::Frame(), "tenant", "", framekit::Options{{"tenant", "globex"}});
-  if (!invoked.ok() || *invoked != "globex") return 9;
+  if (!invoked.ok() || *invoked != "globex") {
+    std::fprintf(stderr, "find_package consumer: invoke: %s\n", invoked.status().ToString().c_str());
+    return 9;
+  }
   std::printf("find_package consumer: resolved %s\n", frame.DebugString().c_str());
   return 0;
 }

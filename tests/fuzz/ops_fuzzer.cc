@@ -146,11 +146,10 @@ class Harness {
                              " faults, model ", want));
       }
     }
-    std::uint64_t total = 0;
-    for (const auto& [ext, n] : monitor_faults_) total += n;
-    std::uint64_t counted = 0;
-    for (const fd::FaultCounter& counter : monitor_->Counters()) counted += counter.faults;
-    if (total != counted) Diverge(absl::StrCat("monitor total ", counted, ", model ", total));
+    const std::uint64_t counted = monitor_->total_faults();
+    if (monitor_total_ != counted) {
+      Diverge(absl::StrCat("monitor total ", counted, ", model ", monitor_total_));
+    }
   }
 
  private:
@@ -295,6 +294,8 @@ class Harness {
   void RemoveFunction(int slot) {
     const absl::Status status = executor_->Remove(FunctionName(slot));
     const bool exists = functions_.erase(slot) != 0;
+    // Remove makes the fault monitor forget the function and every version of it.
+    if (exists) ForgetModel(FunctionName(slot));
     if (exists ? !status.ok() : status.code() != absl::StatusCode::kNotFound) {
       Diverge(absl::StrCat("Remove ", FunctionName(slot), ": ", status.ToString()));
     }
@@ -352,6 +353,7 @@ class Harness {
       ++it->second.faults;
       ++it->second.errors;
       ++monitor_faults_["interceptor icept"];
+      ++monitor_total_;
       return {.code = absl::StatusCode::kInternal, .panic_extension = "interceptor icept"};
     }
     ModelFunction& f = it->second;
@@ -362,8 +364,10 @@ class Harness {
         const std::string ext = absl::StrCat(FunctionName(slot), "@v", f.version);
         ++f.faults;
         ++f.errors;
-        // The monitor's history is per extension name: a function removed and registered
-        // again starts at "@v1" with the old history.
+        // The monitor keeps one entry per function: the first fault of a version replaces
+        // the entry of the versions before it. A removed function was forgotten.
+        if (!monitor_faults_.contains(ext)) ForgetModel(FunctionName(slot));
+        ++monitor_total_;
         if (++monitor_faults_[ext] >= kMaxFaults) f.disabled = true;
         return {.code = absl::StatusCode::kInternal, .panic_extension = ext};
       }
@@ -442,7 +446,17 @@ class Harness {
   std::map<std::string, ModelResolver> resolvers_model_;
   std::map<int, ModelFunction> functions_;
   std::optional<int> interceptor_target_;
-  std::map<std::string, std::uint64_t> monitor_faults_;
+  std::map<std::string, std::uint64_t> monitor_faults_;  // what the monitor holds now
+  std::uint64_t monitor_total_ = 0;                       // every fault ever reported
+
+  // Drops `name`'s entries and those of its versions ("name@..."), as FaultMonitor::Forget
+  // and a new version's first fault do.
+  void ForgetModel(const std::string& name) {
+    for (auto it = monitor_faults_.begin(); it != monitor_faults_.end();) {
+      const bool match = it->first == name || it->first.rfind(name + "@", 0) == 0;
+      it = match ? monitor_faults_.erase(it) : std::next(it);
+    }
+  }
 };
 
 }  // namespace
