@@ -19,6 +19,7 @@
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 #include "support/tenant_app.h"
 
 namespace framekit::dispatch {
@@ -66,7 +67,7 @@ TEST(FunctionExecutor, CallerOptionCannotReplaceTheFramesCaller) {
   TenantApp app;
   FunctionExecutor executor(app.app);
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
   const Frame admin = WithCaller(Frame(), kAdmin);
   for (const Options& options :
        {Options{{"caller", "mallory"}}, Options{{"caller", "mallory"}, {"timeout_ms", 5000}},
@@ -87,7 +88,7 @@ TEST(FunctionExecutor, CallerOptionIsRefusedByDefault) {
   AppContext app;
   FunctionExecutor executor(app);
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
   absl::StatusOr<std::string> result = executor.Invoke(Frame(), "who", "", {{"caller", "u1"}});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied) << result.status();
   EXPECT_EQ(who.runs.load(), 0);
@@ -98,7 +99,7 @@ TEST(FunctionExecutor, WrongTypedIdentityOptionsAreInvalid) {
   AppContext app;
   FunctionExecutor executor(app);
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
   for (const Options& options :
        {Options{{"caller", std::int64_t{7}}}, Options{{"caller", true}},
         Options{{"trace_id", std::int64_t{42}}}, Options{{"trace_id", 1.5}},
@@ -116,12 +117,11 @@ TEST(FunctionExecutor, TraceIdIsBoundedAndRestricted) {
   AppContext app;
   FunctionExecutor executor(app);
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
   const std::string longest(128, 'a');
   for (const std::string& good :
        {std::string("4bf92f3577b34da6a3ce929d0e0e4736"), std::string("svc.a:span-1_2"), longest}) {
-    absl::StatusOr<std::string> result =
-        executor.Invoke(Frame(), "who", "", {{"trace_id", good}});
+    absl::StatusOr<std::string> result = executor.Invoke(Frame(), "who", "", {{"trace_id", good}});
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(*result, absl::StrCat("-/", good));
   }
@@ -156,7 +156,7 @@ TEST(FunctionExecutor, OptionNothingReadsFailsBeforeTheHandler) {
   for (const AppContext* app : {&bare, &tenant_app.app}) {
     FunctionExecutor executor(*app);
     WhoAmI who;
-    ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+    ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
     for (const Options& options :
          {Options{{"network", "tor"}}, Options{{"netwrok", "tor"}, {"timeout_ms", 5000}}}) {
       absl::StatusOr<std::string> result = executor.Invoke(Frame(), "who", "", options);
@@ -173,7 +173,8 @@ TEST(FunctionExecutor, DefaultOptionNothingReadsFailsTheCall) {
   AppContext app;
   FunctionExecutor executor(app);
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler(), {{"network", "tor"}}).ok());
+  ASSERT_THAT(executor.Register("who", who.handler(), {{"network", "tor"}}),
+              ::framekit::testing::IsOk());
   absl::StatusOr<std::string> result = executor.Invoke(Frame(), "who", "");
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
   EXPECT_THAT(result.status().message(), HasSubstr("\"network\""));
@@ -185,7 +186,7 @@ TEST(FunctionExecutor, HostileOptionKeysAreRejectedWithABoundedEcho) {
   AppContext app;
   FunctionExecutor executor(app);
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
   for (const std::string& key :
        {std::string(), std::string(1 << 20, 'k'), std::string("\xff\xfe\n"),
         std::string("time\0out_ms", 11), std::string("timeout_ms "), std::string("CALLER")}) {
@@ -205,19 +206,17 @@ TEST(FunctionExecutor, TimeoutIsPositiveAndSaturates) {
   AppContext app;
   FunctionExecutor executor(app);
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
-  for (const std::int64_t ms : {std::int64_t{0}, std::int64_t{-1},
-                                std::numeric_limits<std::int64_t>::min()}) {
-    absl::StatusOr<std::string> result =
-        executor.Invoke(Frame(), "who", "", {{"timeout_ms", ms}});
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
+  for (const std::int64_t ms :
+       {std::int64_t{0}, std::int64_t{-1}, std::numeric_limits<std::int64_t>::min()}) {
+    absl::StatusOr<std::string> result = executor.Invoke(Frame(), "who", "", {{"timeout_ms", ms}});
     EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
   }
   EXPECT_EQ(who.runs.load(), 0);
   // Huge timeouts saturate to "no deadline" instead of overflowing into the past.
-  for (const std::int64_t ms : {std::numeric_limits<std::int64_t>::max(),
-                                std::int64_t{10'000'000'000'000}}) {
-    absl::StatusOr<std::string> result =
-        executor.Invoke(Frame(), "who", "", {{"timeout_ms", ms}});
+  for (const std::int64_t ms :
+       {std::numeric_limits<std::int64_t>::max(), std::int64_t{10'000'000'000'000}}) {
+    absl::StatusOr<std::string> result = executor.Invoke(Frame(), "who", "", {{"timeout_ms", ms}});
     EXPECT_TRUE(result.ok()) << result.status();
   }
   EXPECT_EQ(who.runs.load(), 2);
@@ -238,7 +237,7 @@ TEST(FunctionExecutor, OptOutsAreExplicitAndNarrow) {
   AppContext app;
   FunctionExecutor executor(app, {.allow_caller_option = true, .allow_undeclared_options = true});
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
   absl::StatusOr<std::string> result =
       executor.Invoke(Frame(), "who", "", {{"caller", "svc@batch"}, {"netwrok", "tor"}});
   ASSERT_TRUE(result.ok()) << result.status();
@@ -261,12 +260,11 @@ TEST(FunctionExecutor, CallerOptionCannotReplaceAResolversCaller) {
                              })
                   .ok());
   AppContext app;
-  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
+  ASSERT_THAT(app.SetFrameResolvers(resolvers), ::framekit::testing::IsOk());
   FunctionExecutor executor(app, {.allow_caller_option = true});
   WhoAmI who;
-  ASSERT_TRUE(executor.Register("who", who.handler()).ok());
-  absl::StatusOr<std::string> result =
-      executor.Invoke(Frame(), "who", "", {{"caller", "mallory"}});
+  ASSERT_THAT(executor.Register("who", who.handler()), ::framekit::testing::IsOk());
+  absl::StatusOr<std::string> result = executor.Invoke(Frame(), "who", "", {{"caller", "mallory"}});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied) << result.status();
   EXPECT_EQ(who.runs.load(), 0);
 }
@@ -288,9 +286,9 @@ TEST(ProcessManager, OptionNothingReadsFailsBeforeStart) {
   TenantApp tenant_app;
   for (const AppContext* app : {&bare, &tenant_app.app}) {
     ProcessManager manager(*app, {.workers = 1});
-    for (const Options& options : {Options{{"network", "tor"}}, Options{{"netwrok", "tor"}},
-                                   Options{{"trace_id", std::int64_t{1}}},
-                                   Options{{"trace_id", std::string(4096, 'x')}}}) {
+    for (const Options& options :
+         {Options{{"network", "tor"}}, Options{{"netwrok", "tor"}},
+          Options{{"trace_id", std::int64_t{1}}}, Options{{"trace_id", std::string(4096, 'x')}}}) {
       absl::StatusOr<Pid> pid = manager.Start(Frame(), Done("p"), options);
       EXPECT_EQ(pid.status().code(), absl::StatusCode::kInvalidArgument)
           << options.ToString().substr(0, 64) << ": " << pid.status();

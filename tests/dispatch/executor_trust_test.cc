@@ -24,6 +24,7 @@
 #include "framekit/dispatch/function_executor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -80,7 +81,7 @@ TEST(FunctionExecutorDeadline, ExpiredParentNeverRunsHandler) {
   AppContext app;
   FunctionExecutor executor(app);
   std::atomic<int> runs{0};
-  ASSERT_TRUE(executor.Register("f", Counting(runs)).ok());
+  ASSERT_THAT(executor.Register("f", Counting(runs)), ::framekit::testing::IsOk());
   const Frame expired = Frame().WithDeadline(Clock::now() - std::chrono::seconds(1));
   for (int i = 0; i < 200; ++i) {
     for (const Options& options : {Options{}, kLongTimeout}) {
@@ -97,7 +98,7 @@ TEST(FunctionExecutorDeadline, CancelledParentNeverRunsHandler) {
   AppContext app;
   FunctionExecutor executor(app);
   std::atomic<int> runs{0};
-  ASSERT_TRUE(executor.Register("f", Counting(runs)).ok());
+  ASSERT_THAT(executor.Register("f", Counting(runs)), ::framekit::testing::IsOk());
   auto [parent, canceller] = Frame().WithCancel();
   canceller.Cancel();
   for (const Options& options : {Options{}, kLongTimeout}) {
@@ -111,9 +112,10 @@ TEST(FunctionExecutorDeadline, CancelledParentNeverRunsHandler) {
 TEST(FunctionExecutorDeadline, HugeTimeoutsSaturate) {
   AppContext app;
   FunctionExecutor executor(app);
-  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
-  for (std::int64_t ms : {std::numeric_limits<std::int64_t>::max(), std::int64_t{10'000'000'000'000},
-                          std::numeric_limits<std::int64_t>::max() / 1000}) {
+  ASSERT_THAT(executor.Register("echo", Echo()), ::framekit::testing::IsOk());
+  for (std::int64_t ms :
+       {std::numeric_limits<std::int64_t>::max(), std::int64_t{10'000'000'000'000},
+        std::numeric_limits<std::int64_t>::max() / 1000}) {
     auto result = executor.Invoke(Frame(), "echo", "x", {{"timeout_ms", ms}});
     ASSERT_TRUE(result.ok()) << ms << ": " << result.status();
     EXPECT_EQ(*result, "x");
@@ -134,8 +136,9 @@ TEST(FunctionExecutorDeadline, NonPositiveTimeoutIsInvalidArgument) {
   AppContext app;
   FunctionExecutor executor(app);
   std::atomic<int> runs{0};
-  ASSERT_TRUE(executor.Register("f", Counting(runs)).ok());
-  for (std::int64_t ms : {std::int64_t{0}, std::int64_t{-1}, std::numeric_limits<std::int64_t>::min()}) {
+  ASSERT_THAT(executor.Register("f", Counting(runs)), ::framekit::testing::IsOk());
+  for (std::int64_t ms :
+       {std::int64_t{0}, std::int64_t{-1}, std::numeric_limits<std::int64_t>::min()}) {
     auto result = executor.Invoke(Frame(), "f", "x", {{"timeout_ms", ms}});
     EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
   }
@@ -152,7 +155,7 @@ TEST(FunctionExecutorDeadline, ConcurrentNestedDeadlineCallsDoNotStarve) {
   FunctionExecutor executor(app);
   constexpr int kOuter = 8;
   std::latch all_outer_running(kOuter);
-  ASSERT_TRUE(executor.Register("inner", Echo()).ok());
+  ASSERT_THAT(executor.Register("inner", Echo()), ::framekit::testing::IsOk());
   ASSERT_TRUE(executor
                   .Register("outer",
                             [&](const Frame& frame, std::string_view payload, Sink& out) {
@@ -186,7 +189,8 @@ TEST(FunctionExecutorDeadline, ReentryAtDepthTen) {
                   .Register("down",
                             [&](const Frame& frame, std::string_view payload, Sink& out) {
                               int depth = 0;
-                              if (!absl::SimpleAtoi(absl::string_view(payload.data(), payload.size()), &depth)) {
+                              if (!absl::SimpleAtoi(
+                                      absl::string_view(payload.data(), payload.size()), &depth)) {
                                 return absl::InvalidArgumentError("depth");
                               }
                               if (depth == 0) return out.Write("bottom");
@@ -211,7 +215,7 @@ TEST(FunctionExecutorDeadline, ThreadExitReleasesQuarantine) {
                               pthread_exit(nullptr);
                             })
                   .ok());
-  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
+  ASSERT_THAT(executor.Register("echo", Echo()), ::framekit::testing::IsOk());
   for (int i = 0; i < 6; ++i) {
     auto result = executor.Invoke(Frame(), "exit", "", {{"timeout_ms", std::int64_t{100}}});
     EXPECT_NE(result.status().code(), absl::StatusCode::kOk);
@@ -225,7 +229,7 @@ TEST(FunctionExecutorDeadline, ThreadExitReleasesQuarantine) {
 TEST(FunctionExecutorDeadline, ZeroMaxQuarantinedAdmitsDeadlineCalls) {
   AppContext app;
   FunctionExecutor executor(app, {.max_quarantined = 0});
-  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
+  ASSERT_THAT(executor.Register("echo", Echo()), ::framekit::testing::IsOk());
   auto result = executor.Invoke(Frame(), "echo", "x", kLongTimeout);
   ASSERT_TRUE(result.ok()) << result.status();
 }
@@ -245,7 +249,7 @@ TEST(FunctionExecutorBulkhead, ConcurrentStuckFunctionDoesNotStarveHealthyOne) {
                               return absl::OkStatus();
                             })
                   .ok());
-  ASSERT_TRUE(executor.Register("healthy", Echo()).ok());
+  ASSERT_THAT(executor.Register("healthy", Echo()), ::framekit::testing::IsOk());
   constexpr int kStuckThreads = 3;
   constexpr int kHealthyThreads = 2;
   std::latch go(kStuckThreads + kHealthyThreads);
@@ -264,7 +268,8 @@ TEST(FunctionExecutorBulkhead, ConcurrentStuckFunctionDoesNotStarveHealthyOne) {
     threads.emplace_back([&] {
       go.arrive_and_wait();
       for (int i = 0; i < 300; ++i) {
-        auto result = executor.Invoke(Frame(), "healthy", "h", {{"timeout_ms", std::int64_t{10000}}});
+        auto result =
+            executor.Invoke(Frame(), "healthy", "h", {{"timeout_ms", std::int64_t{10000}}});
         healthy_calls.fetch_add(1);
         if (result.status().code() == absl::StatusCode::kResourceExhausted) {
           healthy_refused.fetch_add(1);
@@ -297,8 +302,8 @@ TEST(FunctionExecutorLifecycle, ConcurrentDestroyWithCallsInFlight) {
   std::vector<std::thread> callers;
   {
     auto executor = std::make_unique<FunctionExecutor>(
-        app, FunctionExecutorOptions{.max_in_flight_per_function = 64, .shutdown_grace =
-                                                                           std::chrono::milliseconds(200)});
+        app, FunctionExecutorOptions{.max_in_flight_per_function = 64,
+                                     .shutdown_grace = std::chrono::milliseconds(200)});
     ASSERT_TRUE(executor
                     ->Register("wait",
                                [&](const Frame& frame, std::string_view, Sink&) {
@@ -329,8 +334,8 @@ TEST(FunctionExecutorLifecycle, ConcurrentDestroyWithCallsInFlight) {
   }
   for (auto& t : callers) t.join();
   for (const absl::Status& s : results) {
-    EXPECT_THAT(s.code(), ::testing::AnyOf(absl::StatusCode::kUnavailable,
-                                           absl::StatusCode::kCancelled))
+    EXPECT_THAT(s.code(),
+                ::testing::AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kCancelled))
         << s;
   }
   gate.Open();  // the detached worker finishes after its executor is gone
@@ -340,8 +345,8 @@ TEST(FunctionExecutorLifecycle, ConcurrentDestroyWithCallsInFlight) {
 TEST(FunctionExecutorLifecycle, CallAfterShutdownIsUnavailableAndShutdownTwiceIsOk) {
   AppContext app;
   FunctionExecutor executor(app);
-  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
-  ASSERT_TRUE(executor.Invoke(Frame(), "echo", "x", kLongTimeout).ok());
+  ASSERT_THAT(executor.Register("echo", Echo()), ::framekit::testing::IsOk());
+  ASSERT_THAT(executor.Invoke(Frame(), "echo", "x", kLongTimeout), ::framekit::testing::IsOk());
   absl::Status first = executor.Shutdown(std::chrono::seconds(5));
   EXPECT_TRUE(first.ok()) << first;
   for (const Options& options : {Options{}, kLongTimeout}) {
@@ -401,7 +406,7 @@ TEST(FunctionExecutorOptions, CreateRejectsInvalidOptions) {
     EXPECT_THAT(created.status().message(), HasSubstr(field));
     // The constructor clamps instead: the executor works.
     FunctionExecutor clamped(app, options);
-    ASSERT_TRUE(clamped.Register("echo", Echo()).ok());
+    ASSERT_THAT(clamped.Register("echo", Echo()), ::framekit::testing::IsOk());
     auto result = clamped.Invoke(Frame(), "echo", "x", kLongTimeout);
     EXPECT_TRUE(result.ok()) << field << ": " << result.status();
   }
@@ -415,7 +420,7 @@ TEST(FunctionExecutorOptions, CreateRejectsInvalidOptions) {
 TEST(FunctionExecutorAttack, ManyDeadlineCallsStayBounded) {
   AppContext app;
   FunctionExecutor executor(app);
-  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
+  ASSERT_THAT(executor.Register("echo", Echo()), ::framekit::testing::IsOk());
   constexpr int kCalls = 100000;
   int failures = 0;
   for (int i = 0; i < kCalls; ++i) {
@@ -448,7 +453,7 @@ TEST(FunctionExecutorBulkhead, CountersReportPerFunctionQuarantine) {
                               return absl::OkStatus();
                             })
                   .ok());
-  ASSERT_TRUE(executor.Register("echo", Echo()).ok());
+  ASSERT_THAT(executor.Register("echo", Echo()), ::framekit::testing::IsOk());
   auto result = executor.Invoke(Frame(), "stuck", "", {{"timeout_ms", std::int64_t{50}}});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded) << result.status();
   started.wait();
@@ -458,7 +463,6 @@ TEST(FunctionExecutorBulkhead, CountersReportPerFunctionQuarantine) {
   WaitForQuarantine(executor, 0);
   EXPECT_EQ(executor.Counters("stuck")->quarantined, 0);
 }
-
 
 // Tests that removing a function makes the fault monitor forget it: a host that registers,
 // faults and removes functions keeps a bounded fault table.
@@ -476,7 +480,7 @@ TEST(FunctionExecutorLifecycle, RemoveForgetsTheFunctionsFaults) {
                     .ok());
     EXPECT_EQ(executor.Invoke(Frame(), name, "").status().code(), absl::StatusCode::kInternal);
     EXPECT_EQ(monitor.extension_count(), 1u);
-    ASSERT_TRUE(executor.Remove(name).ok());
+    ASSERT_THAT(executor.Remove(name), ::framekit::testing::IsOk());
     EXPECT_EQ(monitor.extension_count(), 0u) << name << " is still in the fault table";
   }
 }

@@ -21,7 +21,6 @@
 #include "support/status_matchers.h"
 #include "support/tenant_app.h"
 
-
 namespace framekit::dispatch {
 namespace {
 
@@ -86,8 +85,7 @@ TEST(FunctionExecutor, InterceptorShortCircuitsAndSeesFrameAndOptions) {
                                      }),
               IsOk());
   // The interceptor reads "over_quota": declared, so that strict options accept it.
-  FunctionExecutor executor(app.app,
-                            {.interceptors = interceptors, .option_keys = {"over_quota"}});
+  FunctionExecutor executor(app.app, {.interceptors = interceptors, .option_keys = {"over_quota"}});
   std::atomic<int> runs{0};
   ASSERT_THAT(executor.Register("f",
                                 [&](const Frame&, std::string_view, Sink& out) {
@@ -132,15 +130,18 @@ InterceptorFn PassThrough() {
 
 absl::Status RunOnce(const Interceptors& interceptors) {
   Options options;
-  Call call{
-      .kind = CallKind::kInvoke, .target = "f", .frame = Frame(), .options = &options, .payload = {}};
+  Call call{.kind = CallKind::kInvoke,
+            .target = "f",
+            .frame = Frame(),
+            .options = &options,
+            .payload = {}};
   return interceptors.Run(call, [](Call&) { return absl::OkStatus(); });
 }
 
 // Tests that register/unregister churn at run time does not keep every retired snapshot.
 TEST(Interceptors, ChurnKeepsRetainedSnapshotsBounded) {
   Interceptors interceptors;
-  ASSERT_TRUE(interceptors.Register("base", 1, PassThrough()).ok());
+  ASSERT_THAT(interceptors.Register("base", 1, PassThrough()), ::framekit::testing::IsOk());
   for (int i = 0; i < 100000; ++i) {
     absl::Status s = interceptors.Register("churn", 2, PassThrough());
     ASSERT_TRUE(s.ok()) << s;
@@ -157,12 +158,12 @@ TEST(Interceptors, ChurnKeepsRetainedSnapshotsBounded) {
 TEST(Interceptors, UnregisterReleasesCapturesWhenIdle) {
   Interceptors interceptors;
   auto resource = std::make_shared<int>(1);
-  ASSERT_TRUE(interceptors
-                  .Register("holder", 1,
-                            [resource](Call& call, const Next& next) { return next(call); })
-                  .ok());
-  EXPECT_TRUE(RunOnce(interceptors).ok());
-  ASSERT_TRUE(interceptors.Unregister("holder").ok());
+  ASSERT_TRUE(
+      interceptors
+          .Register("holder", 1, [resource](Call& call, const Next& next) { return next(call); })
+          .ok());
+  EXPECT_THAT(RunOnce(interceptors), ::framekit::testing::IsOk());
+  ASSERT_THAT(interceptors.Unregister("holder"), ::framekit::testing::IsOk());
   EXPECT_EQ(resource.use_count(), 1);
 }
 
@@ -186,7 +187,7 @@ TEST(Interceptors, ConcurrentUnregisterWhileCallInsideChain) {
     EXPECT_TRUE(s.ok()) << s;
   });
   inside.wait();
-  ASSERT_TRUE(interceptors->Unregister("slow").ok());
+  ASSERT_THAT(interceptors->Unregister("slow"), ::framekit::testing::IsOk());
   removed.count_down();
   caller.join();
   EXPECT_EQ(resource.use_count(), 1);
@@ -196,7 +197,7 @@ TEST(Interceptors, ConcurrentUnregisterWhileCallInsideChain) {
 // Tests that readers racing with register/unregister churn see whole snapshots.
 TEST(Interceptors, ConcurrentRunsDuringChurn) {
   Interceptors interceptors;
-  ASSERT_TRUE(interceptors.Register("base", 1, PassThrough()).ok());
+  ASSERT_THAT(interceptors.Register("base", 1, PassThrough()), ::framekit::testing::IsOk());
   std::atomic<bool> stop{false};
   std::latch go(3);
   std::vector<std::thread> readers;
@@ -211,8 +212,9 @@ TEST(Interceptors, ConcurrentRunsDuringChurn) {
   }
   go.arrive_and_wait();
   for (int i = 0; i < 5000; ++i) {
-    ASSERT_TRUE(interceptors.Register(absl::StrCat("c", i % 3), 2, PassThrough()).ok());
-    ASSERT_TRUE(interceptors.Unregister(absl::StrCat("c", i % 3)).ok());
+    ASSERT_THAT(interceptors.Register(absl::StrCat("c", i % 3), 2, PassThrough()),
+                ::framekit::testing::IsOk());
+    ASSERT_THAT(interceptors.Unregister(absl::StrCat("c", i % 3)), ::framekit::testing::IsOk());
   }
   stop = true;
   for (auto& reader : readers) reader.join();
@@ -231,8 +233,8 @@ TEST(Interceptors, NamesFollowTheFunctionNameGrammar) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_LT(s.message().size(), 200u);
   EXPECT_THAT(s.message(), HasSubstr("..."));
-  for (const std::string& good : {std::string("auth"), std::string("a.b-c_d"), std::string("9x"),
-                                  std::string(128, 'z')}) {
+  for (const std::string& good :
+       {std::string("auth"), std::string("a.b-c_d"), std::string("9x"), std::string(128, 'z')}) {
     const absl::Status ok = interceptors.Register(good, 1, PassThrough());
     EXPECT_TRUE(ok.ok()) << good << ": " << ok;
   }

@@ -473,7 +473,7 @@ TEST(ProcessManager, ExitedProcessesAreReapedPastRetention) {
   EXPECT_EQ((*manager)->process_count(), 4u);
   EXPECT_EQ((*manager)->List().size(), 4u);
   // The newest exits are still there for inspection.
-  EXPECT_TRUE((*manager)->Wait(pids.back(), kLong).ok());
+  EXPECT_THAT((*manager)->Wait(pids.back(), kLong), ::framekit::testing::IsOk());
   const absl::Status wait = (*manager)->Wait(pids.front(), kLong).status();
   EXPECT_EQ(wait.code(), absl::StatusCode::kNotFound) << wait;
   EXPECT_THAT(wait.message(), HasSubstr("reaped"));
@@ -521,12 +521,12 @@ TEST(ProcessManager, ParkedProcessKeepsOneTimer) {
   auto pid = manager.Start(Frame(), spec);
   ASSERT_TRUE(pid.ok()) << pid.status();
   for (int i = 1; i <= 1000; ++i) {
-    ASSERT_TRUE(manager.Send(*pid, "m").ok());
+    ASSERT_THAT(manager.Send(*pid, "m"), ::framekit::testing::IsOk());
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return handled == i; });
   }
   EXPECT_LE(manager.timer_count(), 1u);
-  EXPECT_TRUE(manager.Stop(*pid, kLong).ok());
+  EXPECT_THAT(manager.Stop(*pid, kLong), ::framekit::testing::IsOk());
   EXPECT_EQ(manager.timer_count(), 0u);
 }
 
@@ -595,11 +595,11 @@ TEST(ProcessManager, DestroyWithProcessesRunning) {
       return Step::kBusy;
     };
     busy.finalize = [&](ProcessContext&) { ++finalizes; };
-    ASSERT_TRUE(manager.Start(Frame(), busy).ok());
+    ASSERT_THAT(manager.Start(Frame(), busy), ::framekit::testing::IsOk());
     ProcessSpec parked = Idle("parked");
     parked.idle_interval = std::chrono::hours(1);
     parked.finalize = [&](ProcessContext&) { ++finalizes; };
-    ASSERT_TRUE(manager.Start(Frame(), parked).ok());
+    ASSERT_THAT(manager.Start(Frame(), parked), ::framekit::testing::IsOk());
     busy_running.wait();
   }
   EXPECT_EQ(finalizes.load(), 2);

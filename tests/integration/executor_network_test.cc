@@ -142,7 +142,8 @@ TEST_F(ExecutorNetworkTest, NestedCallWithoutOptionKeepsTheParentsNetwork) {
 // no silent downgrade to clearnet. The same call on the booted application dials lo-eight.
 TEST_F(ExecutorNetworkTest, NetworkOptionWithoutTheOverlayFailsClosed) {
   AppContext bare;
-  ASSERT_TRUE(bare.SetFrameResolvers(std::make_shared<FrameResolvers>()).ok());
+  ASSERT_THAT(bare.SetFrameResolvers(std::make_shared<FrameResolvers>()),
+              ::framekit::testing::IsOk());
   dispatch::FunctionExecutor executor(bare);
   ASSERT_TRUE(executor
                   .Register("fetch",
@@ -165,13 +166,12 @@ TEST_F(ExecutorNetworkTest, NetworkOptionWithoutTheOverlayFailsClosed) {
   EXPECT_EQ(handler_runs_.load(), 0);
   // The booted application, which did nothing but boot the network component, still accepts it,
   // and a misspelt option fails there too.
-  EXPECT_EQ(executor_->Invoke(Frame(), "fetch", "", Options{{"network", "lo-eight"}})
-                .value_or("error"),
-            "127.0.0.8\n");
-  EXPECT_EQ(executor_->Invoke(Frame(), "fetch", "", Options{{"netwrok", "lo-eight"}})
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      executor_->Invoke(Frame(), "fetch", "", Options{{"network", "lo-eight"}}).value_or("error"),
+      "127.0.0.8\n");
+  EXPECT_EQ(
+      executor_->Invoke(Frame(), "fetch", "", Options{{"netwrok", "lo-eight"}}).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ExecutorNetworkTest, ProcessFramesCarryTheSelectedNetwork) {

@@ -36,6 +36,7 @@
 #include "framekit/net/testing/loopback.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "support/status_matchers.h"
 
 extern char** environ;
 
@@ -123,7 +124,8 @@ class DialTest : public ::testing::Test {
 
   std::shared_ptr<NetworkRegistry> Registry(ClearnetPolicy policy) {
     auto networks = std::make_shared<NetworkRegistry>(policy);
-    EXPECT_TRUE(networks->Add(Network::Socks5("tor", "127.0.0.1", proxy_->port())).ok());
+    EXPECT_THAT(networks->Add(Network::Socks5("tor", "127.0.0.1", proxy_->port())),
+                ::framekit::testing::IsOk());
     EXPECT_TRUE(
         networks->Add(Network::Socks5("auth", "127.0.0.1", auth_proxy_->port(), "alice", "secret"))
             .ok());
@@ -131,8 +133,9 @@ class DialTest : public ::testing::Test {
         networks
             ->Add(Network::Socks5("badauth", "127.0.0.1", auth_proxy_->port(), "alice", "wrong"))
             .ok());
-    EXPECT_TRUE(networks->Add(Network::Direct("lan", "127.0.0.7")).ok());
-    EXPECT_TRUE(networks->Add(Network::Socks5("dead", "127.0.0.1", FreePort())).ok());
+    EXPECT_THAT(networks->Add(Network::Direct("lan", "127.0.0.7")), ::framekit::testing::IsOk());
+    EXPECT_THAT(networks->Add(Network::Socks5("dead", "127.0.0.1", FreePort())),
+                ::framekit::testing::IsOk());
     return networks;
   }
 
@@ -185,7 +188,7 @@ TEST_F(DialTest, Socks5WrongCredentialsFailAtTheProxyHop) {
   auto networks = Registry(ClearnetPolicy::kDeny);
   absl::StatusOr<std::string> peer =
       PeerSeen(CallFrame(networks, {{"network", "badauth"}}), *networks);
-  ASSERT_FALSE(peer.ok());
+  ASSERT_THAT(peer, ::testing::Not(::framekit::testing::IsOk()));
   EXPECT_EQ(peer.status().code(), absl::StatusCode::kPermissionDenied) << peer.status();
   EXPECT_THAT(peer.status().message(), HasSubstr("network \"badauth\": hop 1 (SOCKS5 proxy"));
   EXPECT_THAT(echo_->peers(), IsEmpty());
@@ -204,12 +207,12 @@ TEST_F(DialTest, NoRouteUnderStrictPolicyNeverConnects) {
   auto networks = Registry(ClearnetPolicy::kDeny);
   absl::StatusOr<Connection> conn =
       Dial(CallFrame(networks, Options()), *networks, "127.0.0.1", echo_->port(), kTimeout);
-  ASSERT_FALSE(conn.ok());
+  ASSERT_THAT(conn, ::testing::Not(::framekit::testing::IsOk()));
   EXPECT_EQ(conn.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(conn.status().message(), HasSubstr("no network selected"));
 
   auto sentinel = std::make_shared<NetworkRegistry>(ClearnetPolicy::kDeny);
-  ASSERT_TRUE(sentinel->Add(Network::Direct("sentinel", "127.0.0.9")).ok());
+  ASSERT_THAT(sentinel->Add(Network::Direct("sentinel", "127.0.0.9")), ::framekit::testing::IsOk());
   absl::StatusOr<std::string> peer = PeerSeen(Frame().With(NetworkKey(), "sentinel"), *sentinel);
   ASSERT_TRUE(peer.ok()) << peer.status();
   EXPECT_THAT(echo_->peers(), ElementsAre("127.0.0.9"));
@@ -230,7 +233,7 @@ TEST_F(DialTest, ProxyDownFailsAtTheProxyHop) {
   auto networks = Registry(ClearnetPolicy::kAllow);
   absl::StatusOr<Connection> conn = Dial(CallFrame(networks, {{"network", "dead"}}), *networks,
                                          "127.0.0.1", echo_->port(), kTimeout);
-  ASSERT_FALSE(conn.ok());
+  ASSERT_THAT(conn, ::testing::Not(::framekit::testing::IsOk()));
   EXPECT_EQ(conn.status().code(), absl::StatusCode::kUnavailable) << conn.status();
   EXPECT_THAT(conn.status().message(), HasSubstr("network \"dead\": hop 1 (SOCKS5 proxy"));
 }
@@ -239,7 +242,7 @@ TEST_F(DialTest, DestinationRefusedFailsAtTheSecondHop) {
   auto networks = Registry(ClearnetPolicy::kDeny);
   absl::StatusOr<Connection> conn =
       Dial(CallFrame(networks, {{"network", "tor"}}), *networks, "127.0.0.1", FreePort(), kTimeout);
-  ASSERT_FALSE(conn.ok());
+  ASSERT_THAT(conn, ::testing::Not(::framekit::testing::IsOk()));
   EXPECT_EQ(conn.status().code(), absl::StatusCode::kUnavailable) << conn.status();
   EXPECT_THAT(conn.status().message(), HasSubstr("network \"tor\": hop 2 (destination"));
 }
@@ -346,7 +349,8 @@ TEST_F(DialTest, HostNamesAreResolvedByTheProxyNotLocally) {
       {.hosts = {{"echo.proxy-only.invalid", "127.0.0.1"}}, .egress_address = "127.0.0.6"});
   ASSERT_NE(proxy, nullptr);
   NetworkRegistry networks(ClearnetPolicy::kDeny);
-  ASSERT_TRUE(networks.Add(Network::Socks5("rec", "127.0.0.1", proxy->port())).ok());
+  ASSERT_THAT(networks.Add(Network::Socks5("rec", "127.0.0.1", proxy->port())),
+              ::framekit::testing::IsOk());
   ScopedEnv env({{"NO_PROXY", "*"}, {"no_proxy", "*"}});
   absl::StatusOr<std::string> peer =
       PeerSeen(Frame().With(NetworkKey(), "rec"), networks, "echo.proxy-only.invalid");
@@ -369,18 +373,20 @@ TEST_F(DialTest, OffersOnlyTheConfiguredAuthenticationMethod) {
   std::unique_ptr<RecordingSocks5Server> gssapi = StartRecorder({.method = 0x01});
   ASSERT_TRUE(open && basic && gssapi);
   NetworkRegistry networks(ClearnetPolicy::kDeny);
-  ASSERT_TRUE(networks.Add(Network::Socks5("open", "127.0.0.1", open->port())).ok());
+  ASSERT_THAT(networks.Add(Network::Socks5("open", "127.0.0.1", open->port())),
+              ::framekit::testing::IsOk());
   ASSERT_TRUE(
       networks.Add(Network::Socks5("basic", "127.0.0.1", basic->port(), "alice", "secret")).ok());
-  ASSERT_TRUE(networks.Add(Network::Socks5("gss", "127.0.0.1", gssapi->port())).ok());
+  ASSERT_THAT(networks.Add(Network::Socks5("gss", "127.0.0.1", gssapi->port())),
+              ::framekit::testing::IsOk());
   ASSERT_TRUE(
       networks.Add(Network::Socks5("gss2", "127.0.0.1", gssapi->port(), "alice", "secret")).ok());
 
-  ASSERT_TRUE(PeerSeen(Frame().With(NetworkKey(), "open"), networks).ok());
+  ASSERT_THAT(PeerSeen(Frame().With(NetworkKey(), "open"), networks), ::framekit::testing::IsOk());
   ASSERT_EQ(open->handshakes().size(), 1u);
   EXPECT_THAT(open->handshakes()[0].methods, ElementsAre(0x00));
 
-  ASSERT_TRUE(PeerSeen(Frame().With(NetworkKey(), "basic"), networks).ok());
+  ASSERT_THAT(PeerSeen(Frame().With(NetworkKey(), "basic"), networks), ::framekit::testing::IsOk());
   ASSERT_EQ(basic->handshakes().size(), 1u);
   EXPECT_THAT(basic->handshakes()[0].methods, ElementsAre(0x00, 0x02));
   EXPECT_EQ(basic->handshakes()[0].username, "alice");
@@ -415,10 +421,11 @@ TEST_F(DialTest, SecondHopRepliesAreSpelledOut) {
     std::unique_ptr<RecordingSocks5Server> proxy = StartRecorder({.reply = reply});
     ASSERT_NE(proxy, nullptr);
     NetworkRegistry networks(ClearnetPolicy::kDeny);
-    ASSERT_TRUE(networks.Add(Network::Socks5("p", "127.0.0.1", proxy->port())).ok());
+    ASSERT_THAT(networks.Add(Network::Socks5("p", "127.0.0.1", proxy->port())),
+                ::framekit::testing::IsOk());
     absl::StatusOr<Connection> conn =
         Dial(Frame().With(NetworkKey(), "p"), networks, "127.0.0.1", echo_->port(), kTimeout);
-    ASSERT_FALSE(conn.ok());
+    ASSERT_THAT(conn, ::testing::Not(::framekit::testing::IsOk()));
     EXPECT_EQ(conn.status().code(),
               reply == 2 ? absl::StatusCode::kPermissionDenied : absl::StatusCode::kUnavailable)
         << conn.status();
@@ -434,7 +441,8 @@ TEST_F(DialTest, OverlongHostNameIsRefusedBeforeAnyLookup) {
   std::unique_ptr<RecordingSocks5Server> proxy = StartRecorder({});
   ASSERT_NE(proxy, nullptr);
   NetworkRegistry networks(ClearnetPolicy::kDeny);
-  ASSERT_TRUE(networks.Add(Network::Socks5("rec", "127.0.0.1", proxy->port())).ok());
+  ASSERT_THAT(networks.Add(Network::Socks5("rec", "127.0.0.1", proxy->port())),
+              ::framekit::testing::IsOk());
   std::string host;
   while (host.size() < 300) host += "abcdefghij.";
   host += "invalid";
@@ -485,8 +493,10 @@ TEST_F(DialTest, RouteCheckRefusesASocketOffTheRoute) {
   EXPECT_FALSE(
       net_internal::VerifyRoute(to_proxy.fd(), Network::Socks5("tor", "127.0.0.2", proxy_->port()))
           .ok());
-  EXPECT_TRUE(net_internal::VerifyRoute(to_proxy.fd(), Network::Direct("lan", "127.0.0.8")).ok());
-  EXPECT_TRUE(net_internal::VerifyRoute(to_proxy.fd(), Network::Direct("any")).ok());
+  EXPECT_THAT(net_internal::VerifyRoute(to_proxy.fd(), Network::Direct("lan", "127.0.0.8")),
+              ::framekit::testing::IsOk());
+  EXPECT_THAT(net_internal::VerifyRoute(to_proxy.fd(), Network::Direct("any")),
+              ::framekit::testing::IsOk());
 }
 
 TEST(Connection, IsMoveOnlyAndClosesOnce) {
@@ -495,7 +505,7 @@ TEST(Connection, IsMoveOnlyAndClosesOnce) {
   Connection a(fds[0]);
   Connection b(std::move(a));
   EXPECT_FALSE(a.is_open());
-  ASSERT_TRUE(b.Write("hi").ok());
+  ASSERT_THAT(b.Write("hi"), ::framekit::testing::IsOk());
   char buf[2];
   ASSERT_EQ(::recv(fds[1], buf, 2, 0), 2);
   b.Close();

@@ -433,7 +433,8 @@ absl::Status Noop(const Frame&, const Options&, PairList&) { return absl::OkStat
 // dispatcher reads it; anything else is InvalidArgument naming the key (IsUndeclaredOption).
 TEST(FrameResolversOptions, CheckAcceptsDeclaredAndOwnKeysOnly) {
   FrameResolvers resolvers;
-  ASSERT_TRUE(resolvers.Register("app.tenant", 300, {"tenant", "tenant"}, Noop).ok());
+  ASSERT_THAT(resolvers.Register("app.tenant", 300, {"tenant", "tenant"}, Noop),
+              ::framekit::testing::IsOk());
   ASSERT_TRUE(resolvers
                   .RegisterAll({{.name = "app.region",
                                  .order = 100,
@@ -442,7 +443,7 @@ TEST(FrameResolversOptions, CheckAcceptsDeclaredAndOwnKeysOnly) {
                                  .option_keys = {"region", "tenant"}}})
                   .ok());
   EXPECT_THAT(resolvers.option_keys(), ElementsAre("region", "tenant"));
-  EXPECT_TRUE(resolvers.CheckOptions(Options(), {}).ok());
+  EXPECT_THAT(resolvers.CheckOptions(Options(), {}), ::framekit::testing::IsOk());
   absl::Status ok = resolvers.CheckOptions(
       Options{{"tenant", "acme"}, {"region", "eu"}, {"timeout_ms", 5}}, kOwnKeys);
   EXPECT_TRUE(ok.ok()) << ok;
@@ -460,8 +461,9 @@ TEST(FrameResolversOptions, CheckAcceptsDeclaredAndOwnKeysOnly) {
 
 // Tests that a nullptr registry declares nothing: only the dispatcher's own keys pass.
 TEST(FrameResolversOptions, NullRegistryAcceptsOnlyOwnKeys) {
-  EXPECT_TRUE(CheckOptions(nullptr, Options(), {}).ok());
-  EXPECT_TRUE(CheckOptions(nullptr, Options{{"timeout_ms", 5}}, kOwnKeys).ok());
+  EXPECT_THAT(CheckOptions(nullptr, Options(), {}), ::framekit::testing::IsOk());
+  EXPECT_THAT(CheckOptions(nullptr, Options{{"timeout_ms", 5}}, kOwnKeys),
+              ::framekit::testing::IsOk());
   absl::Status status = CheckOptions(nullptr, Options{{"network", "tor"}}, kOwnKeys);
   EXPECT_TRUE(IsUndeclaredOption(status)) << status;
   EXPECT_EQ(UndeclaredOption(status), "network");
@@ -485,19 +487,18 @@ TEST(FrameResolversOptions, RegisterRejectsBadKeys) {
 // duplicate name, a registration after Seal, a boot component that failed.
 TEST(FrameResolversOptions, KeysOfFailedRegistrationsAreNotDeclared) {
   auto resolvers = std::make_shared<FrameResolvers>();
-  ASSERT_TRUE(resolvers->Register("r", 1, {"a"}, Noop).ok());
+  ASSERT_THAT(resolvers->Register("r", 1, {"a"}, Noop), ::framekit::testing::IsOk());
   EXPECT_EQ(resolvers->Register("r", 2, {"dup"}, Noop).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(resolvers
-                ->RegisterAll({{.name = "ok", .order = 1, .fn = Noop, .covers = {},
-                                .option_keys = {"batch"}},
-                               {.name = "", .order = 1, .fn = Noop, .covers = {},
-                                .option_keys = {"batch2"}}})
+                ->RegisterAll(
+                    {{.name = "ok", .order = 1, .fn = Noop, .covers = {}, .option_keys = {"batch"}},
+                     {.name = "", .order = 1, .fn = Noop, .covers = {}, .option_keys = {"batch2"}}})
                 .code(),
             absl::StatusCode::kInvalidArgument);
   AppContext app;
-  ASSERT_TRUE(app.SetFrameResolvers(resolvers).ok());
+  ASSERT_THAT(app.SetFrameResolvers(resolvers), ::framekit::testing::IsOk());
   app.BeginStage();
-  ASSERT_TRUE(resolvers->Register("staged", 1, {"staged"}, Noop).ok());
+  ASSERT_THAT(resolvers->Register("staged", 1, {"staged"}, Noop), ::framekit::testing::IsOk());
   EXPECT_TRUE(IsUndeclaredOption(resolvers->CheckOptions(Options{{"staged", 1}}, {})));
   app.AbortStage();
   app.SealFrameResolvers();
@@ -602,8 +603,8 @@ TEST(FrameResolvers, ConcurrentRegistrationsAllLand) {
 TEST(FrameResolvers, NamesFollowTheFunctionNameGrammar) {
   FrameResolvers registry;
   const auto noop = [](const Frame&, const Options&, PairList&) { return absl::OkStatus(); };
-  for (const std::string& bad : {std::string("-lead"), std::string("has space"),
-                                 std::string("a/b"), std::string(129, 'a')}) {
+  for (const std::string& bad : {std::string("-lead"), std::string("has space"), std::string("a/b"),
+                                 std::string(129, 'a')}) {
     const absl::Status s = registry.Register(bad, 1, noop);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad << ": " << s;
   }
