@@ -10,6 +10,15 @@
 #include "framekit/dispatch/guard.h"
 
 namespace framekit::dispatch {
+namespace {
+
+absl::Status SealedError() {
+  return absl::FailedPreconditionError(
+      "interceptor registry is sealed: no interceptor can be added or removed");
+}
+
+}  // namespace
+
 absl::Status Next::operator()(Call& call) const {
   if (at_ == end_) return terminal_(call);
   const dispatch_internal::InterceptorEntry& entry = **at_;
@@ -68,10 +77,7 @@ absl::Status Interceptors::Register(std::string name, int order, InterceptorFn f
   std::shared_ptr<const Snapshot> retired;
   {
     std::lock_guard<std::mutex> lock(write_mu_);
-    if (sealed_) {
-      return absl::FailedPreconditionError(
-          "interceptor registry is sealed: no interceptor can be added or removed");
-    }
+    if (sealed_) return SealedError();
     const std::shared_ptr<const Snapshot> current = Load();
     for (const Entry* e : current->entries) {
       if (e->name == entry->name) {
@@ -97,10 +103,7 @@ absl::Status Interceptors::Unregister(std::string_view name) {
   std::shared_ptr<const Snapshot> retired;
   {
     std::lock_guard<std::mutex> lock(write_mu_);
-    if (sealed_) {
-      return absl::FailedPreconditionError(
-          "interceptor registry is sealed: no interceptor can be added or removed");
-    }
+    if (sealed_) return SealedError();
     const std::shared_ptr<const Snapshot> current = Load();
     Snapshot next;
     next.owned.reserve(current->owned.size());
