@@ -11,7 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/dispatch/function_executor.h"

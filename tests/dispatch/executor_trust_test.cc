@@ -19,7 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "framekit/ctx/app_context.h"
+#include "framekit/app/app_context.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/dispatch/function_executor.h"
 #include "gmock/gmock.h"
