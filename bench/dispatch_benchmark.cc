@@ -11,7 +11,6 @@
 // from the same run.
 #include <chrono>
 #include <condition_variable>
-#include <memory>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -143,8 +142,8 @@ class HandoffThread {
     posted_cv_.notify_one();
     thread_.join();
   }
-  absl::Status Run(const dispatch::Handler& handler, const Frame& frame,
-                   std::string_view payload, std::string& output) {
+  absl::Status Run(const dispatch::Handler& handler, const Frame& frame, std::string_view payload,
+                   std::string& output) {
     std::unique_lock<std::mutex> lock(mu_);
     handler_ = &handler;
     frame_ = &frame;

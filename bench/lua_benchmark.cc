@@ -20,7 +20,8 @@ class NullSink : public framekit::dispatch::Sink {
 };
 
 constexpr const char* kTrivial = "return function(p) return p end";
-constexpr const char* kLoop = "return function() local s = 0 for i = 1, 100000 do s = s + i end return tostring(s) end";
+constexpr const char* kLoop =
+    "return function() local s = 0 for i = 1, 100000 do s = s + i end return tostring(s) end";
 
 void RunFunction(benchmark::State& state, const char* source, int hook) {
   framekit::lua::LuaLimits limits;
@@ -44,7 +45,9 @@ void BarePcall(benchmark::State& state, const char* source, bool hook) {
   luaL_openlibs(L);
   luaL_loadstring(L, source);
   lua_call(L, 0, 1);
-  if (hook) lua_sethook(L, [](lua_State*, lua_Debug*) {}, LUA_MASKCOUNT, 1000);
+  if (hook)
+    lua_sethook(
+        L, [](lua_State*, lua_Debug*) {}, LUA_MASKCOUNT, 1000);
   for (auto _ : state) {
     lua_pushvalue(L, -1);
     lua_pushliteral(L, "x");
@@ -89,18 +92,18 @@ void BM_LuaIsolationSharedBase(benchmark::State& state) {
   luaL_openlibs(L);
   for (auto _ : state) {
     lua_State* T = lua_newthread(L);
-    lua_newtable(T);                 // env
-    lua_newtable(T);                 // its metatable
+    lua_newtable(T);  // env
+    lua_newtable(T);  // its metatable
     lua_pushglobaltable(T);
     lua_setfield(T, -2, "__index");
     lua_setmetatable(T, -2);
     luaL_loadstring(T, kTrivial);
     lua_pushvalue(T, -2);
-    lua_setupvalue(T, -2, 1);        // _ENV
+    lua_setupvalue(T, -2, 1);  // _ENV
     lua_call(T, 0, 1);
     lua_pushliteral(T, "x");
     lua_pcall(T, 1, 1, 0);
-    lua_pop(L, 1);                   // the thread
+    lua_pop(L, 1);  // the thread
   }
   lua_close(L);
 }

@@ -23,8 +23,9 @@ bool IsValidName(std::string_view name) {
 
 std::string InvalidNameMessage(std::string_view kind, std::string_view name) {
   const std::string echo = Echo(name);
-  return absl::StrCat(absl::string_view(kind.data(), kind.size()), " name \"", echo,
-                      "\" is invalid: use 1-128 of [A-Za-z0-9_.-], starting with a letter or digit");
+  return absl::StrCat(
+      absl::string_view(kind.data(), kind.size()), " name \"", echo,
+      "\" is invalid: use 1-128 of [A-Za-z0-9_.-], starting with a letter or digit");
 }
 
 }  // namespace framekit::base_internal

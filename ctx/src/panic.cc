@@ -156,16 +156,15 @@ std::string QuoteField(std::string_view value) {
 // byte outside printable ASCII escaped. The stack is counted, not printed: a status is a
 // summary; the fault record carries the stack.
 std::string DescribePanicFields(const ExtensionPanic& panic) {
-  std::string out = absl::StrCat("extension=", QuoteField(panic.extension),
-                                 " phase=", QuoteField(PhaseName(panic.phase)),
-                                 " type=", QuoteField(panic.type),
-                                 " message=", QuoteField(panic.message), " nested=[");
+  std::string out = absl::StrCat(
+      "extension=", QuoteField(panic.extension), " phase=", QuoteField(PhaseName(panic.phase)),
+      " type=", QuoteField(panic.type), " message=", QuoteField(panic.message), " nested=[");
   for (std::size_t i = 0; i < panic.nested.size(); ++i) {
     absl::StrAppend(&out, i == 0 ? "" : ", ", QuoteField(panic.nested[i]));
   }
-  const std::size_t frames = static_cast<std::size_t>(
-      std::count(panic.stack.begin(), panic.stack.end(), '\n') +
-      (!panic.stack.empty() && panic.stack.back() != '\n' ? 1 : 0));
+  const std::size_t frames =
+      static_cast<std::size_t>(std::count(panic.stack.begin(), panic.stack.end(), '\n') +
+                               (!panic.stack.empty() && panic.stack.back() != '\n' ? 1 : 0));
   absl::StrAppend(&out, "] stack_frames=", frames);
   return out;
 }
@@ -244,8 +243,9 @@ absl::Status PanicStatus(const ExtensionPanic& panic) {
 
 std::string StatusToString(const absl::Status& status) {
   if (status.ok()) return "OK";
-  std::string out = absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                                 EscapeText(std::string_view(status.message().data(), status.message().size()), false));
+  std::string out = absl::StrCat(
+      absl::StatusCodeToString(status.code()), ": ",
+      EscapeText(std::string_view(status.message().data(), status.message().size()), false));
   status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
     if (url == absl::string_view(kExtensionPanicUrl.data(), kExtensionPanicUrl.size())) {
       absl::Status one(absl::StatusCode::kInternal, "");

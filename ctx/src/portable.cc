@@ -17,9 +17,8 @@ absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.
 absl::Status Malformed(std::string_view what, std::string_view bytes) {
   constexpr std::size_t kShown = 32;
   const std::string_view shown = bytes.substr(0, kShown);
-  return absl::InvalidArgumentError(
-      absl::StrCat("malformed ", AV(what), ": \"", AV(shown),
-                   bytes.size() > kShown ? "...\"" : "\""));
+  return absl::InvalidArgumentError(absl::StrCat("malformed ", AV(what), ": \"", AV(shown),
+                                                 bytes.size() > kShown ? "...\"" : "\""));
 }
 
 void PutString(std::string& out, std::string_view value) {
@@ -51,16 +50,15 @@ bool GetString(std::string_view& in, std::string& value) {
 
 PortableCodec<std::string> StringCodec() {
   return {[](const std::string& value) { return value; },
-          [](std::string_view bytes) -> absl::StatusOr<std::string> {
-            return std::string(bytes);
-          }};
+          [](std::string_view bytes) -> absl::StatusOr<std::string> { return std::string(bytes); }};
 }
 
 PortableCodec<std::int64_t> Int64Codec() {
   return {[](const std::int64_t& value) { return std::to_string(value); },
           [](std::string_view bytes) -> absl::StatusOr<std::int64_t> {
             std::int64_t value = 0;
-            const auto [end, ec] = std::from_chars(bytes.data(), bytes.data() + bytes.size(), value);
+            const auto [end, ec] =
+                std::from_chars(bytes.data(), bytes.data() + bytes.size(), value);
             if (bytes.empty() || ec != std::errc() || end != bytes.data() + bytes.size()) {
               return Malformed("int64", bytes);
             }
@@ -85,7 +83,8 @@ PortableCodec<double> DoubleCodec() {
           },
           [](std::string_view bytes) -> absl::StatusOr<double> {
             double value = 0;
-            const auto [end, ec] = std::from_chars(bytes.data(), bytes.data() + bytes.size(), value);
+            const auto [end, ec] =
+                std::from_chars(bytes.data(), bytes.data() + bytes.size(), value);
             if (bytes.empty() || ec != std::errc() || end != bytes.data() + bytes.size()) {
               return Malformed("double", bytes);
             }
@@ -172,9 +171,9 @@ absl::StatusOr<PortableFrame> PortableKeys::Encode(const Frame& frame) const {
     }
     total += it->first.size() + bytes.size();
     if (total > limits_.max_total_bytes || out.pairs.size() == limits_.max_pairs) {
-      status = absl::ResourceExhaustedError(
-          absl::StrCat("portable pairs exceed the limit of ", limits_.max_pairs, " pairs or ",
-                       limits_.max_total_bytes, " bytes"));
+      status = absl::ResourceExhaustedError(absl::StrCat("portable pairs exceed the limit of ",
+                                                         limits_.max_pairs, " pairs or ",
+                                                         limits_.max_total_bytes, " bytes"));
       return;
     }
     out.pairs.emplace_back(it->first, std::move(bytes));
@@ -200,8 +199,7 @@ absl::StatusOr<DecodedFrame> PortableKeys::Decode(const PortableFrame& in,
         total > limits_.max_total_bytes) {
       const std::string_view shown = std::string_view(name).substr(0, 64);
       return absl::InvalidArgumentError(
-          absl::StrCat("portable key \"", AV(shown),
-                       "\": name or value exceeds the size limits"));
+          absl::StrCat("portable key \"", AV(shown), "\": name or value exceeds the size limits"));
     }
     const auto it = by_name_.find(name);
     if (it == by_name_.end()) {

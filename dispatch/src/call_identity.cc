@@ -5,9 +5,9 @@
 #include <variant>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/echo.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/dispatch/function_executor.h"
-#include "framekit/base/internal/echo.h"
 
 namespace framekit::dispatch_internal {
 namespace {
@@ -32,8 +32,8 @@ absl::Status ReadBounded(const Options& options, std::string_view key, std::size
     return absl::InvalidArgumentError(absl::StrCat("option \"", name, "\" must be a string"));
   }
   if (text->empty() || text->size() > max_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("option \"", name, "\" must be 1-", max_bytes,
-                                                   " bytes, not ", text->size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("option \"", name, "\" must be 1-", max_bytes, " bytes, not ", text->size()));
   }
   if (!std::all_of(text->begin(), text->end(), allowed)) {
     return absl::InvalidArgumentError(absl::StrCat("option \"", name, "\" = \"", Echo(*text),
@@ -45,8 +45,8 @@ absl::Status ReadBounded(const Options& options, std::string_view key, std::size
 
 }  // namespace
 
-absl::Status ReadCallIdentity(const Frame& frame, const Options& options,
-                              bool allow_caller_option, CallIdentity& identity) {
+absl::Status ReadCallIdentity(const Frame& frame, const Options& options, bool allow_caller_option,
+                              CallIdentity& identity) {
   using dispatch::kCallerOption;
   using dispatch::kTraceIdOption;
   if (absl::Status s =

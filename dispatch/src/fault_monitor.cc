@@ -45,8 +45,8 @@ std::string_view BaseName(std::string_view name) {
 
 std::shared_ptr<spdlog::logger> StderrLogger() {
   static const std::shared_ptr<spdlog::logger> logger = [] {
-    auto log = std::make_shared<spdlog::logger>(
-        "framekit", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    auto log = std::make_shared<spdlog::logger>("framekit",
+                                                std::make_shared<spdlog::sinks::stderr_sink_mt>());
     return log;
   }();
   return logger;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/echo.h"
 #include "framekit/base/internal/name.h"
 #include "framekit/base/internal/strings.h"
 #include "framekit/base/status_macros.h"
@@ -18,7 +19,6 @@
 #include "framekit/dispatch/internal/call_identity.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "worker_pool.h"
-#include "framekit/base/internal/echo.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -248,7 +248,8 @@ struct FunctionExecutor::Shared {
     if (own_in_flight >= function_in_flight_cap || admitted >= in_flight_cap) {
       if (nested) return Admission::kInline;
       refusal = absl::StrCat("function \"", function.name, "\": ", own_in_flight, " of its and ",
-                             admitted, " of the executor's deadline calls are in flight, the most "
+                             admitted,
+                             " of the executor's deadline calls are in flight, the most "
                              "it admits");
       return Admission::kRefused;
     }
@@ -400,8 +401,8 @@ struct FunctionExecutor::CallState final : public Sink {
       timed_out = outcome->timed_out;
       status = DetachedStatus::From(outcome->status);
     } else {
-      status = DetachedStatus::From(absl::InternalError(absl::StrCat(
-          "function \"", function->name, "\": the handler ended its worker thread")));
+      status = DetachedStatus::From(absl::InternalError(
+          absl::StrCat("function \"", function->name, "\": the handler ended its worker thread")));
     }
     stage = Stage::kDone;
     shared->Release(*function, quarantined);
@@ -446,8 +447,8 @@ struct FunctionExecutor::CallState final : public Sink {
   absl::Status Abandoned(DispatchCall& call, bool parent_cancelled) const {
     const bool past_deadline = Clock::now() >= deadline;
     if (!parent_cancelled && !past_deadline) {
-      return absl::UnavailableError(absl::StrCat(
-          "function \"", function->name, "\": the executor shut down during the call"));
+      return absl::UnavailableError(absl::StrCat("function \"", function->name,
+                                                 "\": the executor shut down during the call"));
     }
     if (!parent_cancelled || past_deadline) {
       call.timed_out = true;
@@ -477,8 +478,7 @@ int CallsOnThisThread(const void* executor) {
 
 absl::Status CheckHandler(std::string_view name, const Handler& handler) {
   if (handler) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("function \"", AsAbsl(name), "\" has no handler"));
+  return absl::InvalidArgumentError(absl::StrCat("function \"", AsAbsl(name), "\" has no handler"));
 }
 
 absl::Status CheckCode(std::string_view name, const std::shared_ptr<Code>& code) {
@@ -731,8 +731,8 @@ absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
   callers_.fetch_add(1);
   tls_calls = &enter.self;
   if (shut_down_.load()) {
-    return absl::UnavailableError(absl::StrCat("function \"", AsAbsl(call.name),
-                                               "\": the function executor is shut down"));
+    return absl::UnavailableError(
+        absl::StrCat("function \"", AsAbsl(call.name), "\": the function executor is shut down"));
   }
   FRAMEKIT_RETURN_IF_ERROR(Lookup(call));
   const Clock::time_point start = Clock::now();
@@ -776,8 +776,8 @@ absl::Status FunctionExecutor::PrepareFrame(DispatchCall& call) {
         call.frame, *call.merged, options_.allow_caller_option, identity));
   }
   PairList pairs;
-  FRAMEKIT_RETURN_IF_ERROR(framekit::Resolve(app_.frame_resolvers(), call.frame, *call.merged,
-                                             pairs));
+  FRAMEKIT_RETURN_IF_ERROR(
+      framekit::Resolve(app_.frame_resolvers(), call.frame, *call.merged, pairs));
   FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::AppendCallIdentity(identity, pairs));
   if (!pairs.empty()) call.frame = call.frame.With(pairs);
   if (const OptionValue* timeout = call.merged->Get(kTimeoutOption)) {
@@ -790,8 +790,9 @@ absl::Status FunctionExecutor::PrepareFrame(DispatchCall& call) {
   }
   if (!call.frame.cancelled()) return absl::OkStatus();
   if (call.frame.stop_token().stop_requested()) {
-    return absl::CancelledError(absl::StrCat(
-        "function \"", call.function->name, "\": the caller's frame was cancelled before the call"));
+    return absl::CancelledError(
+        absl::StrCat("function \"", call.function->name,
+                     "\": the caller's frame was cancelled before the call"));
   }
   call.timed_out = true;
   return absl::DeadlineExceededError(
@@ -851,8 +852,9 @@ absl::Status FunctionExecutor::RunWithDeadline(DispatchCall& call) {
   state->user_sink = call.output != nullptr ? nullptr : call.sink;
   if (!shared_->pool->Run([state] { CallState::Work(state); })) {
     shared_->Release(*call.function, /*was_quarantined=*/false);
-    return absl::UnavailableError(absl::StrCat(
-        "function \"", call.function->name, "\": no worker thread (shut down, or none could start)"));
+    return absl::UnavailableError(
+        absl::StrCat("function \"", call.function->name,
+                     "\": no worker thread (shut down, or none could start)"));
   }
   return state->Await(call, canceller);
 }

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/echo.h"
 #include "framekit/base/internal/name.h"
 #include "framekit/base/internal/strings.h"
 #include "framekit/base/status_macros.h"
@@ -12,7 +13,6 @@
 #include "framekit/dispatch/guard.h"
 #include "framekit/dispatch/internal/call_identity.h"
 #include "framekit/resolvers/frame_resolvers.h"
-#include "framekit/base/internal/echo.h"
 
 namespace framekit::dispatch {
 namespace {
@@ -28,9 +28,9 @@ std::int64_t Millis(std::chrono::nanoseconds d) {
 // its restart and fault limits meaningless.
 absl::Status ValidateSpecLimits(const ProcessSpec& spec) {
   const auto invalid = [&](std::string_view field, auto&&... why) {
-    return absl::InvalidArgumentError(absl::StrCat("process \"", spec.name, "\": ",
-                                                   absl::string_view(field.data(), field.size()),
-                                                   " ", why...));
+    return absl::InvalidArgumentError(
+        absl::StrCat("process \"", spec.name, "\": ", absl::string_view(field.data(), field.size()),
+                     " ", why...));
   };
   if (spec.mailbox_capacity == 0) return invalid("mailbox_capacity", "is 0");
   if (spec.idle_interval <= std::chrono::milliseconds(0)) {
@@ -68,11 +68,11 @@ absl::Status PollFaultsReason(const ProcessSpec& spec, const FaultIntensity::Out
 absl::Status RestartLimitReason(const ProcessSpec& spec, const absl::Status& exit_reason) {
   return absl::Status(
       exit_reason.code(),
-      absl::StrCat(exit_reason.message(), " [stays down: restart intensity of ", spec.max_restarts,
-                   " restarts within ",
-                   std::chrono::duration_cast<std::chrono::milliseconds>(spec.restart_window)
-                       .count(),
-                   " ms reached]"));
+      absl::StrCat(
+          exit_reason.message(), " [stays down: restart intensity of ", spec.max_restarts,
+          " restarts within ",
+          std::chrono::duration_cast<std::chrono::milliseconds>(spec.restart_window).count(),
+          " ms reached]"));
 }
 
 }  // namespace
@@ -96,7 +96,7 @@ struct ProcessManager::Process {
 
   // Immutable after Start.
   Pid pid = 0;
-  ProcessSpec spec;  // its callbacks are released at exit (ReleaseAtExit)
+  ProcessSpec spec;     // its callbacks are released at exit (ReleaseAtExit)
   Canceller canceller;  // guarded by mu_: reset at exit
   Clock::time_point started{};
 
@@ -140,8 +140,8 @@ ProcessManager::~ProcessManager() { Shutdown(); }
 
 absl::Status ProcessManager::Validate(const ProcessManagerOptions& options) {
   if (options.workers < 1 || options.workers > kMaxWorkers) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "process manager: workers must be in [1, ", kMaxWorkers, "], is ", options.workers));
+    return absl::InvalidArgumentError(absl::StrCat("process manager: workers must be in [1, ",
+                                                   kMaxWorkers, "], is ", options.workers));
   }
   return absl::OkStatus();
 }
@@ -175,9 +175,9 @@ std::shared_ptr<ProcessManager::Process> ProcessManager::Find(Pid pid) const {
 
 absl::Status ProcessManager::NotFoundLocked(Pid pid) const {
   if (pid != 0 && pid < next_pid_) {
-    return absl::NotFoundError(absl::StrCat(
-        "process ", pid, " exited and was reaped (the manager keeps the last ",
-        options_.retain_exited, " exited processes)"));
+    return absl::NotFoundError(absl::StrCat("process ", pid,
+                                            " exited and was reaped (the manager keeps the last ",
+                                            options_.retain_exited, " exited processes)"));
   }
   return absl::NotFoundError(absl::StrCat("no process ", pid));
 }
@@ -185,9 +185,9 @@ absl::Status ProcessManager::NotFoundLocked(Pid pid) const {
 absl::Status ProcessManager::CheckParent(const Frame& parent, std::string_view name) {
   if (const std::optional<Deadline> deadline = parent.deadline();
       deadline.has_value() && *deadline <= Clock::now()) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "process \"", absl::string_view(name.data(), name.size()),
-        "\" not started: the parent frame's deadline has passed"));
+    return absl::DeadlineExceededError(
+        absl::StrCat("process \"", absl::string_view(name.data(), name.size()),
+                     "\" not started: the parent frame's deadline has passed"));
   }
   if (parent.cancelled()) {
     return absl::CancelledError(absl::StrCat("process \"",

@@ -383,8 +383,7 @@ CallResult Host::State::Call(int i, const std::vector<int>& schedule) {
   if (!output.ok()) r.error = output.status().ToString();
   if (output.ok() && f.handler == "echo") r.output_ok = *output == payload;
   if (output.ok() && f.handler == "fetch") {
-    const std::size_t network_at = output->find("network="),
-                      source_at = output->find(" source=");
+    const std::size_t network_at = output->find("network="), source_at = output->find(" source=");
     r.output_ok = network_at == 0 && source_at != std::string::npos;
     if (r.output_ok) {
       r.network = output->substr(8, source_at - 8);

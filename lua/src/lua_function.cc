@@ -64,7 +64,7 @@ int Protected(lua_State* L) {
   auto* error = static_cast<std::string*>(lua_touserdata(L, 1));
   CallState& cs = lua_internal::StateOf(L);
   lua_settop(L, 0);
-  lua_pushnil(L);  // index 1: unused
+  lua_pushnil(L);                                 // index 1: unused
   lua_pushcfunction(L, lua_internal::Traceback);  // index 2
   lua_internal::OpenSandbox(L);
   const std::string name = absl::StrCat("=", cs.chunkname);

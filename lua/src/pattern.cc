@@ -17,6 +17,8 @@
 // AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE
 // SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
 // NOLINTBEGIN
+// Upstream code, kept in Lua's own layout so that it can be diffed against Lua releases.
+// clang-format off
 #include <cctype>
 #include <cstddef>
 #include <cstring>
@@ -715,3 +717,4 @@ int PatternGsub(lua_State* L) { return StrGsub(L); }
 
 }  // namespace framekit::lua_internal
 // NOLINTEND
+// clang-format on

@@ -7,6 +7,8 @@
 // rule that follows: never call a Lua API function that may raise inside a C++ try block (the
 // catch-all would swallow Lua's exception); host code runs under the guards with no Lua API
 // call inside them.
+#include "framekit/lua/internal/sandbox.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -16,7 +18,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "framekit/dispatch/function_executor.h"
-#include "framekit/lua/internal/sandbox.h"
 #include "lauxlib.h"
 #include "lua.h"
 #include "lualib.h"
@@ -91,8 +92,8 @@ int Rethrowing(lua_State* L) {
 }
 
 [[noreturn]] void Deny(lua_State* L, std::string_view capability) {
-  RaiseFatal(L, absl::PermissionDeniedError(absl::StrCat(
-                    "lua sandbox: ", AV(capability), " is not available to scripts")));
+  RaiseFatal(L, absl::PermissionDeniedError(
+                    absl::StrCat("lua sandbox: ", AV(capability), " is not available to scripts")));
 }
 
 // A denied global function (upvalue 1: its name).
@@ -121,7 +122,8 @@ int SafeSetmetatable(lua_State* L) {
 int SafeLoad(lua_State* L) {
   const std::string_view mode = lua_isnoneornil(L, 3) ? "t" : ToView(L, 3);
   if (mode.find('b') != std::string_view::npos) Deny(L, "load of a binary chunk");
-  if (lua_type(L, 1) == LUA_TSTRING && ToView(L, 1).substr(0, 1) == std::string_view(LUA_SIGNATURE, 1)) {
+  if (lua_type(L, 1) == LUA_TSTRING &&
+      ToView(L, 1).substr(0, 1) == std::string_view(LUA_SIGNATURE, 1)) {
     Deny(L, "load of a binary chunk");
   }
   // No env given: drop it, so the original uses the sandbox's globals.
@@ -156,9 +158,8 @@ void Log(lua_State* L, spdlog::level::level_enum level, std::string_view message
   const std::string_view trace_id = trace != nullptr ? std::string_view(*trace) : "-";
   const std::string line = absl::StrCat("[", cs.chunkname, "] trace_id=", AV(trace_id), " ",
                                         AV(text), message.size() > kMaxLine ? "..." : "");
-  dispatch::CallTeardown(LuaHostAccess::ref(*cs.host), [&] {
-    LuaHostAccess::logger(*cs.host).log(level, "{}", line);
-  });
+  dispatch::CallTeardown(LuaHostAccess::ref(*cs.host),
+                         [&] { LuaHostAccess::logger(*cs.host).log(level, "{}", line); });
 }
 
 int Print(lua_State* L) {
@@ -182,8 +183,8 @@ int HostLog(lua_State* L) {
   int message = 1;
   if (lua_gettop(L) >= 2) {
     static const char* const kLevels[] = {"debug", "info", "warn", "error", nullptr};
-    static const spdlog::level::level_enum kValues[] = {
-        spdlog::level::debug, spdlog::level::info, spdlog::level::warn, spdlog::level::err};
+    static const spdlog::level::level_enum kValues[] = {spdlog::level::debug, spdlog::level::info,
+                                                        spdlog::level::warn, spdlog::level::err};
     level = kValues[luaL_checkoption(L, 1, nullptr, kLevels)];
     message = 2;
   }
@@ -198,8 +199,8 @@ void WriteOutput(lua_State* L, std::string_view chunk) {
   CallState& cs = StateOf(L);
   if (chunk.empty()) return;
   if (cs.output_bytes + chunk.size() > cs.max_output) {
-    RaiseFatal(L, absl::ResourceExhaustedError(absl::StrCat(
-                      "lua: output exceeds the limit of ", cs.max_output, " bytes")));
+    RaiseFatal(L, absl::ResourceExhaustedError(
+                      absl::StrCat("lua: output exceeds the limit of ", cs.max_output, " bytes")));
   }
   cs.output_bytes += chunk.size();
   absl::Status status;
@@ -240,7 +241,8 @@ int HostInvoke(lua_State* L) {
   const LuaInvoker& invoker = LuaHostAccess::invoker(*cs.host);
   if (!invoker) return luaL_error(L, "host.invoke is not configured");
   auto guarded = dispatch::HostFunc<absl::StatusOr<std::string>()>(
-      LuaHostAccess::ref(*cs.host), "invoke", [&]() { return invoker(*cs.frame, function, payload); });
+      LuaHostAccess::ref(*cs.host), "invoke",
+      [&]() { return invoker(*cs.frame, function, payload); });
   absl::StatusOr<std::string> result = guarded();
   CheckPoint(L);
   if (!result.ok()) {
@@ -255,11 +257,12 @@ int HostInvoke(lua_State* L) {
 int HostApp(lua_State* L) {
   CallState& cs = StateOf(L);
   ++cs.host_calls;
-  const auto& entry = *static_cast<const HostFunctionEntry*>(lua_touserdata(L, lua_upvalueindex(1)));
+  const auto& entry =
+      *static_cast<const HostFunctionEntry*>(lua_touserdata(L, lua_upvalueindex(1)));
   const int n = static_cast<int>(entry.params.size());
   if (lua_gettop(L) > n) {
-    return luaL_error(L, "host.%s takes %d argument(s), got %d", lua_tostring(L, lua_upvalueindex(2)),
-                      n, lua_gettop(L));
+    return luaL_error(L, "host.%s takes %d argument(s), got %d",
+                      lua_tostring(L, lua_upvalueindex(2)), n, lua_gettop(L));
   }
   std::vector<HostValue> args;
   args.reserve(entry.params.size());

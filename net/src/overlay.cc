@@ -9,9 +9,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/echo.h"
 #include "framekit/base/status_macros.h"
 #include "framekit/net/internal/errors.h"
-#include "framekit/base/internal/echo.h"
 
 namespace framekit {
 namespace net_internal {

@@ -8,11 +8,11 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "framekit/base/internal/echo.h"
+#include "framekit/base/internal/name.h"
 #include "framekit/base/internal/status.h"
 #include "framekit/base/internal/strings.h"
-#include "framekit/base/internal/name.h"
 #include "framekit/ctx/panic.h"
-#include "framekit/base/internal/echo.h"
 
 namespace framekit {
 namespace resolvers_internal {
@@ -34,8 +34,8 @@ void ClaimSet::Refresh(const std::vector<const ResolverEntry*>& entries) {
   option_keys.erase(std::unique(option_keys.begin(), option_keys.end()), option_keys.end());
 }
 
-absl::Status CheckOptionKeys(const std::vector<std::string_view>* declared,
-                             const Options& options, std::span<const std::string_view> own_keys) {
+absl::Status CheckOptionKeys(const std::vector<std::string_view>* declared, const Options& options,
+                             std::span<const std::string_view> own_keys) {
   const Options::KeyOrder less;
   for (const auto& [key, value] : options) {
     const std::string_view k = key;
@@ -59,8 +59,8 @@ absl::Status CheckOptionKeys(const std::vector<std::string_view>* declared,
 
 namespace {
 
-using resolvers_internal::ClaimEntry;
 using base_internal::Echo;
+using resolvers_internal::ClaimEntry;
 using resolvers_internal::ResolverEntry;
 
 using base_internal::AsAbsl;
@@ -97,9 +97,9 @@ absl::Status ValidateRegistration(const ResolverRegistration& r) {
   }
   for (const std::string& key : r.option_keys) {
     if (!ValidOptionKey(key)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "frame resolver \"", Echo(r.name), "\": declares the option key \"", Echo(key),
-          "\", which is not 1-128 of [A-Za-z0-9_.-]"));
+      return absl::InvalidArgumentError(absl::StrCat("frame resolver \"", Echo(r.name),
+                                                     "\": declares the option key \"", Echo(key),
+                                                     "\", which is not 1-128 of [A-Za-z0-9_.-]"));
     }
   }
   return absl::OkStatus();
@@ -177,8 +177,7 @@ absl::Status FrameResolvers::Publish(std::vector<ResolverRegistration> resolvers
       return absl::OkStatus();
     };
     auto add_resolver = [&draft](const ResolverRegistration& r) -> absl::Status {
-      return draft.Add(
-          std::make_unique<ResolverEntry>(
+      return draft.Add(std::make_unique<ResolverEntry>(
           ResolverEntry{r.name, r.order, r.fn, r.covers, r.option_keys}));
     };
     if (staging) {

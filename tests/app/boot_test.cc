@@ -54,7 +54,9 @@ TEST(BootSequence, RunsInDependencyOrderThenSeals) {
 // after boot (by a late component, a plugin, an attacker holding the app) is refused.
 TEST(BootSequence, SealsTheFrameResolvers) {
   BootSequence boot;
-  ASSERT_TRUE(boot.Add({"resolvers", {}, [](AppContext& app) -> absl::Status {
+  ASSERT_TRUE(boot.Add({"resolvers",
+                        {},
+                        [](AppContext& app) -> absl::Status {
                           auto resolvers = std::make_shared<FrameResolvers>();
                           FRAMEKIT_RETURN_IF_ERROR(resolvers->Register("test.noop", 10, Noop));
                           return app.SetFrameResolvers(resolvers);

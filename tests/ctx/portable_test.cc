@@ -6,8 +6,8 @@
 #include <memory>
 #include <string>
 
-#include "framekit/ctx/caller.h"
 #include "framekit/base/status_macros.h"
+#include "framekit/ctx/caller.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "support/status_matchers.h"
@@ -46,11 +46,10 @@ PortableKeys Registry() {
 
 TEST(PortableKeys, EncodeYieldsVisiblePortablePairsSortedByName) {
   const PortableKeys keys = Registry();
-  const Frame frame = Frame().With({framekit::Pair::Of(kTenant, "acme"),
-                                    framekit::Pair::Of(kQuota, -42),
-                                    framekit::Pair::Of(kBeta, true),
-                                    framekit::Pair::Of(kRatio, 0.1),
-                                    framekit::Pair::Of(kSecret, "hunter2")});
+  const Frame frame =
+      Frame().With({framekit::Pair::Of(kTenant, "acme"), framekit::Pair::Of(kQuota, -42),
+                    framekit::Pair::Of(kBeta, true), framekit::Pair::Of(kRatio, 0.1),
+                    framekit::Pair::Of(kSecret, "hunter2")});
   absl::StatusOr<PortableFrame> wire = keys.Encode(frame);
   ASSERT_THAT(wire, IsOk());
   EXPECT_THAT(wire->pairs, ElementsAre(Pair("test.beta", "true"), Pair("test.quota", "-42"),
@@ -60,13 +59,17 @@ TEST(PortableKeys, EncodeYieldsVisiblePortablePairsSortedByName) {
 
 TEST(PortableKeys, RoundTripArrivesInheritedWithTheRemainingDeadline) {
   const PortableKeys keys = Registry();
-  const CallerContext caller{.user_id = "u1", .role = "admin", .tenant_id = "acme",
-                             .email = "", .groups = {"ops", "", "dev"}};
-  const Frame frame = WithCaller(Frame(), caller)
-                          .With({framekit::Pair::Of(kTenant, "acme"),
-                                 framekit::Pair::Of(kQuota, std::numeric_limits<std::int64_t>::min()),
-                                 framekit::Pair::Of(kRatio, -1.0 / 3)})
-                          .WithTimeout(std::chrono::seconds(30));
+  const CallerContext caller{.user_id = "u1",
+                             .role = "admin",
+                             .tenant_id = "acme",
+                             .email = "",
+                             .groups = {"ops", "", "dev"}};
+  const Frame frame =
+      WithCaller(Frame(), caller)
+          .With({framekit::Pair::Of(kTenant, "acme"),
+                 framekit::Pair::Of(kQuota, std::numeric_limits<std::int64_t>::min()),
+                 framekit::Pair::Of(kRatio, -1.0 / 3)})
+          .WithTimeout(std::chrono::seconds(30));
   absl::StatusOr<PortableFrame> wire = keys.Encode(frame);
   ASSERT_THAT(wire, IsOk());
   ASSERT_TRUE(wire->remaining.has_value());
@@ -101,8 +104,12 @@ TEST(PortableKeys, UnknownNamesAreDroppedAndCounted) {
 TEST(PortableKeys, MalformedValueIsInvalidArgumentNamingTheKey) {
   const PortableKeys keys = Registry();
   for (const auto& [name, bytes] : std::vector<std::pair<std::string, std::string>>{
-           {"test.quota", "12x"}, {"test.quota", ""}, {"test.quota", "99999999999999999999"},
-           {"test.beta", "yes"}, {"test.ratio", "1.5e"}, {"framekit.caller", "\x05"},
+           {"test.quota", "12x"},
+           {"test.quota", ""},
+           {"test.quota", "99999999999999999999"},
+           {"test.beta", "yes"},
+           {"test.ratio", "1.5e"},
+           {"framekit.caller", "\x05"},
            {"framekit.caller", std::string(20, '\0') + "\xff\xff\xff\x7f"}}) {
     PortableFrame wire;
     wire.pairs = {{name, bytes}};
@@ -121,8 +128,8 @@ TEST(PortableKeys, DuplicateNameOnTheWireIsInvalidArgument) {
 }
 
 TEST(PortableKeys, SizesAreBounded) {
-  PortableKeys keys(PortableLimits{.max_pairs = 2, .max_name_bytes = 16, .max_value_bytes = 8,
-                                   .max_total_bytes = 1024});
+  PortableKeys keys(PortableLimits{
+      .max_pairs = 2, .max_name_bytes = 16, .max_value_bytes = 8, .max_total_bytes = 1024});
   ASSERT_THAT(keys.Add(kTenant), IsOk());
   EXPECT_THAT(keys.Encode(Frame().With(kTenant, "123456789")),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("test.tenant")));
@@ -136,7 +143,8 @@ TEST(PortableKeys, SizesAreBounded) {
 TEST(PortableKeys, AddRejectsDuplicatesNonInheritingKeysAndIncompleteCodecs) {
   PortableKeys keys;
   ASSERT_THAT(keys.Add(kTenant), IsOk());
-  EXPECT_THAT(keys.Add(kTenant), StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("test.tenant")));
+  EXPECT_THAT(keys.Add(kTenant),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("test.tenant")));
   EXPECT_THAT(keys.Add(kLocal), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("inherit")));
   EXPECT_THAT(keys.Add(kPoint, PortableCodec<Point>{}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("codec")));
@@ -144,21 +152,22 @@ TEST(PortableKeys, AddRejectsDuplicatesNonInheritingKeysAndIncompleteCodecs) {
 
 TEST(PortableKeys, ApplicationCodecAndLookup) {
   PortableKeys keys = Registry();
-  ASSERT_THAT(keys.Add(kPoint,
-                       PortableCodec<Point>{
-                           [](const Point& p) { return std::to_string(p.x) + "," + std::to_string(p.y); },
-                           [](std::string_view bytes) -> absl::StatusOr<Point> {
-                             const std::size_t comma = bytes.find(',');
-                             if (comma == std::string_view::npos) {
-                               return absl::InvalidArgumentError("want x,y");
-                             }
-                             return Point{std::stoi(std::string(bytes.substr(0, comma))),
-                                          std::stoi(std::string(bytes.substr(comma + 1)))};
-                           }}),
+  ASSERT_THAT(keys.Add(kPoint, PortableCodec<Point>{
+                                   [](const Point& p) {
+                                     return std::to_string(p.x) + "," + std::to_string(p.y);
+                                   },
+                                   [](std::string_view bytes) -> absl::StatusOr<Point> {
+                                     const std::size_t comma = bytes.find(',');
+                                     if (comma == std::string_view::npos) {
+                                       return absl::InvalidArgumentError("want x,y");
+                                     }
+                                     return Point{std::stoi(std::string(bytes.substr(0, comma))),
+                                                  std::stoi(std::string(bytes.substr(comma + 1)))};
+                                   }}),
               IsOk());
-  const Frame frame = Frame().With({framekit::Pair::Of(kPoint, Point{3, 4}),
-                                    framekit::Pair::Of(kQuota, 7),
-                                    framekit::Pair::Of(kSecret, "s")});
+  const Frame frame =
+      Frame().With({framekit::Pair::Of(kPoint, Point{3, 4}), framekit::Pair::Of(kQuota, 7),
+                    framekit::Pair::Of(kSecret, "s")});
   EXPECT_EQ(keys.Lookup(frame, "test.point"), PortableValue(std::string("3,4")));
   EXPECT_EQ(keys.Lookup(frame, "test.quota"), PortableValue(std::int64_t{7}));
   EXPECT_EQ(keys.Lookup(frame, "test.secret"), std::nullopt);  // not portable

@@ -64,7 +64,8 @@ int main() {
   absl::StatusOr<std::string> invoked =
       executor.Invoke(framekit::Frame(), "tenant", "", framekit::Options{{"tenant", "globex"}});
   if (!invoked.ok() || *invoked != "globex") {
-    std::fprintf(stderr, "find_package consumer: invoke: %s\n", invoked.status().ToString().c_str());
+    std::fprintf(stderr, "find_package consumer: invoke: %s\n",
+                 invoked.status().ToString().c_str());
     return 9;
   }
   std::printf("find_package consumer: resolved %s\n", frame.DebugString().c_str());

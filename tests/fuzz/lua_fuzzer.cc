@@ -23,7 +23,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   limits.max_log_lines = 0;
   const std::string source(reinterpret_cast<const char*>(data), size);
   // As a handler chunk, and as a handler body.
-  for (const std::string& chunk : {source, "return function(payload, frame)\n" + source + "\nend"}) {
+  for (const std::string& chunk :
+       {source, "return function(payload, frame)\n" + source + "\nend"}) {
     auto fn = framekit::lua::LuaFunction::Compile("fuzz.lua", chunk, limits);
     if (!fn.ok()) continue;
     NullSink sink;

@@ -447,7 +447,7 @@ class Harness {
   std::map<int, ModelFunction> functions_;
   std::optional<int> interceptor_target_;
   std::map<std::string, std::uint64_t> monitor_faults_;  // what the monitor holds now
-  std::uint64_t monitor_total_ = 0;                       // every fault ever reported
+  std::uint64_t monitor_total_ = 0;                      // every fault ever reported
 
   // Drops `name`'s entries and those of its versions ("name@..."), as FaultMonitor::Forget
   // and a new version's first fault do.

@@ -10,8 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include "framekit/ctx/caller.h"
 #include "framekit/base/status_macros.h"
+#include "framekit/ctx/caller.h"
 #include "framekit/dispatch/function_executor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -81,7 +81,8 @@ Outcome RunOnce(LuaFunction& fn, const Frame& frame = Frame().WithTimeout(2s),
   return out;
 }
 
-Outcome RunSource(std::string source, LuaLimits limits = {}, Frame frame = Frame().WithTimeout(2s)) {
+Outcome RunSource(std::string source, LuaLimits limits = {},
+                  Frame frame = Frame().WithTimeout(2s)) {
   std::shared_ptr<LuaFunction> fn = MustCompile(std::move(source), limits);
   if (fn == nullptr) return {absl::InternalError("no compile"), "", {}, {}};
   return RunOnce(*fn, frame);
@@ -116,8 +117,8 @@ TEST(LuaFunction, ReturnsOutputAndStreamsChunks) {
     host.write("a", "b")
     return "hello " .. payload
   end)");
-  std::shared_ptr<LuaFunction> fn = MustCompile(
-      "return function(p) host.write('<') return p .. '>' end");
+  std::shared_ptr<LuaFunction> fn =
+      MustCompile("return function(p) host.write('<') return p .. '>' end");
   out = RunOnce(*fn, Frame().WithTimeout(1s), "x");
   EXPECT_THAT(out.status, IsOk());
   EXPECT_EQ(out.output, "<x>");
@@ -157,10 +158,10 @@ TEST(LuaFunction, ChunkMustReturnAFunctionAndHandlerAString) {
 }
 
 TEST(LuaFunction, FrameViewShowsPortableKeysOnlyAndIsReadOnly) {
-  const Frame frame = WithCaller(Frame(), {.user_id = "u1", .groups = {"ops"}})
-                          .With({Pair::Of(kTenant, "acme"), Pair::Of(kQuota, 7),
-                                 Pair::Of(kSecret, "hunter2")})
-                          .WithTimeout(2s);
+  const Frame frame =
+      WithCaller(Frame(), {.user_id = "u1", .groups = {"ops"}})
+          .With({Pair::Of(kTenant, "acme"), Pair::Of(kQuota, 7), Pair::Of(kSecret, "hunter2")})
+          .WithTimeout(2s);
   std::shared_ptr<LuaFunction> fn = MustCompile(R"(return function(p, frame)
     local c = frame["framekit.caller"]
     return table.concat({frame["test.tenant"], math.type(frame["test.quota"]),
@@ -183,12 +184,16 @@ TEST(LuaLimits, InfiniteLoopsEndAtTheDeadline) {
       "return function() while true do end end",
       "return function() while true do pcall(function() while true do end end) end end",
       "return function() local co = coroutine.wrap(function() while true do end end) co() end",
-      "return function() while true do coroutine.resume(coroutine.create(function() while true do end end)) end end",
-      "return function() local t = setmetatable({}, {__index = function(t, k) while true do end end}) return t.x end",
+      "return function() while true do coroutine.resume(coroutine.create(function() while true do "
+      "end end)) end end",
+      "return function() local t = setmetatable({}, {__index = function(t, k) while true do end "
+      "end}) return t.x end",
       "return function() local s = string.rep('a', 4000) while true do s:gsub('a', 'b') end end",
       "return function() return string.find(string.rep('a', 300000), '.-.-.-.-.-b') end",
-      "return function() local s = string.rep('a', 500000) return s:find(string.rep('a', 200000) .. 'b', 1, true) end",
-      "return function() while true do xpcall(function() while true do end end, function() while true do end end) end end",
+      "return function() local s = string.rep('a', 500000) return s:find(string.rep('a', 200000) "
+      ".. 'b', 1, true) end",
+      "return function() while true do xpcall(function() while true do end end, function() while "
+      "true do end end) end end",
   };
   std::vector<double> overruns_ms;
   for (const std::string& source : loops) {
@@ -196,7 +201,8 @@ TEST(LuaLimits, InfiniteLoopsEndAtTheDeadline) {
     Outcome out = RunSource(source, {}, Frame().WithTimeout(deadline));
     EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("deadline")))
         << source;
-    overruns_ms.push_back(std::chrono::duration<double, std::milli>(out.elapsed - deadline).count());
+    overruns_ms.push_back(
+        std::chrono::duration<double, std::milli>(out.elapsed - deadline).count());
     EXPECT_LT(out.elapsed, 2s) << source;
   }
   std::sort(overruns_ms.begin(), overruns_ms.end());
@@ -206,7 +212,8 @@ TEST(LuaLimits, InfiniteLoopsEndAtTheDeadline) {
 
 // Tests the deadline overrun's distribution on a plain CPU loop (printed, not asserted).
 TEST(LuaLimits, DeadlineOverrunP99) {
-  std::shared_ptr<LuaFunction> fn = MustCompile("return function() local i = 0 while true do i = i + 1 end end");
+  std::shared_ptr<LuaFunction> fn =
+      MustCompile("return function() local i = 0 while true do i = i + 1 end end");
   std::vector<double> overruns_us;
   for (int i = 0; i < 200; ++i) {
     Outcome out = RunOnce(*fn, Frame().WithTimeout(2ms));
@@ -243,9 +250,11 @@ TEST(LuaLimits, MemoryLimitIsResourceExhausted) {
   for (const std::string& source : std::vector<std::string>{
            "return function() local t = {} while true do t[#t + 1] = {} end end",
            "return function() return string.rep('x', 1 << 30) end",
-           "return function() local t = {} for i = 1, 1e6 do t[i] = 'x' .. i end return table.concat(t) end",
+           "return function() local t = {} for i = 1, 1e6 do t[i] = 'x' .. i end return "
+           "table.concat(t) end",
            "return function() local s = 'x' while true do s = s .. s end end",
-           "return function() local t = {} while true do pcall(function() t[#t + 1] = string.rep('y', 1000) end) end end",
+           "return function() local t = {} while true do pcall(function() t[#t + 1] = "
+           "string.rep('y', 1000) end) end end",
            "return function() local function f(n) return f(n + 1) + 1 end return f(1) end",
        }) {
     Outcome out = RunSource(source, limits);
@@ -254,9 +263,11 @@ TEST(LuaLimits, MemoryLimitIsResourceExhausted) {
     EXPECT_LE(out.stats.peak_memory_bytes, limits.memory_bytes) << source;
   }
   // Garbage that an emergency collection frees is no reason to fail.
-  EXPECT_THAT(RunSource("return function() for i = 1, 2000 do local s = string.rep('z', 4000) .. i end end",
-                        limits).status,
-              IsOk());
+  EXPECT_THAT(
+      RunSource("return function() for i = 1, 2000 do local s = string.rep('z', 4000) .. i end end",
+                limits)
+          .status,
+      IsOk());
 }
 
 TEST(LuaLimits, OutputLimitIsResourceExhausted) {
@@ -354,14 +365,16 @@ TEST(LuaSandbox, NoStateLeaksBetweenCalls) {
 }
 
 TEST(LuaSandbox, DeepRecursionAndHugeValuesFailCleanly) {
-  EXPECT_THAT(RunSource("return function() local function f() return 1 + f() end return f() end").status,
-              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("")));
+  EXPECT_THAT(
+      RunSource("return function() local function f() return 1 + f() end return f() end").status,
+      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("")));
   // Lua checks the size before allocating: a Lua error, nothing allocated.
   EXPECT_THAT(RunSource("return function() return ('x'):rep(1e18) end").status,
               StatusIs(absl::StatusCode::kInternal, HasSubstr("too large")));
   Outcome out = RunSource("return function() return select('#', table.unpack({}, 1, 1e7)) end");
   EXPECT_TRUE(IsLuaError(out.status)) << out.status;
-  out = RunSource("return function() return string.rep('(', 300) .. ('x'):find(string.rep('(', 300)) end");
+  out = RunSource(
+      "return function() return string.rep('(', 300) .. ('x'):find(string.rep('(', 300)) end");
   EXPECT_TRUE(IsLuaError(out.status)) << out.status;
 }
 
@@ -370,35 +383,47 @@ TEST(LuaSandbox, DeepRecursionAndHugeValuesFailCleanly) {
 TEST(LuaHost, ApplicationFunctionsTypedArgumentsAndErrors) {
   auto host = MakeHost();
   ASSERT_THAT(host->AddFunction("add", [](std::int64_t a, double b) { return a + b; }), IsOk());
-  ASSERT_THAT(host->AddFunction("greet", [](std::string_view who, bool loud) -> absl::StatusOr<std::string> {
-    if (who.empty()) return absl::InvalidArgumentError("nobody to greet");
-    return std::string(loud ? "HI " : "hi ") + std::string(who);
-  }), IsOk());
-  ASSERT_THAT(host->AddFunction("tenant", [](const Frame& frame) {
-    const std::string* t = frame.Find(kTenant);
-    return t == nullptr ? std::string("?") : *t;
-  }), IsOk());
-  ASSERT_THAT(host->AddFunction("explode", []() -> int { throw std::runtime_error("kaboom"); }), IsOk());
-  EXPECT_THAT(host->AddFunction("write", [] {}), StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("write")));
-  EXPECT_THAT(host->AddFunction("no-dash", [] {}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("identifier")));
+  ASSERT_THAT(host->AddFunction("greet",
+                                [](std::string_view who, bool loud) -> absl::StatusOr<std::string> {
+                                  if (who.empty())
+                                    return absl::InvalidArgumentError("nobody to greet");
+                                  return std::string(loud ? "HI " : "hi ") + std::string(who);
+                                }),
+              IsOk());
+  ASSERT_THAT(host->AddFunction("tenant",
+                                [](const Frame& frame) {
+                                  const std::string* t = frame.Find(kTenant);
+                                  return t == nullptr ? std::string("?") : *t;
+                                }),
+              IsOk());
+  ASSERT_THAT(host->AddFunction("explode", []() -> int { throw std::runtime_error("kaboom"); }),
+              IsOk());
+  EXPECT_THAT(host->AddFunction("write", [] {}),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("write")));
+  EXPECT_THAT(host->AddFunction("no-dash", [] {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("identifier")));
 
   std::shared_ptr<LuaFunction> fn = MustCompile(R"(return function()
     return host.add(2, 0.5) .. " " .. host.greet("bob", true) .. " " .. host.tenant()
-  end)", {}, host);
+  end)",
+                                                {}, host);
   Outcome out = RunOnce(*fn, Frame().With(kTenant, "acme").WithTimeout(1s));
   EXPECT_THAT(out.status, IsOk());
   EXPECT_EQ(out.output, "2.5 HI bob acme");
   EXPECT_EQ(out.stats.host_calls, 3u);
 
   fn = MustCompile("return function() return host.greet('', false) end", {}, host);
-  EXPECT_THAT(RunOnce(*fn).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("nobody to greet")));
+  EXPECT_THAT(RunOnce(*fn).status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("nobody to greet")));
   fn = MustCompile("return function() return host.add('x', 1) end", {}, host);
-  EXPECT_THAT(RunOnce(*fn).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("bad argument #1")));
+  EXPECT_THAT(RunOnce(*fn).status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("bad argument #1")));
   // A throw is a fault of the host function: a Lua error the script may catch, never a crash.
   fn = MustCompile(R"(return function()
     local ok, e = pcall(host.explode)
     return tostring(ok) .. " " .. e
-  end)", {}, host);
+  end)",
+                   {}, host);
   out = RunOnce(*fn);
   EXPECT_THAT(out.status, IsOk());
   EXPECT_THAT(out.output, HasSubstr("false host function \"explode\""));
@@ -407,10 +432,14 @@ TEST(LuaHost, ApplicationFunctionsTypedArgumentsAndErrors) {
 
 TEST(LuaHost, InvokeHook) {
   auto host = MakeHost();
-  std::shared_ptr<LuaFunction> fn = MustCompile("return function() return host.invoke('echo', 'ping') end", {}, host);
-  EXPECT_THAT(RunOnce(*fn).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("not configured")));
-  host->set_invoker([](const Frame&, std::string_view name, std::string_view payload)
-                        -> absl::StatusOr<std::string> { return std::string(name) + ":" + std::string(payload); });
+  std::shared_ptr<LuaFunction> fn =
+      MustCompile("return function() return host.invoke('echo', 'ping') end", {}, host);
+  EXPECT_THAT(RunOnce(*fn).status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("not configured")));
+  host->set_invoker([](const Frame&, std::string_view name,
+                       std::string_view payload) -> absl::StatusOr<std::string> {
+    return std::string(name) + ":" + std::string(payload);
+  });
   EXPECT_EQ(RunOnce(*fn).output, "echo:ping");
 }
 

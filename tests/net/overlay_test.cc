@@ -93,8 +93,11 @@ TEST(OverlayResolver, HugeUnknownIdIsEchoedBounded) {
   Outcome out = Apply(OverlayResolver(Networks(), "lan"), Options{{"network", id}});
   EXPECT_TRUE(IsNetworkNotFound(out.status)) << out.status.message().substr(0, 200);
   EXPECT_LE(out.status.message().size(), 400u);
-  EXPECT_LE(out.status.GetPayload(absl::string_view(kNetworkNotFoundUrl.data(), kNetworkNotFoundUrl.size()))
-                ->size(), 400u);
+  EXPECT_LE(
+      out.status
+          .GetPayload(absl::string_view(kNetworkNotFoundUrl.data(), kNetworkNotFoundUrl.size()))
+          ->size(),
+      400u);
 }
 
 TEST(OverlayResolver, UnknownDefaultIsNotFound) {

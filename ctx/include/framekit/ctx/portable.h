@@ -39,9 +39,9 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
-#include <type_traits>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -75,13 +75,13 @@ PortableCodec<CallerContext> CallerCodec();
 // A frame in transit: the portable pairs and the time left.
 struct PortableFrame {
   std::vector<std::pair<std::string, std::string>> pairs;  // (key name, encoded value)
-  std::optional<Clock::duration> remaining;  // nullopt: no deadline; never negative
+  std::optional<Clock::duration> remaining;                // nullopt: no deadline; never negative
 };
 
 // The result of Decode.
 struct DecodedFrame {
-  Frame frame;                       // the decoded pairs (all kInherited) and deadline
-  std::size_t dropped_unknown = 0;   // pairs whose key name is not portable here
+  Frame frame;                      // the decoded pairs (all kInherited) and deadline
+  std::size_t dropped_unknown = 0;  // pairs whose key name is not portable here
 };
 
 // A portable value as a typed view, for runtimes that map values to their own types (a Lua
@@ -91,8 +91,8 @@ using PortableValue = std::variant<std::string, std::int64_t, bool, double, Call
 
 template <class T>
 inline constexpr bool kIsPortableAlternative =
-    std::is_same_v<T, std::string> || std::is_same_v<T, std::int64_t> ||
-    std::is_same_v<T, bool> || std::is_same_v<T, double> || std::is_same_v<T, CallerContext>;
+    std::is_same_v<T, std::string> || std::is_same_v<T, std::int64_t> || std::is_same_v<T, bool> ||
+    std::is_same_v<T, double> || std::is_same_v<T, CallerContext>;
 
 // Bounds on what Encode produces and Decode accepts.
 struct PortableLimits {
@@ -184,9 +184,7 @@ absl::Status PortableKeys::Add(const Key<T>& key, PortableCodec<T> codec) {
   const bool complete = codec.encode != nullptr && codec.decode != nullptr;
   Entry entry;
   entry.key = &key;
-  entry.encode = [&key, encode = codec.encode](const Pair& pair) {
-    return encode(*pair.As(key));
-  };
+  entry.encode = [&key, encode = codec.encode](const Pair& pair) { return encode(*pair.As(key)); };
   entry.decode = [&key, decode = codec.decode](std::string_view bytes) -> absl::StatusOr<Pair> {
     absl::StatusOr<T> value = decode(bytes);
     if (!value.ok()) return value.status();

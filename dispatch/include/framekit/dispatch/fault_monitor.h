@@ -165,9 +165,11 @@ class FaultMonitor {
   };
   // Finds or inserts `name`, evicting to stay within max_extensions.
   ExtensionState& EntryLocked(const std::string& name, std::chrono::steady_clock::time_point now,
-                              std::vector<dispatch_internal::FaultSummary>& summaries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                              std::vector<dispatch_internal::FaultSummary>& summaries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseLocked(const std::string& name, std::chrono::steady_clock::time_point now,
-                   std::vector<dispatch_internal::FaultSummary>& summaries) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                   std::vector<dispatch_internal::FaultSummary>& summaries)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WriteSummaries(const std::vector<dispatch_internal::FaultSummary>& summaries) const noexcept;
   // Report's bookkeeping: counts the fault, rate-limits its record and records it against the
   // policy, all under mu_ (taken here).

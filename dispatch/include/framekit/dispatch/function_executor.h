@@ -120,8 +120,8 @@ struct InvocationRecord {
   absl::Status error;  // OK when ok; code and message only (payloads are not recorded)
   std::chrono::nanoseconds duration{};
   std::uint64_t output_bytes = 0;  // what reached the caller (counted by the executor)
-  RunStats stats;      // what the code reported (zeros where its runtime cannot tell)
-  std::string caller;  // the caller's user id, or empty
+  RunStats stats;                  // what the code reported (zeros where its runtime cannot tell)
+  std::string caller;              // the caller's user id, or empty
   std::string trace_id;
 };
 

@@ -187,7 +187,7 @@ class ProcessManager {
   explicit ProcessManager(const AppContext& app, ProcessManagerOptions options = {});
   // As the constructor, but InvalidArgument (naming the field) for options out of range.
   static absl::StatusOr<std::unique_ptr<ProcessManager>> Create(const AppContext& app,
-                                                               ProcessManagerOptions options = {});
+                                                                ProcessManagerOptions options = {});
   // OK, or the InvalidArgument Create would return for `options`.
   static absl::Status Validate(const ProcessManagerOptions& options);
   // Shutdown().
@@ -277,8 +277,8 @@ class ProcessManager {
   std::condition_variable exit_cv_;  // a process exited
   std::map<Pid, std::shared_ptr<Process>> processes_ ABSL_GUARDED_BY(mu_);
   std::deque<std::shared_ptr<Process>> run_queue_ ABSL_GUARDED_BY(mu_);
-  TimerQueue timers_ ABSL_GUARDED_BY(mu_);          // parked processes by wake-up time
-  std::deque<Pid> exited_ ABSL_GUARDED_BY(mu_);    // retained exits, oldest first
+  TimerQueue timers_ ABSL_GUARDED_BY(mu_);       // parked processes by wake-up time
+  std::deque<Pid> exited_ ABSL_GUARDED_BY(mu_);  // retained exits, oldest first
   Pid next_pid_ ABSL_GUARDED_BY(mu_) = 1;
   int live_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

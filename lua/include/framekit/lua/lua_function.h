@@ -245,8 +245,7 @@ struct ThunkMaker<F, R(const Frame&, A...)> {
     };
   }
   template <std::size_t... I>
-  static absl::StatusOr<HostValue> Call(F& fn, const Frame& frame,
-                                        std::span<const HostValue> args,
+  static absl::StatusOr<HostValue> Call(F& fn, const Frame& frame, std::span<const HostValue> args,
                                         std::index_sequence<I...>) {
     return ResultOf<R>([&]() -> R { return fn(frame, FromHost<A>(args[I])...); });
   }
@@ -310,8 +309,8 @@ class LuaHost {
     lua_internal::HostFunctionEntry entry;
     entry.params = Maker::Params();
     entry.call = dispatch::HostFunc<absl::StatusOr<lua_internal::HostValue>(
-        const Frame&, std::span<const lua_internal::HostValue>)>(
-        ref(), name, Maker::Make(std::move(fn)));
+        const Frame&, std::span<const lua_internal::HostValue>)>(ref(), name,
+                                                                 Maker::Make(std::move(fn)));
     return AddEntry(std::move(name), std::move(entry));
   }
 

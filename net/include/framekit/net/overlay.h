@@ -5,11 +5,11 @@
 // string; else the selection inherited from the parent call (the NetworkKey() pair its frame
 // carries); else the app default; else nothing. A root call has nothing to inherit, so it takes
 // the app default as before; a nested call that names no network stays on its parent's
-// network instead of falling back to the default's (possibly less private) route. The selection is carried on the call's frame as the pair
-// `NetworkKey()` (inherited by forks), which Dial (framekit/net/dial.h) routes by. An id that
-// is not a configured network fails the call with NotFound (IsNetworkNotFound); the overlay is
-// never silently skipped. The reserved value `clearnet` selects no overlay, where the
-// configuration allows it.
+// network instead of falling back to the default's (possibly less private) route. The selection is
+// carried on the call's frame as the pair `NetworkKey()` (inherited by forks), which Dial
+// (framekit/net/dial.h) routes by. An id that is not a configured network fails the call with
+// NotFound (IsNetworkNotFound); the overlay is never silently skipped. The reserved value
+// `clearnet` selects no overlay, where the configuration allows it.
 //
 // Strict options: the overlay resolver declares the option key "network", so booting it (with
 // NetworkComponent or RegisterNetworkOverlay) is all an application does for `network=...` to

@@ -104,8 +104,8 @@ struct ClaimSet {
 };
 
 // CheckOptions after its empty-options fast path. `declared` is nullptr without a registry.
-absl::Status CheckOptionKeys(const std::vector<std::string_view>* declared,
-                             const Options& options, std::span<const std::string_view> own_keys);
+absl::Status CheckOptionKeys(const std::vector<std::string_view>* declared, const Options& options,
+                             std::span<const std::string_view> own_keys);
 
 }  // namespace resolvers_internal
 

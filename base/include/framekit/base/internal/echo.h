@@ -21,8 +21,7 @@ inline constexpr std::size_t kEchoBytes = 48;
 // The result never holds a control byte and is at most 4 * max_bytes + 32 bytes long.
 inline std::string Echo(std::string_view text, std::size_t max_bytes = kEchoBytes) {
   const bool cut = text.size() > max_bytes;
-  std::string out = absl::CHexEscape(
-      absl::string_view(text.data(), cut ? max_bytes : text.size()));
+  std::string out = absl::CHexEscape(absl::string_view(text.data(), cut ? max_bytes : text.size()));
   if (cut) absl::StrAppend(&out, "...(", text.size(), " bytes)");
   return out;
 }

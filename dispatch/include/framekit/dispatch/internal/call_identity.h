@@ -33,8 +33,8 @@ struct CallIdentity {
 //   PermissionDenied   "caller" where `frame` already carries a caller (the frame's wins: the
 //                      request tried to claim an identity), or where `allow_caller_option` is
 //                      false.
-absl::Status ReadCallIdentity(const Frame& frame, const Options& options,
-                              bool allow_caller_option, CallIdentity& identity);
+absl::Status ReadCallIdentity(const Frame& frame, const Options& options, bool allow_caller_option,
+                              CallIdentity& identity);
 
 // Appends the pairs of `identity` to `pairs`, after the resolvers' pairs. PermissionDenied when
 // `identity` names a caller and one of `pairs` already sets one (a resolver decided who calls).
