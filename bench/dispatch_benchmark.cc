@@ -63,17 +63,25 @@ void BM_InvokeDirect(benchmark::State& state) {
 }
 BENCHMARK(BM_InvokeDirect)->Name("Invoke/direct_call");
 
+// Invokes "echo" with `options` once per iteration, counting allocations: the loop every
+// Invoke case shares.
+void InvokeEchoLoop(benchmark::State& state, dispatch::FunctionExecutor& executor,
+                    const Options& options) {
+  const Frame parent;
+  AllocationScope allocations;
+  for (auto _ : state) {
+    absl::StatusOr<std::string> result = executor.Invoke(parent, "echo", "payload", options);
+    if (!result.ok()) state.SkipWithError("Invoke failed");
+    benchmark::DoNotOptimize(result);
+  }
+  allocations.Report(state);
+}
+
 void BM_InvokeNoDeadline(benchmark::State& state) {
   AppContext app;
   dispatch::FunctionExecutor executor(app);
   if (!executor.Register("echo", EchoHandler).ok()) state.SkipWithError("Register failed");
-  const Frame parent;
-  AllocationScope allocations;
-  for (auto _ : state) {
-    absl::StatusOr<std::string> result = executor.Invoke(parent, "echo", "payload");
-    benchmark::DoNotOptimize(result);
-  }
-  allocations.Report(state);
+  InvokeEchoLoop(state, executor, Options());
 }
 BENCHMARK(BM_InvokeNoDeadline)->Name("Invoke/no_deadline");
 
@@ -93,17 +101,10 @@ void BM_InvokeStrictOptions(benchmark::State& state) {
   if (!app.SetFrameResolvers(resolvers).ok()) state.SkipWithError("SetFrameResolvers failed");
   dispatch::FunctionExecutor executor(app, {.allow_undeclared_options = state.range(0) == 1});
   if (!executor.Register("echo", EchoHandler).ok()) state.SkipWithError("Register failed");
-  const Frame parent;
   const Options options = state.range(1) == 0
                               ? Options()
                               : Options{{"tenant", "acme"}, {"trace_id", "4bf92f3577b34da6"}};
-  AllocationScope allocations;
-  for (auto _ : state) {
-    absl::StatusOr<std::string> result = executor.Invoke(parent, "echo", "payload", options);
-    if (!result.ok()) state.SkipWithError("Invoke failed");
-    benchmark::DoNotOptimize(result);
-  }
-  allocations.Report(state);
+  InvokeEchoLoop(state, executor, options);
 }
 BENCHMARK(BM_InvokeStrictOptions)
     ->Name("Invoke/options")
@@ -117,15 +118,8 @@ void BM_InvokeWithDeadline(benchmark::State& state) {
   AppContext app;
   dispatch::FunctionExecutor executor(app);
   if (!executor.Register("echo", EchoHandler).ok()) state.SkipWithError("Register failed");
-  const Frame parent;
   const Options options{{"timeout_ms", std::int64_t{10000}}};
-  AllocationScope allocations;
-  for (auto _ : state) {
-    absl::StatusOr<std::string> result = executor.Invoke(parent, "echo", "payload", options);
-    if (!result.ok()) state.SkipWithError("Invoke failed");
-    benchmark::DoNotOptimize(result);
-  }
-  allocations.Report(state);
+  InvokeEchoLoop(state, executor, options);
 }
 BENCHMARK(BM_InvokeWithDeadline)->Name("Invoke/with_deadline")->UseRealTime();
 
@@ -237,14 +231,7 @@ void LuaThroughInvoke(benchmark::State& state, const Options& options) {
   AppContext app;
   dispatch::FunctionExecutor executor(app);
   if (!executor.Register("echo", fn).ok()) state.SkipWithError("Register failed");
-  const Frame parent;
-  AllocationScope allocations;
-  for (auto _ : state) {
-    absl::StatusOr<std::string> result = executor.Invoke(parent, "echo", "payload", options);
-    if (!result.ok()) state.SkipWithError("Invoke failed");
-    benchmark::DoNotOptimize(result);
-  }
-  allocations.Report(state);
+  InvokeEchoLoop(state, executor, options);
 }
 void BM_LuaInvoke(benchmark::State& state) { LuaThroughInvoke(state, {}); }
 BENCHMARK(BM_LuaInvoke)->Name("Lua/invoke");
