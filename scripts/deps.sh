@@ -5,6 +5,7 @@ FRAMEKIT_PACKAGES=(
   libabsl-dev libboost-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev nlohmann-json3-dev
   liblua5.4-dev pkg-config python3
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libseccomp-dev
   microsocks gnuplot-nox
 )
 
