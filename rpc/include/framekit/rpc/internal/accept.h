@@ -1,0 +1,39 @@
+// The server's arrival step as a pure function of the call's metadata, so that it can be tested
+// and fuzzed without a gRPC server: identify the peer, filter and decode the pairs, read the
+// trace, set the deadline.
+#ifndef FRAMEKIT_RPC_INTERNAL_ACCEPT_H_
+#define FRAMEKIT_RPC_INTERNAL_ACCEPT_H_
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/rpc/server.h"
+
+namespace framekit::rpc_internal {
+
+using MetadataEntry = std::pair<std::string_view, std::string_view>;
+
+struct Accepted {
+  Frame frame;                    // the parent frame: pairs kInherited, deadline set
+  const rpc::PeerPolicy* peer;    // the policy applied (points into the options)
+  std::size_t dropped_pairs = 0;  // not accepted by the policy, or unknown keys
+  bool bad_trace = false;         // a trace header that did not parse (ignored)
+};
+
+// Builds the parent frame of an incoming call from its metadata and the time left
+// (nullopt: the call has none, and options.default_timeout applies). Fails with
+// Unauthenticated (unknown or repeated peer token), PermissionDenied (identity from a peer
+// not allowed to assert it) or InvalidArgument (a frame header that does not decode, or more
+// than one). Counts nothing itself.
+absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
+                                     std::span<const MetadataEntry> metadata,
+                                     std::optional<Clock::duration> remaining);
+
+}  // namespace framekit::rpc_internal
+
+#endif  // FRAMEKIT_RPC_INTERNAL_ACCEPT_H_

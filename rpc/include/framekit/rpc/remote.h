@@ -1,0 +1,102 @@
+// RemoteNode: another node's functions as local Code. A function registered with
+// `node->Function("name")` runs on the other node, and every local executor feature (options,
+// resolvers, interceptors, bulkheads, records, fault policy) applies to it as to any Code.
+//
+// An outgoing call carries the frame's portable pairs ("framekit-frame-bin"), its trace as W3C
+// "traceparent" (a new span id per call), the node's token for that peer, and the frame's
+// remaining time as the gRPC deadline. It never waits for a connection past that deadline
+// (wait-for-ready is off, and a frame without a deadline gets `default_timeout`), and the
+// frame's cancellation cancels the call. One channel per node is reused by every call.
+//
+// Example:
+//   FRAMEKIT_ASSIGN_OR_RETURN(
+//       std::shared_ptr<framekit::rpc::RemoteNode> node_b,
+//       framekit::rpc::RemoteNode::Connect({.target = "127.0.0.1:50051",
+//                                           .portable = portable,
+//                                           .peer_token = "s3cret"}));
+//   // Calls of "lookup" here run "lookup" on node B, with the frame intact.
+//   FRAMEKIT_RETURN_IF_ERROR(executor.Register("lookup", node_b->Function("lookup")));
+#ifndef FRAMEKIT_RPC_REMOTE_H_
+#define FRAMEKIT_RPC_REMOTE_H_
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "framekit/ctx/frame.h"
+#include "framekit/ctx/portable.h"
+#include "framekit/dispatch/code.h"
+
+namespace framekit::rpc {
+
+struct RemoteOptions {
+  // gRPC target, e.g. "127.0.0.1:50051" or "dns:///node-b:50051".
+  std::string target;
+  // Which pairs leave for this peer. nullptr: none (the trace id and the deadline still go).
+  std::shared_ptr<const PortableKeys> portable = nullptr;
+  // Sent as "framekit-peer-token" when non-empty: the token the peer trusts this node by.
+  // NOTE: over a plaintext channel the token is readable on the network; use it on loopback
+  // or a private link.
+  std::string peer_token = {};
+  // The deadline of a call whose frame has none (> 0).
+  std::chrono::milliseconds default_timeout{30000};
+  // Longest wait for one connection attempt (> 0), and the longest reconnect backoff.
+  std::chrono::milliseconds connect_timeout{2000};
+  // Largest "framekit-frame-bin" value sent (bytes, > 0); a frame that encodes larger fails
+  // the call with ResourceExhausted. gRPC's default limit for all metadata is 8 KiB.
+  std::size_t max_frame_header_bytes = 4096;
+  // Largest reply accepted (bytes, > 0).
+  int max_message_bytes = 4 << 20;
+};
+
+// How a remote function is called.
+enum class CallMode {
+  kUnary,      // one reply with the whole output
+  kStreaming,  // chunks reach the Sink as the remote function writes them
+};
+
+// One peer node and its channel.
+//
+// Thread-safety: thread-safe; any number of calls may run at once over the one channel.
+class RemoteNode {
+ public:
+  // A node for `options.target`. No I/O happens here: the channel connects on first use.
+  // InvalidArgument for an empty target or a non-positive timeout or limit.
+  static absl::StatusOr<std::shared_ptr<RemoteNode>> Connect(RemoteOptions options);
+  ~RemoteNode();
+  RemoteNode(const RemoteNode&) = delete;
+  RemoteNode& operator=(const RemoteNode&) = delete;
+
+  // Code that runs `function` on this node. The Code is preemptive: Run returns by the
+  // frame's deadline and promptly after its cancellation, so the executor runs it on the
+  // caller's thread. It holds the node (and its channel) alive.
+  // Run fails with the remote status (code, message and payloads, an ExtensionPanic
+  // included), DeadlineExceeded at the deadline, Cancelled when the frame was cancelled,
+  // Unavailable when the peer cannot be reached, ResourceExhausted when the frame's pairs
+  // exceed max_frame_header_bytes, or the Sink's status when a Write failed.
+  std::shared_ptr<dispatch::Code> Function(std::string function, CallMode mode = CallMode::kUnary);
+
+  // The functions the peer serves, sorted; `frame` gives the deadline and cancellation.
+  absl::StatusOr<std::vector<std::string>> List(const Frame& frame = Frame());
+
+  const RemoteOptions& options() const;
+
+  struct Impl;
+
+ private:
+  explicit RemoteNode(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;  // shared with the Code it makes
+};
+
+// The span id of the caller's span, taken from an incoming "traceparent" (16 lowercase hex
+// digits): set by Server on the frames it builds, so that a handler can log the parent span.
+const Key<std::string>& ParentSpanKey();
+
+}  // namespace framekit::rpc
+
+#endif  // FRAMEKIT_RPC_REMOTE_H_

@@ -1,0 +1,123 @@
+// Server: serves a FunctionExecutor's functions over gRPC (unary and server-streaming Invoke,
+// List) with the caller's frame intact, under this node's own policy.
+//
+// On arrival a call's frame is rebuilt, never trusted:
+//   1. the peer is identified: a "framekit-peer-token" header must match one of the trusted
+//      peers' tokens (compared in constant time), or the call is refused with Unauthenticated;
+//      a call without a token comes from the anonymous peer;
+//   2. the portable pairs of "framekit-frame-bin" are filtered by the peer's policy: a pair
+//      whose key the policy does not accept is dropped and counted; the caller identity
+//      (CallerKey) from a peer whose policy does not allow identity fails the call with
+//      PermissionDenied (a claimed identity the node cannot believe is refused, not ignored);
+//      the rest are decoded (PortableKeys::Decode) and arrive as ValueOrigin::kInherited;
+//   3. the trace id comes from "traceparent" (or "framekit-trace-id"); a malformed one is
+//      ignored and counted, as W3C asks;
+//   4. gRPC's deadline (the caller's remaining time) becomes the frame's deadline; a call with
+//      no deadline gets `default_timeout`, so that every call can be cancelled;
+//   5. the frame gets a cancellation scope that the client's cancellation (or the gRPC
+//      deadline, or Shutdown) cancels;
+//   6. the executor invokes the function with that frame as the parent: it forks it and
+//      re-resolves through this node's own FrameResolvers, as for a local call.
+// The default policy (anonymous peers, and trusted peers that name no keys) accepts the trace
+// id and the deadline only.
+//
+// Example:
+//   framekit::rpc::ServerOptions options;
+//   options.address = "127.0.0.1:0";  // any free port
+//   options.portable = portable;      // std::shared_ptr<const framekit::PortableKeys>
+//   options.trusted.push_back({.token = "s3cret",
+//                              .policy = {.name = "node-a",
+//                                         .accepted_keys = {"app.tenant"},
+//                                         .identity = true}});
+//   FRAMEKIT_ASSIGN_OR_RETURN(std::unique_ptr<framekit::rpc::Server> server,
+//                             framekit::rpc::Server::Start(executor, std::move(options)));
+//   int port = server->port();
+#ifndef FRAMEKIT_RPC_SERVER_H_
+#define FRAMEKIT_RPC_SERVER_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "framekit/ctx/portable.h"
+#include "framekit/dispatch/function_executor.h"
+
+namespace framekit::rpc {
+
+// What the node accepts from one peer, besides the trace id and the deadline (always accepted).
+struct PeerPolicy {
+  std::string name = "anonymous";          // for logs and counters
+  std::vector<std::string> accepted_keys;  // portable key names accepted from this peer
+  bool identity = false;                   // may assert the caller (CallerKey)
+};
+
+// A peer the application trusts, recognised by the token it presents.
+struct TrustedPeer {
+  std::string token;  // non-empty; presented in "framekit-peer-token"
+  PeerPolicy policy;
+};
+
+struct ServerOptions {
+  // "host:port" to listen on; port 0 picks a free one (see Server::port()).
+  std::string address = "127.0.0.1:0";
+  // The keys this node reads from the wire (names must match the callers'). nullptr: no pair
+  // is decoded, whatever the policy.
+  std::shared_ptr<const PortableKeys> portable = nullptr;
+  // The policy of a caller that presents no token. It may not allow identity.
+  PeerPolicy anonymous = {};
+  std::vector<TrustedPeer> trusted = {};
+  // The deadline of a call that arrives without one (> 0).
+  std::chrono::milliseconds default_timeout{30000};
+  // Calls run at once at most (> 0); more are refused with ResourceExhausted.
+  int max_concurrent_calls = 64;
+  // Largest request message accepted (bytes, > 0).
+  int max_message_bytes = 4 << 20;
+};
+
+// Counters, a snapshot of relaxed atomics.
+struct ServerCounters {
+  std::uint64_t calls = 0;              // calls that reached the executor
+  std::uint64_t refused = 0;            // refused before the executor (any reason below)
+  std::uint64_t unauthenticated = 0;    // an unknown peer token
+  std::uint64_t identity_rejected = 0;  // a caller identity from a peer not allowed to assert it
+  std::uint64_t malformed = 0;          // a "framekit-frame-bin" that did not decode
+  std::uint64_t dropped_pairs = 0;      // pairs the peer's policy does not accept, or unknown keys
+  std::uint64_t bad_trace = 0;          // a traceparent / framekit-trace-id that did not parse
+};
+
+// A running gRPC server over one executor.
+//
+// Thread-safety: thread-safe. Lifecycle: Start listens at once; Shutdown (or the destructor)
+// stops accepting, cancels the calls in flight through their frames' scopes and waits for them.
+// NOTE: the executor must outlive the server; destroy the server first.
+class Server {
+ public:
+  // Starts serving `executor`. InvalidArgument for an empty or duplicate trusted token, an
+  // anonymous policy that allows identity, default_timeout <= 0, max_concurrent_calls <= 0 or
+  // max_message_bytes <= 0; Unavailable when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(dispatch::FunctionExecutor& executor,
+                                                       ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The bound port.
+  int port() const;
+  // Refuses new calls, cancels the running ones after `grace` and waits for them. Idempotent.
+  void Shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(500));
+  ServerCounters counters() const;
+
+  struct Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace framekit::rpc
+
+#endif  // FRAMEKIT_RPC_SERVER_H_

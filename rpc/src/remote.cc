@@ -1,0 +1,201 @@
+#include "framekit/rpc/remote.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <stop_token>
+#include <string>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/rpc/wire.h"
+#include "framekit_rpc.grpc.pb.h"
+
+namespace framekit::rpc {
+
+struct RemoteNode::Impl {
+  RemoteOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Functions::Stub> stub;
+};
+
+namespace {
+
+using Impl = RemoteNode::Impl;
+
+// A far deadline is no deadline: gRPC gets at most this much.
+constexpr auto kLongestTimeout = std::chrono::hours(24 * 365);
+
+std::string NewSpanId() {
+  thread_local absl::BitGen gen;
+  std::uint64_t id = 0;
+  while (id == 0) id = absl::Uniform<std::uint64_t>(gen);
+  constexpr char kHex[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, id >>= 4) out[static_cast<std::size_t>(i)] = kHex[id & 0xf];
+  return out;
+}
+
+// Fills `ctx` for a call under `frame`: the remaining time as the gRPC deadline (never waiting
+// for a connection past it), the portable pairs, the trace and the peer token.
+absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientContext& ctx) {
+  if (frame.cancelled()) {
+    if (frame.deadline().has_value() && Clock::now() >= *frame.deadline()) {
+      return absl::DeadlineExceededError("the deadline passed before the remote call");
+    }
+    return absl::CancelledError("the call was cancelled before the remote call");
+  }
+  Clock::duration remaining = node.options.default_timeout;
+  if (std::optional<Deadline> deadline = frame.deadline()) remaining = *deadline - Clock::now();
+  remaining = std::min<Clock::duration>(remaining, kLongestTimeout);
+  ctx.set_wait_for_ready(false);
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::duration_cast<std::chrono::system_clock::duration>(remaining));
+
+  if (node.options.portable != nullptr) {
+    absl::StatusOr<PortableFrame> wire = node.options.portable->Encode(frame);
+    if (!wire.ok()) return wire.status();
+    // The trace travels in its own headers.
+    std::erase_if(wire->pairs, [](const auto& pair) {
+      return pair.first == dispatch::TraceIdKey().name() || pair.first == ParentSpanKey().name();
+    });
+    if (!wire->pairs.empty()) {
+      std::string header = EncodeFramePairs(wire->pairs);
+      if (header.size() > node.options.max_frame_header_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat("the frame's portable pairs take ",
+                                                         header.size(), " bytes; the limit is ",
+                                                         node.options.max_frame_header_bytes));
+      }
+      ctx.AddMetadata(std::string(kFrameHeader), std::move(header));
+    }
+  }
+  if (const std::string* trace = frame.Find(dispatch::TraceIdKey())) {
+    if (IsW3CTraceId(*trace)) {
+      ctx.AddMetadata(std::string(kTraceParentHeader),
+                      FormatTraceParent(*trace, NewSpanId(), /*flags=*/1));
+    } else if (IsTraceId(*trace)) {
+      ctx.AddMetadata(std::string(kTraceIdHeader), *trace);
+    }
+  }
+  if (!node.options.peer_token.empty()) {
+    ctx.AddMetadata(std::string(kPeerTokenHeader), node.options.peer_token);
+  }
+  return absl::OkStatus();
+}
+
+// The status of a finished call; a local cancellation reads as the frame's.
+absl::Status FromGrpc(const grpc::Status& status, const Frame& frame) {
+  if (status.error_code() == grpc::StatusCode::CANCELLED && frame.cancelled()) {
+    return absl::CancelledError("the remote call was cancelled with its frame");
+  }
+  return FromWireStatus(static_cast<int>(status.error_code()), status.error_message(),
+                        status.error_details());
+}
+
+class RemoteCode final : public dispatch::Code {
+ public:
+  RemoteCode(std::shared_ptr<Impl> node, std::string function, CallMode mode)
+      : node_(std::move(node)), function_(std::move(function)), mode_(mode) {}
+
+  bool preemptive() const override { return true; }
+
+  absl::Status Run(const Frame& frame, std::string_view payload, dispatch::Sink& out,
+                   dispatch::RunStats& stats) override {
+    grpc::ClientContext ctx;
+    if (absl::Status s = PrepareContext(*node_, frame, ctx); !s.ok()) return s;
+    v1::InvokeRequest request;
+    request.set_function(function_);
+    request.set_payload(std::string(payload));
+    // TryCancel is safe from any thread, before or during the call.
+    std::stop_callback cancel(frame.stop_token(), [&ctx] { ctx.TryCancel(); });
+    if (mode_ == CallMode::kUnary) {
+      v1::InvokeReply reply;
+      grpc::Status status = node_->stub->Invoke(&ctx, request, &reply);
+      if (!status.ok()) return FromGrpc(status, frame);
+      stats.output_bytes += reply.output().size();
+      return out.Write(reply.output());
+    }
+    std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader =
+        node_->stub->InvokeStream(&ctx, request);
+    v1::Chunk chunk;
+    while (reader->Read(&chunk)) {
+      stats.output_bytes += chunk.data().size();
+      if (absl::Status s = out.Write(chunk.data()); !s.ok()) {
+        ctx.TryCancel();
+        reader->Finish();
+        return s;
+      }
+    }
+    return FromGrpc(reader->Finish(), frame);
+  }
+
+ private:
+  const std::shared_ptr<Impl> node_;
+  const std::string function_;
+  const CallMode mode_;
+};
+
+absl::Status CheckOptions(const RemoteOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("empty target");
+  if (options.default_timeout <= std::chrono::milliseconds::zero()) {
+    return absl::InvalidArgumentError("default_timeout must be > 0");
+  }
+  if (options.connect_timeout <= std::chrono::milliseconds::zero()) {
+    return absl::InvalidArgumentError("connect_timeout must be > 0");
+  }
+  if (options.max_frame_header_bytes == 0) {
+    return absl::InvalidArgumentError("max_frame_header_bytes must be > 0");
+  }
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("max_message_bytes must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<RemoteNode>> RemoteNode::Connect(RemoteOptions options) {
+  if (absl::Status s = CheckOptions(options); !s.ok()) return s;
+  auto impl = std::make_shared<Impl>();
+  impl->options = std::move(options);
+  grpc::ChannelArguments args;
+  const int connect_ms =
+      static_cast<int>(std::min<std::int64_t>(impl->options.connect_timeout.count(), INT32_MAX));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, connect_ms);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, connect_ms);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(connect_ms, 100));
+  args.SetMaxReceiveMessageSize(impl->options.max_message_bytes);
+  // One channel per node object: gRPC would otherwise share subchannels between channels with
+  // equal arguments, and a node's connection settings are its own.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  impl->channel =
+      grpc::CreateCustomChannel(impl->options.target, grpc::InsecureChannelCredentials(), args);
+  impl->stub = v1::Functions::NewStub(impl->channel);
+  return std::shared_ptr<RemoteNode>(new RemoteNode(std::move(impl)));
+}
+
+RemoteNode::RemoteNode(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RemoteNode::~RemoteNode() = default;
+
+std::shared_ptr<dispatch::Code> RemoteNode::Function(std::string function, CallMode mode) {
+  return std::make_shared<RemoteCode>(impl_, std::move(function), mode);
+}
+
+absl::StatusOr<std::vector<std::string>> RemoteNode::List(const Frame& frame) {
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(*impl_, frame, ctx); !s.ok()) return s;
+  std::stop_callback cancel(frame.stop_token(), [&ctx] { ctx.TryCancel(); });
+  v1::ListReply reply;
+  grpc::Status status = impl_->stub->List(&ctx, v1::ListRequest(), &reply);
+  if (!status.ok()) return FromGrpc(status, frame);
+  return std::vector<std::string>(reply.functions().begin(), reply.functions().end());
+}
+
+const RemoteOptions& RemoteNode::options() const { return impl_->options; }
+
+}  // namespace framekit::rpc

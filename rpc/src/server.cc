@@ -1,0 +1,360 @@
+#include "framekit/rpc/server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "framekit/rpc/internal/accept.h"
+#include "framekit/rpc/wire.h"
+#include "framekit_rpc.grpc.pb.h"
+
+namespace framekit::rpc {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  WireStatus wire = ToWireStatus(status);
+  return grpc::Status(static_cast<grpc::StatusCode>(wire.code), std::move(wire.message),
+                      std::move(wire.details));
+}
+
+// The time left before a server call's deadline, nullopt when it has none.
+std::optional<Clock::duration> Remaining(const grpc::CallbackServerContext& ctx) {
+  const auto deadline = ctx.deadline();
+  // gRPC reports "no deadline" as a time far in the future; a year is no deadline either.
+  const auto left = deadline - std::chrono::system_clock::now();
+  if (left > std::chrono::hours(24 * 365)) return std::nullopt;
+  return std::chrono::duration_cast<Clock::duration>(left);
+}
+
+// Threads for the calls: gRPC's callback threads must not block, executor calls do. A thread is
+// started when none is idle; idle threads stay until Stop. Admission (max_concurrent_calls)
+// bounds the number of threads.
+class CallThreads {
+ public:
+  void Submit(absl::AnyInvocable<void() &&> task) {
+    std::lock_guard<std::mutex> lock(mu_);
+    tasks_.push_back(std::move(task));
+    // Each queued task needs a waiting thread of its own: a task never waits behind another.
+    if (tasks_.size() > static_cast<std::size_t>(idle_)) {
+      threads_.emplace_back([this] { Loop(); });
+    } else {
+      cv_.notify_one();
+    }
+  }
+  // Runs the queued tasks, then joins every thread.
+  void Stop() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      threads.swap(threads_);
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads) t.join();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      while (tasks_.empty() && !stopping_) {
+        ++idle_;
+        cv_.wait(lock);
+        --idle_;
+      }
+      if (tasks_.empty()) return;  // stopping, and nothing left to run
+      absl::AnyInvocable<void()&&> task = std::move(tasks_.front());
+      tasks_.pop_front();
+      lock.unlock();
+      std::move(task)();
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  int idle_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+struct Counters {
+  std::atomic<std::uint64_t> calls{0};
+  std::atomic<std::uint64_t> refused{0};
+  std::atomic<std::uint64_t> unauthenticated{0};
+  std::atomic<std::uint64_t> identity_rejected{0};
+  std::atomic<std::uint64_t> malformed{0};
+  std::atomic<std::uint64_t> dropped_pairs{0};
+  std::atomic<std::uint64_t> bad_trace{0};
+};
+
+}  // namespace
+
+struct Server::Impl {
+  Impl(dispatch::FunctionExecutor& e, ServerOptions o) : executor(e), options(std::move(o)) {}
+
+  // Admits a call: a slot, then its parent frame with a cancellation scope. On failure the
+  // call is refused with the returned status (and holds no slot).
+  absl::StatusOr<std::pair<Frame, Canceller>> Admit(const grpc::CallbackServerContext& ctx) {
+    if (in_flight.fetch_add(1, std::memory_order_relaxed) >= options.max_concurrent_calls) {
+      in_flight.fetch_sub(1, std::memory_order_relaxed);
+      counters.refused.fetch_add(1, std::memory_order_relaxed);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("more than ", options.max_concurrent_calls, " calls at once"));
+    }
+    std::vector<rpc_internal::MetadataEntry> metadata;
+    metadata.reserve(ctx.client_metadata().size());
+    for (const auto& [key, value] : ctx.client_metadata()) {
+      metadata.emplace_back(std::string_view(key.data(), key.size()),
+                            std::string_view(value.data(), value.size()));
+    }
+    absl::StatusOr<rpc_internal::Accepted> accepted =
+        rpc_internal::AcceptFrame(options, metadata, Remaining(ctx));
+    if (!accepted.ok()) {
+      Release();
+      Refused(accepted.status());
+      return accepted.status();
+    }
+    counters.calls.fetch_add(1, std::memory_order_relaxed);
+    counters.dropped_pairs.fetch_add(accepted->dropped_pairs, std::memory_order_relaxed);
+    if (accepted->bad_trace) counters.bad_trace.fetch_add(1, std::memory_order_relaxed);
+    return accepted->frame.WithCancel();
+  }
+  void Release() { in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  void Refused(const absl::Status& status) {
+    counters.refused.fetch_add(1, std::memory_order_relaxed);
+    switch (status.code()) {
+      case absl::StatusCode::kUnauthenticated:
+        counters.unauthenticated.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case absl::StatusCode::kPermissionDenied:
+        counters.identity_rejected.fetch_add(1, std::memory_order_relaxed);
+        break;
+      default:
+        counters.malformed.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  dispatch::FunctionExecutor& executor;
+  const ServerOptions options;
+  std::atomic<int> in_flight{0};
+  Counters counters;
+  CallThreads threads;
+  std::unique_ptr<v1::Functions::CallbackService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  std::once_flag shutdown_once;
+};
+
+namespace {
+
+using Impl = Server::Impl;
+
+// One unary Invoke: runs on a call thread, finishes the reactor as its last act.
+class UnaryCall final : public grpc::ServerUnaryReactor {
+ public:
+  UnaryCall(Impl& impl, grpc::CallbackServerContext* ctx, const v1::InvokeRequest* request,
+            v1::InvokeReply* reply) {
+    absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl.Admit(*ctx);
+    if (!admitted.ok()) {
+      Finish(ToGrpc(admitted.status()));
+      return;
+    }
+    canceller_ = admitted->second;
+    impl.threads.Submit([this, &impl, frame = std::move(admitted->first), request, reply] {
+      absl::StatusOr<std::string> out =
+          impl.executor.Invoke(frame, request->function(), request->payload());
+      impl.Release();
+      if (out.ok()) {
+        reply->set_output(*std::move(out));
+        Finish(grpc::Status::OK);
+      } else {
+        Finish(ToGrpc(out.status()));
+      }
+    });
+  }
+  void OnCancel() override { canceller_.Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  Canceller canceller_;  // set before any callback can run
+};
+
+// One streaming Invoke: the executor writes chunks through this Sink, one write at a time.
+class StreamCall final : public grpc::ServerWriteReactor<v1::Chunk>, public dispatch::Sink {
+ public:
+  StreamCall(Impl& impl, grpc::CallbackServerContext* ctx, const v1::InvokeRequest* request)
+      : ctx_(ctx) {
+    absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl.Admit(*ctx);
+    if (!admitted.ok()) {
+      Finish(ToGrpc(admitted.status()));
+      return;
+    }
+    canceller_ = admitted->second;
+    impl.threads.Submit([this, &impl, frame = std::move(admitted->first), request] {
+      absl::Status status =
+          impl.executor.InvokeStream(frame, request->function(), request->payload(), {}, *this);
+      impl.Release();
+      Close();
+      Finish(ToGrpc(status));
+    });
+  }
+
+  absl::Status Write(std::string_view chunk) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_ || failed_) return absl::CancelledError("the call's stream is closed");
+      writing_ = true;
+      message_.set_data(std::string(chunk));
+    }
+    StartWrite(&message_);  // not under mu_: gRPC may run OnWriteDone on this thread
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return !writing_; });
+    if (failed_) return absl::CancelledError("the client went away");
+    return absl::OkStatus();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) failed_ = true;
+    cv_.notify_all();
+  }
+  void OnCancel() override { canceller_.Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  // No write starts after Close; one in flight is ended (the call cancelled) and waited for, so
+  // that Finish never races a write.
+  void Close() {
+    std::unique_lock<std::mutex> lock(mu_);
+    closed_ = true;
+    if (writing_) {
+      ctx_->TryCancel();
+      cv_.wait(lock, [this] { return !writing_; });
+    }
+  }
+
+  grpc::CallbackServerContext* const ctx_;
+  Canceller canceller_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  v1::Chunk message_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class Service final : public v1::Functions::CallbackService {
+ public:
+  explicit Service(Impl& impl) : impl_(impl) {}
+
+  grpc::ServerUnaryReactor* Invoke(grpc::CallbackServerContext* ctx,
+                                   const v1::InvokeRequest* request,
+                                   v1::InvokeReply* reply) override {
+    return new UnaryCall(impl_, ctx, request, reply);
+  }
+  grpc::ServerWriteReactor<v1::Chunk>* InvokeStream(grpc::CallbackServerContext* ctx,
+                                                    const v1::InvokeRequest* request) override {
+    return new StreamCall(impl_, ctx, request);
+  }
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx, const v1::ListRequest*,
+                                 v1::ListReply* reply) override {
+    for (std::string& name : impl_.executor.List()) reply->add_functions(std::move(name));
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  Impl& impl_;
+};
+
+absl::Status CheckOptions(const ServerOptions& options) {
+  if (options.anonymous.identity) {
+    return absl::InvalidArgumentError("the anonymous policy may not allow identity");
+  }
+  absl::flat_hash_set<std::string> tokens;
+  for (const TrustedPeer& peer : options.trusted) {
+    if (peer.token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trusted peer \"", peer.policy.name, "\" has an empty token"));
+    }
+    if (!tokens.insert(peer.token).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("trusted peer \"", peer.policy.name, "\" repeats another's token"));
+    }
+  }
+  if (options.default_timeout <= std::chrono::milliseconds::zero()) {
+    return absl::InvalidArgumentError("default_timeout must be > 0");
+  }
+  if (options.max_concurrent_calls <= 0) {
+    return absl::InvalidArgumentError("max_concurrent_calls must be > 0");
+  }
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("max_message_bytes must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(dispatch::FunctionExecutor& executor,
+                                                      ServerOptions options) {
+  if (absl::Status s = CheckOptions(options); !s.ok()) return s;
+  auto impl = std::make_unique<Impl>(executor, std::move(options));
+  impl->service = std::make_unique<Service>(*impl);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(impl->options.address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.RegisterService(impl->service.get());
+  builder.SetMaxReceiveMessageSize(impl->options.max_message_bytes);
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || impl->port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on \"", impl->options.address, "\""));
+  }
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() { Shutdown(); }
+
+int Server::port() const { return impl_->port; }
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  std::call_once(impl_->shutdown_once, [&] {
+    // After `grace` gRPC cancels the calls still running: their frames' scopes are cancelled,
+    // the executor returns, and the call threads finish them; Shutdown returns when all are done.
+    impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
+    impl_->server->Wait();
+    impl_->threads.Stop();
+  });
+}
+
+ServerCounters Server::counters() const {
+  const Counters& c = impl_->counters;
+  return {.calls = c.calls.load(std::memory_order_relaxed),
+          .refused = c.refused.load(std::memory_order_relaxed),
+          .unauthenticated = c.unauthenticated.load(std::memory_order_relaxed),
+          .identity_rejected = c.identity_rejected.load(std::memory_order_relaxed),
+          .malformed = c.malformed.load(std::memory_order_relaxed),
+          .dropped_pairs = c.dropped_pairs.load(std::memory_order_relaxed),
+          .bad_trace = c.bad_trace.load(std::memory_order_relaxed)};
+}
+
+}  // namespace framekit::rpc

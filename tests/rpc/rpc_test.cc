@@ -1,0 +1,563 @@
+// The rpc module: the wire format, the arrival policy, and calls between in-process nodes on
+// loopback (frame propagation, deadlines, cancellation, trust, traces, statuses, bad peers).
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/cord.h"
+#include "framekit/ctx/caller.h"
+#include "framekit/ctx/panic.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/rpc/internal/accept.h"
+#include "framekit/rpc/remote.h"
+#include "framekit/rpc/server.h"
+#include "framekit/rpc/wire.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "rpc/rpc_support.h"
+#include "support/status_matchers.h"
+
+namespace framekit::rpc {
+namespace {
+
+using ::framekit::rpc_testing::Describe;
+using ::framekit::rpc_testing::kRoute;
+using ::framekit::rpc_testing::kTenant;
+using ::framekit::rpc_testing::Portable;
+using ::framekit::rpc_testing::RawPeer;
+using ::framekit::rpc_testing::StringSink;
+using ::framekit::rpc_testing::TestNode;
+using ::framekit::testing::IsOk;
+using ::framekit::testing::StatusIs;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+
+constexpr char kW3CTrace[] = "4bf92f3577b34da6a3ce929d0e0e4736";
+constexpr char kToken[] = "node-a-token";
+
+// A frame as node A's caller would have it: caller, tenant, route and trace.
+Frame CallerFrame(std::string trace = kW3CTrace) {
+  Frame frame = WithCaller(Frame(), {.user_id = "alice"});
+  return frame.With({Pair::Of(kTenant, std::string("acme")),
+                     Pair::Of(kRoute, std::string("via-tor")),
+                     Pair::Of(dispatch::TraceIdKey(), std::move(trace))});
+}
+
+ServerOptions TrustingA() {
+  ServerOptions options;
+  options.trusted.push_back(
+      {.token = kToken,
+       .policy = {.name = "node-a", .accepted_keys = {"app.tenant"}, .identity = true}});
+  return options;
+}
+
+std::shared_ptr<RemoteNode> Connect(const std::string& target, std::string token = "",
+                                    std::shared_ptr<const PortableKeys> portable = Portable()) {
+  absl::StatusOr<std::shared_ptr<RemoteNode>> node = RemoteNode::Connect(
+      {.target = target, .portable = std::move(portable), .peer_token = std::move(token)});
+  EXPECT_THAT(node, IsOk());
+  return node.ok() ? *node : nullptr;
+}
+
+absl::StatusOr<std::string> Call(RemoteNode& node, const std::string& function, const Frame& frame,
+                                 std::string_view payload = "", CallMode mode = CallMode::kUnary) {
+  StringSink sink;
+  dispatch::RunStats stats;
+  absl::Status status = node.Function(function, mode)->Run(frame, payload, sink, stats);
+  if (!status.ok()) return status;
+  return sink.text();
+}
+
+// ---- wire ------------------------------------------------------------------------------------
+
+TEST(Wire, FramePairsRoundTrip) {
+  const WirePairs pairs = {{"a", ""}, {"app.tenant", std::string("ac\0me", 5)}, {"b", "x"}};
+  absl::StatusOr<WirePairs> back = DecodeFramePairs(EncodeFramePairs(pairs), {});
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(*back, pairs);
+  EXPECT_THAT(DecodeFramePairs("", {}), IsOk());
+}
+
+TEST(Wire, FramePairsRejectGarbage) {
+  const std::string good = EncodeFramePairs({{"app.tenant", "acme"}});
+  EXPECT_THAT(DecodeFramePairs(std::string("\x02") + good.substr(1), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown version 2")));
+  for (std::size_t cut = 2; cut < good.size(); ++cut) {
+    EXPECT_THAT(DecodeFramePairs(good.substr(0, cut), {}),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("truncated")))
+        << cut;
+  }
+  // A length that claims 4 GiB allocates nothing and fails.
+  EXPECT_THAT(DecodeFramePairs(std::string("\x01\xff\xff\xff\xff", 5), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(DecodeFramePairs(EncodeFramePairs({{"", "v"}}), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty key name")));
+  EXPECT_THAT(DecodeFramePairs(EncodeFramePairs({{"a", "1"}, {"b", "2"}}), {.max_pairs = 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("more than 1 pairs")));
+  EXPECT_THAT(DecodeFramePairs(EncodeFramePairs({{"a", "12345"}}), {.max_value_bytes = 4}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      DecodeFramePairs(EncodeFramePairs({{"a", "123"}, {"b", "123"}}), {.max_total_bytes = 6}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("exceed 6 bytes")));
+}
+
+TEST(Wire, TraceParentParsesAndFormats) {
+  const std::string header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  absl::StatusOr<TraceParent> trace = ParseTraceParent(header);
+  ASSERT_THAT(trace, IsOk());
+  EXPECT_EQ(trace->trace_id, kW3CTrace);
+  EXPECT_EQ(trace->span_id, "00f067aa0ba902b7");
+  EXPECT_EQ(trace->flags, 1);
+  EXPECT_EQ(FormatTraceParent(trace->trace_id, trace->span_id, trace->flags), header);
+  // A later version is read by its first 55 characters.
+  EXPECT_THAT(ParseTraceParent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what"),
+              IsOk());
+  for (const char* bad : {
+           "", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",  // 00 is exact
+           "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",       // forbidden version
+           "00-00000000000000000000000000000000-00f067aa0ba902b7-01",       // zero trace
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",       // zero span
+           "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",       // uppercase
+           "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",       // separator
+           "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",       // flags
+       }) {
+    EXPECT_THAT(ParseTraceParent(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
+  }
+  EXPECT_TRUE(IsW3CTraceId(kW3CTrace));
+  EXPECT_FALSE(IsW3CTraceId("job:42"));
+  EXPECT_TRUE(IsTraceId("job:42"));
+  EXPECT_FALSE(IsTraceId("bad id\n"));
+}
+
+TEST(Wire, StatusKeepsCodeMessageAndPayloads) {
+  absl::Status status = absl::FailedPreconditionError("quota \"x\" spent");
+  status.SetPayload("type.test/A", absl::Cord(std::string("\0\1bytes", 7)));
+  WireStatus wire = ToWireStatus(status);
+  EXPECT_EQ(wire.code, 9);
+  absl::Status back = FromWireStatus(wire.code, wire.message, wire.details);
+  EXPECT_EQ(back, status);
+  // Without payloads no details travel.
+  EXPECT_TRUE(ToWireStatus(absl::NotFoundError("x")).details.empty());
+  // An unknown code is Unknown; details that do not parse are ignored, the rest is kept.
+  EXPECT_THAT(FromWireStatus(99, "odd", ""), StatusIs(absl::StatusCode::kUnknown, "odd"));
+  absl::Status garbage = FromWireStatus(5, "missing", "\xff\xff garbage");
+  EXPECT_THAT(garbage, StatusIs(absl::StatusCode::kNotFound, "missing"));
+  EXPECT_FALSE(garbage.GetPayload("type.test/A").has_value());
+  EXPECT_THAT(FromWireStatus(0, "ignored", ""), IsOk());
+  for (int code = 1; code <= 16; ++code) {
+    EXPECT_EQ(static_cast<int>(FromWireStatus(code, "m", "").code()), code);
+  }
+}
+
+// ---- arrival policy (no network) ------------------------------------------------------------
+
+using Metadata = std::vector<rpc_internal::MetadataEntry>;
+
+TEST(AcceptFrame, DefaultPolicyKeepsTraceAndDeadlineOnly) {
+  ServerOptions options;
+  options.portable = Portable();
+  const std::string pairs = EncodeFramePairs({{"app.route", "via-tor"}, {"app.tenant", "acme"}});
+  const std::string parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  const Metadata metadata = {{kFrameHeader, pairs}, {kTraceParentHeader, parent}};
+  absl::StatusOr<rpc_internal::Accepted> in =
+      rpc_internal::AcceptFrame(options, metadata, std::chrono::milliseconds(700));
+  ASSERT_THAT(in, IsOk());
+  EXPECT_EQ(in->peer->name, "anonymous");
+  EXPECT_EQ(in->dropped_pairs, 2u);
+  EXPECT_EQ(in->frame.Find(kTenant), nullptr);
+  EXPECT_EQ(in->frame.Find(kRoute), nullptr);
+  ASSERT_NE(in->frame.Find(dispatch::TraceIdKey()), nullptr);
+  EXPECT_EQ(*in->frame.Find(dispatch::TraceIdKey()), kW3CTrace);
+  EXPECT_EQ(in->frame.Origin(dispatch::TraceIdKey()), ValueOrigin::kInherited);
+  ASSERT_TRUE(in->frame.deadline().has_value());
+  EXPECT_LE(*in->frame.deadline() - Clock::now(), std::chrono::milliseconds(700));
+  EXPECT_GT(*in->frame.deadline() - Clock::now(), std::chrono::milliseconds(500));
+}
+
+TEST(AcceptFrame, IdentityOnlyFromTrustedPeers) {
+  ServerOptions options = TrustingA();
+  options.portable = Portable();
+  absl::StatusOr<PortableFrame> wire = Portable()->Encode(CallerFrame());
+  ASSERT_THAT(wire, IsOk());
+  const std::string pairs = EncodeFramePairs(wire->pairs);
+  // Anonymous: a claimed identity is refused, not ignored.
+  EXPECT_THAT(rpc_internal::AcceptFrame(options, Metadata{{kFrameHeader, pairs}}, std::nullopt),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("\"anonymous\"")));
+  // A wrong token, or two tokens, are refused whatever else the call carries.
+  EXPECT_THAT(rpc_internal::AcceptFrame(
+                  options, Metadata{{kPeerTokenHeader, "node-a-tokeN"}, {kFrameHeader, pairs}},
+                  std::nullopt),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(
+      rpc_internal::AcceptFrame(
+          options, Metadata{{kPeerTokenHeader, kToken}, {kPeerTokenHeader, kToken}}, std::nullopt),
+      StatusIs(absl::StatusCode::kUnauthenticated));
+  // The trusted peer: identity and tenant accepted (inherited), route not in its policy.
+  absl::StatusOr<rpc_internal::Accepted> in = rpc_internal::AcceptFrame(
+      options, Metadata{{kPeerTokenHeader, kToken}, {kFrameHeader, pairs}}, std::nullopt);
+  ASSERT_THAT(in, IsOk());
+  EXPECT_EQ(in->peer->name, "node-a");
+  ASSERT_NE(CallerOf(in->frame), nullptr);
+  EXPECT_EQ(CallerOf(in->frame)->user_id, "alice");
+  EXPECT_EQ(in->frame.Origin(CallerKey()), ValueOrigin::kInherited);
+  EXPECT_EQ(*in->frame.Find(kTenant), "acme");
+  EXPECT_EQ(in->frame.Find(kRoute), nullptr);
+  EXPECT_EQ(in->dropped_pairs, 1u);
+  // No deadline on the wire: the server's default applies.
+  ASSERT_TRUE(in->frame.deadline().has_value());
+  EXPECT_GT(*in->frame.deadline() - Clock::now(), std::chrono::seconds(20));
+}
+
+TEST(AcceptFrame, MalformedInputIsInvalidArgumentOrIgnoredTrace) {
+  ServerOptions options;
+  options.portable = Portable();
+  options.anonymous.accepted_keys = {"app.tenant"};
+  EXPECT_THAT(
+      rpc_internal::AcceptFrame(options, Metadata{{kFrameHeader, "\x01\x05"}}, std::nullopt),
+      StatusIs(absl::StatusCode::kInvalidArgument));
+  const std::string twice = EncodeFramePairs({{"app.tenant", "a"}, {"app.tenant", "b"}});
+  EXPECT_THAT(rpc_internal::AcceptFrame(options, Metadata{{kFrameHeader, twice}}, std::nullopt),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("app.tenant")));
+  absl::StatusOr<rpc_internal::Accepted> in = rpc_internal::AcceptFrame(
+      options, Metadata{{kTraceParentHeader, "00-garbage"}}, std::chrono::seconds(1));
+  ASSERT_THAT(in, IsOk());
+  EXPECT_TRUE(in->bad_trace);
+  EXPECT_EQ(in->frame.Find(dispatch::TraceIdKey()), nullptr);
+  in = rpc_internal::AcceptFrame(options, Metadata{{kTraceIdHeader, "job:42"}},
+                                 std::chrono::seconds(1));
+  ASSERT_THAT(in, IsOk());
+  EXPECT_EQ(*in->frame.Find(dispatch::TraceIdKey()), "job:42");
+}
+
+TEST(Server, StartRejectsBadOptions) {
+  TestNode node;
+  ServerOptions identity;
+  identity.anonymous.identity = true;
+  EXPECT_THAT(Server::Start(*node.executor, identity),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("anonymous")));
+  ServerOptions empty_token;
+  empty_token.trusted.push_back({.token = "", .policy = {}});
+  EXPECT_THAT(Server::Start(*node.executor, empty_token),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty token")));
+  ServerOptions twice = TrustingA();
+  twice.trusted.push_back(twice.trusted[0]);
+  EXPECT_THAT(Server::Start(*node.executor, twice), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Server::Start(*node.executor, {.address = "256.0.0.1:1"}),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(RemoteNode::Connect({.target = ""}), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// ---- two nodes on loopback --------------------------------------------------------------------
+
+TEST(Rpc, TrustedPeerCarriesFrameAndReceiverReResolves) {
+  TestNode b(TrustingA());
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target(), kToken);
+  absl::StatusOr<std::string> seen =
+      Call(*to_b, "whoami", CallerFrame().WithTimeout(std::chrono::seconds(5)));
+  ASSERT_THAT(seen, IsOk());
+  // Caller and tenant arrive inherited; the route is not in B's policy for A; B's own resolver
+  // derived the region from the tenant it accepted; the trace is intact with A's span as parent.
+  EXPECT_THAT(*seen, HasSubstr("caller=alice caller_origin=inherited"));
+  EXPECT_THAT(*seen, HasSubstr(std::string("trace=") + kW3CTrace));
+  EXPECT_THAT(*seen, MatchesRegex(".* span=[0-9a-f]{16} .*"));
+  EXPECT_THAT(*seen, HasSubstr("tenant=acme tenant_origin=inherited route=- region=acme-eu"));
+  EXPECT_GE(b.server->counters().dropped_pairs, 1u);
+}
+
+TEST(Rpc, AnonymousPeerGetsTraceAndDeadlineOnly) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  // No caller on the frame: nothing claims identity; tenant and route are dropped.
+  Frame frame = Frame().With({Pair::Of(kTenant, std::string("acme")),
+                              Pair::Of(dispatch::TraceIdKey(), std::string(kW3CTrace))});
+  absl::StatusOr<std::string> seen =
+      Call(*Connect(b.target()), "whoami", frame.WithTimeout(std::chrono::seconds(5)));
+  ASSERT_THAT(seen, IsOk());
+  EXPECT_THAT(*seen, HasSubstr("caller=- "));
+  EXPECT_THAT(*seen, HasSubstr(std::string("trace=") + kW3CTrace));
+  EXPECT_THAT(*seen, HasSubstr("tenant=- tenant_origin=absent route=- region=-"));
+}
+
+TEST(Rpc, UntrustedIdentityIsRejected) {
+  TestNode b(TrustingA());
+  ASSERT_THAT(b.start_status, IsOk());
+  // No token: the caller identity on the frame is refused.
+  EXPECT_THAT(Call(*Connect(b.target()), "whoami", CallerFrame()),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("caller identity")));
+  // A wrong token is refused before anything else.
+  EXPECT_THAT(Call(*Connect(b.target(), "guess"), "whoami", CallerFrame()),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  ServerCounters counters = b.server->counters();
+  EXPECT_EQ(counters.identity_rejected, 1u);
+  EXPECT_EQ(counters.unauthenticated, 1u);
+  EXPECT_EQ(counters.calls, 0u);
+}
+
+TEST(Rpc, ChainedCallSeesRemainingTimeNotAFreshTimeout) {
+  // client -> A ("front": waits 600 ms, then calls B) -> B ("whoami").
+  TestNode b(TrustingA());
+  ASSERT_THAT(b.start_status, IsOk());
+  TestNode a(TrustingA());
+  ASSERT_THAT(a.start_status, IsOk());
+  std::shared_ptr<RemoteNode> a_to_b = Connect(b.target(), kToken);
+  ASSERT_THAT(a.executor->Register("b.whoami", a_to_b->Function("whoami")), IsOk());
+  ASSERT_THAT(a.executor->Register(
+                  "front",
+                  [&a](const Frame& frame, std::string_view, dispatch::Sink& out) -> absl::Status {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+                    absl::StatusOr<std::string> r = a.executor->Invoke(frame, "b.whoami", "");
+                    if (!r.ok()) return r.status();
+                    return out.Write(*r);
+                  }),
+              IsOk());
+  absl::StatusOr<std::string> seen = Call(*Connect(a.target(), kToken), "front",
+                                          CallerFrame().WithTimeout(std::chrono::seconds(2)));
+  ASSERT_THAT(seen, IsOk());
+  EXPECT_THAT(*seen, HasSubstr("caller=alice"));
+  EXPECT_THAT(*seen, HasSubstr(std::string("trace=") + kW3CTrace));
+  // B's servers default to 30 s for calls without a deadline: B saw what was left of the 2 s
+  // after A's 600 ms, not a fresh 2 s. (gRPC's deadline arithmetic may gain a few ms per hop:
+  // it reads a cached clock on arrival.)
+  const std::string ms = seen->substr(seen->find("remaining_ms=") + 13);
+  const int remaining = std::stoi(ms);
+  EXPECT_GT(remaining, 400) << *seen;
+  EXPECT_LE(remaining, 1400 + 50) << *seen;
+}
+
+TEST(Rpc, DeadlineEndsTheRemoteCallOnTime) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  const auto start = Clock::now();
+  EXPECT_THAT(
+      Call(*Connect(b.target()), "wait", Frame().WithTimeout(std::chrono::milliseconds(300))),
+      StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(2));
+  // B's handler was stopped through its frame, not left running.
+  for (int i = 0; i < 500 && b.stopped.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(b.stopped.load(), 1);
+}
+
+TEST(Rpc, CancellingTheFrameCancelsTheRemoteCall) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
+  std::thread cancel([&b, canceller = canceller] {
+    while (b.started.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    canceller.Cancel();
+  });
+  const auto start = Clock::now();
+  EXPECT_THAT(Call(*to_b, "wait", frame), StatusIs(absl::StatusCode::kCancelled));
+  cancel.join();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  for (int i = 0; i < 500 && b.stopped.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(b.stopped.load(), 1);
+  // A frame cancelled before the call never leaves the process.
+  EXPECT_THAT(Call(*to_b, "echo", frame), StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_EQ(b.server->counters().calls, 1u);
+}
+
+TEST(Rpc, TraceParentRoundTripAndOtherTraceIds) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  Frame w3c = Frame().With(dispatch::TraceIdKey(), std::string(kW3CTrace));
+  absl::StatusOr<std::string> first = Call(*to_b, "whoami", w3c);
+  absl::StatusOr<std::string> second = Call(*to_b, "whoami", w3c);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(second, IsOk());
+  EXPECT_THAT(*first, HasSubstr(std::string("trace=") + kW3CTrace));
+  // Each call is a new span of the same trace.
+  auto span = [](const std::string& s) { return s.substr(s.find("span=") + 5, 16); };
+  EXPECT_NE(span(*first), span(*second));
+  absl::StatusOr<std::string> job =
+      Call(*to_b, "whoami", Frame().With(dispatch::TraceIdKey(), std::string("job:42")));
+  ASSERT_THAT(job, IsOk());
+  EXPECT_THAT(*job, HasSubstr("trace=job:42 span=- "));
+  EXPECT_EQ(b.server->counters().bad_trace, 0u);
+}
+
+TEST(Rpc, StatusesMapBothWaysWithPayloads) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  absl::StatusOr<std::string> fail = Call(*to_b, "fail", Frame());
+  EXPECT_THAT(fail, StatusIs(absl::StatusCode::kNotFound, "no such order: 42"));
+  ASSERT_TRUE(fail.status().GetPayload("type.test/Detail").has_value());
+  EXPECT_EQ(std::string(*fail.status().GetPayload("type.test/Detail")), "detail bytes");
+
+  absl::StatusOr<std::string> thrown = Call(*to_b, "throw", Frame());
+  EXPECT_THAT(thrown, StatusIs(absl::StatusCode::kInternal, HasSubstr("handler exploded")));
+  std::optional<ExtensionPanic> panic = GetExtensionPanic(thrown.status());
+  ASSERT_TRUE(panic.has_value());
+  EXPECT_EQ(panic->type, "std::runtime_error");
+  EXPECT_EQ(panic->message, "handler exploded");
+  EXPECT_EQ(panic->phase, Phase::kInvoke);
+
+  EXPECT_THAT(Call(*to_b, "missing", Frame()), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(Rpc, StreamingDeliversChunksAndListNamesFunctions) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  StringSink sink;
+  dispatch::RunStats stats;
+  ASSERT_THAT(to_b->Function("chunks", CallMode::kStreaming)
+                  ->Run(Frame().WithTimeout(std::chrono::seconds(5)), "", sink, stats),
+              IsOk());
+  EXPECT_THAT(sink.chunks(), ElementsAre("one", "two", "three"));
+  EXPECT_EQ(stats.output_bytes, 11u);
+  EXPECT_THAT(Call(*to_b, "fail", Frame(), "", CallMode::kStreaming),
+              StatusIs(absl::StatusCode::kNotFound, "no such order: 42"));
+  absl::StatusOr<std::vector<std::string>> names = to_b->List();
+  ASSERT_THAT(names, IsOk());
+  EXPECT_THAT(*names, ElementsAre("chunks", "echo", "fail", "throw", "wait", "whoami"));
+}
+
+TEST(Rpc, RemoteFunctionBehindTheLocalExecutor) {
+  // Every executor feature applies to remote Code: records carry the caller and trace.
+  TestNode b(TrustingA());
+  ASSERT_THAT(b.start_status, IsOk());
+  TestNode a;
+  ASSERT_THAT(a.executor->Register("b.echo", Connect(b.target(), kToken)->Function("echo")),
+              IsOk());
+  EXPECT_EQ(*a.executor->Invoke(CallerFrame(), "b.echo", "ping", {{"timeout_ms", 5000}}), "ping");
+  absl::StatusOr<std::vector<dispatch::InvocationRecord>> on_b =
+      b.executor->ListInvocations("echo");
+  ASSERT_THAT(on_b, IsOk());
+  ASSERT_EQ(on_b->size(), 1u);
+  EXPECT_EQ((*on_b)[0].caller, "alice");
+  EXPECT_EQ((*on_b)[0].trace_id, kW3CTrace);
+}
+
+TEST(Rpc, PeerThatNeverAnswersFailsByTheDeadline) {
+  RawPeer silent;
+  std::shared_ptr<RemoteNode> node = Connect(silent.target());
+  const auto start = Clock::now();
+  EXPECT_THAT(Call(*node, "echo", Frame().WithTimeout(std::chrono::milliseconds(300))),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(1500));
+  // A frame without a deadline gets the node's default, never an endless wait.
+  absl::StatusOr<std::shared_ptr<RemoteNode>> short_default = RemoteNode::Connect(
+      {.target = silent.target(), .default_timeout = std::chrono::milliseconds(300)});
+  ASSERT_THAT(short_default, IsOk());
+  const auto second = Clock::now();
+  EXPECT_THAT(Call(**short_default, "echo", Frame()),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(Clock::now() - second, std::chrono::milliseconds(1500));
+  EXPECT_GE(silent.accepted(), 1);
+}
+
+TEST(Rpc, PeerThatAnswersGarbageFailsClearly) {
+  RawPeer garbage(std::string(64, '\x7f') + "HTTP/1.1 200 OK\r\n\r\nnot grpc");
+  std::shared_ptr<RemoteNode> node = Connect(garbage.target());
+  const auto start = Clock::now();
+  absl::StatusOr<std::string> r =
+      Call(*node, "echo", Frame().WithTimeout(std::chrono::milliseconds(1000)));
+  // gRPC reads the bytes as a broken HTTP/2 connection: the peer is unavailable.
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(2500));
+}
+
+TEST(Rpc, NobodyListeningIsUnavailableAtOnce) {
+  int port = 0;
+  {
+    RawPeer closed;  // a port that was free a moment ago
+    port = std::stoi(closed.target().substr(10));
+  }
+  std::shared_ptr<RemoteNode> node = Connect(absl::StrCat("127.0.0.1:", port));
+  const auto start = Clock::now();
+  EXPECT_THAT(Call(*node, "echo", Frame().WithTimeout(std::chrono::seconds(10))),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+}
+
+TEST(Rpc, OversizedFrameFailsBeforeLeaving) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  absl::StatusOr<std::shared_ptr<RemoteNode>> node = RemoteNode::Connect(
+      {.target = b.target(), .portable = Portable(), .max_frame_header_bytes = 64});
+  ASSERT_THAT(node, IsOk());
+  Frame big = Frame().With(kTenant, std::string(100, 'x'));
+  EXPECT_THAT(Call(**node, "echo", big),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("limit is 64")));
+  EXPECT_EQ(b.server->counters().calls, 0u);
+}
+
+TEST(Rpc, ServerRefusesCallsBeyondItsBound) {
+  ServerOptions options;
+  options.max_concurrent_calls = 1;
+  TestNode b(options);
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
+  std::thread waiting([&] { (void)Call(*to_b, "wait", frame); });
+  while (b.started.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_THAT(Call(*to_b, "echo", Frame()), StatusIs(absl::StatusCode::kResourceExhausted));
+  canceller.Cancel();
+  waiting.join();
+  // The slot is free again once B's side of the cancelled call has ended.
+  absl::StatusOr<std::string> again = Call(*to_b, "echo", Frame(), "again");
+  for (int i = 0; i < 200 && !again.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    again = Call(*to_b, "echo", Frame(), "again");
+  }
+  EXPECT_THAT(again, IsOk());
+}
+
+TEST(Rpc, ConcurrentCallsOverOneNode) {
+  TestNode b(TrustingA());
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target(), kToken);
+  std::shared_ptr<dispatch::Code> echo = to_b->Function("echo");
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 25; ++i) {
+        StringSink sink;
+        dispatch::RunStats stats;
+        const std::string payload = absl::StrCat(t, ":", i);
+        if (echo->Run(CallerFrame().WithTimeout(std::chrono::seconds(10)), payload, sink, stats)
+                .ok() &&
+            sink.text() == payload) {
+          ok.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 100);
+  EXPECT_EQ(b.server->counters().calls, 100u);
+}
+
+TEST(Rpc, ShutdownCancelsRunningCalls) {
+  auto b = std::make_unique<TestNode>();
+  ASSERT_THAT(b->start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b->target());
+  absl::Status status;
+  std::thread waiting([&] { status = Call(*to_b, "wait", Frame()).status(); });
+  while (b->started.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const auto start = Clock::now();
+  b->server->Shutdown(std::chrono::milliseconds(100));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  for (int i = 0; i < 500 && b->stopped.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(b->stopped.load(), 1);
+  waiting.join();
+  EXPECT_FALSE(status.ok());
+}
+
+}  // namespace
+}  // namespace framekit::rpc
