@@ -1,0 +1,179 @@
+// The rpc module's costs, each against a baseline of the same run:
+//   BM_RpcUnaryFramekit vs BM_RpcUnaryBareGrpc   one loopback unary call carrying a frame (4
+//       portable pairs with a caller, a W3C trace, a deadline, a peer token) through RemoteNode,
+//       Server and the executor to preemptive echo Code, vs the same generated stub call (same
+//       payload and deadline) to a bare callback service that echoes on gRPC's own thread
+//   BM_RpcUnaryFramekitNativeHandler              as above, the echo a native handler (the
+//       executor runs deadline calls of native code on a worker: one more thread handoff)
+//   BM_RpcCodec8Pairs                             what the wire adds to a call's frame: encode 8
+//       portable string pairs (PortableKeys::Encode + EncodeFramePairs) and decode them back
+//       (DecodeFramePairs + PortableKeys::Decode)
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "alloc_counter.h"
+#include "benchmark/benchmark.h"
+#include "framekit/app/app_context.h"
+#include "framekit/ctx/caller.h"
+#include "framekit/ctx/portable.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/rpc/remote.h"
+#include "framekit/rpc/server.h"
+#include "framekit/rpc/wire.h"
+#include "framekit_rpc.grpc.pb.h"
+
+namespace {
+
+namespace v1 = framekit::rpc::v1;
+
+inline const framekit::Key<std::string> kBenchTenant{"bench.tenant"};
+inline const framekit::Key<std::string> kBenchRegion{"bench.region"};
+inline const framekit::Key<std::string> kBenchPlan{"bench.plan"};
+constexpr char kPayload[] = "0123456789abcdef";
+constexpr char kToken[] = "bench-token";
+
+class NullSink : public framekit::dispatch::Sink {
+ public:
+  absl::Status Write(std::string_view chunk) override {
+    benchmark::DoNotOptimize(chunk.data());
+    return absl::OkStatus();
+  }
+};
+
+class PreemptiveEcho : public framekit::dispatch::Code {
+ public:
+  bool preemptive() const override { return true; }
+  absl::Status Run(const framekit::Frame&, std::string_view payload, framekit::dispatch::Sink& out,
+                   framekit::dispatch::RunStats&) override {
+    return out.Write(payload);
+  }
+};
+
+std::shared_ptr<const framekit::PortableKeys> BenchPortable() {
+  auto portable = std::make_shared<framekit::PortableKeys>();
+  (void)portable->Add(kBenchTenant);
+  (void)portable->Add(kBenchRegion);
+  (void)portable->Add(kBenchPlan);
+  (void)portable->Add(framekit::CallerKey());
+  return portable;
+}
+
+void FramekitUnary(benchmark::State& state, bool native) {
+  framekit::AppContext app;
+  app.Seal();
+  framekit::dispatch::FunctionExecutor executor(app);
+  if (native) {
+    (void)executor.Register("echo",
+                            [](const framekit::Frame&, std::string_view payload,
+                               framekit::dispatch::Sink& out) { return out.Write(payload); });
+  } else {
+    (void)executor.Register("echo", std::make_shared<PreemptiveEcho>());
+  }
+  framekit::rpc::ServerOptions options;
+  options.portable = BenchPortable();
+  options.trusted.push_back(
+      {.token = kToken,
+       .policy = {.name = "bench",
+                  .accepted_keys = {"bench.tenant", "bench.region", "bench.plan"},
+                  .identity = true}});
+  auto server = framekit::rpc::Server::Start(executor, std::move(options));
+  if (!server.ok()) return state.SkipWithError("server");
+  auto node = framekit::rpc::RemoteNode::Connect(
+      {.target = "127.0.0.1:" + std::to_string((*server)->port()),
+       .portable = BenchPortable(),
+       .peer_token = kToken});
+  if (!node.ok()) return state.SkipWithError("connect");
+  std::shared_ptr<framekit::dispatch::Code> echo = (*node)->Function("echo");
+  const framekit::Frame frame =
+      framekit::WithCaller(framekit::Frame(), {.user_id = "alice", .tenant_id = "acme"})
+          .With({framekit::Pair::Of(kBenchTenant, std::string("acme")),
+                 framekit::Pair::Of(kBenchRegion, std::string("eu-west")),
+                 framekit::Pair::Of(kBenchPlan, std::string("gold")),
+                 framekit::Pair::Of(framekit::dispatch::TraceIdKey(),
+                                    std::string("4bf92f3577b34da6a3ce929d0e0e4736"))});
+  NullSink sink;
+  for (auto _ : state) {
+    framekit::dispatch::RunStats stats;
+    absl::Status status =
+        echo->Run(frame.WithTimeout(std::chrono::seconds(10)), kPayload, sink, stats);
+    if (!status.ok()) return state.SkipWithError("call failed");
+  }
+}
+
+void BM_RpcUnaryFramekit(benchmark::State& state) { FramekitUnary(state, /*native=*/false); }
+BENCHMARK(BM_RpcUnaryFramekit)->UseRealTime();
+
+void BM_RpcUnaryFramekitNativeHandler(benchmark::State& state) {
+  FramekitUnary(state, /*native=*/true);
+}
+BENCHMARK(BM_RpcUnaryFramekitNativeHandler)->UseRealTime();
+
+class BareEcho final : public v1::Functions::CallbackService {
+  grpc::ServerUnaryReactor* Invoke(grpc::CallbackServerContext* ctx,
+                                   const v1::InvokeRequest* request,
+                                   v1::InvokeReply* reply) override {
+    reply->set_output(request->payload());
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+void BM_RpcUnaryBareGrpc(benchmark::State& state) {
+  BareEcho service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) return state.SkipWithError("server");
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+  std::unique_ptr<v1::Functions::Stub> stub = v1::Functions::NewStub(channel);
+  v1::InvokeRequest request;
+  request.set_function("echo");
+  request.set_payload(kPayload);
+  for (auto _ : state) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::InvokeReply reply;
+    grpc::Status status = stub->Invoke(&ctx, request, &reply);
+    if (!status.ok()) return state.SkipWithError("call failed");
+    benchmark::DoNotOptimize(reply.output().data());
+  }
+  server->Shutdown();
+}
+BENCHMARK(BM_RpcUnaryBareGrpc)->UseRealTime();
+
+void BM_RpcCodec8Pairs(benchmark::State& state) {
+  static const framekit::Key<std::string> keys[8] = {
+      framekit::Key<std::string>{"bench.k0"}, framekit::Key<std::string>{"bench.k1"},
+      framekit::Key<std::string>{"bench.k2"}, framekit::Key<std::string>{"bench.k3"},
+      framekit::Key<std::string>{"bench.k4"}, framekit::Key<std::string>{"bench.k5"},
+      framekit::Key<std::string>{"bench.k6"}, framekit::Key<std::string>{"bench.k7"}};
+  framekit::PortableKeys portable;
+  framekit::PairList pairs;
+  for (const auto& key : keys) {
+    (void)portable.Add(key);
+    pairs.push_back(framekit::Pair::Of(key, std::string("value-of-") + std::string(key.name())));
+  }
+  const framekit::Frame frame = framekit::Frame().With(pairs).WithTimeout(std::chrono::seconds(10));
+  framekit::bench::AllocationScope allocations;
+  for (auto _ : state) {
+    absl::StatusOr<framekit::PortableFrame> out = portable.Encode(frame);
+    const std::string header = framekit::rpc::EncodeFramePairs(out->pairs);
+    absl::StatusOr<framekit::rpc::WirePairs> wire =
+        framekit::rpc::DecodeFramePairs(header, portable.limits());
+    framekit::PortableFrame in{.pairs = *std::move(wire), .remaining = out->remaining};
+    absl::StatusOr<framekit::DecodedFrame> back = portable.Decode(in);
+    if (!back.ok() || back->frame.size() != 8) return state.SkipWithError("codec");
+    benchmark::DoNotOptimize(back->frame);
+  }
+  allocations.Report(state);
+}
+BENCHMARK(BM_RpcCodec8Pairs);
+
+}  // namespace

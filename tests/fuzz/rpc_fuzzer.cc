@@ -1,0 +1,122 @@
+// Fuzzes what a node reads from a call's metadata before any function runs: the frame header,
+// the trace headers, the peer token and the status details, through the server's arrival step
+// (AcceptFrame) and the wire decoders. Properties: no crash; AcceptFrame fails only with
+// Unauthenticated, PermissionDenied or InvalidArgument; an accepted frame holds only inherited
+// values, a caller only from a peer allowed to assert one, and a deadline no later than the time
+// the call had left; a decoded frame header re-encodes to the same bytes; a parsed traceparent
+// formats back to its first 55 characters.
+//
+// Input: records of [1 byte header selector][2 bytes little-endian length][value]; the first
+// byte picks the time left (none, or 0-254 ms).
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "framekit/ctx/caller.h"
+#include "framekit/ctx/portable.h"
+#include "framekit/rpc/internal/accept.h"
+#include "framekit/rpc/server.h"
+#include "framekit/rpc/wire.h"
+
+namespace {
+
+inline const framekit::Key<std::string> kTenant{"app.tenant"};
+inline const framekit::Key<std::int64_t> kQuota{"app.quota"};
+inline const framekit::Key<bool> kDebug{"app.debug"};
+inline const framekit::Key<double> kWeight{"app.weight"};
+
+const framekit::rpc::ServerOptions& Options() {
+  static const framekit::rpc::ServerOptions* options = [] {
+    auto portable = std::make_shared<framekit::PortableKeys>(
+        framekit::PortableLimits{.max_pairs = 16, .max_value_bytes = 512});
+    (void)portable->Add(kTenant);
+    (void)portable->Add(kQuota);
+    (void)portable->Add(kDebug);
+    (void)portable->Add(kWeight);
+    (void)portable->Add(framekit::CallerKey());
+    auto* o = new framekit::rpc::ServerOptions;
+    o->portable = portable;
+    o->anonymous.accepted_keys = {"app.tenant", "app.quota"};
+    o->trusted.push_back(
+        {.token = "tok",
+         .policy = {
+             .name = "peer", .accepted_keys = {"app.debug", "app.weight"}, .identity = true}});
+    return o;
+  }();
+  return *options;
+}
+
+constexpr std::string_view kHeaders[] = {
+    framekit::rpc::kFrameHeader, framekit::rpc::kTraceParentHeader, framekit::rpc::kTraceIdHeader,
+    framekit::rpc::kPeerTokenHeader, "user-agent"};
+
+void CheckAccepted(const framekit::rpc_internal::Accepted& in,
+                   std::optional<framekit::Clock::duration> remaining,
+                   framekit::Clock::time_point before) {
+  in.frame.ForEach([](const framekit::Pair&, framekit::ValueOrigin origin) {
+    if (origin != framekit::ValueOrigin::kInherited) std::abort();
+  });
+  if (framekit::CallerOf(in.frame) != nullptr && !in.peer->identity) std::abort();
+  if (!in.frame.deadline().has_value()) std::abort();
+  const auto allowed = remaining.value_or(Options().default_timeout);
+  if (*in.frame.deadline() > framekit::Clock::now() + allowed) std::abort();
+  if (*in.frame.deadline() < before) std::abort();
+}
+
+void CheckDecoders(std::string_view value) {
+  absl::StatusOr<framekit::rpc::WirePairs> pairs =
+      framekit::rpc::DecodeFramePairs(value, framekit::PortableLimits{});
+  if (pairs.ok() && !value.empty() && framekit::rpc::EncodeFramePairs(*pairs) != value) {
+    std::abort();
+  }
+  absl::StatusOr<framekit::rpc::TraceParent> trace = framekit::rpc::ParseTraceParent(value);
+  if (trace.ok() &&
+      framekit::rpc::FormatTraceParent(trace->trace_id, trace->span_id, trace->flags) !=
+          value.substr(0, 55) &&
+      value.substr(0, 2) == "00") {
+    std::abort();
+  }
+  absl::Status status = framekit::rpc::FromWireStatus(13, "m", value);
+  if (status.code() != absl::StatusCode::kInternal || status.message() != "m") std::abort();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size == 0) return 0;
+  std::optional<framekit::Clock::duration> remaining;
+  if (data[0] != 0xff) remaining = std::chrono::milliseconds(data[0]);
+  std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
+  std::vector<framekit::rpc_internal::MetadataEntry> metadata;
+  while (in.size() >= 3) {
+    const std::string_view header = kHeaders[static_cast<unsigned char>(in[0]) % 5];
+    const std::size_t n = static_cast<unsigned char>(in[1]) |
+                          static_cast<std::size_t>(static_cast<unsigned char>(in[2])) << 8;
+    in.remove_prefix(3);
+    const std::string_view value = in.substr(0, n);
+    in.remove_prefix(value.size());
+    metadata.emplace_back(header, value);
+    CheckDecoders(value);
+  }
+  const auto before = framekit::Clock::now();
+  absl::StatusOr<framekit::rpc_internal::Accepted> accepted =
+      framekit::rpc_internal::AcceptFrame(Options(), metadata, remaining);
+  if (accepted.ok()) {
+    CheckAccepted(*accepted, remaining, before);
+    return 0;
+  }
+  switch (accepted.status().code()) {
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kInvalidArgument:
+      return 0;
+    default:
+      std::abort();
+  }
+}
