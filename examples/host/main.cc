@@ -16,6 +16,7 @@
 #include "CLI/CLI.hpp"
 #include "host.h"
 #include "host_config.h"
+#include "two_nodes.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{"framekit-host: boots an app from YAML and runs a workload through framekit"};
@@ -33,12 +34,27 @@ int main(int argc, char** argv) {
   cli.add_flag("--json", json, "print the summary as JSON");
   cli.add_flag("--print-config", print_config,
                "print the configuration (the built-in one, or --config's) and exit");
+  bool two_nodes = false;
+  cli.add_flag("--two-nodes", two_nodes,
+               "run as two nodes on loopback instead: node A's \"profile\" is node B's, over "
+               "gRPC (--calls sets the number of calls, default 100)");
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     // CLI11 prints help (exit 0) or the error; every command-line error exits 2, as documented.
     const int code = cli.exit(e);
     return code == 0 ? 0 : 2;
+  }
+
+  if (two_nodes) {
+    absl::StatusOr<framekit::host::TwoNodeSummary> summary =
+        framekit::host::RunTwoNodes(calls > 0 ? calls : 100);
+    if (!summary.ok()) {
+      std::cerr << "framekit-host: two nodes: " << summary.status() << "\n";
+      return 2;
+    }
+    std::cout << framekit::host::TwoNodeSummaryText(*summary);
+    return summary->ok_all() ? 0 : 1;
   }
 
   std::string text(framekit::host::DefaultConfigYaml());
