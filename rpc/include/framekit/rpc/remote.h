@@ -12,10 +12,10 @@
 //   FRAMEKIT_ASSIGN_OR_RETURN(
 //       std::shared_ptr<framekit::rpc::RemoteNode> node_b,
 //       framekit::rpc::RemoteNode::Connect({.target = "127.0.0.1:50051",
-//                                           .portable = portable,
+//                                           .portable = portable_keys,
 //                                           .peer_token = "s3cret"}));
 //   // Calls of "lookup" here run "lookup" on node B, with the frame intact.
-//   FRAMEKIT_RETURN_IF_ERROR(executor.Register("lookup", node_b->Function("lookup")));
+//   FRAMEKIT_RETURN_IF_ERROR(executor->Register("lookup", node_b->Function("lookup")));
 #ifndef FRAMEKIT_RPC_REMOTE_H_
 #define FRAMEKIT_RPC_REMOTE_H_
 

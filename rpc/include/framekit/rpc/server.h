@@ -24,13 +24,13 @@
 // Example:
 //   framekit::rpc::ServerOptions options;
 //   options.address = "127.0.0.1:0";  // any free port
-//   options.portable = portable;      // std::shared_ptr<const framekit::PortableKeys>
+//   options.portable = portable_keys;  // std::shared_ptr<const framekit::PortableKeys>
 //   options.trusted.push_back({.token = "s3cret",
 //                              .policy = {.name = "node-a",
 //                                         .accepted_keys = {"app.tenant"},
 //                                         .identity = true}});
 //   FRAMEKIT_ASSIGN_OR_RETURN(std::unique_ptr<framekit::rpc::Server> server,
-//                             framekit::rpc::Server::Start(executor, std::move(options)));
+//                             framekit::rpc::Server::Start(*executor, std::move(options)));
 //   int port = server->port();
 #ifndef FRAMEKIT_RPC_SERVER_H_
 #define FRAMEKIT_RPC_SERVER_H_

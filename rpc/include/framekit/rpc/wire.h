@@ -19,7 +19,8 @@
 //
 // Example:
 //   std::string header = framekit::rpc::EncodeFramePairs({{"app.tenant", "acme"}});
-//   FRAMEKIT_ASSIGN_OR_RETURN(auto pairs, framekit::rpc::DecodeFramePairs(header, {}));
+//   FRAMEKIT_ASSIGN_OR_RETURN(framekit::rpc::WirePairs pairs,
+//                             framekit::rpc::DecodeFramePairs(header, {}));
 //   // pairs == {{"app.tenant", "acme"}}
 //   FRAMEKIT_ASSIGN_OR_RETURN(framekit::rpc::TraceParent trace,
 //       framekit::rpc::ParseTraceParent(
