@@ -169,8 +169,9 @@ WireStatus ToWireStatus(const absl::Status& status) {
     any->set_value(std::string(payload));
   });
   if (details.details_size() > 0) {
+    // The message travels in gRPC's own field only: a proto3 string must be UTF-8, and an absl
+    // message need not be (a non-UTF-8 one here would make the details unreadable).
     details.set_code(out.code);
-    details.set_message(out.message);
     details.SerializeToString(&out.details);
   }
   return out;

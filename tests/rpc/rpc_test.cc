@@ -140,6 +140,11 @@ TEST(Wire, StatusKeepsCodeMessageAndPayloads) {
   EXPECT_EQ(wire.code, 9);
   absl::Status back = FromWireStatus(wire.code, wire.message, wire.details);
   EXPECT_EQ(back, status);
+  // A message that is not UTF-8 keeps its payloads.
+  absl::Status binary(absl::StatusCode::kAborted, std::string("bad \xff\xfe bytes", 13));
+  binary.SetPayload("type.test/B", absl::Cord("b"));
+  const WireStatus binary_wire = ToWireStatus(binary);
+  EXPECT_EQ(FromWireStatus(binary_wire.code, binary_wire.message, binary_wire.details), binary);
   // Without payloads no details travel.
   EXPECT_TRUE(ToWireStatus(absl::NotFoundError("x")).details.empty());
   // An unknown code is Unknown; details that do not parse are ignored, the rest is kept.
