@@ -38,19 +38,38 @@ std::uint64_t RateQ32(std::int64_t ns, std::uint64_t ticks) noexcept {
   return static_cast<std::uint64_t>((static_cast<unsigned __int128>(ns) << 32) / ticks);
 }
 
+// A steady-clock reading and the counter at the same moment: the counter is read on both sides
+// of the clock, and the pair is refused when they are far apart (the thread was preempted or
+// interrupted in between), so that no anchor is off by a preemption. False after a few tries.
+bool ReadPair(std::uint64_t& ticks, std::int64_t& ns) noexcept {
+  constexpr std::uint64_t kMaxBracketTicks = 2'000;  // ~1 µs at 2 GHz
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const std::uint64_t before = __rdtsc();
+    const std::int64_t now = SteadyNanos();
+    const std::uint64_t after = __rdtsc();
+    if (after >= before && after - before <= kMaxBracketTicks) {
+      ticks = before + (after - before) / 2;
+      ns = now;
+      return true;
+    }
+  }
+  return false;
+}
+
 // The anchor is published under a sequence lock whose fields are all atomics: a reader that
 // sees the sequence odd or changed uses the steady clock for that one reading.
 struct CounterClock {
   CounterClock() noexcept {
-    // Measure a first rate over 200 µs, once, at the first call of the process.
-    first_ticks = __rdtsc();
-    first_ns = SteadyNanos();
-    std::int64_t ns = first_ns;
-    while (ns - first_ns < 200'000) ns = SteadyNanos();
-    const std::uint64_t ticks = __rdtsc();
+    // Measure a first rate over 500 µs, once, at the first call of the process.
+    std::uint64_t ticks = 0;
+    std::int64_t ns = 0;
+    if (!ReadPair(first_ticks, first_ns)) return;
+    while (SteadyNanos() - first_ns < 500'000) {
+    }
+    if (!ReadPair(ticks, ns) || ticks <= first_ticks) return;
     const std::uint64_t rate = RateQ32(ns - first_ns, ticks - first_ticks);
     usable = rate != 0;
-    Store(ticks, ns, rate);
+    if (usable) Store(ticks, ns, rate);
   }
 
   void Store(std::uint64_t ticks, std::int64_t ns, std::uint64_t rate) noexcept {
@@ -89,14 +108,15 @@ struct CounterClock {
       return SteadyNanos();  // another thread is renewing it
     }
     std::atomic_thread_fence(std::memory_order_release);
-    const std::int64_t ns = SteadyNanos();
-    const std::uint64_t ticks = __rdtsc();
-    const std::uint64_t rate = RateQ32(ns - first_ns, ticks - first_ticks);
-    if (rate != 0) {
-      Store(ticks, ns, rate);
+    std::uint64_t ticks = 0;
+    std::int64_t ns = 0;
+    // A pair that cannot be read cleanly leaves the old anchor in place: this reading (and the
+    // next ones, until a clean pair) come from the steady clock.
+    if (ReadPair(ticks, ns) && ticks > first_ticks) {
+      const std::uint64_t rate = RateQ32(ns - first_ns, ticks - first_ticks);
+      if (rate != 0) Store(ticks, ns, rate);
     } else {
-      anchor_ticks.store(ticks, std::memory_order_relaxed);
-      anchor_ns.store(ns, std::memory_order_relaxed);
+      ns = SteadyNanos();
     }
     seq.store(seen + 2, std::memory_order_release);
     return ns;

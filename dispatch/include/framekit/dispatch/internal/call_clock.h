@@ -11,10 +11,13 @@
 // and the rate is measured over the whole time since the first anchor, so it only gets more
 // exact. Elsewhere (no invariant counter, another architecture) CallClock is Clock::now().
 //
-// Accuracy: a reading is within (rate error) x (time since the last anchor) of Clock::now();
-// in the first moments (rate measured over 50 µs) that is about 1 µs at most, later far less.
-// Readings may therefore step back slightly when an anchor is renewed: a caller that needs an
-// end not before a start takes the maximum (the executor does).
+// Accuracy: every anchor pairs a steady-clock reading with the counter read on both sides of it
+// (a pair more than ~1 µs apart is refused), so a reading is within ~0.5 µs plus (rate error) x
+// (time since the last anchor) of Clock::now(). The first rate is measured over 500 µs (a
+// one-off spin at the first call of the process), giving at most a few µs over the first
+// interval; each renewal measures it over everything since, so the error then shrinks to
+// nanoseconds. Readings may step back by that much when an anchor is renewed: a caller that
+// needs an end not before a start takes the maximum (the executor does).
 //
 // Example:
 //   const framekit::Clock::time_point start = framekit::dispatch_internal::CallClock::Now();
