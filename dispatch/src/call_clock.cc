@@ -79,9 +79,9 @@ struct CounterClock {
     // Renew after kReanchorInterval of ticks at this rate.
     const std::uint64_t interval_ns =
         std::chrono::duration_cast<std::chrono::nanoseconds>(CallClock::kReanchorInterval).count();
-    max_ticks.store(static_cast<std::uint64_t>((static_cast<unsigned __int128>(interval_ns) << 32) /
-                                               rate),
-                    std::memory_order_relaxed);
+    max_ticks.store(
+        static_cast<std::uint64_t>((static_cast<unsigned __int128>(interval_ns) << 32) / rate),
+        std::memory_order_relaxed);
   }
 
   std::int64_t Now() noexcept {
@@ -98,7 +98,8 @@ struct CounterClock {
     if (elapsed > limit) [[unlikely]] {
       return Renew(seq0);
     }
-    return base_ns + static_cast<std::int64_t>((static_cast<unsigned __int128>(elapsed) * rate) >> 32);
+    return base_ns +
+           static_cast<std::int64_t>((static_cast<unsigned __int128>(elapsed) * rate) >> 32);
   }
 
   // Takes a new anchor from the steady clock, and the rate over everything since the first.

@@ -3,9 +3,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
 #include <latch>
 #include <memory>
+#include <mutex>
 #include <stop_token>
 #include <string>
 #include <thread>
