@@ -113,8 +113,18 @@ TEST(FunctionExecutorTable, ConcurrentCallsWhileTheTableChanges) {
       }
     });
   }
+  // Calls must really overlap the writes: wait for the callers to be running, and let them make
+  // progress every few writes (on a loaded machine they may not have been scheduled yet).
+  auto wait_for_calls = [&](int at_least) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (calls.load() < at_least && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+  };
+  wait_for_calls(2);
   std::vector<std::weak_ptr<int>> watches;
   for (int i = 0; i < kWrites; ++i) {
+    if (i % 50 == 0) wait_for_calls(calls.load() + 2);
     auto token = std::make_shared<int>(i);
     watches.push_back(token);
     const std::string name = absl::StrCat("churn", i % 2);
