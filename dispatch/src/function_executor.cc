@@ -16,6 +16,7 @@
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/guard.h"
+#include "framekit/dispatch/internal/call_clock.h"
 #include "framekit/dispatch/internal/call_identity.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "worker_pool.h"
@@ -96,6 +97,31 @@ bool InterceptorFaulted(const absl::Status& status, bool handler_ran,
   if (status.ok() || (handler_ran && status == handler_status)) return false;
   const std::optional<ExtensionPanic> panic = GetExtensionPanic(status);
   return panic && panic->phase == Phase::kInvoke && panic->extension.starts_with("interceptor ");
+}
+
+// The lock of a function's record ring: held for a few stores per call, so a test-and-set
+// (one atomic exchange to take it, a plain release store to give it back) costs half of a
+// std::mutex, whose unlock is a second read-modify-write. A waiter yields its core after a few
+// tries: the machine may have fewer cores than threads, and the holder may be preempted.
+class ABSL_LOCKABLE RecordLock {
+ public:
+  void lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() {
+    for (int tries = 0; held_.exchange(true, std::memory_order_acquire); ++tries) {
+      while (held_.load(std::memory_order_relaxed)) {
+        if (++tries > 64) std::this_thread::yield();
+      }
+    }
+  }
+  void unlock() ABSL_UNLOCK_FUNCTION() { held_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> held_{false};
+};
+
+// Adds one to a counter that only holders of one lock write: a load and a store, no
+// read-modify-write. Readers load it relaxed, as they do every counter.
+void Bump(std::atomic<std::uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -186,24 +212,42 @@ struct FunctionExecutor::Function {
 
   std::string name;
   Options defaults;
-  // Guarded by the executor's mu_.
+  // Guarded by the executor's mu_; calls read the active version from the published table.
   std::vector<std::shared_ptr<Version>> versions;
   std::shared_ptr<Version> active;
 
+  // Written only by Record, under records_mu (see Bump); read relaxed by Counters.
   std::atomic<std::uint64_t> calls{0};
   std::atomic<std::uint64_t> errors{0};
   std::atomic<std::uint64_t> faults{0};
   std::atomic<std::uint64_t> timeouts{0};
-  std::atomic<std::uint64_t> refusals{0};
   std::array<std::atomic<std::uint64_t>, kLatencyBuckets> latency{};
+  std::atomic<std::uint64_t> refusals{0};
   // Bulkhead budgets in use: written under Shared::mu, read relaxed by Counters.
   std::atomic<int> in_flight{0};
   std::atomic<int> quarantined{0};
 
-  std::mutex records_mu;
+  RecordLock records_mu;
   std::vector<Slot> ring ABSL_GUARDED_BY(records_mu);  // fixed size
   std::size_t next ABSL_GUARDED_BY(records_mu) = 0;
   std::size_t count ABSL_GUARDED_BY(records_mu) = 0;
+};
+
+// The functions as calls see them: immutable once published. Each entry holds its function and
+// the version that was active when the table was built, so a call reads both with one lookup
+// and no lock; a Deploy publishes a new table.
+struct FunctionExecutor::Table {
+  struct Entry {
+    std::shared_ptr<Function> function;
+    std::shared_ptr<Version> active;
+  };
+  // Keys view the functions' names, which the entries keep alive.
+  absl::flat_hash_map<absl::string_view, Entry> functions;
+};
+
+struct FunctionExecutor::RetiredTable {
+  std::uint64_t epoch = 0;  // epoch_ when it was replaced
+  std::unique_ptr<const Table> table;
 };
 
 // What deadline calls and their workers share: held by shared_ptr, so that a worker left running
@@ -294,8 +338,10 @@ struct FunctionExecutor::DispatchCall {
   Sink* sink = nullptr;
   std::string* output = nullptr;  // Invoke's output; null for InvokeStream
 
-  std::shared_ptr<Function> function;
-  std::shared_ptr<Version> version;
+  // From the published table, valid while the call is inside the executor.
+  const Table::Entry* entry = nullptr;
+  Function* function = nullptr;
+  Version* version = nullptr;
   const Options* merged = nullptr;
   Options merged_storage;
   Frame frame;
@@ -528,6 +574,7 @@ absl::StatusOr<std::unique_ptr<FunctionExecutor>> FunctionExecutor::Create(
 
 FunctionExecutor::FunctionExecutor(const AppContext& app, FunctionExecutorOptions options)
     : app_(app), options_(Clamp(std::move(options))), shared_(std::make_shared<Shared>()) {
+  table_.store(new Table());
   shared_->pool = dispatch_internal::WorkerPool::Create(options_.deadline_workers);
   shared_->interceptors = options_.interceptors;
   shared_->monitor = options_.monitor != nullptr ? options_.monitor : &DefaultFaultMonitor();
@@ -544,7 +591,48 @@ FunctionExecutor::~FunctionExecutor() {
   // Callers still inside the executor use it: deadline calls return at once now; calls without
   // a deadline return when their handlers do.
   const int own = CallsOnThisThread(this);
-  while (callers_.load() > own) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  while (Callers() > own) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  delete table_.load();
+}
+
+int FunctionExecutor::Enter() {
+  // Counted in the slot of the epoch seen, then checked: a call that raced with an epoch change
+  // moves to the new one, so that a writer who advanced the epoch and then found the old slot
+  // at zero knows no call of the old epoch is still inside (see PublishLocked).
+  while (true) {
+    const std::uint64_t epoch = epoch_.load();
+    const int slot = static_cast<int>(epoch & 1);
+    callers_[slot].fetch_add(1);
+    if (epoch_.load() == epoch) return slot;
+    callers_[slot].fetch_sub(1);
+  }
+}
+
+int FunctionExecutor::Callers() const { return callers_[0].load() + callers_[1].load(); }
+
+void FunctionExecutor::PublishLocked(std::vector<RetiredTable>& freed) {
+  auto table = std::make_unique<Table>();
+  table->functions.reserve(functions_.size());
+  for (const auto& [name, function] : functions_) {
+    table->functions.emplace(AsAbsl(function->name), Table::Entry{function, function->active});
+  }
+  const Table* old = table_.exchange(table.release());
+  retired_.push_back({epoch_.load(), std::unique_ptr<const Table>(old)});
+  // A table retired in epoch E may be read by calls that entered in E or E-1. Advancing the
+  // epoch needs the slot it reuses (that of E-1) empty; two advances past E mean every call
+  // that could read the table has left. Calls never wait for this: a table not yet free is
+  // freed by a later write or the destructor, so at most the tables of the writes made while
+  // calls were running stay behind.
+  for (int i = 0; i < 2; ++i) {
+    const std::uint64_t epoch = epoch_.load();
+    if (callers_[(epoch + 1) & 1].load() != 0) break;
+    epoch_.store(epoch + 1);
+  }
+  const std::uint64_t now = epoch_.load();
+  auto keep = std::partition(retired_.begin(), retired_.end(),
+                             [now](const RetiredTable& r) { return r.epoch + 2 > now; });
+  for (auto it = keep; it != retired_.end(); ++it) freed.push_back(std::move(*it));
+  retired_.erase(keep, retired_.end());
 }
 
 absl::Status FunctionExecutor::Shutdown(std::chrono::milliseconds grace) {
@@ -564,7 +652,7 @@ bool FunctionExecutor::WaitForCallers(Deadline until) {
   // Polls: a caller's last act is to leave the count, after which it must not touch the
   // executor (not even to notify), since the executor may be destroyed at once.
   const int own = CallsOnThisThread(this);
-  while (callers_.load() > own) {
+  while (Callers() > own) {
     if (Clock::now() >= until) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -588,17 +676,19 @@ absl::Status FunctionExecutor::Register(std::string name, std::shared_ptr<Code> 
   function->name = name;
   function->defaults = std::move(defaults);
   {
-    std::lock_guard<std::mutex> lock(function->records_mu);
+    std::lock_guard<RecordLock> lock(function->records_mu);
     function->ring.resize(static_cast<std::size_t>(options_.records_per_function));
   }
   function->active = Version::Make(name, 1, std::move(code));
   function->versions.push_back(function->active);
 
+  std::vector<RetiredTable> freed;  // destroyed after the lock
   std::lock_guard<std::mutex> lock(mu_);
   if (functions_.contains(name)) {
     return absl::AlreadyExistsError(absl::StrCat("function \"", name, "\" is registered already"));
   }
   functions_.emplace(std::move(name), std::move(function));
+  PublishLocked(freed);
   return absl::OkStatus();
 }
 
@@ -609,6 +699,7 @@ absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler hand
 
 absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, std::shared_ptr<Code> code) {
   FRAMEKIT_RETURN_IF_ERROR(CheckCode(name, code));
+  std::vector<RetiredTable> freed;  // destroyed after the lock
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
   if (!found.ok()) return found.status();
@@ -616,6 +707,7 @@ absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, std::shared_
   const int number = static_cast<int>(function.versions.size()) + 1;
   function.active = Version::Make(name, number, std::move(code));
   function.versions.push_back(function.active);
+  PublishLocked(freed);
   return number;
 }
 
@@ -658,12 +750,14 @@ std::vector<std::string> FunctionExecutor::List() const {
 
 absl::Status FunctionExecutor::Remove(std::string_view name) {
   std::shared_ptr<Function> removed;  // destroyed outside the lock
+  std::vector<RetiredTable> freed;
   {
     std::lock_guard<std::mutex> lock(mu_);
     absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
     if (!found.ok()) return found.status();
     removed = *std::move(found);
     functions_.erase(AsAbsl(name));
+    PublishLocked(freed);
   }
   // The fault monitor forgets the function and every version of it, so that a host that
   // registers, faults and removes functions keeps a bounded fault table.
@@ -682,15 +776,21 @@ absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::Fi
 }
 
 absl::StatusOr<std::shared_ptr<FunctionExecutor::Function>> FunctionExecutor::Find(
-    std::string_view name, std::shared_ptr<Version>* active) const {
+    std::string_view name) const {
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
-  if (found.ok() && active != nullptr) *active = (*found)->active;
-  return found;
+  return FindLocked(name);
 }
 
 absl::Status FunctionExecutor::Lookup(DispatchCall& call) const {
-  FRAMEKIT_ASSIGN_OR_RETURN(call.function, Find(call.name, &call.version));
+  const Table& table = *table_.load();
+  const auto it = table.functions.find(AsAbsl(call.name));
+  if (it == table.functions.end()) [[unlikely]] {
+    return absl::NotFoundError(
+        absl::StrCat("function \"", base_internal::Echo(call.name), "\" not found"));
+  }
+  call.entry = &it->second;
+  call.function = it->second.function.get();
+  call.version = it->second.active.get();
   if (call.version->disabled.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError(
         absl::StrCat("function \"", AsAbsl(call.name), "\" version ", call.version->number,
@@ -720,23 +820,24 @@ absl::Status FunctionExecutor::InvokeStream(const Frame& parent, std::string_vie
 
 absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
   // Leaving the count is the call's last touch of the executor (see WaitForCallers).
-  struct Enter {
+  // While counted, the call may read the published table without a lock (see PublishLocked).
+  struct Entered {
     std::atomic<int>& callers;
     ThreadCall self;
-    ~Enter() {
+    ~Entered() {
       tls_calls = self.outer;
       callers.fetch_sub(1);
     }
-  } enter{callers_, {this, tls_calls}};
-  callers_.fetch_add(1);
-  tls_calls = &enter.self;
+  } entered{callers_[Enter()], {this, tls_calls}};
+  tls_calls = &entered.self;
   if (shut_down_.load()) {
     return absl::UnavailableError(
         absl::StrCat("function \"", AsAbsl(call.name), "\": the function executor is shut down"));
   }
   FRAMEKIT_RETURN_IF_ERROR(Lookup(call));
-  const Clock::time_point start = Clock::now();
-  call.function->calls.fetch_add(1, std::memory_order_relaxed);
+  // Records and latencies read the call clock (the counter where it is invariant): two steady
+  // clock reads were a third of a short call's overhead.
+  const Clock::time_point start = dispatch_internal::CallClock::Now();
   absl::Status status = PrepareFrame(call);
   if (status.ok()) {
     if (call.version->code->preemptive()) {
@@ -842,8 +943,8 @@ absl::Status FunctionExecutor::RunWithDeadline(DispatchCall& call) {
   auto [call_frame, canceller] = call.frame.WithCancel();
   auto state = std::make_shared<CallState>();
   state->shared = shared_;
-  state->function = call.function;
-  state->version = call.version;
+  state->function = call.entry->function;
+  state->version = call.entry->active;
   state->kind = call.kind;
   state->frame = std::move(call_frame);
   state->deadline = *call.frame.deadline();
@@ -862,17 +963,19 @@ absl::Status FunctionExecutor::RunWithDeadline(DispatchCall& call) {
 void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& status,
                               Clock::time_point start) {
   Function& function = *call.function;
-  const Clock::time_point end = Clock::now();
-  function.latency[LatencyBucket(end - start)].fetch_add(1, std::memory_order_relaxed);
-  if (!status.ok()) {
-    function.errors.fetch_add(1, std::memory_order_relaxed);
-    if (call.timed_out) function.timeouts.fetch_add(1, std::memory_order_relaxed);
-    if (call.faulted) function.faults.fetch_add(1, std::memory_order_relaxed);
-  }
+  const Clock::time_point end = std::max(start, dispatch_internal::CallClock::Now());
+  const int bucket = LatencyBucket(end - start);
   const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
   const CallerContext* caller = CallerOf(call.frame);
   const std::string* trace = call.frame.Find(TraceIdKey());
-  std::lock_guard<std::mutex> lock(function.records_mu);
+  std::lock_guard<RecordLock> lock(function.records_mu);
+  Bump(function.calls);
+  Bump(function.latency[bucket]);
+  if (!status.ok()) {
+    Bump(function.errors);
+    if (call.timed_out) Bump(function.timeouts);
+    if (call.faulted) Bump(function.faults);
+  }
   Function::Slot& slot = function.ring[function.next];
   function.next = (function.next + 1) % function.ring.size();
   function.count = std::min(function.count + 1, function.ring.size());
@@ -905,7 +1008,7 @@ absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(
     std::string_view name) const {
   FRAMEKIT_ASSIGN_OR_RETURN(std::shared_ptr<Function> function, Find(name));
   std::vector<InvocationRecord> out;
-  std::lock_guard<std::mutex> lock(function->records_mu);
+  std::lock_guard<RecordLock> lock(function->records_mu);
   const std::size_t n = std::min(function->count, kListedInvocations);
   const std::size_t size = function->ring.size();
   out.reserve(n);

@@ -5,6 +5,7 @@
 #include <string>
 #include <utility>
 
+#include "framekit/ctx/frame.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "support/status_matchers.h"
@@ -130,6 +131,44 @@ TEST(PairList, HoldsEightPairsInline) {
   for (int i = 0; i < static_cast<int>(kPairListInline); ++i) list.push_back(Pair::Of(kInt, i));
   EXPECT_EQ(list.data(), inline_storage);
   EXPECT_EQ(*list[7].As(kInt), 7);
+}
+
+}  // namespace
+}  // namespace framekit
+
+namespace framekit {
+namespace {
+
+struct ThreeBytes {
+  unsigned char a, b, c;
+};
+
+// Tests that values narrower than a word (stored as one whole word) read back exactly after
+// construction, copy, move and assignment.
+TEST(Pair, NarrowWordValuesSurviveCopyAndMove) {
+  static const Key<bool> kFlag{"test.narrow.flag"};
+  static const Key<char> kChar{"test.narrow.char"};
+  static const Key<float> kFloat{"test.narrow.float"};
+  static const Key<ThreeBytes> kThree{"test.narrow.three"};
+  PairList pairs;
+  pairs.push_back(Pair::Of(kFlag, true));
+  pairs.push_back(Pair::Of(kChar, 'x'));
+  pairs.push_back(Pair::Of(kFloat, 1.5f));
+  pairs.push_back(Pair::Of(kThree, ThreeBytes{1, 2, 3}));
+  for (int round = 0; round < 3; ++round) {
+    PairList copy = pairs;            // copies
+    PairList moved(std::move(copy));  // moves
+    pairs = moved;                    // assigns
+  }
+  EXPECT_EQ(*pairs[0].As(kFlag), true);
+  EXPECT_EQ(*pairs[1].As(kChar), 'x');
+  EXPECT_EQ(*pairs[2].As(kFloat), 1.5f);
+  const ThreeBytes& three = *pairs[3].As(kThree);
+  EXPECT_EQ(three.a, 1);
+  EXPECT_EQ(three.b, 2);
+  EXPECT_EQ(three.c, 3);
+  const Frame frame = Frame().With(pairs);
+  EXPECT_EQ(*frame.Find(kChar), 'x');
 }
 
 }  // namespace

@@ -77,7 +77,7 @@ struct FrameNode {
   mutable std::atomic<std::uint32_t> refs{1};
   std::uint32_t own_count = 0;
   std::uint32_t index_size = 0;
-  std::uint32_t index_capacity = 0;
+  std::uint32_t block_bytes = 0;         // the size of the node's block (frame.cc's node cache)
   const FrameNode* parent = nullptr;     // strong reference
   const KeyBase* const* keys = nullptr;  // this node's block, or an ancestor's
   const std::uintptr_t* entries = nullptr;

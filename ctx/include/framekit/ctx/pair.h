@@ -153,7 +153,12 @@ class Pair {
   void Emplace(T&& value) {
     using S = ctx_internal::StoredType<T>;
     if constexpr (ctx_internal::kWordValue<T>) {
-      ::new (static_cast<void*>(storage_)) T(std::move(value));
+      // One whole-word store (the bytes past sizeof(T) zero): the copy and move constructors
+      // read the whole word, and reading it right after a narrower store of the value stalls
+      // store-to-load forwarding (about 15 cycles per pair, most of a resolver's cost).
+      std::uintptr_t word = 0;
+      std::memcpy(&word, std::addressof(value), sizeof(T));
+      std::memcpy(storage_, &word, sizeof(word));
     } else if constexpr (ctx_internal::kInlineValue<T>) {
       ::new (static_cast<void*>(storage_)) T(std::move(value));
       ops_ = &ctx_internal::kValueOps<S>;

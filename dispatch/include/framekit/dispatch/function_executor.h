@@ -279,6 +279,8 @@ class FunctionExecutor {
   struct CallState;
   struct Shared;
   struct DispatchCall;
+  struct Table;
+  struct RetiredTable;
 
   absl::Status Dispatch(DispatchCall& call);
   absl::Status PrepareFrame(DispatchCall& call);
@@ -289,10 +291,19 @@ class FunctionExecutor {
   // The function registered as `name`, or NotFound. The caller holds mu_.
   absl::StatusOr<std::shared_ptr<Function>> FindLocked(std::string_view name) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // FindLocked under mu_; also copies the active version into `*active` when given.
-  absl::StatusOr<std::shared_ptr<Function>> Find(std::string_view name,
-                                                 std::shared_ptr<Version>* active = nullptr) const;
+  // FindLocked under mu_.
+  absl::StatusOr<std::shared_ptr<Function>> Find(std::string_view name) const;
+  // The call's function and active version, from the published table (no lock, no reference
+  // count: the call's entry into the executor keeps the table alive, see Enter).
   absl::Status Lookup(DispatchCall& call) const;
+  // Publishes a table built from functions_ and retires the previous one; frees the retired
+  // tables no call can still read, appending them to `freed` (destroyed by the caller after it
+  // releases mu_: destroying a function may run user code, its handler's destructor).
+  void PublishLocked(std::vector<RetiredTable>& freed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A call entering the executor: counts it in the current epoch's slot, which it returns.
+  int Enter();
+  // Calls inside Dispatch, both epochs together.
+  int Callers() const;
   // Waits until no call but the calling thread's own is inside the executor, or `until`.
   bool WaitForCallers(Deadline until);
 
@@ -300,14 +311,22 @@ class FunctionExecutor {
   const FunctionExecutorOptions options_;
   const std::shared_ptr<Shared> shared_;
   std::atomic<std::uint64_t> next_id_{1};
-  // Calls inside Dispatch (on callers' threads), for Shutdown and the destructor.
-  // Memory ordering: seq_cst on both, so that a call entering (increment, then read shut_down_)
-  // and Shutdown (set shut_down_, then read callers_) cannot both miss each other.
-  std::atomic<int> callers_{0};
+  // Calls inside Dispatch (on callers' threads), counted per epoch (the parity of epoch_ when
+  // they entered), for Shutdown, the destructor and the reclamation of retired tables.
+  // Memory ordering: seq_cst throughout, so that a call entering (increment, then read
+  // shut_down_) and Shutdown (set shut_down_, then read callers_) cannot both miss each other,
+  // and so that a writer that sees an epoch's count at zero after advancing epoch_ knows every
+  // call that entered in that epoch (and so could hold a table retired before) has left.
+  std::atomic<int> callers_[2] = {0, 0};
+  std::atomic<std::uint64_t> epoch_{0};
   std::atomic<bool> shut_down_{false};
 
   mutable std::mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Function>> functions_ ABSL_GUARDED_BY(mu_);
+  // The immutable table calls read: one load, no lock. Replaced (copy on write) under mu_.
+  std::atomic<const Table*> table_;
+  // Tables replaced while calls may still read them, each with the epoch it was retired in.
+  std::vector<RetiredTable> retired_ ABSL_GUARDED_BY(mu_);
   // The keys strict options accept besides the resolvers': the executor's and options_'s.
   const std::vector<std::string_view> own_option_keys_ = OwnOptionKeys(options_);
   static std::vector<std::string_view> OwnOptionKeys(const FunctionExecutorOptions& options);
