@@ -113,6 +113,9 @@ struct LuaLimits {
   std::size_t max_output_bytes = 16 << 20;
   int hook_instructions = 1000;  // VM instructions between two deadline checks
   int max_log_lines = 100;       // per call
+  // Built sandboxes kept for reuse by later calls (see "Isolation"); 0 builds a fresh state for
+  // every call.
+  std::size_t max_idle_states = 8;
 };
 
 // The payload type URL of a Lua error: the message and a traceback.
@@ -361,13 +364,25 @@ class LuaFunction final : public dispatch::Code {
 
   LuaFunction(std::string chunkname, std::string source, std::string bytecode, LuaLimits limits,
               std::shared_ptr<const LuaHost> host);
+  ~LuaFunction() override;
+
+  struct Sandbox;
 
  private:
+  struct Pool;
+  // A sandbox holding more garbage than this after a call is closed rather than reused.
+  static constexpr std::size_t kMaxCarriedGarbage = 256 << 10;
+
+  std::unique_ptr<Sandbox> TakeSandbox();
+  void ReturnSandbox(std::unique_ptr<Sandbox> sandbox, lua_internal::CallState& cs,
+                     const absl::Status& status);
+
   const std::string chunkname_;
   const std::string source_;
   const std::string bytecode_;  // made by lua_dump at Compile; never taken from a script
   const LuaLimits limits_;
   const std::shared_ptr<const LuaHost> host_;
+  const std::unique_ptr<Pool> pool_;
 };
 
 }  // namespace framekit::lua
