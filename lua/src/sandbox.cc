@@ -636,11 +636,15 @@ void RestrictString(lua_State* L) {
 int ProxyNext(lua_State* L) {
   lua_settop(L, 2);
   const int library = lua_upvalueindex(1);
+  // A key the proxy does not hold is the library's, unless the script cleared it from the
+  // proxy while iterating (then the proxy's traversal goes on).
   bool in_library = false;
   if (!lua_isnil(L, 2)) {
     lua_pushvalue(L, 2);
     in_library = lua_rawget(L, 1) == LUA_TNIL;
-    lua_pop(L, 1);
+    lua_pushvalue(L, 2);
+    in_library = in_library && lua_rawget(L, library) != LUA_TNIL;
+    lua_pop(L, 2);
   }
   if (!in_library) {
     lua_pushvalue(L, 2);

@@ -364,6 +364,141 @@ TEST(LuaSandbox, NoStateLeaksBetweenCalls) {
   EXPECT_EQ(RunOnce(*fn).output, "1 1 1");
 }
 
+// One function whose "mutate" call tries every way to change what later calls see, and whose
+// "check" call reports what it sees. Calls share a pooled sandbox, so this is the isolation
+// test of the shared base.
+constexpr char kMutateOrCheck[] = R"lua(
+  local upvalue = 0
+  return function(p)
+    upvalue = upvalue + 1
+    if p == "mutate" then
+      string.upper = function() return "evil" end
+      rawset(string, "extra", 1)
+      table.insert = nil
+      math.pi = 3
+      math.randomseed(42)
+      coroutine.wrap = nil
+      host.write = nil
+      rawset(io, "open", 1)
+      leaked_global = 1
+      rawset(_G, "raw_global", 1)
+      load("loaded_global = 1")()
+      _G.print = nil
+      pcall(setmetatable, _G, {__index = function() return "hijacked" end})
+      pcall(function() getmetatable("").__index.upper = nil end)
+      for k in pairs(string) do string[k] = nil end
+      return tostring(math.random(1, 1 << 30))
+    end
+    local seen = {}
+    local function check(name, ok) if not ok then seen[#seen + 1] = name end end
+    check("upvalue", upvalue == 1)
+    check("string.upper", string.upper("a") == "A" and ("a"):upper() == "A")
+    check("string.extra", string.extra == nil)
+    check("string.len", string.len("ab") == 2)
+    check("table.insert", type(table.insert) == "function")
+    check("math.pi", math.pi > 3.14)
+    check("coroutine.wrap", type(coroutine.wrap) == "function")
+    check("host.write", type(host.write) == "function")
+    check("io", rawget(io, "open") == nil)
+    check("leaked_global", leaked_global == nil and raw_global == nil and loaded_global == nil)
+    check("print", type(print) == "function")
+    check("unknown global", undefined_name == nil)
+    local n = 0 for _ in pairs(string) do n = n + 1 end
+    check("pairs(string)", n >= 17)
+    return #seen == 0 and tostring(math.random(1, 1 << 30)) or table.concat(seen, ",")
+  end)lua";
+
+// Tests that nothing one call does to the shared sandbox (libraries, globals, the string
+// metatable, math.random's seed, upvalues) is seen by the next call on the same state.
+TEST(LuaSandbox, CallsCannotChangeTheSharedBase) {
+  std::shared_ptr<LuaFunction> fn = MustCompile(kMutateOrCheck);
+  Outcome mutated = RunOnce(*fn, Frame().WithTimeout(2s), "mutate");
+  ASSERT_THAT(mutated.status, IsOk());
+  for (int i = 0; i < 3; ++i) {
+    Outcome checked = RunOnce(*fn, Frame().WithTimeout(2s), "check");
+    ASSERT_THAT(checked.status, IsOk());
+    // A number means every check passed; it is the first random number after a fresh seed, not
+    // the one seed 42 gives.
+    EXPECT_THAT(checked.output, ::testing::MatchesRegex("[0-9]+")) << checked.output;
+    EXPECT_NE(checked.output, mutated.output);
+  }
+}
+
+// Tests the same with calls running concurrently: every check call, on whichever pooled state,
+// sees a pristine base however many mutate calls ran before or beside it.
+TEST(LuaSandbox, ConcurrentCallsCannotChangeTheSharedBase) {
+  std::shared_ptr<LuaFunction> fn = MustCompile(kMutateOrCheck);
+  constexpr int kThreads = 4;
+  std::latch start(kThreads);
+  std::vector<std::thread> threads;
+  std::vector<std::string> bad(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      start.arrive_and_wait();
+      for (int i = 0; i < 40; ++i) {
+        const bool mutate = (i + t) % 2 == 0;
+        Outcome out = RunOnce(*fn, Frame().WithTimeout(5s), mutate ? "mutate" : "check");
+        if (!out.status.ok()) bad[t] = out.status.ToString();
+        if (!mutate && out.output.find_first_not_of("0123456789") != std::string::npos) {
+          bad[t] = out.output;
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(bad[t], "") << t;
+}
+
+// Tests that a call ended at its deadline, by its memory limit or by a denied capability does
+// not leave its state to the next call, and that garbage an earlier call left is not counted
+// in a later call's peak memory.
+TEST(LuaSandbox, FailedCallsLeaveNothingBehind) {
+  LuaLimits limits;
+  limits.memory_bytes = 1 << 20;
+  std::shared_ptr<LuaFunction> fn = MustCompile(R"lua(
+    return function(p)
+      if p == "loop" then leaked = 1 while true do end end
+      if p == "memory" then leaked = 1 local t = {} while true do t[#t + 1] = {} end end
+      if p == "deny" then leaked = 1 os.exit() end
+      if p == "garbage" then for i = 1, 200 do local s = string.rep("g", 1000) .. i end end
+      return tostring(leaked)
+    end)lua",
+                                                limits);
+  EXPECT_THAT(RunOnce(*fn, Frame().WithTimeout(20ms), "loop").status,
+              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("")));
+  EXPECT_EQ(RunOnce(*fn, Frame().WithTimeout(2s), "check").output, "nil");
+  EXPECT_THAT(RunOnce(*fn, Frame().WithTimeout(2s), "memory").status,
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("memory")));
+  EXPECT_EQ(RunOnce(*fn, Frame().WithTimeout(2s), "check").output, "nil");
+  EXPECT_THAT(RunOnce(*fn, Frame().WithTimeout(2s), "deny").status,
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("os.exit")));
+  EXPECT_EQ(RunOnce(*fn, Frame().WithTimeout(2s), "check").output, "nil");
+  const Outcome clean = RunOnce(*fn, Frame().WithTimeout(2s), "check");
+  ASSERT_THAT(RunOnce(*fn, Frame().WithTimeout(2s), "garbage").status, IsOk());
+  const Outcome after = RunOnce(*fn, Frame().WithTimeout(2s), "check");
+  EXPECT_LE(after.stats.peak_memory_bytes, clean.stats.peak_memory_bytes + 4096);
+}
+
+// Tests that no value shows a heap address: tostring, print and string.format give objects a
+// number within the call instead.
+TEST(LuaSandbox, NoAddressesReachScripts) {
+  Outcome out = RunSource(R"lua(return function(p, frame)
+    local t, f, co = {}, function() end, coroutine.create(function() end)
+    local named = setmetatable({}, {__name = "thing"})
+    local shown = setmetatable({}, {__tostring = function() return "custom" end})
+    print(t, f)
+    return table.concat({tostring(t), tostring(f), tostring(co), tostring(t), tostring(print),
+                         tostring(frame), tostring(named), tostring(shown),
+                         string.format("%s|%10s|%d%%", t, f, 5), tostring(pcall(string.format,
+                         "%p", t))}, " ")
+  end)lua");
+  ASSERT_THAT(out.status, IsOk());
+  EXPECT_EQ(out.output,
+            "table: #1 function: #2 thread: #3 table: #1 function: #4 frame: #5 thing: #6 custom "
+            "table: #1|function: #2|5% false");
+  EXPECT_EQ(out.output.find("0x"), std::string::npos);
+}
+
 TEST(LuaSandbox, DeepRecursionAndHugeValuesFailCleanly) {
   EXPECT_THAT(
       RunSource("return function() local function f() return 1 + f() end return f() end").status,
