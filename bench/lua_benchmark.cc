@@ -3,7 +3,8 @@
 //                                         environment, load, call) vs a bare lua_pcall of the
 //                                         same function on a ready state
 //   BM_LuaRunTrivialFreshState            the whole Run building a fresh sandbox per call
-//   BM_LuaLoop{Hook,NoHook}               the count hook's cost on a CPU-bound script
+//   BM_LuaLoop{Signal,Hook1000,HookNever} the preemption's cost on a CPU-bound script, against
+//   vs BM_LuaLoopBare{NoHook,EmptyHook}   the bare loop with no hook and with an empty one
 //   BM_LuaIsolation{FreshState,SharedBase} a fresh lua_State per call vs a new thread and
 //                                         environment table over one shared base state
 #include <string>
@@ -40,11 +41,11 @@ void RunFunction(benchmark::State& state, const char* source, int hook, std::siz
   }
 }
 
-void BM_LuaRunTrivial(benchmark::State& state) { RunFunction(state, kTrivial, 1000); }
+void BM_LuaRunTrivial(benchmark::State& state) { RunFunction(state, kTrivial, 0); }
 BENCHMARK(BM_LuaRunTrivial);
 // The same with no reuse: a fresh state and sandbox for every call.
 void BM_LuaRunTrivialFreshState(benchmark::State& state) {
-  RunFunction(state, kTrivial, 1000, 0);
+  RunFunction(state, kTrivial, 0, 0);
 }
 BENCHMARK(BM_LuaRunTrivialFreshState);
 
@@ -67,8 +68,11 @@ void BarePcall(benchmark::State& state, const char* source, bool hook) {
 void BM_LuaBarePcall(benchmark::State& state) { BarePcall(state, kTrivial, false); }
 BENCHMARK(BM_LuaBarePcall);
 
-// The hook's cost: the same loop through LuaFunction with a period of 1000 and of 1e9 (never
-// fires), and bare with and without an empty hook.
+// The preemption's cost on a CPU-bound loop: through LuaFunction with signal preemption (the
+// default: no hook), with a count hook every 1000 instructions and with one that never fires
+// (1e9), against the bare loop with and without an empty hook.
+void BM_LuaLoopSignal(benchmark::State& state) { RunFunction(state, kLoop, 0); }
+BENCHMARK(BM_LuaLoopSignal);
 void BM_LuaLoopHook1000(benchmark::State& state) { RunFunction(state, kLoop, 1000); }
 BENCHMARK(BM_LuaLoopHook1000);
 void BM_LuaLoopHookNever(benchmark::State& state) { RunFunction(state, kLoop, 1000000000); }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <stop_token>
 #include <vector>
 #include <string>
 #include <utility>
@@ -9,6 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/lua/internal/preempt.h"
 #include "framekit/lua/internal/sandbox.h"
 #include "lauxlib.h"
 #include "lua.h"
@@ -96,6 +98,15 @@ int Panic(lua_State* L) {
 int Writer(lua_State*, const void* p, std::size_t size, void* ud) {
   static_cast<std::string*>(ud)->append(static_cast<const char*>(p), size);
   return 0;
+}
+
+// The count hook's period: LuaLimits::hook_instructions, or 0 for none (signal preemption)
+// when the build supports it, else every 1000 instructions.
+constexpr int kFallbackHookPeriod = 1000;
+
+int HookPeriod(const LuaLimits& limits) {
+  if (limits.hook_instructions > 0) return limits.hook_instructions;
+  return lua_internal::kSignalPreemption ? 0 : kFallbackHookPeriod;
 }
 
 int BuildProtected(lua_State* L) {
@@ -275,7 +286,7 @@ void LuaFunction::ReturnSandbox(std::unique_ptr<Sandbox> sandbox, CallState& cs,
 absl::StatusOr<std::shared_ptr<LuaFunction>> LuaFunction::Compile(
     std::string chunkname, std::string source, LuaLimits limits,
     std::shared_ptr<const LuaHost> host) {
-  if (limits.memory_bytes == 0 || limits.max_output_bytes == 0 || limits.hook_instructions <= 0 ||
+  if (limits.memory_bytes == 0 || limits.max_output_bytes == 0 || limits.hook_instructions < 0 ||
       limits.timeout <= Clock::duration::zero() || limits.max_log_lines < 0) {
     return absl::InvalidArgumentError("lua: limits must be positive");
   }
@@ -310,7 +321,8 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
     cs.deadline = std::min(cs.deadline, *deadline);
   }
   cs.stop = frame.stop_token();
-  cs.hook_period = limits_.hook_instructions;
+  cs.hook_period = HookPeriod(limits_);
+  cs.interrupt_hook = cs.hook_period == 0;
   cs.function = this;
   cs.host = host_.get();
   cs.frame = &frame;
@@ -325,7 +337,7 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
 
   std::unique_ptr<Sandbox> sandbox = TakeSandbox();
   if (sandbox == nullptr) {
-    absl::StatusOr<std::unique_ptr<Sandbox>> built = BuildSandbox(cs, limits_.hook_instructions);
+    absl::StatusOr<std::unique_ptr<Sandbox>> built = BuildSandbox(cs, cs.hook_period);
     if (!built.ok()) return built.status();
     sandbox = *std::move(built);
   } else {
@@ -334,14 +346,29 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
   }
   const std::size_t start_used = cs.used;
   cs.peak = cs.used;
-  absl::Status status = RunOn(sandbox->L, cs);
+  absl::Status status;
+  if (cs.interrupt_hook) {
+    lua_internal::Watch watch(cs, sandbox->L, cs.deadline);
+    if (!watch.armed()) {
+      cs.interrupt_hook = false;
+      cs.hook_period = kFallbackHookPeriod;
+      lua_internal::InstallHook(sandbox->L, cs.hook_period);
+    }
+    const auto interrupt = [&watch] { watch.Interrupt(); };
+    const std::stop_callback<decltype(interrupt)> on_stop(cs.stop, interrupt);
+    status = RunOn(sandbox->L, cs);
+    lua_sethook(sandbox->L, nullptr, 0, 0);
+  } else {
+    status = RunOn(sandbox->L, cs);
+  }
   // The peak as if the call had started on a clean sandbox: garbage earlier calls left does not
   // count against this one.
   stats.peak_memory_bytes = cs.peak - start_used + sandbox->base_used;
   ReturnSandbox(std::move(sandbox), cs, status);
   stats.host_calls = cs.host_calls;
   stats.output_bytes = cs.output_bytes;
-  stats.instructions = cs.hooks * static_cast<std::uint64_t>(cs.hook_period);
+  stats.instructions =
+      cs.interrupt_hook ? 0 : cs.hooks * static_cast<std::uint64_t>(cs.hook_period);
   return status;
 }
 

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "framekit/dispatch/function_executor.h"
+#include "framekit/lua/internal/preempt.h"
 #include "lauxlib.h"
 #include "lua.h"
 #include "lualib.h"
@@ -47,9 +48,33 @@ void RaiseIfFatal(lua_State* L) {
 }
 
 void Hook(lua_State* L, lua_Debug*) {
-  ++StateOf(L).hooks;
+  CallState& cs = StateOf(L);
+  ++cs.hooks;
+  // An interrupt hook is off again before the check: one that finds nothing due (a signal
+  // from an earlier call) must not keep the script on the trace path, and a signal landing
+  // after this line installs it anew.
+  if (cs.interrupt_hook) lua_sethook(L, nullptr, 0, 0);
   CheckPoint(L);
 }
+
+// Marks the coroutine at `index` as the thread running on this OS thread (for the preemption
+// signal) until destroyed, when the previous one is running again.
+class RunningScope {
+ public:
+  RunningScope(lua_State* L, int index) : previous_(Running()) {
+    lua_State* co = lua_tothread(L, index);
+    if (co == nullptr) return;
+    SetRunning(co);
+    // A signal that hooked the resumer just before the switch is passed on.
+    if (StateOf(L).interrupt_hook && lua_gethookmask(L) != 0) InstallInterruptHook(co);
+  }
+  ~RunningScope() { SetRunning(previous_); }
+  RunningScope(const RunningScope&) = delete;
+  RunningScope& operator=(const RunningScope&) = delete;
+
+ private:
+  lua_State* previous_;
+};
 
 // pcall and xpcall as lbaselib's, re-raising a fatal condition instead of returning it.
 int FinishPcall(lua_State* L, int status, lua_KContext extra) {
@@ -84,11 +109,46 @@ int Xpcall(lua_State* L) {
 // coroutine.resume / coroutine.close: the original (upvalue 1), then re-raise a fatal
 // condition the coroutine's error carried.
 int Rethrowing(lua_State* L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  RaiseIfFatal(L);
+  {
+    RunningScope running(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  }
+  // A preemption that landed on the coroutine after its last instruction is seen here.
+  CheckPoint(L);
   return lua_gettop(L);
+}
+
+// A function made by coroutine.wrap (upvalue 1: the coroutine, upvalue 2: the sandbox's
+// coroutine.resume): resumes through the tracking wrapper, and raises the coroutine's error
+// as lcorolib's wrap does.
+int WrappedCoroutine(lua_State* L) {
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_rotate(L, 1, 2);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  if (lua_toboolean(L, 1) == 0) {
+    lua_settop(L, 2);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return lua_gettop(L) - 1;
+}
+
+// coroutine.wrap (upvalue 1: the sandbox's coroutine.resume).
+int SafeWrap(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State* co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, WrappedCoroutine, 2);
+  return 1;
 }
 
 [[noreturn]] void Deny(lua_State* L, std::string_view capability) {
@@ -489,6 +549,8 @@ void SettlePending(CallState& cs) {
 
 void InstallHook(lua_State* L, int period) { lua_sethook(L, Hook, LUA_MASKCOUNT, period); }
 
+void InstallInterruptHook(lua_State* L) { lua_sethook(L, Hook, LUA_MASKCOUNT, 1); }
+
 int Traceback(lua_State* L) {
   if (IsFatalObject(L, 1)) return 1;
   const char* message = lua_tostring(L, 1);
@@ -769,6 +831,9 @@ void BuildSandbox(lua_State* L) {
   lua_getglobal(L, LUA_COLIBNAME);
   Wrap(L, "resume", Rethrowing);
   Wrap(L, "close", Rethrowing);
+  lua_getfield(L, -1, "resume");
+  lua_pushcclosure(L, SafeWrap, 1);
+  lua_setfield(L, -2, "wrap");
   lua_pop(L, 1);
 
   RegisterProxies(L);  // pops the real os table

@@ -29,6 +29,8 @@ struct CallState {
   Deadline deadline = Deadline::max();
   std::stop_token stop;
   int hook_period = 1000;
+  // Preempted by signal (no count hook): a hook that finds nothing due removes itself.
+  bool interrupt_hook = false;
 
   // Accounting.
   std::size_t used = 0;
@@ -80,6 +82,10 @@ void SettlePending(CallState& cs);
 
 // Installs the deadline hook on L (coroutines created later inherit it).
 void InstallHook(lua_State* L, int period);
+
+// Installs the hook with a period of one instruction: the preemption signal's handler calls it
+// on the running Lua thread. Async-signal-safe (lua_sethook is).
+void InstallInterruptHook(lua_State* L);
 
 // Whether the value at `index` is the error object of a fatal condition.
 bool IsFatalObject(lua_State* L, int index);
