@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <chrono>
 #include <cstdio>
 #include <mutex>
@@ -24,28 +25,67 @@ constexpr auto kRefire = std::chrono::milliseconds(1);
 // The value our timer and our cancellation signals carry, telling them from anyone else's.
 char kMarker;
 
+std::int64_t NanosOf(Deadline deadline) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
+}
+
+// Everything the handler reads, per OS thread. Constant-initialised TLS, made ready by the
+// thread before any of our signals can target it. The handler runs on the same thread, so the
+// fields need atomicity against interruption only (relaxed atomics and signal fences).
 struct ThreadCall {
   std::atomic<CallState*> call{nullptr};
   std::atomic<lua_State*> running{nullptr};
+  std::atomic<std::int64_t> deadline{0};  // of the current call, steady-clock nanoseconds
+  // When the timer fires next (0: disarmed), and a count of every arming, by which the thread
+  // sees that the handler re-armed the timer while it was arming it.
+  std::atomic<std::int64_t> armed{0};
+  std::atomic<std::uint64_t> generation{0};
+  timer_t timer{};
+  bool timer_ok = false;
 };
-// Constant-initialised TLS, touched by the thread before any of our signals can target it.
 thread_local ThreadCall tls_call;
 
 struct sigaction previous_action;
+
+void ArmAt(ThreadCall& t, std::int64_t when_ns) {
+  t.generation.fetch_add(1, std::memory_order_relaxed);
+  t.armed.store(when_ns, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  struct itimerspec spec = {};
+  spec.it_value.tv_sec = static_cast<time_t>(when_ns / 1'000'000'000);
+  spec.it_value.tv_nsec = static_cast<long>(when_ns % 1'000'000'000);
+  timer_settime(t.timer, TIMER_ABSTIME, &spec, nullptr);
+}
 
 bool IsOurs(const siginfo_t* info) {
   return info != nullptr && (info->si_code == SI_TIMER || info->si_code == SI_QUEUE) &&
          info->si_value.sival_ptr == &kMarker;
 }
 
+// Our signal: past the deadline (or cancelled) the running Lua thread gets the interrupt hook
+// and the timer a safety-net refire; early (the timer was armed for an earlier call) the timer
+// is armed again for this call's deadline.
+void OnOurSignal(const siginfo_t* info) {
+  ThreadCall& t = tls_call;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (info->si_code == SI_TIMER) t.armed.store(0, std::memory_order_relaxed);
+  CallState* cs = t.call.load(std::memory_order_relaxed);
+  lua_State* L = t.running.load(std::memory_order_relaxed);
+  if (cs == nullptr || L == nullptr) return;
+  const std::int64_t now = NanosOf(Clock::now());
+  const std::int64_t deadline = t.deadline.load(std::memory_order_relaxed);
+  if (info->si_code == SI_QUEUE || now >= deadline) {
+    InstallInterruptHook(L);
+    if (info->si_code == SI_TIMER) ArmAt(t, now + std::chrono::nanoseconds(kRefire).count());
+  } else if (t.armed.load(std::memory_order_relaxed) == 0) {
+    ArmAt(t, deadline);
+  }
+}
+
 void OnSignal(int signo, siginfo_t* info, void* context) {
   const int saved_errno = errno;
   if (IsOurs(info)) {
-    std::atomic_signal_fence(std::memory_order_acquire);
-    lua_State* L = tls_call.running.load(std::memory_order_relaxed);
-    if (tls_call.call.load(std::memory_order_relaxed) != nullptr && L != nullptr) {
-      InstallInterruptHook(L);
-    }
+    OnOurSignal(info);
   } else if ((previous_action.sa_flags & SA_SIGINFO) != 0) {
     if (previous_action.sa_sigaction != nullptr) previous_action.sa_sigaction(signo, info, context);
   } else if (previous_action.sa_handler != SIG_DFL && previous_action.sa_handler != SIG_IGN &&
@@ -70,56 +110,36 @@ bool InstallHandler() {
   return installed;
 }
 
-// This thread's timer, made on its first watched call and deleted when the thread ends. It
-// signals this thread only (SIGEV_THREAD_ID): the kernel delivers the signal at expiry, with
-// no other thread to be scheduled first.
-class ThreadTimer {
- public:
-  ThreadTimer() {
-    if (!InstallHandler()) return;
-    struct sigevent event = {};
-    event.sigev_notify = SIGEV_THREAD_ID;
-    event.sigev_signo = kSignal;
-    event.sigev_value.sival_ptr = &kMarker;
-#ifdef sigev_notify_thread_id
-    event.sigev_notify_thread_id = gettid();
-#else
-    event._sigev_un._tid = gettid();
-#endif
-    ok_ = timer_create(CLOCK_MONOTONIC, &event, &timer_) == 0;
-    if (!ok_) std::fprintf(stderr, "framekit lua: timer_create failed (errno %d)\n", errno);
+// Deletes this thread's timer when the thread ends.
+struct TimerOwner {
+  ~TimerOwner() {
+    if (tls_call.timer_ok) timer_delete(tls_call.timer);
   }
-  ~ThreadTimer() {
-    if (ok_) timer_delete(timer_);
-  }
-  ThreadTimer(const ThreadTimer&) = delete;
-  ThreadTimer& operator=(const ThreadTimer&) = delete;
-
-  bool ok() const { return ok_; }
-
-  void Arm(Deadline deadline) {
-    const auto since = std::chrono::duration_cast<std::chrono::nanoseconds>(
-        std::max(deadline, Deadline(Clock::duration(1))).time_since_epoch());
-    struct itimerspec spec = {};
-    spec.it_value.tv_sec = static_cast<time_t>(since.count() / 1'000'000'000);
-    spec.it_value.tv_nsec = static_cast<long>(since.count() % 1'000'000'000);
-    spec.it_interval.tv_nsec = std::chrono::nanoseconds(kRefire).count();
-    timer_settime(timer_, TIMER_ABSTIME, &spec, nullptr);
-  }
-
-  void Disarm() {
-    const struct itimerspec spec = {};
-    timer_settime(timer_, 0, &spec, nullptr);
-  }
-
- private:
-  bool ok_ = false;
-  timer_t timer_{};
 };
 
-ThreadTimer& Timer() {
-  thread_local ThreadTimer timer;
-  return timer;
+// This thread's timer, made on its first watched call. It signals this thread only
+// (SIGEV_THREAD_ID): the kernel delivers the signal at expiry, with no other thread to be
+// scheduled first.
+bool EnsureTimer() {
+  thread_local TimerOwner owner;
+  thread_local bool tried = false;
+  if (tried) return tls_call.timer_ok;
+  tried = true;
+  if (!InstallHandler()) return false;
+  struct sigevent event = {};
+  event.sigev_notify = SIGEV_THREAD_ID;
+  event.sigev_signo = kSignal;
+  event.sigev_value.sival_ptr = &kMarker;
+#ifdef sigev_notify_thread_id
+  event.sigev_notify_thread_id = gettid();
+#else
+  event._sigev_un._tid = gettid();
+#endif
+  tls_call.timer_ok = timer_create(CLOCK_MONOTONIC, &event, &tls_call.timer) == 0;
+  if (!tls_call.timer_ok) {
+    std::fprintf(stderr, "framekit lua: timer_create failed (errno %d)\n", errno);
+  }
+  return tls_call.timer_ok;
 }
 
 }  // namespace
@@ -132,18 +152,28 @@ void SetRunning(lua_State* L) {
 lua_State* Running() { return tls_call.running.load(std::memory_order_relaxed); }
 
 Watch::Watch(CallState& cs, lua_State* L, Deadline deadline) : thread_(pthread_self()) {
-  ThreadTimer& timer = Timer();
-  armed_ = timer.ok();
+  armed_ = EnsureTimer();
   if (!armed_) return;
-  tls_call.running.store(L, std::memory_order_relaxed);
-  tls_call.call.store(&cs, std::memory_order_relaxed);
+  ThreadCall& t = tls_call;
+  const std::int64_t due = NanosOf(deadline);
+  t.running.store(L, std::memory_order_relaxed);
+  t.deadline.store(due, std::memory_order_relaxed);
+  t.call.store(&cs, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  timer.Arm(deadline);
+  // The timer is left armed when a call ends: a later call whose deadline is no earlier than
+  // it makes no system call at all (an early signal re-arms it, see OnOurSignal).
+  for (;;) {
+    const std::int64_t armed = t.armed.load(std::memory_order_relaxed);
+    if (armed != 0 && armed <= due) break;
+    const std::uint64_t generation = t.generation.load(std::memory_order_relaxed) + 1;
+    ArmAt(t, due);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (t.generation.load(std::memory_order_relaxed) == generation) break;
+  }
 }
 
 Watch::~Watch() {
   if (!armed_) return;
-  Timer().Disarm();
   tls_call.call.store(nullptr, std::memory_order_relaxed);
   tls_call.running.store(nullptr, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
