@@ -17,6 +17,19 @@
 #include "spdlog/logger.h"
 #include "spdlog/sinks/stdout_sinks.h"
 
+namespace framekit::lua_internal {
+
+absl::Status LuaError(std::string_view text) {
+  const std::string_view first = text.substr(0, text.find('\n'));
+  absl::Status status =
+      absl::InternalError(absl::StrCat("lua: ", absl::string_view(first.data(), first.size())));
+  status.SetPayload(absl::string_view(lua::kLuaErrorUrl.data(), lua::kLuaErrorUrl.size()),
+                    absl::Cord(absl::string_view(text.data(), text.size())));
+  return status;
+}
+
+}  // namespace framekit::lua_internal
+
 namespace framekit::lua {
 namespace {
 
@@ -30,12 +43,7 @@ std::string_view ToView(lua_State* L, int index) {
   return s == nullptr ? std::string_view() : std::string_view(s, n);
 }
 
-absl::Status LuaError(std::string_view text) {
-  const std::string_view first = text.substr(0, text.find('\n'));
-  absl::Status status = absl::InternalError(absl::StrCat("lua: ", AV(first)));
-  status.SetPayload(AV(kLuaErrorUrl), absl::Cord(AV(text)));
-  return status;
-}
+using lua_internal::LuaError;
 
 // The handler's result to the Sink: a string (or number) is output, nil is none.
 void EmitResult(lua_State* L, std::string* error) {
@@ -102,11 +110,9 @@ int Writer(lua_State*, const void* p, std::size_t size, void* ud) {
 
 // The count hook's period: LuaLimits::hook_instructions, or 0 for none (signal preemption)
 // when the build supports it, else every 1000 instructions.
-constexpr int kFallbackHookPeriod = 1000;
-
 int HookPeriod(const LuaLimits& limits) {
   if (limits.hook_instructions > 0) return limits.hook_instructions;
-  return lua_internal::kSignalPreemption ? 0 : kFallbackHookPeriod;
+  return lua_internal::kSignalPreemption ? 0 : lua_internal::kFallbackHookPeriod;
 }
 
 int BuildProtected(lua_State* L) {
@@ -346,21 +352,8 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
   }
   const std::size_t start_used = cs.used;
   cs.peak = cs.used;
-  absl::Status status;
-  if (cs.interrupt_hook) {
-    lua_internal::Watch watch(cs, sandbox->L, cs.deadline);
-    if (!watch.armed()) {
-      cs.interrupt_hook = false;
-      cs.hook_period = kFallbackHookPeriod;
-      lua_internal::InstallHook(sandbox->L, cs.hook_period);
-    }
-    const auto interrupt = [&watch] { watch.Interrupt(); };
-    const std::stop_callback<decltype(interrupt)> on_stop(cs.stop, interrupt);
-    status = RunOn(sandbox->L, cs);
-    lua_sethook(sandbox->L, nullptr, 0, 0);
-  } else {
-    status = RunOn(sandbox->L, cs);
-  }
+  absl::Status status =
+      lua_internal::RunPreempted(cs, sandbox->L, [&] { return RunOn(sandbox->L, cs); });
   // The peak as if the call had started on a clean sandbox: garbage earlier calls left does not
   // count against this one.
   stats.peak_memory_bytes = cs.peak - start_used + sandbox->base_used;

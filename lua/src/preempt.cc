@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <mutex>
+#include <stop_token>
 
 #include "framekit/lua/internal/sandbox.h"
 #include "lua.h"
@@ -184,6 +185,24 @@ void Watch::Interrupt() const {
   union sigval value;
   value.sival_ptr = &kMarker;
   pthread_sigqueue(thread_, kSignal, value);
+}
+
+absl::Status RunPreempted(CallState& cs, lua_State* L, absl::FunctionRef<absl::Status()> body) {
+  if (!cs.interrupt_hook) return body();
+  Watch watch(cs, L, cs.deadline);
+  if (!watch.armed()) {
+    cs.interrupt_hook = false;
+    cs.hook_period = kFallbackHookPeriod;
+    InstallHook(L, cs.hook_period);
+  }
+  const auto interrupt = [&watch] { watch.Interrupt(); };
+  absl::Status status;
+  {
+    const std::stop_callback<decltype(interrupt)> on_stop(cs.stop, interrupt);
+    status = body();
+  }
+  lua_sethook(L, nullptr, 0, 0);
+  return status;
 }
 
 }  // namespace framekit::lua_internal

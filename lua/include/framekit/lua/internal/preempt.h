@@ -19,6 +19,8 @@
 
 #include <atomic>
 
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
 #include "framekit/ctx/frame.h"
 
 struct lua_State;
@@ -40,6 +42,15 @@ inline constexpr bool kSignalPreemption = true;
 #else
 inline constexpr bool kSignalPreemption = true;
 #endif
+
+// The count hook's period where signal preemption is unavailable.
+inline constexpr int kFallbackHookPeriod = 1000;
+
+// Runs `body` (one call or step on L, whose allocator's userdata is `cs`) preemptible: with
+// cs.interrupt_hook, watched (the timer armed for cs.deadline, cs.stop interrupting), with a
+// count hook instead when this thread has no timer; the interrupt hook is off again after.
+// Without cs.interrupt_hook (a count hook is installed), just `body`.
+absl::Status RunPreempted(CallState& cs, lua_State* L, absl::FunctionRef<absl::Status()> body);
 
 // The Lua thread running on this OS thread for the current call: what the signal handler hooks.
 // Set by the call and by the coroutine wrappers; read by the handler on the same thread.

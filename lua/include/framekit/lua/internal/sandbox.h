@@ -77,6 +77,10 @@ void CheckPoint(lua_State* L);
 // Sets `fatal` (if none yet) and raises it. Never returns.
 [[noreturn]] void RaiseFatal(lua_State* L, absl::Status status);
 
+// A Lua error's status: Internal "lua: <first line>" with the whole text (message and
+// traceback) as the kLuaErrorUrl payload.
+absl::Status LuaError(std::string_view text);
+
 // Makes a pending allocator refusal final (ResourceExhausted).
 void SettlePending(CallState& cs);
 
