@@ -30,11 +30,15 @@
 // forever therefore holds a worker for step_timeout at most.
 //
 // Example:
+//   auto host = std::make_shared<framekit::lua::LuaHost>();
 //   FRAMEKIT_ASSIGN_OR_RETURN(
 //       framekit::dispatch::ProcessSpec spec,
 //       framekit::lua::LuaProcessSpec("counter", "return {poll = function(m) return 'idle' end}",
 //                                     {.step_timeout = std::chrono::milliseconds(50)}, host));
-//   FRAMEKIT_ASSIGN_OR_RETURN(framekit::dispatch::Pid pid, manager->Start(frame, spec));
+//   spec.poll_faults.max_faults = 3;  // three failed polls within the window stop it
+//   framekit::dispatch::ProcessManager manager(app, {.workers = 2});
+//   FRAMEKIT_ASSIGN_OR_RETURN(framekit::dispatch::Pid started, manager.Start(frame, spec));
+//   FRAMEKIT_RETURN_IF_ERROR(manager.Send(started, "hello"));
 #ifndef FRAMEKIT_LUA_LUA_PROCESS_H_
 #define FRAMEKIT_LUA_LUA_PROCESS_H_
 
