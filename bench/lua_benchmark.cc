@@ -44,9 +44,7 @@ void RunFunction(benchmark::State& state, const char* source, int hook, std::siz
 void BM_LuaRunTrivial(benchmark::State& state) { RunFunction(state, kTrivial, 0); }
 BENCHMARK(BM_LuaRunTrivial);
 // The same with no reuse: a fresh state and sandbox for every call.
-void BM_LuaRunTrivialFreshState(benchmark::State& state) {
-  RunFunction(state, kTrivial, 0, 0);
-}
+void BM_LuaRunTrivialFreshState(benchmark::State& state) { RunFunction(state, kTrivial, 0, 0); }
 BENCHMARK(BM_LuaRunTrivialFreshState);
 
 void BarePcall(benchmark::State& state, const char* source, bool hook) {

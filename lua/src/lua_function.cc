@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <mutex>
 #include <stop_token>
-#include <vector>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/cord.h"

@@ -175,8 +175,9 @@ class ProcessState {
     lua_pushcfunction(L, BuildProtected);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
       lua_internal::SettlePending(cs_);
-      absl::Status status =
-          cs_.fatal.ok() ? absl::ResourceExhaustedError("lua: cannot build the sandbox") : cs_.fatal;
+      absl::Status status = cs_.fatal.ok()
+                                ? absl::ResourceExhaustedError("lua: cannot build the sandbox")
+                                : cs_.fatal;
       cs_.closing = true;
       lua_close(L);
       return status;
@@ -240,8 +241,8 @@ absl::StatusOr<dispatch::ProcessSpec> LuaProcessSpec(std::string name, std::stri
   dispatch::ProcessSpec spec;
   spec.name = std::move(name);
   spec.setup = [shared](dispatch::ProcessContext& ctx) -> absl::Status {
-    auto state = std::make_shared<ProcessState>(shared->name, shared->source, shared->limits,
-                                                *shared->host);
+    auto state =
+        std::make_shared<ProcessState>(shared->name, shared->source, shared->limits, *shared->host);
     {
       std::lock_guard<std::mutex> lock(shared->mu);
       shared->states[ctx.pid()] = state;  // a restart replaces the old state

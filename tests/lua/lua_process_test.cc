@@ -113,10 +113,11 @@ TEST(LuaProcess, LoopingPollIsAFaultAndNeverBlocksTheWorkers) {
   dispatch::ProcessManager manager(app, {.workers = 1});
   LuaProcessLimits limits;
   limits.step_timeout = 20ms;
-  dispatch::ProcessSpec looping = MustSpec(
-      "return {poll = function(m) if m then while true do end end return 'idle' end}", limits,
-      recorder.Host());
-  looping.poll_faults = {.max_faults = 3, .window = std::chrono::seconds(30),
+  dispatch::ProcessSpec looping =
+      MustSpec("return {poll = function(m) if m then while true do end end return 'idle' end}",
+               limits, recorder.Host());
+  looping.poll_faults = {.max_faults = 3,
+                         .window = std::chrono::seconds(30),
                          .on_trip = dispatch::FaultVerdict::kEvict};
   dispatch::ProcessSpec counter = MustSpec(kCounter, limits, recorder.Host());
   absl::StatusOr<dispatch::Pid> bad = manager.Start(Frame(), looping);

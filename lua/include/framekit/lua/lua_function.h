@@ -58,11 +58,11 @@
 //               there, which ends the call (coroutine switches are tracked for this). With
 //               LuaLimits::hook_instructions = N > 0, or in a ThreadSanitizer build, a count
 //               hook every N (1000) instructions checks the deadline and stop token instead.
-//               The allocator and the pattern matcher check too (string.find/match/gmatch/gsub are Lua 5.4.4's, counting their
-//               work, since a backtracking pattern runs no VM instruction). Past the deadline
-//               the call ends with DeadlineExceeded, after cancellation with Cancelled; once
-//               triggered, every later hook, pcall and coroutine.resume re-raises, so a script
-//               cannot catch its way past it.
+//               The allocator and the pattern matcher check too (string.find/match/gmatch/gsub are
+//               Lua 5.4.4's, counting their work, since a backtracking pattern runs no VM
+//               instruction). Past the deadline the call ends with DeadlineExceeded, after
+//               cancellation with Cancelled; once triggered, every later hook, pcall and
+//               coroutine.resume re-raises, so a script cannot catch its way past it.
 //   memory      every allocation of the call's state goes through a counting lua_Alloc;
 //               growing past memory_bytes fails the allocation, and an out-of-memory error that
 //               reaches a pcall or the top ends the call with ResourceExhausted. Standard
@@ -136,7 +136,7 @@ struct LuaLimits {
   // ThreadSanitizer uses a count hook every 1000 instructions instead. N > 0: a count hook every
   // N VM instructions checks the deadline and the stop token (costs about 2x on CPU-bound code).
   int hook_instructions = 0;
-  int max_log_lines = 100;       // per call
+  int max_log_lines = 100;  // per call
   // Built sandboxes kept for reuse by later calls (see "Isolation"); 0 builds a fresh state for
   // every call.
   std::size_t max_idle_states = 8;

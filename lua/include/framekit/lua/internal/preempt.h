@@ -4,14 +4,14 @@
 // that thread only (SIGEV_THREAD_ID, SIGURG). A call arms it for its deadline unless it is
 // armed already for no later a time; it is never disarmed, so a run of calls with similar
 // deadlines makes almost no system call. A signal that comes before the current call's deadline
-// (armed for an earlier call) re-arms the timer for it. The handler, running on that thread, installs a count
-// hook on the Lua thread running there (the lua.c interrupt pattern: lua_sethook is safe to call
-// from a signal handler), and the hook ends the call. Cancellation sends the same signal with
-// pthread_sigqueue from the stop callback. Past the deadline the handler re-arms the timer one
-// millisecond ahead, a safety net for a signal that lands at an unlucky moment.
-// Our signals carry a marker value; any other SIGURG goes to the handler installed before ours.
-// A host function running when the signal lands may see EINTR from a call SA_RESTART does not
-// restart (poll, sleeps): it is past its deadline then.
+// (armed for an earlier call) re-arms the timer for it. The handler, running on that thread,
+// installs a count hook on the Lua thread running there (the lua.c interrupt pattern: lua_sethook
+// is safe to call from a signal handler), and the hook ends the call. Cancellation sends the same
+// signal with pthread_sigqueue from the stop callback. Past the deadline the handler re-arms the
+// timer one millisecond ahead, a safety net for a signal that lands at an unlucky moment. Our
+// signals carry a marker value; any other SIGURG goes to the handler installed before ours. A host
+// function running when the signal lands may see EINTR from a call SA_RESTART does not restart
+// (poll, sleeps): it is past its deadline then.
 #ifndef FRAMEKIT_LUA_INTERNAL_PREEMPT_H_
 #define FRAMEKIT_LUA_INTERNAL_PREEMPT_H_
 
