@@ -143,6 +143,18 @@ bool EnsureTimer() {
   return tls_call.timer_ok;
 }
 
+// Arms the timer for `due` unless it is armed already for no later a time.
+void EnsureArmedBy(ThreadCall& t, std::int64_t due) {
+  for (;;) {
+    const std::int64_t armed = t.armed.load(std::memory_order_relaxed);
+    if (armed != 0 && armed <= due) return;
+    const std::uint64_t generation = t.generation.load(std::memory_order_relaxed) + 1;
+    ArmAt(t, due);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (t.generation.load(std::memory_order_relaxed) == generation) return;
+  }
+}
+
 }  // namespace
 
 void SetRunning(lua_State* L) {
@@ -156,28 +168,33 @@ Watch::Watch(CallState& cs, lua_State* L, Deadline deadline) : thread_(pthread_s
   armed_ = EnsureTimer();
   if (!armed_) return;
   ThreadCall& t = tls_call;
+  // A call nested in another on this thread (a script's host.invoke of a Lua function) hides
+  // the outer one until it ends.
+  previous_call_ = t.call.load(std::memory_order_relaxed);
+  previous_running_ = t.running.load(std::memory_order_relaxed);
+  previous_deadline_ = t.deadline.load(std::memory_order_relaxed);
   const std::int64_t due = NanosOf(deadline);
+  t.call.store(nullptr, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   t.running.store(L, std::memory_order_relaxed);
   t.deadline.store(due, std::memory_order_relaxed);
   t.call.store(&cs, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   // The timer is left armed when a call ends: a later call whose deadline is no earlier than
   // it makes no system call at all (an early signal re-arms it, see OnOurSignal).
-  for (;;) {
-    const std::int64_t armed = t.armed.load(std::memory_order_relaxed);
-    if (armed != 0 && armed <= due) break;
-    const std::uint64_t generation = t.generation.load(std::memory_order_relaxed) + 1;
-    ArmAt(t, due);
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (t.generation.load(std::memory_order_relaxed) == generation) break;
-  }
+  EnsureArmedBy(t, due);
 }
 
 Watch::~Watch() {
   if (!armed_) return;
-  tls_call.call.store(nullptr, std::memory_order_relaxed);
-  tls_call.running.store(nullptr, std::memory_order_relaxed);
+  ThreadCall& t = tls_call;
+  t.call.store(nullptr, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
+  t.running.store(previous_running_, std::memory_order_relaxed);
+  t.deadline.store(previous_deadline_, std::memory_order_relaxed);
+  t.call.store(previous_call_, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (previous_call_ != nullptr) EnsureArmedBy(t, previous_deadline_);
 }
 
 void Watch::Interrupt() const {

@@ -246,6 +246,26 @@ TEST(LuaLimits, DeadlineOverrunP99) {
   }
 }
 
+// Tests that a Lua call nested in another on the same thread (host.invoke running a Lua
+// function inline) does not leave the outer call unwatched when it returns: the outer infinite
+// loop still ends at its deadline.
+TEST(LuaLimits, OuterCallStaysPreemptibleAfterANestedCall) {
+  std::shared_ptr<LuaFunction> inner = MustCompile("return function(p) return p .. '!' end");
+  auto host = MakeHost();
+  host->set_invoker([inner](const Frame& parent, std::string_view,
+                            std::string_view payload) -> absl::StatusOr<std::string> {
+    StringSink sink;
+    dispatch::RunStats stats;
+    FRAMEKIT_RETURN_IF_ERROR(inner->Run(parent.WithTimeout(1s), payload, sink, stats));
+    return sink.text;
+  });
+  std::shared_ptr<LuaFunction> outer = MustCompile(
+      "return function() local r = host.invoke('inner', 'x') while true do end end", {}, host);
+  Outcome out = RunOnce(*outer, Frame().WithTimeout(50ms));
+  EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("deadline")));
+  EXPECT_LT(out.elapsed, 1s);
+}
+
 TEST(LuaLimits, CancellationEndsTheCall) {
   std::shared_ptr<LuaFunction> fn = MustCompile("return function() while true do end end");
   auto [frame, canceller] = Frame().WithTimeout(10s).WithCancel();

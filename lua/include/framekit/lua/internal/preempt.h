@@ -18,6 +18,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <cstdint>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -77,6 +78,10 @@ class Watch {
  private:
   pthread_t thread_;
   bool armed_ = false;
+  // The call this one is nested in on this thread, if any: watched again when this one ends.
+  CallState* previous_call_ = nullptr;
+  lua_State* previous_running_ = nullptr;
+  std::int64_t previous_deadline_ = 0;
 };
 
 }  // namespace framekit::lua_internal
