@@ -37,10 +37,9 @@ struct ThreadCall {
   std::atomic<CallState*> call{nullptr};
   std::atomic<lua_State*> running{nullptr};
   std::atomic<std::int64_t> deadline{0};  // of the current call, steady-clock nanoseconds
-  // When the timer fires next (0: disarmed), and a count of every arming, by which the thread
-  // sees that the handler re-armed the timer while it was arming it.
+  // When the timer fires next (0: disarmed). It may claim a later time than the timer's, never
+  // an earlier one (see EnsureArmedBy).
   std::atomic<std::int64_t> armed{0};
-  std::atomic<std::uint64_t> generation{0};
   timer_t timer{};
   bool timer_ok = false;
 };
@@ -49,7 +48,6 @@ thread_local ThreadCall tls_call;
 struct sigaction previous_action;
 
 void ArmAt(ThreadCall& t, std::int64_t when_ns) {
-  t.generation.fetch_add(1, std::memory_order_relaxed);
   t.armed.store(when_ns, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   struct itimerspec spec = {};
@@ -143,16 +141,14 @@ bool EnsureTimer() {
   return tls_call.timer_ok;
 }
 
-// Arms the timer for `due` unless it is armed already for no later a time.
+// Arms the timer for `due` unless it is armed already for no later a time. Once: if our signal
+// lands meanwhile, its handler has either re-armed the timer for this call's deadline or, past
+// it, hooked the call (re-arming here in a loop would livelock when `due` is already past: each
+// arming fires at once).
 void EnsureArmedBy(ThreadCall& t, std::int64_t due) {
-  for (;;) {
-    const std::int64_t armed = t.armed.load(std::memory_order_relaxed);
-    if (armed != 0 && armed <= due) return;
-    const std::uint64_t generation = t.generation.load(std::memory_order_relaxed) + 1;
-    ArmAt(t, due);
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (t.generation.load(std::memory_order_relaxed) == generation) return;
-  }
+  const std::int64_t armed = t.armed.load(std::memory_order_relaxed);
+  if (armed != 0 && armed <= due) return;
+  ArmAt(t, due);
 }
 
 }  // namespace

@@ -266,6 +266,20 @@ TEST(LuaLimits, OuterCallStaysPreemptibleAfterANestedCall) {
   EXPECT_LT(out.elapsed, 1s);
 }
 
+// Tests calls whose deadline passes while their sandbox is being built, so the preemption timer
+// is armed for a time already past (this livelocked once: each arming fired at once).
+TEST(LuaLimits, DeadlinePassedBeforeTheScriptStarts) {
+  LuaLimits limits;
+  limits.timeout = std::chrono::microseconds(20);
+  limits.max_idle_states = 0;
+  std::shared_ptr<LuaFunction> fn = MustCompile("return function() while true do end end", limits);
+  for (int i = 0; i < 50; ++i) {
+    Outcome out = RunOnce(*fn, Frame());
+    EXPECT_THAT(out.status, StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("")));
+    EXPECT_LT(out.elapsed, 1s);
+  }
+}
+
 TEST(LuaLimits, CancellationEndsTheCall) {
   std::shared_ptr<LuaFunction> fn = MustCompile("return function() while true do end end");
   auto [frame, canceller] = Frame().WithTimeout(10s).WithCancel();
