@@ -1,7 +1,10 @@
 // LuaFunction's overheads, each against a baseline of the same run:
-//   BM_LuaRunTrivial vs BM_LuaBarePcall   the whole Run (fresh state, sandbox, load, call) vs a
-//                                         bare lua_pcall of the same function on a ready state
-//   BM_LuaLoop{Hook,NoHook}               the count hook's cost on a CPU-bound script
+//   BM_LuaRunTrivial vs BM_LuaBarePcall   the whole Run (a pooled sandbox, the call's own
+//                                         environment, load, call) vs a bare lua_pcall of the
+//                                         same function on a ready state
+//   BM_LuaRunTrivialFreshState            the whole Run building a fresh sandbox per call
+//   BM_LuaLoop{Signal,Hook1000,HookNever} the preemption's cost on a CPU-bound script, against
+//   vs BM_LuaLoopBare{NoHook,EmptyHook}   the bare loop with no hook and with an empty one
 //   BM_LuaIsolation{FreshState,SharedBase} a fresh lua_State per call vs a new thread and
 //                                         environment table over one shared base state
 #include <string>
@@ -23,9 +26,10 @@ constexpr const char* kTrivial = "return function(p) return p end";
 constexpr const char* kLoop =
     "return function() local s = 0 for i = 1, 100000 do s = s + i end return tostring(s) end";
 
-void RunFunction(benchmark::State& state, const char* source, int hook) {
+void RunFunction(benchmark::State& state, const char* source, int hook, std::size_t idle = 8) {
   framekit::lua::LuaLimits limits;
   limits.hook_instructions = hook;
+  limits.max_idle_states = idle;
   auto fn = framekit::lua::LuaFunction::Compile("bench.lua", source, limits);
   if (!fn.ok()) return state.SkipWithError("compile");
   NullSink sink;
@@ -37,8 +41,11 @@ void RunFunction(benchmark::State& state, const char* source, int hook) {
   }
 }
 
-void BM_LuaRunTrivial(benchmark::State& state) { RunFunction(state, kTrivial, 1000); }
+void BM_LuaRunTrivial(benchmark::State& state) { RunFunction(state, kTrivial, 0); }
 BENCHMARK(BM_LuaRunTrivial);
+// The same with no reuse: a fresh state and sandbox for every call.
+void BM_LuaRunTrivialFreshState(benchmark::State& state) { RunFunction(state, kTrivial, 0, 0); }
+BENCHMARK(BM_LuaRunTrivialFreshState);
 
 void BarePcall(benchmark::State& state, const char* source, bool hook) {
   lua_State* L = luaL_newstate();
@@ -59,8 +66,11 @@ void BarePcall(benchmark::State& state, const char* source, bool hook) {
 void BM_LuaBarePcall(benchmark::State& state) { BarePcall(state, kTrivial, false); }
 BENCHMARK(BM_LuaBarePcall);
 
-// The hook's cost: the same loop through LuaFunction with a period of 1000 and of 1e9 (never
-// fires), and bare with and without an empty hook.
+// The preemption's cost on a CPU-bound loop: through LuaFunction with signal preemption (the
+// default: no hook), with a count hook every 1000 instructions and with one that never fires
+// (1e9), against the bare loop with and without an empty hook.
+void BM_LuaLoopSignal(benchmark::State& state) { RunFunction(state, kLoop, 0); }
+BENCHMARK(BM_LuaLoopSignal);
 void BM_LuaLoopHook1000(benchmark::State& state) { RunFunction(state, kLoop, 1000); }
 BENCHMARK(BM_LuaLoopHook1000);
 void BM_LuaLoopHookNever(benchmark::State& state) { RunFunction(state, kLoop, 1000000000); }

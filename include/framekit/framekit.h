@@ -25,6 +25,7 @@
 #include "framekit/dispatch/recovery_registry.h"
 #include "framekit/lua/executor_binding.h"
 #include "framekit/lua/lua_function.h"
+#include "framekit/lua/lua_process.h"
 #include "framekit/net/dial.h"
 #include "framekit/net/network.h"
 #include "framekit/net/overlay.h"

@@ -1,16 +1,34 @@
 #include "framekit/lua/lua_function.h"
 
 #include <algorithm>
+#include <mutex>
+#include <stop_token>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/lua/internal/preempt.h"
 #include "framekit/lua/internal/sandbox.h"
 #include "lauxlib.h"
 #include "lua.h"
 #include "spdlog/logger.h"
 #include "spdlog/sinks/stdout_sinks.h"
+
+namespace framekit::lua_internal {
+
+absl::Status LuaError(std::string_view text) {
+  const std::string_view first = text.substr(0, text.find('\n'));
+  absl::Status status =
+      absl::InternalError(absl::StrCat("lua: ", absl::string_view(first.data(), first.size())));
+  status.SetPayload(absl::string_view(lua::kLuaErrorUrl.data(), lua::kLuaErrorUrl.size()),
+                    absl::Cord(absl::string_view(text.data(), text.size())));
+  return status;
+}
+
+}  // namespace framekit::lua_internal
 
 namespace framekit::lua {
 namespace {
@@ -25,12 +43,7 @@ std::string_view ToView(lua_State* L, int index) {
   return s == nullptr ? std::string_view() : std::string_view(s, n);
 }
 
-absl::Status LuaError(std::string_view text) {
-  const std::string_view first = text.substr(0, text.find('\n'));
-  absl::Status status = absl::InternalError(absl::StrCat("lua: ", AV(first)));
-  status.SetPayload(AV(kLuaErrorUrl), absl::Cord(AV(text)));
-  return status;
-}
+using lua_internal::LuaError;
 
 // The handler's result to the Sink: a string (or number) is output, nil is none.
 void EmitResult(lua_State* L, std::string* error) {
@@ -66,7 +79,7 @@ int Protected(lua_State* L) {
   lua_settop(L, 0);
   lua_pushnil(L);                                 // index 1: unused
   lua_pushcfunction(L, lua_internal::Traceback);  // index 2
-  lua_internal::OpenSandbox(L);
+  lua_internal::OpenCallEnvironment(L);
   const std::string name = absl::StrCat("=", cs.chunkname);
   if (luaL_loadbufferx(L, cs.bytecode->data(), cs.bytecode->size(), name.c_str(), "b") != LUA_OK) {
     return lua_error(L);
@@ -95,29 +108,92 @@ int Writer(lua_State*, const void* p, std::size_t size, void* ud) {
   return 0;
 }
 
-absl::Status RunState(CallState& cs) {
-  if (Clock::now() >= cs.deadline) return absl::DeadlineExceededError("lua: deadline exceeded");
-  if (cs.stop.stop_requested()) return absl::CancelledError("lua: call cancelled");
+// The count hook's period: LuaLimits::hook_instructions, or 0 for none (signal preemption)
+// when the build supports it, else every 1000 instructions.
+int HookPeriod(const LuaLimits& limits) {
+  if (limits.hook_instructions > 0) return limits.hook_instructions;
+  return lua_internal::kSignalPreemption ? 0 : lua_internal::kFallbackHookPeriod;
+}
+
+int BuildProtected(lua_State* L) {
+  lua_internal::BuildSandbox(L);
+  return 0;
+}
+
+// The status of a failed top-level lua_pcall on L (the error object on top).
+absl::Status TopLevelFailure(lua_State* L, CallState& cs, int status) {
+  if (status == LUA_ERRMEM) cs.pending_refusal = true;
+  lua_internal::SettlePending(cs);
+  if (!cs.fatal.ok()) return cs.fatal;
+  return LuaError(lua_internal::IsFatalObject(L, -1) ? "fatal error" : ToView(L, -1));
+}
+
+}  // namespace
+
+// A state with the sandbox built, kept between calls of one function. Between calls its
+// allocator's userdata is `parked` (which never refuses), so closing it needs no call.
+struct LuaFunction::Sandbox {
+  lua_State* L = nullptr;
+  std::size_t base_used = 0;  // the heap right after the build
+  std::size_t used = 0;       // the heap when the last call ended
+  CallState parked;
+
+  ~Sandbox() {
+    if (L == nullptr) return;
+    parked.closing = true;
+    parked.used = used;
+    lua_setallocf(L, lua_internal::Alloc, &parked);
+    lua_close(L);
+  }
+};
+
+struct LuaFunction::Pool {
+  std::mutex mu;
+  std::vector<std::unique_ptr<Sandbox>> idle ABSL_GUARDED_BY(mu);
+};
+
+namespace {
+
+// Builds a sandbox on a new state, allocating through `cs` (left as its allocator).
+absl::StatusOr<std::unique_ptr<LuaFunction::Sandbox>> BuildSandbox(CallState& cs, int hook) {
   lua_State* L = lua_newstate(lua_internal::Alloc, &cs);
   if (L == nullptr) return absl::ResourceExhaustedError("lua: memory limit too small for a state");
   lua_atpanic(L, Panic);
-  lua_internal::InstallHook(L, cs.hook_period);
+  if (hook > 0) lua_internal::InstallHook(L, hook);
+  lua_pushcfunction(L, BuildProtected);
+  const int status = lua_pcall(L, 0, 0, 0);
+  if (status != LUA_OK) {
+    absl::Status failure = TopLevelFailure(L, cs, status);
+    cs.closing = true;
+    lua_close(L);
+    return failure;
+  }
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  auto sandbox = std::make_unique<LuaFunction::Sandbox>();
+  sandbox->L = L;
+  sandbox->base_used = cs.used;
+  return sandbox;
+}
+
+// Runs the call on a built sandbox (its allocator already `cs`).
+absl::Status RunOn(lua_State* L, CallState& cs) {
   std::string error;
   lua_pushcfunction(L, Protected);
   lua_pushlightuserdata(L, &error);
   const int status = lua_pcall(L, 1, 0, 0);
-  if (status == LUA_ERRMEM) cs.pending_refusal = true;
-  lua_internal::SettlePending(cs);
   absl::Status result;
-  if (!cs.fatal.ok()) {
-    result = cs.fatal;
-  } else if (status != LUA_OK) {
-    result = LuaError(lua_internal::IsFatalObject(L, -1) ? "fatal error" : ToView(L, -1));
-  } else if (!error.empty()) {
-    result = LuaError(error);
+  if (status != LUA_OK) {
+    result = TopLevelFailure(L, cs, status);
+  } else {
+    lua_internal::SettlePending(cs);
+    if (!cs.fatal.ok()) {
+      result = cs.fatal;
+    } else if (!error.empty()) {
+      result = LuaError(error);
+    }
   }
-  cs.closing = true;
-  lua_close(L);
+  lua_settop(L, 0);
+  lua_internal::CloseCallEnvironment(L);
   return result;
 }
 
@@ -176,12 +252,47 @@ LuaFunction::LuaFunction(std::string chunkname, std::string source, std::string 
       source_(std::move(source)),
       bytecode_(std::move(bytecode)),
       limits_(limits),
-      host_(std::move(host)) {}
+      host_(std::move(host)),
+      pool_(std::make_unique<Pool>()) {}
+
+LuaFunction::~LuaFunction() = default;
+
+std::unique_ptr<LuaFunction::Sandbox> LuaFunction::TakeSandbox() {
+  std::lock_guard<std::mutex> lock(pool_->mu);
+  if (pool_->idle.empty()) return nullptr;
+  std::unique_ptr<Sandbox> sandbox = std::move(pool_->idle.back());
+  pool_->idle.pop_back();
+  return sandbox;
+}
+
+void LuaFunction::ReturnSandbox(std::unique_ptr<Sandbox> sandbox, CallState& cs,
+                                const absl::Status& status) {
+  // A call that ended by a fatal condition (deadline, cancellation, memory, a denied
+  // capability, a failed write) was stopped at an arbitrary point: its state is not reused.
+  // Neither is one holding more garbage than a collection is worth.
+  const bool clean = status.ok() || (IsLuaError(status) && cs.fatal.ok());
+  const bool small = cs.used <= sandbox->base_used + kMaxCarriedGarbage;
+  if (clean && small) {
+    sandbox->used = cs.used;
+    sandbox->parked.used = cs.used;
+    sandbox->parked.closing = true;
+    lua_setallocf(sandbox->L, lua_internal::Alloc, &sandbox->parked);
+    std::lock_guard<std::mutex> lock(pool_->mu);
+    if (pool_->idle.size() < limits_.max_idle_states) {
+      pool_->idle.push_back(std::move(sandbox));
+      return;
+    }
+  }
+  cs.closing = true;
+  lua_setallocf(sandbox->L, lua_internal::Alloc, &cs);
+  lua_close(sandbox->L);
+  sandbox->L = nullptr;
+}
 
 absl::StatusOr<std::shared_ptr<LuaFunction>> LuaFunction::Compile(
     std::string chunkname, std::string source, LuaLimits limits,
     std::shared_ptr<const LuaHost> host) {
-  if (limits.memory_bytes == 0 || limits.max_output_bytes == 0 || limits.hook_instructions <= 0 ||
+  if (limits.memory_bytes == 0 || limits.max_output_bytes == 0 || limits.hook_instructions < 0 ||
       limits.timeout <= Clock::duration::zero() || limits.max_log_lines < 0) {
     return absl::InvalidArgumentError("lua: limits must be positive");
   }
@@ -216,7 +327,8 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
     cs.deadline = std::min(cs.deadline, *deadline);
   }
   cs.stop = frame.stop_token();
-  cs.hook_period = limits_.hook_instructions;
+  cs.hook_period = HookPeriod(limits_);
+  cs.interrupt_hook = cs.hook_period == 0;
   cs.function = this;
   cs.host = host_.get();
   cs.frame = &frame;
@@ -226,11 +338,30 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
   cs.chunkname = chunkname_;
   cs.payload = payload;
   cs.bytecode = &bytecode_;
-  absl::Status status = RunState(cs);
-  stats.peak_memory_bytes = cs.peak;
+  if (Clock::now() >= cs.deadline) return absl::DeadlineExceededError("lua: deadline exceeded");
+  if (cs.stop.stop_requested()) return absl::CancelledError("lua: call cancelled");
+
+  std::unique_ptr<Sandbox> sandbox = TakeSandbox();
+  if (sandbox == nullptr) {
+    absl::StatusOr<std::unique_ptr<Sandbox>> built = BuildSandbox(cs, cs.hook_period);
+    if (!built.ok()) return built.status();
+    sandbox = *std::move(built);
+  } else {
+    lua_setallocf(sandbox->L, lua_internal::Alloc, &cs);
+    cs.used = sandbox->used;
+  }
+  const std::size_t start_used = cs.used;
+  cs.peak = cs.used;
+  absl::Status status =
+      lua_internal::RunPreempted(cs, sandbox->L, [&] { return RunOn(sandbox->L, cs); });
+  // The peak as if the call had started on a clean sandbox: garbage earlier calls left does not
+  // count against this one.
+  stats.peak_memory_bytes = cs.peak - start_used + sandbox->base_used;
+  ReturnSandbox(std::move(sandbox), cs, status);
   stats.host_calls = cs.host_calls;
   stats.output_bytes = cs.output_bytes;
-  stats.instructions = cs.hooks * static_cast<std::uint64_t>(cs.hook_period);
+  stats.instructions =
+      cs.interrupt_hook ? 0 : cs.hooks * static_cast<std::uint64_t>(cs.hook_period);
   return status;
 }
 

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "framekit/dispatch/function_executor.h"
+#include "framekit/lua/internal/preempt.h"
 #include "lauxlib.h"
 #include "lua.h"
 #include "lualib.h"
@@ -47,9 +48,33 @@ void RaiseIfFatal(lua_State* L) {
 }
 
 void Hook(lua_State* L, lua_Debug*) {
-  ++StateOf(L).hooks;
+  CallState& cs = StateOf(L);
+  ++cs.hooks;
+  // An interrupt hook is off again before the check: one that finds nothing due (a signal
+  // from an earlier call) must not keep the script on the trace path, and a signal landing
+  // after this line installs it anew.
+  if (cs.interrupt_hook) lua_sethook(L, nullptr, 0, 0);
   CheckPoint(L);
 }
+
+// Marks the coroutine at `index` as the thread running on this OS thread (for the preemption
+// signal) until destroyed, when the previous one is running again.
+class RunningScope {
+ public:
+  RunningScope(lua_State* L, int index) : previous_(Running()) {
+    lua_State* co = lua_tothread(L, index);
+    if (co == nullptr) return;
+    SetRunning(co);
+    // A signal that hooked the resumer just before the switch is passed on.
+    if (StateOf(L).interrupt_hook && lua_gethookmask(L) != 0) InstallInterruptHook(co);
+  }
+  ~RunningScope() { SetRunning(previous_); }
+  RunningScope(const RunningScope&) = delete;
+  RunningScope& operator=(const RunningScope&) = delete;
+
+ private:
+  lua_State* previous_;
+};
 
 // pcall and xpcall as lbaselib's, re-raising a fatal condition instead of returning it.
 int FinishPcall(lua_State* L, int status, lua_KContext extra) {
@@ -84,11 +109,46 @@ int Xpcall(lua_State* L) {
 // coroutine.resume / coroutine.close: the original (upvalue 1), then re-raise a fatal
 // condition the coroutine's error carried.
 int Rethrowing(lua_State* L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  RaiseIfFatal(L);
+  {
+    RunningScope running(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  }
+  // A preemption that landed on the coroutine after its last instruction is seen here.
+  CheckPoint(L);
   return lua_gettop(L);
+}
+
+// A function made by coroutine.wrap (upvalue 1: the coroutine, upvalue 2: the sandbox's
+// coroutine.resume): resumes through the tracking wrapper, and raises the coroutine's error
+// as lcorolib's wrap does.
+int WrappedCoroutine(lua_State* L) {
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_rotate(L, 1, 2);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  if (lua_toboolean(L, 1) == 0) {
+    lua_settop(L, 2);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return lua_gettop(L) - 1;
+}
+
+// coroutine.wrap (upvalue 1: the sandbox's coroutine.resume).
+int SafeWrap(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State* co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, WrappedCoroutine, 2);
+  return 1;
 }
 
 [[noreturn]] void Deny(lua_State* L, std::string_view capability) {
@@ -148,6 +208,89 @@ int SafeCollectgarbage(lua_State* L) {
   return lua_gettop(L);
 }
 
+char kObjectIdsTag;  // registry: the call's object -> number table (weak keys)
+
+// A number for the object at `index`, stable within the call: the first object the call shows
+// is 1, the next 2, and so on.
+lua_Integer ObjectId(lua_State* L, int index) {
+  index = lua_absindex(L, index);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &kObjectIdsTag) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &kObjectIdsTag);
+  }
+  lua_pushvalue(L, index);
+  if (lua_rawget(L, -2) == LUA_TNUMBER) {
+    const lua_Integer id = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    return id;
+  }
+  lua_pop(L, 1);
+  const auto id = static_cast<lua_Integer>(++StateOf(L).object_ids);
+  lua_pushvalue(L, index);
+  lua_pushinteger(L, id);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return id;
+}
+
+// luaL_tolstring without addresses: a table, function, thread or userdata without __tostring
+// reads "table: #3" (its number within the call) instead of its heap address.
+void PushSafeString(lua_State* L, int index) {
+  index = lua_absindex(L, index);
+  const int type = lua_type(L, index);
+  const bool addressed = type == LUA_TTABLE || type == LUA_TFUNCTION || type == LUA_TTHREAD ||
+                         type == LUA_TUSERDATA || type == LUA_TLIGHTUSERDATA;
+  if (!addressed || luaL_getmetafield(L, index, "__tostring") != LUA_TNIL) {
+    if (addressed) lua_pop(L, 1);
+    luaL_tolstring(L, index, nullptr);
+    return;
+  }
+  const lua_Integer id = ObjectId(L, index);
+  const int name = luaL_getmetafield(L, index, "__name");
+  if (name == LUA_TSTRING) {
+    lua_pushfstring(L, "%s: #%I", lua_tostring(L, -1), id);
+    lua_remove(L, -2);
+    return;
+  }
+  if (name != LUA_TNIL) lua_pop(L, 1);
+  lua_pushfstring(L, "%s: #%I", luaL_typename(L, index), id);
+}
+
+int SafeTostring(lua_State* L) {
+  luaL_checkany(L, 1);
+  PushSafeString(L, 1);
+  return 1;
+}
+
+// string.format without addresses (upvalue 1: the original): %p is refused, and %s of an
+// object without __tostring shows its number within the call, as tostring does.
+int SafeFormat(lua_State* L) {
+  const std::string_view format = luaL_checkstring(L, 1);
+  int arg = 1;
+  for (std::size_t i = 0; i < format.size(); ++i) {
+    if (format[i] != '%') continue;
+    if (++i < format.size() && format[i] == '%') continue;
+    while (i < format.size() && std::strchr("-+ #0123456789.", format[i]) != nullptr) ++i;
+    if (i >= format.size()) break;
+    ++arg;
+    if (format[i] == 'p') return luaL_error(L, "string.format: %%p is not available to scripts");
+    if (format[i] == 's' && arg <= lua_gettop(L)) {
+      PushSafeString(L, arg);
+      lua_replace(L, arg);
+    }
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 void Log(lua_State* L, spdlog::level::level_enum level, std::string_view message) {
   CallState& cs = StateOf(L);
   if (cs.log_lines >= cs.max_log_lines) return;
@@ -169,7 +312,7 @@ int Print(lua_State* L) {
   luaL_buffinit(L, &b);
   for (int i = 1; i <= n; ++i) {
     if (i > 1) luaL_addchar(&b, '\t');
-    luaL_tolstring(L, i, nullptr);
+    PushSafeString(L, i);
     luaL_addvalue(&b);
   }
   luaL_pushresult(&b);
@@ -376,24 +519,8 @@ void DenyGlobalFunction(lua_State* L, const char* name) {
   lua_setglobal(L, name);
 }
 
-// A table whose every read or write is denied; `keep` (table on top, or none) holds the
-// allowed fields.
-void DeniedTable(lua_State* L, const char* name, bool keep_top) {
-  if (!keep_top) lua_newtable(L);
-  lua_createtable(L, 0, 3);
-  lua_pushstring(L, name);
-  lua_pushcclosure(L, DeniedField, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pushstring(L, name);
-  lua_pushcclosure(L, DeniedField, 1);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_setmetatable(L, -2);
-  lua_setglobal(L, name);
-}
-
-void OpenHost(lua_State* L) {
+// The host table: the built-ins and the application's functions.
+void PushHostTable(lua_State* L) {
   CallState& cs = StateOf(L);
   lua_newtable(L);
   SetFunction(L, "write", HostWrite);
@@ -406,7 +533,6 @@ void OpenHost(lua_State* L) {
     lua_pushcclosure(L, HostApp, 2);
     lua_setfield(L, -2, name.c_str());
   }
-  lua_setglobal(L, "host");
 }
 
 }  // namespace
@@ -422,6 +548,8 @@ void SettlePending(CallState& cs) {
 }
 
 void InstallHook(lua_State* L, int period) { lua_sethook(L, Hook, LUA_MASKCOUNT, period); }
+
+void InstallInterruptHook(lua_State* L) { lua_sethook(L, Hook, LUA_MASKCOUNT, 1); }
 
 int Traceback(lua_State* L) {
   if (IsFatalObject(L, 1)) return 1;
@@ -505,8 +633,15 @@ bool IsFatalObject(lua_State* L, int index) {
 
 namespace {
 
+// Registry slots of a sandbox (light userdata keys).
+char kEnvMetaTag;      // the metatable of every call's global table: {__index = base globals}
+char kProxyMetasTag;   // name -> metatable of that library's per-call proxy
+char kFrameMetaTag;    // the frame view's metatable
+char kBaseGlobalsTag;  // the base's global table
+char kReseedTag;       // the base's math.randomseed
+
 // The libraries a handler may use, each opened as a global, then os (not global: clock and
-// time are copied from it), left on the stack for OpenSandbox.
+// time are copied from it), left on the stack for BuildSandbox.
 void OpenLibraries(lua_State* L) {
   static constexpr luaL_Reg kGlobal[] = {
       {LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
@@ -526,6 +661,7 @@ void RestrictGlobals(lua_State* L) {
   SetFunction(L, "pcall", Pcall);
   SetFunction(L, "xpcall", Xpcall);
   SetFunction(L, "print", Print);
+  SetFunction(L, "tostring", SafeTostring);
   Wrap(L, "setmetatable", SafeSetmetatable);
   Wrap(L, "load", SafeLoad);
   Wrap(L, "collectgarbage", SafeCollectgarbage);
@@ -537,13 +673,14 @@ void RestrictGlobals(lua_State* L) {
   DenyGlobalFunction(L, "require");
 }
 
-// The string library: step-counted patterns, no dump, and its metatable hidden.
+// The string library: step-counted patterns, no dump, no addresses, and its metatable hidden.
 void RestrictString(lua_State* L) {
   lua_getglobal(L, LUA_STRLIBNAME);
   SetFunction(L, "find", PatternFind);
   SetFunction(L, "match", PatternMatch);
   SetFunction(L, "gmatch", PatternGmatch);
   SetFunction(L, "gsub", PatternGsub);
+  Wrap(L, "format", SafeFormat);
   lua_pushliteral(L, "string.dump");
   lua_pushcclosure(L, DeniedFunction, 1);
   lua_setfield(L, -2, "dump");
@@ -556,35 +693,124 @@ void RestrictString(lua_State* L) {
   lua_pop(L, 2);
 }
 
-}  // namespace
+// Iterates a library proxy (upvalue 1: the library): the proxy's own fields first, then the
+// library's fields the proxy does not shadow. next(proxy, key) as a C function.
+int ProxyNext(lua_State* L) {
+  lua_settop(L, 2);
+  const int library = lua_upvalueindex(1);
+  // A key the proxy does not hold is the library's, unless the script cleared it from the
+  // proxy while iterating (then the proxy's traversal goes on).
+  bool in_library = false;
+  if (!lua_isnil(L, 2)) {
+    lua_pushvalue(L, 2);
+    in_library = lua_rawget(L, 1) == LUA_TNIL;
+    lua_pushvalue(L, 2);
+    in_library = in_library && lua_rawget(L, library) != LUA_TNIL;
+    lua_pop(L, 2);
+  }
+  if (!in_library) {
+    lua_pushvalue(L, 2);
+    if (lua_next(L, 1) != 0) return 2;
+    lua_pushnil(L);
+  } else {
+    lua_pushvalue(L, 2);
+  }
+  while (lua_next(L, library) != 0) {
+    lua_pushvalue(L, -2);
+    const bool shadowed = lua_rawget(L, 1) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (!shadowed) return 2;
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  return 1;
+}
 
-void OpenSandbox(lua_State* L) {
-  OpenLibraries(L);  // leaves the real os table on the stack
-  RestrictGlobals(L);
-  RestrictString(L);
+// __pairs of a library proxy (upvalue 1: the library).
+int ProxyPairs(lua_State* L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, ProxyNext, 1);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
 
-  lua_getglobal(L, LUA_COLIBNAME);
-  Wrap(L, "resume", Rethrowing);
-  Wrap(L, "close", Rethrowing);
-  lua_pop(L, 1);
+// os.NAME (upvalue 1: the allowed subset): the allowed function, or denied.
+int OsIndex(lua_State* L) {
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  Deny(L, absl::StrCat("os.", AV(lua_type(L, 2) == LUA_TSTRING ? ToView(L, 2) : "?")));
+}
 
-  lua_newtable(L);  // os: clock and time only
+// The metatable of a library's per-call proxy (library on top, replaced by the metatable):
+// reads fall through to the shared library, writes land in the call's own proxy.
+void LibraryMeta(lua_State* L) {
+  lua_createtable(L, 0, 3);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "__index");
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, ProxyPairs, 1);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_remove(L, -2);
+}
+
+// The metatable of a denied library: every read or write is denied.
+void DeniedMeta(lua_State* L, const char* name) {
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, DeniedField, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, DeniedField, 1);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+}
+
+// os: clock and time (real os table below the top), anything else denied.
+void OsMeta(lua_State* L) {
+  lua_createtable(L, 0, 2);
   lua_getfield(L, -2, "clock");
   lua_setfield(L, -2, "clock");
   lua_getfield(L, -2, "time");
   lua_setfield(L, -2, "time");
-  DeniedTable(L, LUA_OSLIBNAME, /*keep_top=*/true);
-  lua_pop(L, 1);  // the real os table
-  DeniedTable(L, LUA_IOLIBNAME, false);
-  DeniedTable(L, LUA_DBLIBNAME, false);
-  DeniedTable(L, LUA_LOADLIBNAME, false);
-
-  OpenHost(L);
+  lua_createtable(L, 0, 3);
+  lua_insert(L, -2);
+  lua_pushcclosure(L, OsIndex, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushstring(L, LUA_OSLIBNAME);
+  lua_pushcclosure(L, DeniedField, 1);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
 }
 
-// The frame view's userdata and metatable, pushed for the handler.
-void PushFrameView(lua_State* L) {
-  lua_newuserdatauv(L, 0, 0);
+// The proxies' metatables, by global name, into the registry.
+void RegisterProxies(lua_State* L) {
+  lua_newtable(L);
+  for (const char* name :
+       {LUA_STRLIBNAME, LUA_TABLIBNAME, LUA_MATHLIBNAME, LUA_UTF8LIBNAME, LUA_COLIBNAME}) {
+    lua_getglobal(L, name);
+    LibraryMeta(L);
+    lua_setfield(L, -2, name);
+  }
+  PushHostTable(L);
+  LibraryMeta(L);
+  lua_setfield(L, -2, "host");
+  lua_pushvalue(L, -2);  // the real os table
+  OsMeta(L);
+  lua_setfield(L, -3, LUA_OSLIBNAME);
+  lua_pop(L, 1);
+  for (const char* name : {LUA_IOLIBNAME, LUA_DBLIBNAME, LUA_LOADLIBNAME}) {
+    DeniedMeta(L, name);
+    lua_setfield(L, -2, name);
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kProxyMetasTag);
+}
+
+void RegisterFrameMeta(lua_State* L) {
   lua_createtable(L, 0, 4);
   SetFunction(L, "__index", FrameIndex);
   SetFunction(L, "__newindex", FrameNewindex);
@@ -592,6 +818,76 @@ void PushFrameView(lua_State* L) {
   lua_setfield(L, -2, "__name");
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kFrameMetaTag);
+}
+
+}  // namespace
+
+void BuildSandbox(lua_State* L) {
+  OpenLibraries(L);  // leaves the real os table on the stack
+  RestrictGlobals(L);
+  RestrictString(L);
+
+  lua_getglobal(L, LUA_COLIBNAME);
+  Wrap(L, "resume", Rethrowing);
+  Wrap(L, "close", Rethrowing);
+  lua_getfield(L, -1, "resume");
+  lua_pushcclosure(L, SafeWrap, 1);
+  lua_setfield(L, -2, "wrap");
+  lua_pop(L, 1);
+
+  RegisterProxies(L);  // pops the real os table
+  lua_pop(L, 1);
+  RegisterFrameMeta(L);
+
+  lua_createtable(L, 0, 2);
+  lua_pushglobaltable(L);
+  lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kEnvMetaTag);
+  lua_pushglobaltable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kBaseGlobalsTag);
+  lua_getglobal(L, LUA_MATHLIBNAME);
+  lua_getfield(L, -1, "randomseed");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kReseedTag);
+  lua_pop(L, 1);
+}
+
+void OpenCallEnvironment(lua_State* L) {
+  lua_createtable(L, 0, 12);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kEnvMetaTag);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, LUA_GNAME);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kProxyMetasTag);
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {  // env metas name meta
+    lua_createtable(L, 0, 0);
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);  // env metas name proxy
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -5);  // env metas name
+  }
+  lua_pop(L, 1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  // math.random's state lives in the shared library: a fresh seed, so no call sees the
+  // sequence another call chose.
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kReseedTag);
+  lua_call(L, 0, 0);
+}
+
+void CloseCallEnvironment(lua_State* L) {
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kObjectIdsTag);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kBaseGlobalsTag);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+}
+
+void PushFrameView(lua_State* L) {
+  lua_newuserdatauv(L, 0, 0);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kFrameMetaTag);
   lua_setmetatable(L, -2);
 }
 

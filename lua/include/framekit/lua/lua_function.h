@@ -15,10 +15,26 @@
 // as nil. It returns its output (a string, or nil for none) and may stream chunks through
 // host.write.
 //
-// Every Run gets a fresh lua_State: no global, upvalue, metatable or module state of one call is
-// visible to another, concurrent or later (bench/lua_benchmark.cc measures this against a
-// shared frozen base). The chunk is compiled once, by Compile, to bytecode the host made with
-// lua_dump; scripts themselves can load text chunks only.
+// Isolation: no global, upvalue, metatable or module state of one call is visible to another,
+// concurrent or later. A LuaFunction keeps a pool of built sandboxes (lua_States with the
+// libraries opened and restricted: the shared base); a call takes one for itself (so concurrent
+// calls never share a state), and gets its own global table whose reads fall through to the
+// base, its own proxy of every library table (string, table, math, utf8, coroutine, os, host,
+// and the denied io, debug, package: reads fall through, writes and rawset land in the proxy),
+// its own _G, a fresh math.random seed, and runs the chunk anew (so the handler's upvalues are
+// its own). Nothing the base holds is reachable by a script as a table it could write: the
+// base's globals and libraries only through those proxies, the string metatable hidden
+// (__metatable), the registry not at all. A call that ends by a fatal condition (deadline,
+// cancellation, memory, a denied capability, a failed write) closes its state instead of
+// returning it, and so does one that leaves more than 256 KiB of garbage; LuaLimits::
+// max_idle_states = 0 builds a fresh state for every call. Differences from plain Lua this
+// brings: next(string) sees only the call's own fields (pairs sees all), a method call on a
+// string (s:upper()) uses the base's string library, not the call's replacement, and
+// getmetatable(_G) is false. (bench/lua_benchmark.cc measures a pooled call against a fresh
+// state.) The chunk is compiled once, by Compile, to bytecode the host made with lua_dump;
+// scripts themselves can load text chunks only. No value shows a host address: tostring, print
+// and string.format("%s") show a table, function, thread or userdata as "table: #3" (its
+// number within the call), and string.format("%p") is an error.
 //
 // What a script sees (the sandbox):
 //   base        assert error ipairs next pairs pcall xpcall rawequal rawget rawlen rawset select
@@ -35,14 +51,18 @@
 // finalizers with hooks off: a looping __gc could not be preempted).
 //
 // Limits, all enforced (LuaLimits):
-//   deadline    the earlier of the frame's deadline and LuaLimits::timeout. A count hook (every
-//               hook_instructions VM instructions, on every coroutine: lua_newthread copies it)
-//               checks the deadline and the frame's stop token; so do the allocator and the
-//               pattern matcher (string.find/match/gmatch/gsub are Lua 5.4.4's, counting their
-//               work, since a backtracking pattern runs no VM instruction). Past the deadline
-//               the call ends with DeadlineExceeded, after cancellation with Cancelled; once
-//               triggered, every later hook, pcall and coroutine.resume re-raises, so a script
-//               cannot catch its way past it.
+//   deadline    the earlier of the frame's deadline and LuaLimits::timeout. By default no hook
+//               runs while the script does: the calling thread's POSIX timer signals it
+//               (SIGURG) at the deadline, the frame's cancellation signals it too, and the
+//               signal handler installs a one-instruction count hook on the Lua thread running
+//               there, which ends the call (coroutine switches are tracked for this). With
+//               LuaLimits::hook_instructions = N > 0, or in a ThreadSanitizer build, a count
+//               hook every N (1000) instructions checks the deadline and stop token instead.
+//               The allocator and the pattern matcher check too (string.find/match/gmatch/gsub are
+//               Lua 5.4.4's, counting their work, since a backtracking pattern runs no VM
+//               instruction). Past the deadline the call ends with DeadlineExceeded, after
+//               cancellation with Cancelled; once triggered, every later hook, pcall and
+//               coroutine.resume re-raises, so a script cannot catch its way past it.
 //   memory      every allocation of the call's state goes through a counting lua_Alloc;
 //               growing past memory_bytes fails the allocation, and an out-of-memory error that
 //               reaches a pcall or the top ends the call with ResourceExhausted. Standard
@@ -111,8 +131,15 @@ struct LuaLimits {
   // one, which is what makes it preemptive.
   Clock::duration timeout = std::chrono::seconds(5);
   std::size_t max_output_bytes = 16 << 20;
-  int hook_instructions = 1000;  // VM instructions between two deadline checks
-  int max_log_lines = 100;       // per call
+  // How a running script is stopped at its deadline or cancellation. 0 (the default): by a
+  // signal, with no hook while the script runs (see "Limits" above); a build under
+  // ThreadSanitizer uses a count hook every 1000 instructions instead. N > 0: a count hook every
+  // N VM instructions checks the deadline and the stop token (costs about 2x on CPU-bound code).
+  int hook_instructions = 0;
+  int max_log_lines = 100;  // per call
+  // Built sandboxes kept for reuse by later calls (see "Isolation"); 0 builds a fresh state for
+  // every call.
+  std::size_t max_idle_states = 8;
 };
 
 // The payload type URL of a Lua error: the message and a traceback.
@@ -350,8 +377,9 @@ class LuaFunction final : public dispatch::Code {
   bool preemptive() const override { return true; }
 
   // Runs the handler for one call. See the file comment for the status codes; `stats` gets the
-  // peak memory, host calls, output bytes and an instruction estimate (hook firings x period)
-  // even when the call fails.
+  // peak memory, host calls, output bytes and, under a count hook, an
+  // instruction estimate (hook firings x period; 0 with signal preemption), even when the call
+  // fails.
   absl::Status Run(const Frame& frame, std::string_view payload, dispatch::Sink& out,
                    dispatch::RunStats& stats) override;
 
@@ -361,13 +389,25 @@ class LuaFunction final : public dispatch::Code {
 
   LuaFunction(std::string chunkname, std::string source, std::string bytecode, LuaLimits limits,
               std::shared_ptr<const LuaHost> host);
+  ~LuaFunction() override;
+
+  struct Sandbox;
 
  private:
+  struct Pool;
+  // A sandbox holding more garbage than this after a call is closed rather than reused.
+  static constexpr std::size_t kMaxCarriedGarbage = 256 << 10;
+
+  std::unique_ptr<Sandbox> TakeSandbox();
+  void ReturnSandbox(std::unique_ptr<Sandbox> sandbox, lua_internal::CallState& cs,
+                     const absl::Status& status);
+
   const std::string chunkname_;
   const std::string source_;
   const std::string bytecode_;  // made by lua_dump at Compile; never taken from a script
   const LuaLimits limits_;
   const std::shared_ptr<const LuaHost> host_;
+  const std::unique_ptr<Pool> pool_;
 };
 
 }  // namespace framekit::lua

@@ -29,6 +29,8 @@ struct CallState {
   Deadline deadline = Deadline::max();
   std::stop_token stop;
   int hook_period = 1000;
+  // Preempted by signal (no count hook): a hook that finds nothing due removes itself.
+  bool interrupt_hook = false;
 
   // Accounting.
   std::size_t used = 0;
@@ -37,6 +39,7 @@ struct CallState {
   std::uint64_t hooks = 0;
   std::uint64_t host_calls = 0;
   std::uint64_t output_bytes = 0;
+  std::uint64_t object_ids = 0;  // numbers given to objects tostring showed
   int log_lines = 0;
   bool closing = false;  // lua_close runs: never refuse memory
   // A refused growth not yet known to be final (Lua retries once after an emergency GC).
@@ -74,11 +77,19 @@ void CheckPoint(lua_State* L);
 // Sets `fatal` (if none yet) and raises it. Never returns.
 [[noreturn]] void RaiseFatal(lua_State* L, absl::Status status);
 
+// A Lua error's status: Internal "lua: <first line>" with the whole text (message and
+// traceback) as the kLuaErrorUrl payload.
+absl::Status LuaError(std::string_view text);
+
 // Makes a pending allocator refusal final (ResourceExhausted).
 void SettlePending(CallState& cs);
 
 // Installs the deadline hook on L (coroutines created later inherit it).
 void InstallHook(lua_State* L, int period);
+
+// Installs the hook with a period of one instruction: the preemption signal's handler calls it
+// on the running Lua thread. Async-signal-safe (lua_sethook is).
+void InstallInterruptHook(lua_State* L);
 
 // Whether the value at `index` is the error object of a fatal condition.
 bool IsFatalObject(lua_State* L, int index);
@@ -92,9 +103,19 @@ void WriteOutput(lua_State* L, std::string_view chunk);
 // Pushes the read-only frame view (a userdata indexed by portable key name).
 void PushFrameView(lua_State* L);
 
-// Builds the sandbox's globals on L (base subset, string, table, math, utf8, coroutine, os
-// subset, denied stubs) and the host table. Raises Lua errors (call it protected).
-void OpenSandbox(lua_State* L);
+// Builds a sandbox on a new state L, once: the shared base (base subset, string, table, math,
+// utf8, coroutine, the os subset, the host table, denied stubs) that every call on L reads and
+// none can write. Raises Lua errors (call it protected).
+void BuildSandbox(lua_State* L);
+
+// Gives the next call on L its own global table: a fresh table whose reads fall through to the
+// base, holding a fresh proxy of every library (reads fall through, writes stay in the call)
+// and _G; it becomes the registry's globals, so load() and the chunk see it. Reseeds
+// math.random. Raises Lua errors (call it protected).
+void OpenCallEnvironment(lua_State* L);
+
+// Drops what the call left in the registry (its globals, its object numbers). Never raises.
+void CloseCallEnvironment(lua_State* L);
 
 // Lua 5.4.4's string.find / match / gmatch / gsub with a work budget (pattern.cc).
 int PatternFind(lua_State* L);
