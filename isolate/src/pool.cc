@@ -266,10 +266,10 @@ void WorkerPool::State::SpawnerLoop() {
                    std::string(worker.status().message()).c_str());
       workers_cv.notify_all();
       // A broken executable must not spin the spawner: wait before the next attempt.
-      spawner_cv.wait_for(lock,
-                          std::min<std::chrono::milliseconds>(
-                              options.respawn_backoff_max,
-                              options.respawn_backoff_min * (1 << std::min(spawn_failing, 8))));
+      const std::chrono::milliseconds base =
+          std::max(options.respawn_backoff_min, std::chrono::milliseconds(10));
+      spawner_cv.wait_for(lock, std::min(std::max(options.respawn_backoff_max, base),
+                                         base * (1 << std::min(spawn_failing, 8))));
     }
     workers_cv.notify_all();
   }
@@ -469,7 +469,7 @@ void WorkerPool::State::NoteDeath(const std::string& handler) {
   ++stats.deaths;
   Backoff& b = backoff[handler];
   ++b.consecutive;
-  if (b.consecutive >= 2) {
+  if (b.consecutive >= 2 && options.respawn_backoff_min.count() > 0) {
     const int doublings = std::min(b.consecutive - 2, 16);
     const auto delay = std::min<std::chrono::milliseconds>(
         options.respawn_backoff_max, options.respawn_backoff_min * (1 << doublings));
@@ -616,7 +616,7 @@ absl::StatusOr<std::shared_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions
     return absl::InvalidArgumentError("isolate: spare_workers outside 0..max_workers");
   }
   if (options.cancel_grace.count() < 0 || options.acquire_timeout.count() < 0 ||
-      options.startup_timeout.count() <= 0 || options.respawn_backoff_min.count() <= 0 ||
+      options.startup_timeout.count() <= 0 || options.respawn_backoff_min.count() < 0 ||
       options.respawn_backoff_max < options.respawn_backoff_min) {
     return absl::InvalidArgumentError("isolate: a negative or inverted duration in the options");
   }

@@ -92,6 +92,7 @@ struct WorkerPoolOptions {
   std::chrono::milliseconds acquire_timeout{10000};
   // How long a new worker may take to report ready before it is killed.
   std::chrono::milliseconds startup_timeout{10000};
+  // A handler's crash-loop backoff (see the file comment); min 0 turns it off (benchmarks).
   std::chrono::milliseconds respawn_backoff_min{10};
   std::chrono::milliseconds respawn_backoff_max{2000};
   // The keys whose values cross to the worker; null: the call keys only (AddCallKeys). Must

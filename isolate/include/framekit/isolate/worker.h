@@ -19,17 +19,17 @@
 // ValueOrigin::kInherited), the remaining deadline and a stop token that fires when the host
 // cancels the call; output chunks stream back as the handler writes them.
 //
-// Example (the whole worker executable):
+// The whole worker executable of an application can be this short.
+//
+// Example:
 //   #include "framekit/isolate/worker.h"
 //
 //   int main(int argc, char** argv) {
 //     framekit::isolate::WorkerRegistry registry;
 //     absl::Status added = registry.Add(
-//         "upper", [](const framekit::Frame& frame, std::string_view payload,
-//                     framekit::dispatch::Sink& out) -> absl::Status {
-//           std::string text(payload);
-//           for (char& c : text) c = static_cast<char>(std::toupper(c));
-//           return out.Write(text);
+//         "reverse", [](const framekit::Frame& frame, std::string_view payload,
+//                       framekit::dispatch::Sink& out) -> absl::Status {
+//           return out.Write(std::string(payload.rbegin(), payload.rend()));
 //         });
 //     if (!added.ok()) return 2;
 //     return framekit::isolate::WorkerMain(registry, argc, argv);
