@@ -656,12 +656,12 @@ nlohmann::json SummaryJson(const Summary& summary) {
   j["isolated_faults"] = summary.isolated_faults;
   j["alarms"] = summary.alarms;
   if (const IsolatedSummary& iso = summary.isolated; iso.ran) {
-    j["isolated"] = {{"flaky_calls", iso.flaky_calls},     {"flaky_ok", iso.flaky_ok},
-                     {"flaky_faults", iso.flaky_faults},   {"crash_period", iso.crash_period},
-                     {"spin_calls", iso.spin_calls},       {"deadline_kills", iso.deadline_kills},
-                     {"echo_calls", iso.echo_calls},       {"echo_ok", iso.echo_ok},
-                     {"workers_started", iso.workers_started},
-                     {"mean_startup_ms", iso.mean_startup_ms}};
+    j["isolated"] = {
+        {"flaky_calls", iso.flaky_calls},         {"flaky_ok", iso.flaky_ok},
+        {"flaky_faults", iso.flaky_faults},       {"crash_period", iso.crash_period},
+        {"spin_calls", iso.spin_calls},           {"deadline_kills", iso.deadline_kills},
+        {"echo_calls", iso.echo_calls},           {"echo_ok", iso.echo_ok},
+        {"workers_started", iso.workers_started}, {"mean_startup_ms", iso.mean_startup_ms}};
   }
   j["functions"] = nlohmann::json::array();
   for (const FunctionSummary& f : summary.functions) {

@@ -73,7 +73,8 @@ void Calls(dispatch::FunctionExecutor& executor, const Frame& parent, IsolatedSu
                IsExtensionPanic(flaky.status())) {
       ++out.flaky_faults;
     } else {
-      violations.push_back(absl::StrCat("iso.flaky call ", i, ": ", StatusToString(flaky.status())));
+      violations.push_back(
+          absl::StrCat("iso.flaky call ", i, ": ", StatusToString(flaky.status())));
     }
     if (i % kSpinEvery == 0) {
       ++out.spin_calls;
@@ -103,14 +104,14 @@ void RunIsolatedDemo(dispatch::FunctionExecutor& executor, const dispatch::Fault
   options.executable = worker;
   options.max_workers = 4;
   options.spare_workers = 3;
-  absl::StatusOr<std::shared_ptr<isolate::WorkerPool>> pool =
-      isolate::WorkerPool::Create(options);
+  absl::StatusOr<std::shared_ptr<isolate::WorkerPool>> pool = isolate::WorkerPool::Create(options);
   if (!pool.ok()) {
     violations.push_back(absl::StrCat("isolated worker pool: ", pool.status().message()));
     return;
   }
-  for (const auto& [name, handler] : {std::pair{"iso.flaky", "flaky"}, std::pair{"iso.spin", "spin"},
-                                      std::pair{"iso.echo", "echo"}}) {
+  for (const auto& [name, handler] :
+       {std::pair{"iso.flaky", "flaky"}, std::pair{"iso.spin", "spin"},
+        std::pair{"iso.echo", "echo"}}) {
     Options defaults;
     if (std::string_view(handler) == "spin") defaults.Set("timeout_ms", kSpinTimeoutMs);
     absl::Status registered =
@@ -133,9 +134,9 @@ void RunIsolatedDemo(dispatch::FunctionExecutor& executor, const dispatch::Fault
   out.children_left = std::max(0, CountChildren() - children_before);
 
   if (out.flaky_faults != out.expected_faults || out.flaky_ok != kRounds - out.expected_faults) {
-    violations.push_back(absl::StrCat("iso.flaky: ", out.flaky_faults, " faults and ",
-                                      out.flaky_ok, " ok in ", kRounds, " calls; expected ",
-                                      out.expected_faults, " faults"));
+    violations.push_back(absl::StrCat("iso.flaky: ", out.flaky_faults, " faults and ", out.flaky_ok,
+                                      " ok in ", kRounds, " calls; expected ", out.expected_faults,
+                                      " faults"));
   }
   if (out.monitor_faults != static_cast<std::uint64_t>(out.expected_faults)) {
     violations.push_back(absl::StrCat("the fault monitor counted ", out.monitor_faults,

@@ -16,13 +16,13 @@ namespace framekit::host {
 
 struct IsolatedSummary {
   bool ran = false;
-  int crash_period = 0;    // "flaky" crashes on every crash_period-th call
+  int crash_period = 0;  // "flaky" crashes on every crash_period-th call
   int flaky_calls = 0;
   int flaky_ok = 0;
-  int flaky_faults = 0;    // Internal + ExtensionPanic (a worker death)
+  int flaky_faults = 0;  // Internal + ExtensionPanic (a worker death)
   int expected_faults = 0;
   int spin_calls = 0;
-  int spin_timeouts = 0;   // DeadlineExceeded
+  int spin_timeouts = 0;             // DeadlineExceeded
   std::uint64_t deadline_kills = 0;  // workers the pool killed at a deadline (a spin call that
                                      // waited its whole deadline for a worker kills none)
   int echo_calls = 0;
@@ -34,8 +34,9 @@ struct IsolatedSummary {
 };
 
 // Registers iso.flaky, iso.spin and iso.echo on `executor`, calls them with `parent` (which
-// carries the host's caller), shuts the pool down and fills `out`; every broken promise is appended to `violations`. When the worker executable
-// cannot be found, appends a note and leaves out.ran false.
+// carries the host's caller), shuts the pool down and fills `out`; every broken promise is appended
+// to `violations`. When the worker executable cannot be found, appends a note and leaves out.ran
+// false.
 void RunIsolatedDemo(dispatch::FunctionExecutor& executor, const dispatch::FaultMonitor& monitor,
                      const Frame& parent, IsolatedSummary& out, std::vector<std::string>& notes,
                      std::vector<std::string>& violations);

@@ -678,6 +678,7 @@ PoolStats WorkerPool::stats() const {
   std::lock_guard<std::mutex> lock(state_->mu);
   PoolStats out = state_->stats;
   out.live = state_->live;
+  out.spares = static_cast<int>(state_->spares.size());
   if (out.spawned > 0) out.mean_startup = state_->startup_total / out.spawned;
   return out;
 }

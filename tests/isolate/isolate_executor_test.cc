@@ -19,6 +19,7 @@ namespace {
 using ::framekit::isolate_test::IsOkAndHolds;
 using ::framekit::isolate_test::MakePool;
 using ::framekit::isolate_test::WaitForChildren;
+using ::framekit::isolate_test::WaitForSpares;
 using ::framekit::isolate_test::Zombies;
 using ::framekit::testing::IsOk;
 using ::framekit::testing::StatusIs;
@@ -89,6 +90,7 @@ TEST(IsolatedCode, DeadlineKillsTheWorkerAndQuarantinesNothing) {
       (*executor)->Register("spin", IsolatedCode(pool, "spin"), Options{{"timeout_ms", 150}}),
       IsOk());
   ASSERT_THAT((*executor)->Register("frame", IsolatedCode(pool, "frame")), IsOk());
+  ASSERT_TRUE(WaitForSpares(*pool, 2));
   const auto start = Clock::now();
   EXPECT_THAT((*executor)->Invoke(Frame(), "spin", ""),
               StatusIs(absl::StatusCode::kDeadlineExceeded));

@@ -43,6 +43,18 @@ inline std::shared_ptr<isolate::WorkerPool> MakePool(
   return pool.ok() ? *pool : nullptr;
 }
 
+// Waits (bounded) until the pool has `n` spare workers started, so that a timing-sensitive call
+// does not spend its deadline waiting for a process to start (slow under the sanitizers).
+inline bool WaitForSpares(const isolate::WorkerPool& pool, int n,
+                          std::chrono::milliseconds bound = std::chrono::seconds(60)) {
+  const auto until = std::chrono::steady_clock::now() + bound;
+  while (pool.stats().spares < n) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 struct ChildProcess {
   int pid = 0;
   char state = '?';

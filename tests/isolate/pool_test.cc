@@ -31,6 +31,7 @@ using ::framekit::isolate_test::MakePool;
 using ::framekit::isolate_test::StringSink;
 using ::framekit::isolate_test::TestOptions;
 using ::framekit::isolate_test::WaitForChildren;
+using ::framekit::isolate_test::WaitForSpares;
 using ::framekit::isolate_test::Zombies;
 using ::framekit::testing::IsOk;
 using ::framekit::testing::StatusIs;
@@ -167,6 +168,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(WorkerPool, SpinningHandlerIsKilledAtTheDeadline) {
   auto pool = MakePool();
   ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(WaitForSpares(*pool, 2));
   const auto start = Clock::now();
   absl::StatusOr<std::string> out =
       CallString(*pool, "spin", "", Frame().WithTimeout(std::chrono::milliseconds(200)));
@@ -186,6 +188,7 @@ TEST(WorkerPool, CooperativeHandlerStopsAtTheDeadlineWithoutAKill) {
   options.cancel_grace = std::chrono::milliseconds(2000);
   auto pool = MakePool(options);
   ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(WaitForSpares(*pool, 2));
   const auto start = Clock::now();
   EXPECT_THAT(
       CallString(*pool, "cooperative", "", Frame().WithTimeout(std::chrono::milliseconds(100))),
@@ -294,23 +297,27 @@ TEST(WorkerPool, FreshByDefaultReuseOptInPerHandler) {
 
 TEST(WorkerPool, CrashLoopBacksOffOnlyThatHandler) {
   auto options = TestOptions();
-  options.respawn_backoff_min = std::chrono::milliseconds(40);
-  options.respawn_backoff_max = std::chrono::milliseconds(1000);
+  options.respawn_backoff_min = std::chrono::milliseconds(100);
+  options.respawn_backoff_max = std::chrono::milliseconds(5000);
   auto pool = MakePool(options);
   ASSERT_NE(pool, nullptr);
   const auto start = Clock::now();
   for (int i = 0; i < 5; ++i) {
     EXPECT_THAT(CallString(*pool, "segv"), StatusIs(absl::StatusCode::kInternal));
   }
-  // Backoffs after the 2nd, 3rd and 4th crash: 40 + 80 + 160 ms at least.
-  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(280));
-  // The crashing handler is in backoff now (320 ms); another handler is not slowed.
-  const auto echo_start = Clock::now();
-  EXPECT_THAT(CallString(*pool, "echo", "x"), IsOkAndHolds(std::string("x")));
-  EXPECT_LT(Clock::now() - echo_start, std::chrono::milliseconds(250));
-  // A call whose deadline ends before the backoff fails at once instead of waiting.
+  // Backoffs after the 2nd, 3rd and 4th crash: 100 + 200 + 400 ms at least.
+  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(700));
+  // The crashing handler is in backoff now (800 ms): a call whose deadline ends before the
+  // backoff does fails at once instead of waiting.
+  const auto refused_start = Clock::now();
   EXPECT_THAT(CallString(*pool, "segv", "", Frame().WithTimeout(std::chrono::milliseconds(10))),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("backing off")));
+  EXPECT_LT(Clock::now() - refused_start, std::chrono::milliseconds(200));
+  // Another handler is not slowed by it.
+  ASSERT_TRUE(WaitForSpares(*pool, 1));
+  const auto echo_start = Clock::now();
+  EXPECT_THAT(CallString(*pool, "echo", "x"), IsOkAndHolds(std::string("x")));
+  EXPECT_LT(Clock::now() - echo_start, std::chrono::milliseconds(400));
   EXPECT_EQ(pool->stats().deaths, 5u);
   ExpectNoChildrenAfter(*pool);
 }
@@ -393,11 +400,12 @@ TEST(WorkerPool, BoundedPoolWaitsThenRefuses) {
   auto options = TestOptions();
   options.max_workers = 1;
   options.spare_workers = 0;
-  options.acquire_timeout = std::chrono::milliseconds(100);
+  // Long enough for a worker to start under the sanitizers on a loaded machine.
+  options.acquire_timeout = std::chrono::milliseconds(2000);
   auto pool = MakePool(options);
   ASSERT_NE(pool, nullptr);
-  std::thread slow([&] { EXPECT_THAT(CallString(*pool, "sleep", "600"), IsOk()); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::thread slow([&] { EXPECT_THAT(CallString(*pool, "sleep", "6000"), IsOk()); });
+  while (pool->stats().calls == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_THAT(CallString(*pool, "echo", "x"),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("no worker")));
   EXPECT_THAT(CallString(*pool, "echo", "x", Frame().WithTimeout(std::chrono::milliseconds(50))),
@@ -487,11 +495,19 @@ TEST(WorkerPool, ConcurrentCallsWithCrashesAmongThem) {
       for (int i = 0; i < kCalls; ++i) {
         if ((i + t) % 4 == 0) {
           absl::StatusOr<std::string> r = CallString(*pool, "segv");
-          if (r.status().code() == absl::StatusCode::kInternal) ++faults;
+          if (r.status().code() == absl::StatusCode::kInternal) {
+            ++faults;
+          } else {
+            ADD_FAILURE() << "segv: " << r.status();
+          }
         } else {
           const std::string payload = std::to_string(t * 100 + i);
           absl::StatusOr<std::string> r = CallString(*pool, "echo", payload);
-          if (r.ok() && *r == payload) ++ok;
+          if (r.ok() && *r == payload) {
+            ++ok;
+          } else {
+            ADD_FAILURE() << "echo " << payload << ": " << r.status();
+          }
         }
       }
     });

@@ -154,6 +154,7 @@ struct PoolStats {
   std::uint64_t deadline_kills = 0;  // workers killed at a deadline or cancellation
   std::uint64_t reaped = 0;          // worker processes waited for
   int live = 0;                      // worker processes now (spares, busy, idle)
+  int spares = 0;                    // started workers ready for any call now
   // Start-up, from posix_spawn to the worker's ready message: the newest and the mean.
   std::chrono::nanoseconds last_startup{};
   std::chrono::nanoseconds mean_startup{};
