@@ -165,14 +165,22 @@ int main(int argc, char** argv) {
           }),
       Add(r, "fd_exhaust",
           [](const Frame&, std::string_view, Sink&) -> absl::Status {
-            int opened = 0;
-            for (; opened < 100000; ++opened) {
-              if (open("/dev/null", O_RDONLY) < 0) {
-                return absl::ResourceExhaustedError(
-                    absl::StrCat("opened ", opened, " files, then: ", std::strerror(errno)));
+            // Opens files until the worker's cap stops it, then closes them again: a sanitizer
+            // runtime needs a free descriptor of its own to report anything.
+            std::vector<int> fds;
+            int error = 0;
+            while (fds.size() < 100000) {
+              const int fd = open("/dev/null", O_RDONLY);
+              if (fd < 0) {
+                error = errno;
+                break;
               }
+              fds.push_back(fd);
             }
-            return absl::OkStatus();
+            for (int fd : fds) close(fd);
+            if (error == 0) return absl::OkStatus();
+            return absl::ResourceExhaustedError(
+                absl::StrCat("opened ", fds.size(), " files, then: ", std::strerror(error)));
           }),
       Add(r, "exec",
           [](const Frame&, std::string_view, Sink&) -> absl::Status {
