@@ -26,6 +26,13 @@ namespace {
 using framekit::Frame;
 using framekit::dispatch::Sink;
 
+// A real null dereference. Uninstrumented: in the ASan + UBSan build, UBSan would report it and
+// exit(1) before the store faults.
+[[gnu::noinline, gnu::no_sanitize_undefined]] void NullStore(int value) {
+  volatile int* p = nullptr;
+  *p = value;
+}
+
 [[gnu::noinline]] void Throw() { throw std::runtime_error("thrown out of noexcept"); }
 void ThrowingNoexcept() noexcept { Throw(); }
 
@@ -114,8 +121,7 @@ int main(int argc, char** argv) {
           }),
       Add(r, "segv",
           [](const Frame&, std::string_view, Sink&) -> absl::Status {
-            volatile int* p = nullptr;
-            *p = 42;
+            NullStore(42);
             return absl::OkStatus();
           }),
       Add(r, "abort", [](const Frame&, std::string_view, Sink&) -> absl::Status { std::abort(); }),
