@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,10 +27,10 @@ namespace {
 using framekit::Frame;
 using framekit::dispatch::Sink;
 
-// A real null dereference. Uninstrumented: in the ASan + UBSan build, UBSan would report it and
-// exit(1) before the store faults.
-[[gnu::noinline, gnu::no_sanitize_undefined]] void NullStore(int value) {
-  volatile int* p = nullptr;
+// A store to an unmapped page near null: a real SIGSEGV. Not a null pointer, which the compiler
+// may treat as unreachable and UBSan (in the ASan build) reports and exits on before the store.
+[[gnu::noinline]] void NullStore(int value) {
+  volatile int* p = reinterpret_cast<volatile int*>(std::uintptr_t{16});
   *p = value;
 }
 
