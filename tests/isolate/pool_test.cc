@@ -231,7 +231,8 @@ TEST(WorkerPool, MemoryBombHitsTheAddressSpaceLimit) {
 TEST(WorkerPool, FdExhaustionStopsAtTheCapAndLeavesTheHostAlone) {
   auto pool = MakePool();
   ASSERT_NE(pool, nullptr);
-  ExpectHealthy(*pool);  // the pool's own fds are open before we count
+  ExpectHealthy(*pool);                  // the pool's own fds are open before we count
+  ASSERT_TRUE(WaitForSpares(*pool, 2));  // no start in flight: its fds would be counted
   const int host_fds = isolate_test::OpenFds();
   absl::StatusOr<std::string> out = CallString(*pool, "fd_exhaust");
   ASSERT_THAT(out,
@@ -240,7 +241,9 @@ TEST(WorkerPool, FdExhaustionStopsAtTheCapAndLeavesTheHostAlone) {
   ASSERT_EQ(std::sscanf(std::string(out.status().message()).c_str(), "opened %d", &opened), 1);
   EXPECT_LT(opened, 64);
   ExpectHealthy(*pool);
-  EXPECT_EQ(isolate_test::OpenFds(), host_fds);
+  ASSERT_TRUE(WaitForSpares(*pool, 2));
+  // No descriptor leaked by the exhausted worker's call (retired workers may still be closing).
+  EXPECT_LE(isolate_test::OpenFds(), host_fds);
   ExpectNoChildrenAfter(*pool);
 }
 
