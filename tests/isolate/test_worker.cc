@@ -30,7 +30,8 @@ using framekit::dispatch::Sink;
 // A store to an unmapped page near null: a real SIGSEGV. Not a null pointer, which the compiler
 // may treat as unreachable and UBSan (in the ASan build) reports and exits on before the store.
 [[gnu::noinline]] void NullStore(int value) {
-  volatile int* p = reinterpret_cast<volatile int*>(std::uintptr_t{16});
+  static volatile std::uintptr_t address = 16;  // opaque to the optimiser and its warnings
+  volatile int* p = reinterpret_cast<volatile int*>(address);
   *p = value;
 }
 
