@@ -587,6 +587,9 @@ absl::StatusOr<Summary> Host::Run(const std::function<void(int done, int total)>
   s.CheckCalls(per_thread, summary, latencies);
   s.CheckFunctions(summary, latencies);
   s.StopProcesses(summary);
+  RunIsolatedDemo(*s.executor, *s.monitor,
+                  WithCaller(Frame(), {.user_id = "host", .tenant_id = w.tenants.front()}),
+                  summary.isolated, summary.notes, summary.violations);
   for (const dispatch::FaultCounter& c : s.monitor->Counters()) summary.isolated_faults += c.faults;
   for (const ProcessConfig& p : cfg.processes) summary.alarms += s.monitor->alarms(p.name);
   s.monitor->FlushSuppressed();
@@ -621,6 +624,15 @@ std::string SummaryText(const Summary& summary) {
     absl::StrAppendFormat(&out, "%-16s %-7s %-8s %8d %8d %8d  %s\n", p.name, p.kind, p.state,
                           p.ticks, p.faults, p.injected_faults, p.exit);
   }
+  if (const IsolatedSummary& iso = summary.isolated; iso.ran) {
+    absl::StrAppendFormat(&out,
+                          "\nworker processes: iso.flaky %d calls, %d ok, %d faults (null "
+                          "dereference every %dth call); iso.spin %d calls, %d deadline kills; "
+                          "iso.echo %d/%d ok; %d workers started (mean start-up %.2f ms)\n",
+                          iso.flaky_calls, iso.flaky_ok, iso.flaky_faults, iso.crash_period,
+                          iso.spin_calls, iso.deadline_kills, iso.echo_ok, iso.echo_calls,
+                          iso.workers_started, iso.mean_startup_ms);
+  }
   absl::StrAppendFormat(&out, "\nisolation: %d faults isolated and counted, %d alarms raised\n",
                         summary.isolated_faults, summary.alarms);
   if (summary.ok()) {
@@ -643,6 +655,14 @@ nlohmann::json SummaryJson(const Summary& summary) {
   j["violations"] = summary.violations;
   j["isolated_faults"] = summary.isolated_faults;
   j["alarms"] = summary.alarms;
+  if (const IsolatedSummary& iso = summary.isolated; iso.ran) {
+    j["isolated"] = {
+        {"flaky_calls", iso.flaky_calls},         {"flaky_ok", iso.flaky_ok},
+        {"flaky_faults", iso.flaky_faults},       {"crash_period", iso.crash_period},
+        {"spin_calls", iso.spin_calls},           {"deadline_kills", iso.deadline_kills},
+        {"echo_calls", iso.echo_calls},           {"echo_ok", iso.echo_ok},
+        {"workers_started", iso.workers_started}, {"mean_startup_ms", iso.mean_startup_ms}};
+  }
   j["functions"] = nlohmann::json::array();
   for (const FunctionSummary& f : summary.functions) {
     j["functions"].push_back({{"name", f.name},

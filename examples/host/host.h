@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "host_config.h"
+#include "isolated.h"
 #include "nlohmann/json.hpp"
 
 namespace framekit::host {
@@ -66,6 +67,7 @@ struct Summary {
   std::vector<ProcessSummary> processes;
   std::uint64_t isolated_faults = 0;  // every fault the fault monitor counted
   std::uint64_t alarms = 0;
+  IsolatedSummary isolated;             // the functions in worker processes (isolated.h)
   std::vector<std::string> notes;       // e.g. a network that could not be started
   std::vector<std::string> violations;  // every broken promise; empty means the run passed
   bool ok() const { return violations.empty(); }

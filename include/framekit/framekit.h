@@ -23,6 +23,8 @@
 #include "framekit/dispatch/interceptors.h"
 #include "framekit/dispatch/process_manager.h"
 #include "framekit/dispatch/recovery_registry.h"
+#include "framekit/isolate/pool.h"
+#include "framekit/isolate/worker.h"
 #include "framekit/lua/executor_binding.h"
 #include "framekit/lua/lua_function.h"
 #include "framekit/lua/lua_process.h"

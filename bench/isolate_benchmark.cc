@@ -1,0 +1,148 @@
+// Isolated calls (framekit/isolate/pool.h), each against a baseline of the same run:
+//   BM_IsolateRoundTripReuse vs BM_SocketpairPingPong
+//       one call on a reused worker (encode the frame, send, the worker decodes it and runs the
+//       handler, chunk and done back) vs the bare floor: 64 bytes there and back over a
+//       socketpair between two processes
+//   BM_IsolateRoundTripFresh       the default mode: every call on a fresh worker (spares
+//                                  started ahead by the pool's spawner)
+//   BM_IsolateCrashThenCall        a crashing call (death detected, classified, reaped) and the
+//                                  next call, which needs the replacement worker
+//   BM_IsolateThroughput{Reuse,Fresh}/threads:4   1000 calls from 4 threads
+// Counters: startup_us is the pool's mean worker start-up (posix_spawn to ready).
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+
+#include "benchmark/benchmark.h"
+#include "framekit/isolate/pool.h"
+#include "framekit/isolate/worker.h"
+
+#ifdef FRAMEKIT_ISOLATE_BENCH_WORKER
+namespace {
+
+namespace isolate = framekit::isolate;
+
+class NullSink : public framekit::dispatch::Sink {
+ public:
+  absl::Status Write(std::string_view) override { return absl::OkStatus(); }
+};
+
+const std::string kPayload(64, 'p');
+
+std::shared_ptr<isolate::WorkerPool> MakePool(int max_workers, int spares) {
+  isolate::WorkerPoolOptions options;
+  options.executable = FRAMEKIT_ISOLATE_BENCH_WORKER;
+  options.max_workers = max_workers;
+  options.spare_workers = spares;
+  options.respawn_backoff_min = std::chrono::milliseconds(0);  // measure the respawn itself
+  // The test worker decodes the tests' tenant key too; the call keys are a subset of it.
+  auto pool = isolate::WorkerPool::Create(options);
+  return pool.ok() ? *pool : nullptr;
+}
+
+void ReportStartup(benchmark::State& state, const isolate::WorkerPool& pool) {
+  state.counters["startup_us"] =
+      std::chrono::duration<double, std::micro>(pool.stats().mean_startup).count();
+}
+
+void RoundTrip(benchmark::State& state, bool reuse) {
+  auto pool = MakePool(4, 2);
+  if (pool == nullptr) return state.SkipWithError("pool");
+  NullSink sink;
+  const framekit::Frame frame;
+  const isolate::CallOptions options{.reuse = reuse};
+  // Warm up: the first call waits for the first worker to start.
+  if (!pool->Call("echo", frame, kPayload, sink, options).ok()) return state.SkipWithError("warm");
+  for (auto _ : state) {
+    absl::Status status = pool->Call("echo", frame, kPayload, sink, options);
+    if (!status.ok()) return state.SkipWithError(std::string(status.message()).c_str());
+  }
+  ReportStartup(state, *pool);
+}
+
+void BM_IsolateRoundTripReuse(benchmark::State& state) { RoundTrip(state, true); }
+void BM_IsolateRoundTripFresh(benchmark::State& state) { RoundTrip(state, false); }
+BENCHMARK(BM_IsolateRoundTripReuse)->UseRealTime();
+BENCHMARK(BM_IsolateRoundTripFresh)->UseRealTime();
+
+// The floor: a child that only echoes (read and write: async-signal-safe, so fork is fine even
+// with the pools' threads running) and 64 bytes there and back.
+void BM_SocketpairPingPong(benchmark::State& state) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    return state.SkipWithError("socketpair");
+  }
+  const pid_t child = fork();
+  if (child == 0) {
+    close(sv[0]);
+    char buf[64];
+    for (;;) {
+      ssize_t got = 0;
+      while (got < 64) {
+        const ssize_t n = read(sv[1], buf + got, sizeof(buf) - got);
+        if (n <= 0) _exit(0);
+        got += n;
+      }
+      if (write(sv[1], buf, sizeof(buf)) != 64) _exit(0);
+    }
+  }
+  close(sv[1]);
+  char buf[64];
+  for (auto _ : state) {
+    if (write(sv[0], kPayload.data(), 64) != 64) return state.SkipWithError("write");
+    ssize_t got = 0;
+    while (got < 64) {
+      const ssize_t n = read(sv[0], buf + got, sizeof(buf) - got);
+      if (n <= 0) return state.SkipWithError("read");
+      got += n;
+    }
+  }
+  close(sv[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+}
+BENCHMARK(BM_SocketpairPingPong)->UseRealTime();
+
+void BM_IsolateCrashThenCall(benchmark::State& state) {
+  auto pool = MakePool(4, 1);
+  if (pool == nullptr) return state.SkipWithError("pool");
+  NullSink sink;
+  const framekit::Frame frame;
+  for (auto _ : state) {
+    absl::Status crashed = pool->Call("segv", frame, "", sink);
+    if (crashed.code() != absl::StatusCode::kInternal) return state.SkipWithError("no crash");
+    absl::Status status = pool->Call("echo", frame, kPayload, sink);
+    if (!status.ok()) return state.SkipWithError(std::string(status.message()).c_str());
+  }
+  ReportStartup(state, *pool);
+}
+BENCHMARK(BM_IsolateCrashThenCall)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+std::shared_ptr<isolate::WorkerPool> SharedPool() {
+  static const std::shared_ptr<isolate::WorkerPool> pool = MakePool(8, 4);
+  return pool;
+}
+
+void Throughput(benchmark::State& state, bool reuse) {
+  auto pool = SharedPool();
+  if (pool == nullptr) return state.SkipWithError("pool");
+  NullSink sink;
+  const framekit::Frame frame;
+  const isolate::CallOptions options{.reuse = reuse};
+  for (auto _ : state) {
+    absl::Status status = pool->Call("echo", frame, kPayload, sink, options);
+    if (!status.ok()) return state.SkipWithError(std::string(status.message()).c_str());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+void BM_IsolateThroughputReuse(benchmark::State& state) { Throughput(state, true); }
+void BM_IsolateThroughputFresh(benchmark::State& state) { Throughput(state, false); }
+// 1000 calls: 250 per thread.
+BENCHMARK(BM_IsolateThroughputReuse)->Threads(4)->Iterations(250)->UseRealTime();
+BENCHMARK(BM_IsolateThroughputFresh)->Threads(4)->Iterations(250)->UseRealTime();
+
+}  // namespace
+#endif  // FRAMEKIT_ISOLATE_BENCH_WORKER

@@ -1,0 +1,253 @@
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "framekit/ctx/panic.h"
+#include "framekit/dispatch/function_executor.h"
+#include "framekit/isolate/internal/sandbox.h"
+#include "framekit/isolate/internal/wire.h"
+#include "framekit/isolate/worker.h"
+
+namespace framekit::isolate {
+namespace {
+
+using isolate_internal::kFaultFd;
+using isolate_internal::kWireFd;
+using isolate_internal::MessageType;
+
+bool ValidHandlerName(std::string_view name) {
+  if (name.empty() || name.size() > 128) return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '.' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Output chunks to the host, split to the message bound.
+class WireSink final : public dispatch::Sink {
+ public:
+  explicit WireSink(std::size_t max_chunk) : max_chunk_(max_chunk) {}
+  absl::Status Write(std::string_view chunk) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    do {
+      const std::string_view part = chunk.substr(0, max_chunk_);
+      chunk.remove_prefix(part.size());
+      if (absl::Status s = isolate_internal::SendAll(kWireFd, isolate_internal::EncodeChunk(part));
+          !s.ok()) {
+        return s;
+      }
+    } while (!chunk.empty());
+    return absl::OkStatus();
+  }
+
+ private:
+  const std::size_t max_chunk_;
+  std::mutex mu_;
+};
+
+// What the reader thread hands to the serving thread.
+struct Inbox {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<std::string> call;  // one call body at a time: the host never pipelines
+  bool closed = false;
+  std::optional<Canceller> current;  // the running call's canceller
+};
+
+// Reads the socket for as long as it is open: calls go to the inbox, a cancel stops the
+// running call, end of stream (or a malformed stream) closes the inbox and cancels.
+void ReadLoop(Inbox& inbox, isolate_internal::WireLimits limits) {
+  isolate_internal::MessageBuffer buffer(limits);
+  char chunk[64 * 1024];
+  bool open = true;
+  while (open) {
+    const ssize_t n = read(kWireFd, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    buffer.Append(std::string_view(chunk, static_cast<std::size_t>(n)));
+    for (;;) {
+      absl::StatusOr<std::optional<isolate_internal::Message>> next = buffer.Next();
+      if (!next.ok()) {
+        open = false;
+        break;
+      }
+      if (!next->has_value()) break;
+      isolate_internal::Message& message = **next;
+      std::lock_guard<std::mutex> lock(inbox.mu);
+      if (message.type == MessageType::kCall && !inbox.call) {
+        inbox.call = std::move(message.body);
+        inbox.cv.notify_all();
+      } else if (message.type == MessageType::kCancel) {
+        if (inbox.current) inbox.current->Cancel();
+      } else {
+        open = false;  // the host sends nothing else
+        break;
+      }
+    }
+  }
+  std::lock_guard<std::mutex> lock(inbox.mu);
+  inbox.closed = true;
+  if (inbox.current) inbox.current->Cancel();
+  inbox.cv.notify_all();
+}
+
+std::uint64_t PeakRss() {
+  rusage usage{};
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
+}
+
+// Runs one call and returns what to report.
+isolate_internal::DoneMessage Serve(const WorkerRegistry& registry, Inbox& inbox,
+                                    const std::string& body,
+                                    const isolate_internal::WireLimits& limits) {
+  isolate_internal::DoneMessage done;
+  absl::Status status;
+  absl::StatusOr<isolate_internal::CallMessage> call = isolate_internal::DecodeCall(body, limits);
+  const dispatch::Handler* handler = call.ok() ? registry.Find(call->handler) : nullptr;
+  if (!call.ok()) {
+    status = call.status();
+  } else if (handler == nullptr) {
+    status = absl::NotFoundError(
+        absl::StrCat("isolate: no handler \"", call->handler, "\" in this worker"));
+  } else if (absl::StatusOr<DecodedFrame> decoded = registry.portable_keys().Decode(call->frame);
+             !decoded.ok()) {
+    status = decoded.status();
+  } else {
+    auto [frame, canceller] = decoded->frame.WithCancel();
+    {
+      std::lock_guard<std::mutex> lock(inbox.mu);
+      inbox.current = canceller;
+      if (inbox.closed) canceller.Cancel();
+    }
+    WireSink sink(limits.max_message_bytes - 1);
+    try {
+      status = (*handler)(frame, call->payload, sink);
+    } catch (...) {
+      RethrowIfForcedUnwind();
+      const ExtensionPanic panic = DescribeCurrentException(call->handler, Phase::kInvoke);
+      done.threw = true;
+      done.panic_type = panic.type;
+      done.panic_message = panic.message;
+      status = PanicStatus(panic);
+    }
+    std::lock_guard<std::mutex> lock(inbox.mu);
+    inbox.current.reset();
+  }
+  done.code = status.code();
+  done.message = std::string(status.message());
+  done.peak_rss_bytes = PeakRss();
+  return done;
+}
+
+// exit() from a handler ends the worker at once with its status: registered after the static
+// initialisers' and the sanitizer runtimes' exit hooks, this runs before them, so neither exit-time
+// destructors nor a leak checker (which would ptrace, denied by the seccomp profile) run in a
+// worker that is being torn down anyway.
+void ExitNow(int status, void*) { _exit(status); }
+
+[[noreturn]] void Fail(std::string_view what, const absl::Status& status) {
+  const std::string line = absl::StrCat("detail ", absl::string_view(what.data(), what.size()),
+                                        ": ", status.message(), "\n");
+  ssize_t ignored = write(kFaultFd, line.data(), line.size());
+  (void)ignored;
+  std::fprintf(stderr, "framekit worker: %s\n", line.c_str() + 7);
+  _exit(3);
+}
+
+}  // namespace
+
+absl::Status AddCallKeys(PortableKeys& keys) {
+  if (absl::Status s = keys.Add(CallerKey()); !s.ok()) return s;
+  return keys.Add(dispatch::TraceIdKey());
+}
+
+WorkerRegistry::WorkerRegistry() {
+  auto keys = std::make_shared<PortableKeys>();
+  absl::Status added = AddCallKeys(*keys);
+  assert(added.ok());
+  (void)added;
+  keys_ = std::move(keys);
+}
+
+absl::Status WorkerRegistry::Add(std::string name, dispatch::Handler handler) {
+  if (!ValidHandlerName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("isolate: handler name \"", name, "\" is not 1-128 of [A-Za-z0-9_.-]"));
+  }
+  if (!handler) return absl::InvalidArgumentError("isolate: empty handler");
+  if (handlers_.contains(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("isolate: handler \"", name, "\" exists"));
+  }
+  handlers_.emplace(std::move(name), std::move(handler));
+  return absl::OkStatus();
+}
+
+const dispatch::Handler* WorkerRegistry::Find(std::string_view name) const {
+  auto it = handlers_.find(absl::string_view(name.data(), name.size()));
+  return it == handlers_.end() ? nullptr : &it->second;
+}
+
+int WorkerMain(const WorkerRegistry& registry, int argc, char** argv) {
+  absl::StatusOr<isolate_internal::WorkerArgs> args = isolate_internal::ParseWorkerArgs(argc, argv);
+  if (!args.ok()) {
+    std::fprintf(stderr, "%s: %s\n", argc > 0 ? argv[0] : "worker",
+                 std::string(args.status().message()).c_str());
+    return 2;
+  }
+  // Die with the host. The signal is tied to the spawning thread of the parent, which is the
+  // pool's long-lived spawner; the getppid check closes the race with a parent that died before
+  // prctl ran.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != static_cast<pid_t>(args->parent)) _exit(1);
+  dup2(STDERR_FILENO, STDOUT_FILENO);  // stdout belongs to the host; a handler's prints go to logs
+  isolate_internal::InstallCrashHandler(kFaultFd);
+  on_exit(ExitNow, nullptr);
+  if (absl::Status s = isolate_internal::ApplyLimits(args->limits); !s.ok()) Fail("limits", s);
+  if (args->limits.seccomp) {
+    if (absl::Status s = isolate_internal::ApplySeccompProfile(); !s.ok()) Fail("seccomp", s);
+  }
+  isolate_internal::WireLimits limits;
+  limits.max_message_bytes = args->max_message_bytes;
+  if (absl::Status s = isolate_internal::SendAll(kWireFd, isolate_internal::EncodeHello(getpid()));
+      !s.ok()) {
+    _exit(0);  // the host is gone already
+  }
+  Inbox inbox;
+  std::thread reader(ReadLoop, std::ref(inbox), limits);
+  reader.detach();
+  for (;;) {
+    std::string body;
+    {
+      std::unique_lock<std::mutex> lock(inbox.mu);
+      inbox.cv.wait(lock, [&] { return inbox.call.has_value() || inbox.closed; });
+      if (!inbox.call) _exit(0);
+      body = std::move(*inbox.call);
+    }
+    const isolate_internal::DoneMessage done = Serve(registry, inbox, body, limits);
+    {
+      std::lock_guard<std::mutex> lock(inbox.mu);
+      inbox.call.reset();
+    }
+    if (!isolate_internal::SendAll(kWireFd, isolate_internal::EncodeDone(done, limits)).ok()) {
+      _exit(0);
+    }
+  }
+}
+
+}  // namespace framekit::isolate
