@@ -459,6 +459,8 @@ void Host::State::CheckCalls(const std::vector<std::vector<CallResult>>& per_thr
         ++fs.faults;
       } else if (r.code == absl::StatusCode::kDeadlineExceeded) {
         ++fs.timeouts;
+      } else if (r.code == absl::StatusCode::kResourceExhausted) {
+        ++fs.refused;
       } else {
         ++fs.other_errors;
       }
@@ -511,6 +513,7 @@ void Host::State::CheckFunctions(Summary& summary,
     if (counters.ok()) {
       fs.executor_faults = counters->faults;
       fs.executor_timeouts = counters->timeouts;
+      fs.executor_refusals = counters->refusals;
     }
     const std::uint64_t injected = function_states[i]->injected.load();
     // The executor reports a function's faults under "NAME@vVERSION".
@@ -529,6 +532,10 @@ void Host::State::CheckFunctions(Summary& summary,
         violation(absl::StrCat("\"", fs.name, "\": ", fs.ok, " ok + ", fs.faults,
                                " faults != ", fs.calls, " calls"));
       }
+    }
+    if (fs.executor_refusals != static_cast<std::uint64_t>(fs.refused)) {
+      violation(absl::StrCat("\"", fs.name, "\": ", fs.refused, " calls refused, executor counted ",
+                             fs.executor_refusals));
     }
     if (fs.executor_timeouts != static_cast<std::uint64_t>(fs.timeouts)) {
       violation(absl::StrCat("\"", fs.name, "\": ", fs.timeouts,
@@ -602,11 +609,13 @@ std::string SummaryText(const Summary& summary) {
                         summary.seconds);
   for (const std::string& note : summary.notes) absl::StrAppend(&out, "note: ", note, "\n");
   if (!summary.notes.empty()) out.push_back('\n');
-  absl::StrAppendFormat(&out, "%-16s %-7s %6s %6s %6s %8s %6s %9s %9s\n", "function", "handler",
-                        "calls", "ok", "faults", "timeouts", "other", "p50 ms", "p99 ms");
+  absl::StrAppendFormat(&out, "%-16s %-7s %6s %6s %6s %8s %7s %6s %9s %9s\n", "function", "handler",
+                        "calls", "ok", "faults", "timeouts", "refused", "other", "p50 ms",
+                        "p99 ms");
   for (const FunctionSummary& f : summary.functions) {
-    absl::StrAppendFormat(&out, "%-16s %-7s %6d %6d %6d %8d %6d %9.2f %9.2f\n", f.name, f.handler,
-                          f.calls, f.ok, f.faults, f.timeouts, f.other_errors, f.p50_ms, f.p99_ms);
+    absl::StrAppendFormat(&out, "%-16s %-7s %6d %6d %6d %8d %7d %6d %9.2f %9.2f\n", f.name,
+                          f.handler, f.calls, f.ok, f.faults, f.timeouts, f.refused, f.other_errors,
+                          f.p50_ms, f.p99_ms);
   }
   absl::StrAppendFormat(&out, "\n%-16s %-7s %6s  %s\n", "network", "kind", "calls",
                         "source address seen by the echo server (calls)");
@@ -671,11 +680,13 @@ nlohmann::json SummaryJson(const Summary& summary) {
                               {"ok", f.ok},
                               {"faults", f.faults},
                               {"timeouts", f.timeouts},
+                              {"refused", f.refused},
                               {"other_errors", f.other_errors},
                               {"p50_ms", f.p50_ms},
                               {"p99_ms", f.p99_ms},
                               {"executor_faults", f.executor_faults},
-                              {"executor_timeouts", f.executor_timeouts}});
+                              {"executor_timeouts", f.executor_timeouts},
+                              {"executor_refusals", f.executor_refusals}});
   }
   j["networks"] = nlohmann::json::array();
   for (const NetworkSummary& n : summary.networks) {

@@ -34,11 +34,13 @@ struct FunctionSummary {
   int ok = 0;
   int faults = 0;    // calls that failed with an isolated fault (ExtensionPanic)
   int timeouts = 0;  // calls that failed with DeadlineExceeded
+  int refused = 0;   // calls its bulkhead refused (ResourceExhausted)
   int other_errors = 0;
   double p50_ms = 0;
   double p99_ms = 0;
   std::uint64_t executor_faults = 0;  // what the executor counted
   std::uint64_t executor_timeouts = 0;
+  std::uint64_t executor_refusals = 0;
 };
 
 struct NetworkSummary {

@@ -52,7 +52,7 @@ void ExpectCountsAddUp(const nlohmann::json& j) {
   int calls = 0, fetched = 0;
   for (const auto& f : j["functions"]) {
     EXPECT_EQ(f["ok"].get<int>() + f["faults"].get<int>() + f["timeouts"].get<int>() +
-                  f["other_errors"].get<int>(),
+                  f["refused"].get<int>() + f["other_errors"].get<int>(),
               f["calls"].get<int>())
         << f;
     calls += f["calls"].get<int>();
@@ -63,9 +63,10 @@ void ExpectCountsAddUp(const nlohmann::json& j) {
     }
     if (f["handler"] == "slow") {
       // Each slow call times out, or is refused by the function's bulkhead while another of its
-      // calls is still quarantined (counted as another error).
-      EXPECT_EQ(f["timeouts"].get<int>() + f["other_errors"].get<int>(), f["calls"].get<int>())
-          << f;
+      // calls is still quarantined: never anything else.
+      EXPECT_EQ(f["timeouts"].get<int>() + f["refused"].get<int>(), f["calls"].get<int>()) << f;
+      EXPECT_EQ(f["other_errors"], 0) << f;
+      EXPECT_EQ(f["refused"], f["executor_refusals"]) << f;
       EXPECT_GT(f["timeouts"].get<int>(), 0) << f;
       EXPECT_EQ(f["timeouts"], f["executor_timeouts"]) << f;
     }
