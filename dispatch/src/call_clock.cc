@@ -26,7 +26,7 @@ Clock::time_point FromNanos(std::int64_t ns) noexcept {
 // CPUID 0x80000007, EDX bit 8: the time-stamp counter runs at a constant rate in every P-, C-
 // and T-state ("invariant TSC").
 bool InvariantCounter() noexcept {
-  if (__get_cpuid_max(0x80000000, nullptr) < 0x80000007) return false;
+  if (static_cast<unsigned>(__get_cpuid_max(0x80000000, nullptr)) < 0x80000007u) return false;
   unsigned a = 0, b = 0, c = 0, d = 0;
   __cpuid(0x80000007, a, b, c, d);
   return (d & (1u << 8)) != 0;
