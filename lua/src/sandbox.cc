@@ -756,17 +756,23 @@ void LibraryMeta(lua_State* L) {
   lua_remove(L, -2);
 }
 
+// Completes the metatable on top of the stack: writes to library `name` are denied and the
+// metatable itself is hidden.
+void DenyWritesAndHide(lua_State* L, const char* name) {
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, DeniedField, 1);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+}
+
 // The metatable of a denied library: every read or write is denied.
 void DeniedMeta(lua_State* L, const char* name) {
   lua_createtable(L, 0, 3);
   lua_pushstring(L, name);
   lua_pushcclosure(L, DeniedField, 1);
   lua_setfield(L, -2, "__index");
-  lua_pushstring(L, name);
-  lua_pushcclosure(L, DeniedField, 1);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
+  DenyWritesAndHide(L, name);
 }
 
 // os: clock and time (real os table below the top), anything else denied.
@@ -780,11 +786,7 @@ void OsMeta(lua_State* L) {
   lua_insert(L, -2);
   lua_pushcclosure(L, OsIndex, 1);
   lua_setfield(L, -2, "__index");
-  lua_pushstring(L, LUA_OSLIBNAME);
-  lua_pushcclosure(L, DeniedField, 1);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
+  DenyWritesAndHide(L, LUA_OSLIBNAME);
 }
 
 // The proxies' metatables, by global name, into the registry.

@@ -33,14 +33,25 @@ dispatch::FaultMonitorOptions QuietMonitor(int evict_after) {
   return options;
 }
 
-TEST(IsolatedCode, CrashIsAFaultOfThatFunctionOnly) {
+// An executor whose fault monitor evicts a function after `evict_after` faults, and a pool of
+// the test workers.
+struct ExecutorAndPool {
+  explicit ExecutorAndPool(int evict_after)
+      : monitor(QuietMonitor(evict_after)),
+        executor(dispatch::FunctionExecutor::Create(app, {.monitor = &monitor})),
+        pool(MakePool()) {}
   AppContext app;
-  dispatch::FaultMonitor monitor(QuietMonitor(3));
-  dispatch::FunctionExecutorOptions options;
-  options.monitor = &monitor;
-  auto executor = dispatch::FunctionExecutor::Create(app, options);
+  dispatch::FaultMonitor monitor;
+  absl::StatusOr<std::unique_ptr<dispatch::FunctionExecutor>> executor;
+  std::shared_ptr<WorkerPool> pool;
+};
+
+TEST(IsolatedCode, CrashIsAFaultOfThatFunctionOnly) {
+  ExecutorAndPool host(3);
+  dispatch::FaultMonitor& monitor = host.monitor;
+  auto& executor = host.executor;
   ASSERT_THAT(executor, IsOk());
-  auto pool = MakePool();
+  const std::shared_ptr<WorkerPool>& pool = host.pool;
   ASSERT_NE(pool, nullptr);
   ASSERT_THAT((*executor)->Register("crashy", IsolatedCode(pool, "segv")), IsOk());
   ASSERT_THAT((*executor)->Register("echo", IsolatedCode(pool, "echo")), IsOk());
@@ -78,13 +89,10 @@ TEST(IsolatedCode, CrashIsAFaultOfThatFunctionOnly) {
 // Tests that a deadline call of an isolated spinning handler returns DeadlineExceeded at the
 // deadline and quarantines nothing: the worker process is killed, no thread is stuck.
 TEST(IsolatedCode, DeadlineKillsTheWorkerAndQuarantinesNothing) {
-  AppContext app;
-  dispatch::FaultMonitor monitor(QuietMonitor(100));
-  dispatch::FunctionExecutorOptions options;
-  options.monitor = &monitor;
-  auto executor = dispatch::FunctionExecutor::Create(app, options);
+  ExecutorAndPool host(100);
+  auto& executor = host.executor;
   ASSERT_THAT(executor, IsOk());
-  auto pool = MakePool();
+  const std::shared_ptr<WorkerPool>& pool = host.pool;
   ASSERT_NE(pool, nullptr);
   ASSERT_THAT(
       (*executor)->Register("spin", IsolatedCode(pool, "spin"), Options{{"timeout_ms", 150}}),
