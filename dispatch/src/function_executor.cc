@@ -721,7 +721,8 @@ absl::StatusOr<std::vector<FunctionVersion>> FunctionExecutor::ListVersions(
     out.push_back({.version = version->number,
                    .deployed = version->deployed,
                    .active = version == (*found)->active,
-                   .disabled = version->disabled.load(std::memory_order_acquire)});
+                   .disabled = version->disabled.load(std::memory_order_acquire),
+                   .code = version->code});
   }
   return out;
 }

@@ -12,6 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "framekit/base/status_macros.h"
 #include "framekit/framekit.h"
 #include "framekit/net/testing/loopback.h"
@@ -36,6 +38,8 @@ struct CallResult {
   std::string expected_network;  // fetch only
   std::string network;           // fetch only: from the handler's frame
   std::string source;            // fetch only: what the echo server saw
+  std::string expected_tenant;   // the caller's tenant
+  std::string tenant;            // a Lua fetch's output: the tenant its frame carried
   bool output_ok = true;
   std::string error;
 };
@@ -43,6 +47,22 @@ struct CallResult {
 // Records a violation in `summary`; only the first 50 are kept.
 void AddViolation(Summary& summary, std::string text) {
   if (summary.violations.size() < 50) summary.violations.push_back(std::move(text));
+}
+
+// Parses a fetch's output, "network=N source=S" (native) or "network=N source=S tenant=T" (Lua).
+bool ParseFetchOutput(std::string_view output, bool with_tenant, CallResult& r) {
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(output.data(), output.size()), ' ');
+  if (fields.size() != (with_tenant ? 3u : 2u)) return false;
+  if (!absl::ConsumePrefix(&fields[0], "network=") || !absl::ConsumePrefix(&fields[1], "source=")) {
+    return false;
+  }
+  r.network = std::string(fields[0]);
+  r.source = std::string(fields[1]);
+  if (!with_tenant) return true;
+  if (!absl::ConsumePrefix(&fields[2], "tenant=")) return false;
+  r.tenant = std::string(fields[2]);
+  return true;
 }
 
 double Percentile(std::vector<double> values, double p) {
@@ -71,6 +91,9 @@ struct Host::State {
   struct FunctionState {
     std::atomic<std::uint64_t> calls{0};
     std::atomic<std::uint64_t> injected{0};
+    // What the function's code reported for every call (RunStats, through StatsTap).
+    std::atomic<std::uint64_t> peak_memory{0};  // the largest of any call
+    std::atomic<std::uint64_t> host_calls{0};   // over every call
   };
   struct ProcessState {
     dispatch::Pid pid = 0;
@@ -78,6 +101,34 @@ struct Host::State {
     std::atomic<std::uint64_t> ticks{0};
     std::atomic<std::uint64_t> injected{0};
   };
+
+  // Wraps a function's code to add up the RunStats of every call (the executor's records keep
+  // only the newest ones); the executor sees the wrapped code's preemptive() unchanged.
+  class StatsTap final : public dispatch::Code {
+   public:
+    StatsTap(std::shared_ptr<dispatch::Code> code, FunctionState* counters)
+        : code_(std::move(code)), counters_(counters) {}
+    bool preemptive() const override { return code_->preemptive(); }
+    absl::Status Run(const Frame& frame, std::string_view payload, dispatch::Sink& out,
+                     dispatch::RunStats& stats) override {
+      absl::Status status = code_->Run(frame, payload, out, stats);
+      counters_->host_calls.fetch_add(stats.host_calls, std::memory_order_relaxed);
+      std::uint64_t peak = counters_->peak_memory.load(std::memory_order_relaxed);
+      while (stats.peak_memory_bytes > peak &&
+             !counters_->peak_memory.compare_exchange_weak(peak, stats.peak_memory_bytes,
+                                                           std::memory_order_relaxed)) {
+      }
+      return status;
+    }
+
+   private:
+    const std::shared_ptr<dispatch::Code> code_;
+    FunctionState* const counters_;
+  };
+
+  // The frame keys scripts may read, and the host functions of the Lua functions.
+  std::shared_ptr<const PortableKeys> portable;
+  std::shared_ptr<const lua::LuaHost> lua_functions_host;
   std::vector<std::unique_ptr<FunctionState>> function_states;
   std::vector<std::unique_ptr<ProcessState>> process_states;
   std::atomic<int> tenant_mismatches{0};
@@ -97,6 +148,9 @@ struct Host::State {
   void DescribeWorkload(Summary& summary) const;
   void CheckCalls(const std::vector<std::vector<CallResult>>& per_thread, Summary& summary,
                   std::vector<std::vector<double>>& latencies);
+  void CheckLuaCall(const FunctionConfig& f, const FunctionSummary& fs, const CallResult& r,
+                    Summary& summary) const;
+  void CheckLuaStats(const FunctionSummary& fs, Summary& summary) const;
   void CheckFunctions(Summary& summary, const std::vector<std::vector<double>>& latencies);
   void StopProcesses(Summary& summary);
 
@@ -166,6 +220,74 @@ struct Host::State {
       }
       return out.Write("ok");
     };
+  }
+
+  // Scripts read the tenant label, the network and the caller; host.fetch() dials the echo
+  // server on the script's own call frame, so through the route the overlay chose for the call.
+  absl::Status MakeLuaHost() {
+    PortableKeys keys;
+    FRAMEKIT_RETURN_IF_ERROR(keys.Add(kTenantLabel));
+    FRAMEKIT_RETURN_IF_ERROR(keys.Add(net::NetworkKey()));
+    FRAMEKIT_RETURN_IF_ERROR(keys.Add(CallerKey()));
+    portable = std::make_shared<const PortableKeys>(std::move(keys));
+    auto host = std::make_shared<lua::LuaHost>(lua::LuaHostOptions{
+        .name = "host.lua", .portable = portable, .logger = logger, .monitor = monitor.get()});
+    FRAMEKIT_RETURN_IF_ERROR(
+        host->AddFunction("fetch", [this](const Frame& frame) -> absl::StatusOr<std::string> {
+          CheckTenant(frame);
+          absl::StatusOr<net::Connection> conn =
+              net::Dial(frame, *networks, "127.0.0.1", echo->port(), std::chrono::seconds(2));
+          if (!conn.ok()) return conn.status();
+          std::string seen;
+          while (true) {
+            absl::StatusOr<std::string> chunk = conn->Read(64, std::chrono::seconds(2));
+            if (!chunk.ok()) return chunk.status();
+            if (chunk->empty()) break;
+            seen += *chunk;
+          }
+          if (!seen.empty() && seen.back() == '\n') seen.pop_back();
+          return seen;
+        }));
+    lua_functions_host = std::move(host);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::shared_ptr<dispatch::Code>> MakeLuaFunction(std::size_t index) {
+    const FunctionConfig& f = config.functions[index];
+    lua::LuaLimits limits;
+    if (f.memory_bytes > 0) limits.memory_bytes = f.memory_bytes;
+    if (f.timeout.count() > 0) limits.timeout = f.timeout;
+    absl::StatusOr<std::shared_ptr<lua::LuaFunction>> fn = lua::LuaFunction::Compile(
+        absl::StrCat(f.name, ".lua"), f.source, limits, lua_functions_host);
+    if (!fn.ok()) return fn.status();
+    return std::make_shared<StatsTap>(*std::move(fn), function_states[index].get());
+  }
+
+  // A Lua process: the manager's step budget and fault policy apply to it as to any process; its
+  // host.tick() and host.injecting() count into the process's own counters.
+  absl::StatusOr<dispatch::ProcessSpec> MakeLuaProcess(std::size_t index) {
+    const ProcessConfig& p = config.processes[index];
+    ProcessState* counters = process_states[index].get();
+    auto host = std::make_shared<lua::LuaHost>(lua::LuaHostOptions{
+        .name = p.name, .portable = portable, .logger = logger, .monitor = monitor.get()});
+    FRAMEKIT_RETURN_IF_ERROR(host->AddFunction("tick", [counters] {
+      counters->polls.fetch_add(1);
+      counters->ticks.fetch_add(1);
+    }));
+    FRAMEKIT_RETURN_IF_ERROR(host->AddFunction("injecting", [counters] {
+      counters->polls.fetch_add(1);
+      counters->injected.fetch_add(1);
+    }));
+    lua::LuaProcessLimits limits;
+    if (p.step.count() > 0) limits.step_timeout = p.step;
+    absl::StatusOr<dispatch::ProcessSpec> spec =
+        lua::LuaProcessSpec(p.name, p.source, limits, std::move(host));
+    if (!spec.ok()) return spec.status();
+    spec->idle_interval = p.interval;
+    spec->poll_faults = {.max_faults = 50,
+                         .window = std::chrono::seconds(1),
+                         .on_trip = dispatch::FaultVerdict::kEvict};
+    return spec;
   }
 
   dispatch::ProcessSpec MakeProcess(std::size_t index) {
@@ -288,10 +410,20 @@ absl::Status Host::State::StartDispatch() {
   executor_options.deadline_workers = cfg.workload.threads + 2;
   executor_options.max_quarantined = 8;
   executor = std::make_unique<dispatch::FunctionExecutor>(app, executor_options);
+  FRAMEKIT_RETURN_IF_ERROR(MakeLuaHost());
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
     function_states.push_back(std::make_unique<State::FunctionState>());
-    FRAMEKIT_RETURN_IF_ERROR(
-        executor->Register(cfg.functions[i].name, MakeHandler(i), cfg.functions[i].defaults));
+    const FunctionConfig& f = cfg.functions[i];
+    std::shared_ptr<dispatch::Code> code;
+    if (f.runtime == "lua") {
+      absl::StatusOr<std::shared_ptr<dispatch::Code>> lua = MakeLuaFunction(i);
+      if (!lua.ok()) return lua.status();
+      code = *std::move(lua);
+    } else {
+      code = std::make_shared<StatsTap>(dispatch::NativeCode(MakeHandler(i)),
+                                        function_states[i].get());
+    }
+    FRAMEKIT_RETURN_IF_ERROR(executor->Register(f.name, std::move(code), f.defaults));
   }
 
   dispatch::ProcessManagerOptions process_options;
@@ -302,7 +434,13 @@ absl::Status Host::State::StartDispatch() {
       WithCaller(Frame(), {.user_id = "host", .tenant_id = cfg.workload.tenants.front()});
   for (std::size_t i = 0; i < cfg.processes.size(); ++i) {
     process_states.push_back(std::make_unique<State::ProcessState>());
-    absl::StatusOr<dispatch::Pid> pid = processes->Start(process_parent, MakeProcess(i));
+    absl::StatusOr<dispatch::ProcessSpec> spec = MakeProcess(i);
+    if (cfg.processes[i].kind == "lua") spec = MakeLuaProcess(i);
+    if (!spec.ok()) {
+      return absl::Status(spec.status().code(), absl::StrCat("process \"", cfg.processes[i].name,
+                                                             "\": ", spec.status().message()));
+    }
+    absl::StatusOr<dispatch::Pid> pid = processes->Start(process_parent, *std::move(spec));
     if (!pid.ok()) {
       return absl::Status(pid.status().code(), absl::StrCat("process \"", cfg.processes[i].name,
                                                             "\": ", pid.status().message()));
@@ -361,8 +499,10 @@ CallResult Host::State::Call(int i, const std::vector<int>& schedule) {
       .user_id = absl::StrCat("user-", i % 7),
       .tenant_id = w.tenants[static_cast<std::size_t>(i) % w.tenants.size()]};
   const Frame parent = WithCaller(Frame(), caller).WithTimeout(w.deadline);
+  r.expected_tenant = caller.tenant_id;
+  const bool lua_fetch = f.runtime == "lua" && f.expect == "fetch";
   Options options;
-  if (f.handler == "fetch") {
+  if (f.handler == "fetch" || lua_fetch) {
     const std::string choice =
         w.fetch_networks.empty()
             ? "default"
@@ -382,13 +522,9 @@ CallResult Host::State::Call(int i, const std::vector<int>& schedule) {
   r.panic = IsExtensionPanic(output.status());
   if (!output.ok()) r.error = output.status().ToString();
   if (output.ok() && f.handler == "echo") r.output_ok = *output == payload;
-  if (output.ok() && f.handler == "fetch") {
-    const std::size_t network_at = output->find("network="), source_at = output->find(" source=");
-    r.output_ok = network_at == 0 && source_at != std::string::npos;
-    if (r.output_ok) {
-      r.network = output->substr(8, source_at - 8);
-      r.source = output->substr(source_at + 8);
-    }
+  if (output.ok() && (f.handler == "fetch" || lua_fetch)) {
+    r.output_ok = ParseFetchOutput(*output, lua_fetch, r);
+    if (r.output_ok && lua_fetch && r.tenant != r.expected_tenant) ++tenant_mismatches;
   }
   return r;
 }
@@ -425,8 +561,10 @@ void Host::State::DescribeWorkload(Summary& summary) const {
   const HostConfig& cfg = config;
   summary.notes = notes;
   for (std::size_t i = 0; i < cfg.functions.size(); ++i) {
-    summary.functions.push_back(
-        {.name = cfg.functions[i].name, .handler = cfg.functions[i].handler});
+    const FunctionConfig& f = cfg.functions[i];
+    summary.functions.push_back({.name = f.name,
+                                 .runtime = f.runtime,
+                                 .handler = f.runtime == "lua" ? f.expect : f.handler});
   }
   for (const net::Network& n : cfg.networks.networks) {
     NetworkSummary ns{.id = n.id, .kind = std::string(n.kind_name())};
@@ -460,11 +598,13 @@ void Host::State::CheckCalls(const std::vector<std::vector<CallResult>>& per_thr
       } else if (r.code == absl::StatusCode::kDeadlineExceeded) {
         ++fs.timeouts;
       } else if (r.code == absl::StatusCode::kResourceExhausted) {
-        ++fs.refused;
+        ++(fs.runtime == "lua" ? fs.limited : fs.refused);
       } else {
         ++fs.other_errors;
       }
       const std::string& handler = fs.handler;
+      const FunctionConfig& f = config.functions[static_cast<std::size_t>(r.function)];
+      if (f.runtime == "lua") CheckLuaCall(f, fs, r, summary);
       if ((handler == "echo" || handler == "fetch") && r.code != absl::StatusCode::kOk) {
         violation(absl::StrCat("healthy call to \"", fs.name, "\" failed: ", r.error));
       }
@@ -480,7 +620,7 @@ void Host::State::CheckCalls(const std::vector<std::vector<CallResult>>& per_thr
         violation(absl::StrCat("a call to \"", fs.name,
                                "\" failed without an isolated fault: ", r.error));
       }
-      if (handler == "fetch" && r.code == absl::StatusCode::kOk) {
+      if (handler == "fetch" && r.code == absl::StatusCode::kOk && r.output_ok) {
         if (r.network != r.expected_network) {
           violation(absl::StrCat("a call to \"", fs.name, "\" took network \"", r.network,
                                  "\" but its options selected \"", r.expected_network, "\""));
@@ -496,6 +636,66 @@ void Host::State::CheckCalls(const std::vector<std::vector<CallResult>>& per_thr
           }
         }
       }
+    }
+  }
+}
+
+// A Lua call ends as its configuration says every call of it must: a fetch or an ok function
+// succeeds, a spinning one ends at its timeout (within a bounded overrun), a memory bomb ends with
+// ResourceExhausted.
+void Host::State::CheckLuaCall(const FunctionConfig& f, const FunctionSummary& fs,
+                               const CallResult& r, Summary& summary) const {
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
+  if (f.expect == "ok" && r.code != absl::StatusCode::kOk) {
+    violation(absl::StrCat("healthy Lua call to \"", fs.name, "\" failed: ", r.error));
+  }
+  if (f.expect == "timeout") {
+    if (r.code != absl::StatusCode::kDeadlineExceeded) {
+      violation(absl::StrCat("a call to \"", fs.name, "\" did not end at its deadline: ",
+                             r.code == absl::StatusCode::kOk ? "OK" : r.error));
+    }
+    // The call's deadline: the earlier of the workload's and the function's timeout. A
+    // preempted script returns well within this margin even on a loaded machine.
+    const Clock::duration timeout =
+        f.timeout.count() > 0 ? Clock::duration(f.timeout) : lua::LuaLimits().timeout;
+    const double bound_ms =
+        Millis(std::min<Clock::duration>(timeout, config.workload.deadline)).count() + 250;
+    if (r.ms > bound_ms) {
+      violation(absl::StrFormat("a call to \"%s\" ran %.1f ms, past its deadline + 250 ms", fs.name,
+                                r.ms));
+    }
+  }
+  if (f.expect == "memory" && r.code != absl::StatusCode::kResourceExhausted) {
+    violation(absl::StrCat("a call to \"", fs.name, "\" did not end at its memory limit: ",
+                           r.code == absl::StatusCode::kOk ? "OK" : r.error));
+  }
+}
+
+// A Lua function's RunStats: every call has a Lua heap, a fetch makes one host call per
+// successful call, and the executor's own invocation records carry the same stats.
+void Host::State::CheckLuaStats(const FunctionSummary& fs, Summary& summary) const {
+  const auto violation = [&summary](std::string text) { AddViolation(summary, std::move(text)); };
+  if (fs.calls > 0 && fs.peak_memory_bytes == 0) {
+    violation(absl::StrCat("\"", fs.name, "\": no peak memory reported"));
+  }
+  if (fs.handler == "fetch" && fs.host_calls < static_cast<std::uint64_t>(fs.ok)) {
+    violation(absl::StrCat("\"", fs.name, "\": ", fs.ok, " fetches succeeded with ", fs.host_calls,
+                           " host calls"));
+  }
+  absl::StatusOr<std::vector<dispatch::InvocationRecord>> records =
+      executor->ListInvocations(fs.name);
+  if (!records.ok()) {
+    violation(
+        absl::StrCat("\"", fs.name, "\": no invocation records: ", records.status().ToString()));
+    return;
+  }
+  for (const dispatch::InvocationRecord& record : *records) {
+    if (record.stats.peak_memory_bytes == 0 ||
+        record.stats.peak_memory_bytes > fs.peak_memory_bytes) {
+      violation(absl::StrCat("\"", fs.name, "\": invocation ", record.id, " records peak memory ",
+                             record.stats.peak_memory_bytes,
+                             " (the largest reported: ", fs.peak_memory_bytes, ")"));
+      return;
     }
   }
 }
@@ -533,6 +733,9 @@ void Host::State::CheckFunctions(Summary& summary,
                                " faults != ", fs.calls, " calls"));
       }
     }
+    fs.peak_memory_bytes = function_states[i]->peak_memory.load();
+    fs.host_calls = function_states[i]->host_calls.load();
+    if (fs.runtime == "lua") CheckLuaStats(fs, summary);
     if (fs.executor_refusals != static_cast<std::uint64_t>(fs.refused)) {
       violation(absl::StrCat("\"", fs.name, "\": ", fs.refused, " calls refused, executor counted ",
                              fs.executor_refusals));
@@ -609,14 +812,21 @@ std::string SummaryText(const Summary& summary) {
                         summary.seconds);
   for (const std::string& note : summary.notes) absl::StrAppend(&out, "note: ", note, "\n");
   if (!summary.notes.empty()) out.push_back('\n');
-  absl::StrAppendFormat(&out, "%-16s %-7s %6s %6s %6s %8s %7s %6s %9s %9s\n", "function", "handler",
-                        "calls", "ok", "faults", "timeouts", "refused", "other", "p50 ms",
-                        "p99 ms");
+  absl::StrAppendFormat(&out, "%-16s %-7s %-7s %5s %5s %6s %8s %7s %6s %6s %8s %8s %9s %6s\n",
+                        "function", "runtime", "handler", "calls", "ok", "faults", "timeouts",
+                        "refused", "limit", "other", "p50 ms", "p99 ms", "peak KiB", "host");
   for (const FunctionSummary& f : summary.functions) {
-    absl::StrAppendFormat(&out, "%-16s %-7s %6d %6d %6d %8d %7d %6d %9.2f %9.2f\n", f.name,
-                          f.handler, f.calls, f.ok, f.faults, f.timeouts, f.refused, f.other_errors,
-                          f.p50_ms, f.p99_ms);
+    const std::string peak =
+        f.runtime == "native" ? "-" : absl::StrFormat("%.0f", f.peak_memory_bytes / 1024.0);
+    const std::string host = f.runtime == "native" ? "-" : absl::StrCat(f.host_calls);
+    absl::StrAppendFormat(&out, "%-16s %-7s %-7s %5d %5d %6d %8d %7d %6d %6d %8.2f %8.2f %9s %6s\n",
+                          f.name, f.runtime, f.handler, f.calls, f.ok, f.faults, f.timeouts,
+                          f.refused, f.limited, f.other_errors, f.p50_ms, f.p99_ms, peak, host);
   }
+  absl::StrAppend(&out,
+                  "(limit: ended by a Lua memory or output limit; peak KiB: the largest Lua heap "
+                  "of any call; host: calls into the host (frame reads, host functions, log), in "
+                  "total)\n");
   absl::StrAppendFormat(&out, "\n%-16s %-7s %6s  %s\n", "network", "kind", "calls",
                         "source address seen by the echo server (calls)");
   for (const NetworkSummary& n : summary.networks) {
@@ -675,12 +885,16 @@ nlohmann::json SummaryJson(const Summary& summary) {
   j["functions"] = nlohmann::json::array();
   for (const FunctionSummary& f : summary.functions) {
     j["functions"].push_back({{"name", f.name},
+                              {"runtime", f.runtime},
                               {"handler", f.handler},
                               {"calls", f.calls},
                               {"ok", f.ok},
                               {"faults", f.faults},
                               {"timeouts", f.timeouts},
                               {"refused", f.refused},
+                              {"limited", f.limited},
+                              {"peak_memory_bytes", f.peak_memory_bytes},
+                              {"host_calls", f.host_calls},
                               {"other_errors", f.other_errors},
                               {"p50_ms", f.p50_ms},
                               {"p99_ms", f.p99_ms},

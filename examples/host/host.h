@@ -29,18 +29,23 @@ namespace framekit::host {
 
 struct FunctionSummary {
   std::string name = {};
-  std::string handler = {};
+  std::string runtime = {};  // native | lua
+  std::string handler = {};  // native: echo | fetch | slow | faulty; lua: what it must end with
   int calls = 0;
   int ok = 0;
   int faults = 0;    // calls that failed with an isolated fault (ExtensionPanic)
   int timeouts = 0;  // calls that failed with DeadlineExceeded
-  int refused = 0;   // calls its bulkhead refused (ResourceExhausted)
+  int refused = 0;   // calls its bulkhead refused (ResourceExhausted, native code)
+  int limited = 0;   // calls ended by a runtime limit (ResourceExhausted, Lua: memory, output)
   int other_errors = 0;
   double p50_ms = 0;
   double p99_ms = 0;
   std::uint64_t executor_faults = 0;  // what the executor counted
   std::uint64_t executor_timeouts = 0;
   std::uint64_t executor_refusals = 0;
+  // What the code reported (RunStats), over every call: native code reports none.
+  std::uint64_t peak_memory_bytes = 0;  // the largest peak of any call
+  std::uint64_t host_calls = 0;         // calls from the code into the host, in total
 };
 
 struct NetworkSummary {

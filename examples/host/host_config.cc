@@ -11,6 +11,8 @@
 #include "absl/strings/str_join.h"
 #include "framekit/base/internal/strings.h"
 #include "framekit/base/status_macros.h"
+#include "framekit/lua/lua_function.h"
+#include "framekit/lua/lua_process.h"
 
 namespace framekit::host {
 
@@ -43,6 +45,34 @@ functions:
   - name: faulty              # throws on every 5th call
     handler: faulty
     fault_every: 5
+  - name: lua-fetch           # Lua: reads its frame, fetches through the call's route
+    runtime: lua
+    expect: fetch
+    source: |
+      return function(payload, frame)
+        local tenant = frame["host.tenant"]    -- the host's resolver, from the caller
+        local network = frame["net.network"]   -- the overlay's choice for this call
+        local source = host.fetch()            -- dials the echo server on that network
+        return "network=" .. network .. " source=" .. source .. " tenant=" .. tenant
+      end
+  - name: lua-spin            # Lua: loops forever; ended at its 50 ms timeout
+    runtime: lua
+    expect: timeout
+    timeout_ms: 50
+    source: |
+      return function(payload)
+        local n = 0
+        while true do n = n + 1 end
+      end
+  - name: lua-bomb            # Lua: allocates past its 1 MiB cap
+    runtime: lua
+    expect: memory
+    memory_kb: 1024
+    source: |
+      return function(payload)
+        local hoard = {}
+        for i = 1, math.maxinteger do hoard[i] = string.rep("x", 1000) .. i end
+      end
 processes:
   - name: ticker
     kind: ticker
@@ -51,11 +81,29 @@ processes:
     kind: poller
     interval_ms: 5
     fault_every: 7
+  - name: lua-counter         # Lua: every 9th poll loops forever; its 20 ms step budget ends it
+    runtime: lua
+    interval_ms: 5
+    step_ms: 20
+    source: |
+      local polls = 0            -- lives as long as the process
+      return {
+        poll = function(message, frame)
+          polls = polls + 1
+          if polls % 9 == 0 then
+            host.injecting()
+            while true do end
+          end
+          host.tick()
+          return "idle"
+        end,
+      }
 workload:
   calls: 300
   threads: 4
   deadline_ms: 300
-  mix: {echo: 4, fetch: 3, fetch-via-proxy: 1, slow: 1, faulty: 2}
+  mix: {echo: 4, fetch: 3, fetch-via-proxy: 1, slow: 1, faulty: 2, lua-fetch: 2, lua-spin: 1,
+        lua-bomb: 1}
   fetch_networks: [lo-proxy, lo-direct, default]
   tenants: [acme, globex]
 )yaml";
@@ -248,6 +296,41 @@ absl::StatusOr<Options> ParseDefaults(const Reader& r, const YAML::Node& node,
   return options;
 }
 
+// A Lua source: compiled here so that a syntax error names its line in the YAML file.
+absl::Status CheckLuaSource(const Reader& r, const YAML::Node& item, const std::string& path,
+                            const std::string& name, const std::string& source, bool process) {
+  const YAML::Node node = item["source"];
+  const absl::Status compiled =
+      process ? lua::LuaProcessSpec(name, source).status()
+              : lua::LuaFunction::Compile(absl::StrCat(name, ".lua"), source).status();
+  if (compiled.ok()) return absl::OkStatus();
+  // The message reads "CHUNK:LINE: problem", LINE counting within the script.
+  return r.Error(node, Reader::Join(path, "source"), std::string(compiled.message()));
+}
+
+// Entry `i` of functions (its name already checked) that runs Lua.
+absl::Status ParseLuaFunction(const Reader& r, const YAML::Node& item, const std::string& path,
+                              FunctionConfig& f) {
+  if (item["handler"] || item["fault_every"] || item["sleep_ms"]) {
+    return r.Error(item, path,
+                   "a lua function takes source, expect, memory_kb and timeout_ms (not handler, "
+                   "fault_every or sleep_ms)");
+  }
+  f.handler = "lua";
+  FRAMEKIT_ASSIGN_OR_RETURN(f.source, r.String(item, path, "source", true));
+  FRAMEKIT_ASSIGN_OR_RETURN(f.expect, r.String(item, path, "expect", false, "ok"));
+  if (f.expect != "ok" && f.expect != "fetch" && f.expect != "timeout" && f.expect != "memory") {
+    return r.Error(item["expect"], Reader::Join(path, "expect"),
+                   "expected ok, fetch, timeout or memory");
+  }
+  std::int64_t memory_kb = 0, timeout_ms = 0;
+  FRAMEKIT_ASSIGN_OR_RETURN(memory_kb, r.Int(item, path, "memory_kb", false, 0, 64, 1 << 20));
+  FRAMEKIT_ASSIGN_OR_RETURN(timeout_ms, r.Int(item, path, "timeout_ms", false, 0, 1, 600000));
+  f.memory_bytes = static_cast<std::size_t>(memory_kb) << 10;
+  f.timeout = std::chrono::milliseconds(timeout_ms);
+  return CheckLuaSource(r, item, path, f.name, f.source, /*process=*/false);
+}
+
 absl::Status ParseFunctions(const Reader& r, const YAML::Node& list, HostConfig& config) {
   if (!list.IsSequence()) return r.Error(list, "functions", "expected a list");
   std::set<std::string> names;
@@ -255,22 +338,39 @@ absl::Status ParseFunctions(const Reader& r, const YAML::Node& list, HostConfig&
     const YAML::Node item = list[i];
     const std::string path = Reader::Index("functions", i);
     FRAMEKIT_RETURN_IF_ERROR(
-        r.OnlyKeys(item, path, {"name", "handler", "defaults", "fault_every", "sleep_ms"}));
+        r.OnlyKeys(item, path,
+                   {"name", "runtime", "handler", "defaults", "fault_every", "sleep_ms", "source",
+                    "expect", "memory_kb", "timeout_ms"}));
     FunctionConfig f;
     FRAMEKIT_ASSIGN_OR_RETURN(f.name, r.String(item, path, "name", true));
-    FRAMEKIT_ASSIGN_OR_RETURN(f.handler, r.String(item, path, "handler", true));
+    FRAMEKIT_ASSIGN_OR_RETURN(f.runtime, r.String(item, path, "runtime", false, "native"));
     if (!names.insert(f.name).second) {
       return r.Error(item["name"], Reader::Join(path, "name"),
                      absl::StrCat("duplicate function \"", f.name, "\""));
     }
+    if (item["defaults"]) {
+      FRAMEKIT_ASSIGN_OR_RETURN(f.defaults,
+                                ParseDefaults(r, item["defaults"], Reader::Join(path, "defaults")));
+    }
+    if (f.runtime == "lua") {
+      FRAMEKIT_RETURN_IF_ERROR(ParseLuaFunction(r, item, path, f));
+      config.functions.push_back(std::move(f));
+      continue;
+    }
+    if (f.runtime != "native") {
+      return r.Error(item["runtime"], Reader::Join(path, "runtime"), "expected native or lua");
+    }
+    for (const char* lua_only : {"source", "expect", "memory_kb", "timeout_ms"}) {
+      if (item[lua_only]) {
+        return r.Error(item[lua_only], Reader::Join(path, lua_only),
+                       "only a lua function (runtime: lua) takes this key");
+      }
+    }
+    FRAMEKIT_ASSIGN_OR_RETURN(f.handler, r.String(item, path, "handler", true));
     const std::set<std::string> handlers = {"echo", "fetch", "slow", "faulty"};
     if (!handlers.contains(f.handler)) {
       return r.Error(item["handler"], Reader::Join(path, "handler"),
                      "expected echo, fetch, slow or faulty");
-    }
-    if (item["defaults"]) {
-      FRAMEKIT_ASSIGN_OR_RETURN(f.defaults,
-                                ParseDefaults(r, item["defaults"], Reader::Join(path, "defaults")));
     }
     std::int64_t fault_every = 0, sleep_ms = 0;
     FRAMEKIT_ASSIGN_OR_RETURN(
@@ -291,22 +391,49 @@ absl::Status ParseProcesses(const Reader& r, const YAML::Node& list, HostConfig&
     const YAML::Node item = list[i];
     const std::string path = Reader::Index("processes", i);
     FRAMEKIT_RETURN_IF_ERROR(
-        r.OnlyKeys(item, path, {"name", "kind", "interval_ms", "fault_every"}));
+        r.OnlyKeys(item, path,
+                   {"name", "runtime", "kind", "interval_ms", "fault_every", "source", "step_ms"}));
     ProcessConfig p;
     FRAMEKIT_ASSIGN_OR_RETURN(p.name, r.String(item, path, "name", true));
-    FRAMEKIT_ASSIGN_OR_RETURN(p.kind, r.String(item, path, "kind", true));
     if (!names.insert(p.name).second) {
       return r.Error(item["name"], Reader::Join(path, "name"),
                      absl::StrCat("duplicate process \"", p.name, "\""));
     }
+    std::string runtime;
+    FRAMEKIT_ASSIGN_OR_RETURN(runtime, r.String(item, path, "runtime", false, "native"));
+    std::int64_t interval = 0, fault_every = 0;
+    FRAMEKIT_ASSIGN_OR_RETURN(interval, r.Int(item, path, "interval_ms", false, 10, 1, 60000));
+    p.interval = std::chrono::milliseconds(interval);
+    if (runtime == "lua") {
+      if (item["kind"] || item["fault_every"]) {
+        return r.Error(item, path,
+                       "a lua process takes source and step_ms (not kind or "
+                       "fault_every)");
+      }
+      p.kind = "lua";
+      std::int64_t step_ms = 0;
+      FRAMEKIT_ASSIGN_OR_RETURN(p.source, r.String(item, path, "source", true));
+      FRAMEKIT_ASSIGN_OR_RETURN(step_ms, r.Int(item, path, "step_ms", false, 0, 1, 60000));
+      p.step = std::chrono::milliseconds(step_ms);
+      FRAMEKIT_RETURN_IF_ERROR(CheckLuaSource(r, item, path, p.name, p.source, /*process=*/true));
+      config.processes.push_back(std::move(p));
+      continue;
+    }
+    if (runtime != "native") {
+      return r.Error(item["runtime"], Reader::Join(path, "runtime"), "expected native or lua");
+    }
+    for (const char* lua_only : {"source", "step_ms"}) {
+      if (item[lua_only]) {
+        return r.Error(item[lua_only], Reader::Join(path, lua_only),
+                       "only a lua process (runtime: lua) takes this key");
+      }
+    }
+    FRAMEKIT_ASSIGN_OR_RETURN(p.kind, r.String(item, path, "kind", true));
     if (p.kind != "ticker" && p.kind != "poller") {
       return r.Error(item["kind"], Reader::Join(path, "kind"), "expected ticker or poller");
     }
-    std::int64_t interval = 0, fault_every = 0;
-    FRAMEKIT_ASSIGN_OR_RETURN(interval, r.Int(item, path, "interval_ms", false, 10, 1, 60000));
     FRAMEKIT_ASSIGN_OR_RETURN(fault_every,
                               r.Int(item, path, "fault_every", p.kind == "poller", 0, 1, 1000000));
-    p.interval = std::chrono::milliseconds(interval);
     p.fault_every = static_cast<int>(fault_every);
     config.processes.push_back(std::move(p));
   }

@@ -10,11 +10,16 @@
 //       - {id: lo-proxy, type: socks5, launch: microsocks, egress: 127.0.0.5}
 //   functions:
 //     - {name: echo, handler: echo}
+//     - name: hello
+//       runtime: lua
+//       source: |
+//         return function(payload, frame) return "hello " .. payload end
 //   workload: {calls: 100, threads: 4, deadline_ms: 500, mix: {echo: 1}}
 #ifndef FRAMEKIT_EXAMPLES_HOST_HOST_CONFIG_H_
 #define FRAMEKIT_EXAMPLES_HOST_HOST_CONFIG_H_
 
 #include <chrono>
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -34,17 +39,32 @@ struct LaunchedProxy {
 
 struct FunctionConfig {
   std::string name;
-  std::string handler;  // echo | fetch | slow | faulty
+  std::string runtime = "native";  // native | lua
+  std::string handler;             // native: echo | fetch | slow | faulty; "lua" for lua
   Options defaults;
   int fault_every = 0;                 // faulty: throws on every Nth call
   std::chrono::milliseconds sleep{0};  // slow: how long it would run without a deadline
+  // lua: the chunk returning the handler (compiled at parse time to check it, again at Start),
+  // what every call must end with, and the limits (0: lua::LuaLimits' default).
+  //   expect: ok (any output) | fetch (its output reads "network=N source=S tenant=T", checked
+  //           like the native fetch's, and T is the caller's tenant) | timeout (DeadlineExceeded)
+  //           | memory (ResourceExhausted)
+  std::string source;
+  std::string expect = "ok";
+  std::size_t memory_bytes = 0;
+  std::chrono::milliseconds timeout{0};
 };
 
 struct ProcessConfig {
   std::string name;
-  std::string kind;  // ticker | poller
+  std::string kind;  // ticker | poller | lua
   std::chrono::milliseconds interval{10};
   int fault_every = 0;  // poller: throws on every Nth poll
+  // lua (runtime: lua): the chunk returning {setup=, poll=, teardown=} and its per-step budget.
+  // Its host functions: host.tick() counts a successful poll, host.injecting() announces a poll
+  // that is about to fault (both checked against the manager's counts).
+  std::string source;
+  std::chrono::milliseconds step{0};  // 0: lua::LuaProcessLimits' default
 };
 
 struct WorkloadConfig {

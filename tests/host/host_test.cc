@@ -52,7 +52,7 @@ void ExpectCountsAddUp(const nlohmann::json& j) {
   int calls = 0, fetched = 0;
   for (const auto& f : j["functions"]) {
     EXPECT_EQ(f["ok"].get<int>() + f["faults"].get<int>() + f["timeouts"].get<int>() +
-                  f["refused"].get<int>() + f["other_errors"].get<int>(),
+                  f["refused"].get<int>() + f["limited"].get<int>() + f["other_errors"].get<int>(),
               f["calls"].get<int>())
         << f;
     calls += f["calls"].get<int>();
@@ -73,6 +73,31 @@ void ExpectCountsAddUp(const nlohmann::json& j) {
     if (f["handler"] == "echo") {
       EXPECT_EQ(f["ok"], f["calls"]) << f;
     }
+    if (f["runtime"] == "native") {
+      EXPECT_EQ(f["limited"], 0) << f;
+      continue;
+    }
+    // Lua functions: preemptive, so never refused by a bulkhead; every call reports its heap.
+    EXPECT_EQ(f["runtime"], "lua") << f;
+    EXPECT_EQ(f["refused"], 0) << f;
+    EXPECT_EQ(f["faults"], 0) << f;
+    EXPECT_EQ(f["other_errors"], 0) << f;
+    EXPECT_GT(f["peak_memory_bytes"].get<std::uint64_t>(), 0u) << f;
+    if (f["handler"] == "fetch") {
+      EXPECT_EQ(f["ok"], f["calls"]) << f;
+      // Two frame reads and host.fetch() per call.
+      EXPECT_EQ(f["host_calls"].get<std::uint64_t>(), 3u * f["calls"].get<std::uint64_t>()) << f;
+    }
+    if (f["handler"] == "timeout") {
+      EXPECT_EQ(f["timeouts"], f["calls"]) << f;
+      EXPECT_EQ(f["timeouts"], f["executor_timeouts"]) << f;
+    }
+    if (f["handler"] == "memory") {
+      EXPECT_EQ(f["limited"], f["calls"]) << f;
+      // It ran up to its 1 MiB cap, and no further.
+      EXPECT_GT(f["peak_memory_bytes"].get<std::uint64_t>(), 1000u * 1024u) << f;
+      EXPECT_LE(f["peak_memory_bytes"].get<std::uint64_t>(), 1024u * 1024u) << f;
+    }
   }
   EXPECT_EQ(calls, j["calls"].get<int>());
   int routed = 0;
@@ -90,17 +115,34 @@ void ExpectCountsAddUp(const nlohmann::json& j) {
   for (const auto& p : j["processes"]) {
     EXPECT_EQ(p["state"], "exited") << p;
     EXPECT_EQ(p["faults"], p["injected_faults"]) << p;
+    EXPECT_GT(p["polls_ok"].get<int>(), 0) << p;
   }
 }
 
 TEST(Host, DefaultWorkloadPassesInProcess) {
-  absl::StatusOr<std::unique_ptr<Host>> host = Host::Start(SmallDefault(120, 3));
+  absl::StatusOr<std::unique_ptr<Host>> host = Host::Start(SmallDefault(150, 3));
   ASSERT_THAT(host, IsOk()) << host.status();
   absl::StatusOr<Summary> summary = (*host)->Run(nullptr);
   ASSERT_THAT(summary, IsOk()) << summary.status();
   EXPECT_TRUE(summary->ok()) << SummaryText(*summary);  // a host Summary, not a status
   const nlohmann::json j = SummaryJson(*summary);
   ExpectCountsAddUp(j);
+  // The default configuration runs three Lua functions and a Lua process, and each got calls.
+  int lua_functions = 0;
+  for (const auto& f : j["functions"]) {
+    if (f["runtime"] != "lua") continue;
+    ++lua_functions;
+    EXPECT_GT(f["calls"].get<int>(), 0) << f;
+  }
+  EXPECT_EQ(lua_functions, 3);
+  bool lua_process = false;
+  for (const auto& p : j["processes"]) {
+    if (p["kind"] != "lua") continue;
+    lua_process = true;
+    // Its injected infinite loops were each ended by the step budget and counted as a fault.
+    EXPECT_GT(p["injected_faults"].get<int>(), 0) << p;
+  }
+  EXPECT_TRUE(lua_process);
   if (net::loopback::Socks5Proxy::Available()) {
     // Both networks carried traffic: lo-proxy arrives from the proxy's egress address.
     for (const auto& n : j["networks"]) {
@@ -192,7 +234,47 @@ INSTANTIATE_TEST_SUITE_P(
                   {"networks.list[0].port", "must be in [1, 65535]"}},
         BadConfig{"MalformedYaml", "networks: [unclosed\n", {"bad.yaml:"}},
         BadConfig{
-            "MissingWorkload", "networks: {list: []}\nfunctions: []\n", {"workload", "missing"}}),
+            "MissingWorkload", "networks: {list: []}\nfunctions: []\n", {"workload", "missing"}},
+        BadConfig{"LuaSyntaxError",
+                  "networks: {list: []}\nfunctions:\n  - name: broken\n    runtime: lua\n"
+                  "    source: |\n      return function(p)\n        return p ..\n      end\n"
+                  "workload: {calls: 10, mix: {broken: 1}}\n",
+                  {"bad.yaml:5:", "functions[0].source", "broken.lua:3:"}},
+        BadConfig{"LuaFunctionWithAHandler",
+                  "networks: {list: []}\n"
+                  "functions: [{name: x, runtime: lua, handler: echo, source: 'return print'}]\n"
+                  "workload: {calls: 10, mix: {x: 1}}\n",
+                  {"bad.yaml:2:", "functions[0]", "a lua function takes source"}},
+        BadConfig{"LuaKeyOnANativeFunction",
+                  "networks: {list: []}\n"
+                  "functions: [{name: x, handler: echo, memory_kb: 64}]\n"
+                  "workload: {calls: 10, mix: {x: 1}}\n",
+                  {"functions[0].memory_kb", "only a lua function"}},
+        BadConfig{"LuaUnknownExpectation",
+                  "networks: {list: []}\n"
+                  "functions: [{name: x, runtime: lua, expect: miracles, source: 'return print'}]\n"
+                  "workload: {calls: 10, mix: {x: 1}}\n",
+                  {"functions[0].expect", "expected ok, fetch, timeout or memory"}},
+        BadConfig{"LuaMemoryTooSmall",
+                  "networks: {list: []}\n"
+                  "functions: [{name: x, runtime: lua, memory_kb: 1, source: 'return print'}]\n"
+                  "workload: {calls: 10, mix: {x: 1}}\n",
+                  {"functions[0].memory_kb", "must be in [64, 1048576]"}},
+        BadConfig{"UnknownRuntime",
+                  "networks: {list: []}\n"
+                  "functions: [{name: x, runtime: wasm, handler: echo}]\n"
+                  "workload: {calls: 10, mix: {x: 1}}\n",
+                  {"functions[0].runtime", "expected native or lua"}},
+        BadConfig{"LuaProcessSyntaxError",
+                  "networks: {list: []}\nfunctions: [{name: echo, handler: echo}]\n"
+                  "processes:\n  - name: p\n    runtime: lua\n    source: 'return {poll ='\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"processes[0].source", "p:1:"}},
+        BadConfig{"LuaProcessWithAKind",
+                  "networks: {list: []}\nfunctions: [{name: echo, handler: echo}]\n"
+                  "processes: [{name: p, runtime: lua, kind: ticker, source: 'return {}'}]\n"
+                  "workload: {calls: 10, mix: {echo: 1}}\n",
+                  {"processes[0]", "a lua process takes source"}}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return info.param.name; });
 
 TEST(Host, BinaryRejectsABadConfigFileNamingIt) {

@@ -67,6 +67,38 @@ TEST(LuaExecutor, RegisteredLuaFunctionRunsThroughInvoke) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no code")));
 }
 
+// Tests that every version keeps its script: ListVersions hands back each version's code, and a
+// LuaFunction's source() is what it was compiled from.
+TEST(LuaExecutor, ListVersionsReturnsEachVersionsSource) {
+  TenantApp app;
+  dispatch::FunctionExecutor executor(app.app);
+  const std::string v1 = "return function(p) return 'hello ' .. p end";
+  const std::string v2 = "return function(p) return 'hi ' .. p end";
+  ASSERT_THAT(executor.Register("greet", MustCompile(v1)), IsOk());
+  ASSERT_THAT(executor.Deploy("greet", MustCompile(v2)), IsOk());
+  ASSERT_THAT(executor.Register("native", Tenant()), IsOk());
+
+  absl::StatusOr<std::vector<dispatch::FunctionVersion>> versions = executor.ListVersions("greet");
+  ASSERT_THAT(versions, IsOk());
+  ASSERT_EQ(versions->size(), 2u);
+  std::vector<std::string> sources;
+  for (const dispatch::FunctionVersion& v : *versions) {
+    auto lua = std::dynamic_pointer_cast<const LuaFunction>(v.code);
+    ASSERT_NE(lua, nullptr) << "version " << v.version;
+    sources.push_back(lua->source());
+  }
+  EXPECT_EQ(sources, (std::vector<std::string>{v1, v2}));
+  EXPECT_FALSE((*versions)[0].active);
+  EXPECT_TRUE((*versions)[1].active);
+
+  // A native handler's version has code too, and it is not a LuaFunction.
+  absl::StatusOr<std::vector<dispatch::FunctionVersion>> native = executor.ListVersions("native");
+  ASSERT_THAT(native, IsOk());
+  ASSERT_EQ(native->size(), 1u);
+  ASSERT_NE((*native)[0].code, nullptr);
+  EXPECT_EQ(std::dynamic_pointer_cast<const LuaFunction>((*native)[0].code), nullptr);
+}
+
 // Tests that a hanging script ends at its deadline on the caller's thread: no worker is
 // quarantined, and native deadline calls of another function keep succeeding meanwhile.
 TEST(LuaExecutor, ConcurrentInfiniteLoopEndsAtDeadlineWithoutQuarantine) {

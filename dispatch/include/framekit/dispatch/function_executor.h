@@ -99,6 +99,9 @@ struct FunctionVersion {
   Clock::time_point deployed{};
   bool active = false;
   bool disabled = false;  // disabled by the fault policy (only ever the active version)
+  // The code of this version, as registered: e.g. a lua::LuaFunction, whose source() is the
+  // script it was compiled from (std::dynamic_pointer_cast to reach it). Never null.
+  std::shared_ptr<const Code> code = nullptr;
 };
 
 // What Get returns.
