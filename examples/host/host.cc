@@ -166,6 +166,22 @@ struct Host::State {
     if (label == nullptr || caller == nullptr || *label != caller->tenant_id) ++tenant_mismatches;
   }
 
+  // Dials the echo server on `frame`'s network and returns the source address it saw.
+  absl::StatusOr<std::string> FetchEcho(const Frame& frame) const {
+    absl::StatusOr<net::Connection> conn =
+        net::Dial(frame, *networks, "127.0.0.1", echo->port(), std::chrono::seconds(2));
+    if (!conn.ok()) return conn.status();
+    std::string seen;
+    while (true) {
+      absl::StatusOr<std::string> chunk = conn->Read(64, std::chrono::seconds(2));
+      if (!chunk.ok()) return chunk.status();
+      if (chunk->empty()) break;
+      seen += *chunk;
+    }
+    if (!seen.empty() && seen.back() == '\n') seen.pop_back();
+    return seen;
+  }
+
   dispatch::Handler MakeHandler(std::size_t index) {
     const FunctionConfig& f = config.functions[index];
     FunctionState* counters = function_states[index].get();
@@ -179,19 +195,10 @@ struct Host::State {
       return [this](const Frame& frame, std::string_view, dispatch::Sink& out) -> absl::Status {
         CheckTenant(frame);
         const std::string* network = frame.Find(net::NetworkKey());
-        absl::StatusOr<net::Connection> conn =
-            net::Dial(frame, *networks, "127.0.0.1", echo->port(), std::chrono::seconds(2));
-        if (!conn.ok()) return conn.status();
-        std::string seen;
-        while (true) {
-          absl::StatusOr<std::string> chunk = conn->Read(64, std::chrono::seconds(2));
-          if (!chunk.ok()) return chunk.status();
-          if (chunk->empty()) break;
-          seen += *chunk;
-        }
-        if (!seen.empty() && seen.back() == '\n') seen.pop_back();
+        absl::StatusOr<std::string> seen = FetchEcho(frame);
+        if (!seen.ok()) return seen.status();
         return out.Write(
-            absl::StrCat("network=", network == nullptr ? "" : *network, " source=", seen));
+            absl::StrCat("network=", network == nullptr ? "" : *network, " source=", *seen));
       };
     }
     if (f.handler == "slow") {
@@ -235,18 +242,7 @@ struct Host::State {
     FRAMEKIT_RETURN_IF_ERROR(
         host->AddFunction("fetch", [this](const Frame& frame) -> absl::StatusOr<std::string> {
           CheckTenant(frame);
-          absl::StatusOr<net::Connection> conn =
-              net::Dial(frame, *networks, "127.0.0.1", echo->port(), std::chrono::seconds(2));
-          if (!conn.ok()) return conn.status();
-          std::string seen;
-          while (true) {
-            absl::StatusOr<std::string> chunk = conn->Read(64, std::chrono::seconds(2));
-            if (!chunk.ok()) return chunk.status();
-            if (chunk->empty()) break;
-            seen += *chunk;
-          }
-          if (!seen.empty() && seen.back() == '\n') seen.pop_back();
-          return seen;
+          return FetchEcho(frame);
         }));
     lua_functions_host = std::move(host);
     return absl::OkStatus();
