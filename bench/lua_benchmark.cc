@@ -7,6 +7,10 @@
 //   vs BM_LuaLoopBare{NoHook,EmptyHook}   the bare loop with no hook and with an empty one
 //   BM_LuaIsolation{FreshState,SharedBase} a fresh lua_State per call vs a new thread and
 //                                         environment table over one shared base state
+//   BM_LuaIsolationFloor                  the least any per-call isolation costs: a new
+//                                         environment table, the loaded chunk run anew in it
+//                                         (so the handler's upvalues are the call's own), the
+//                                         handler called; no libraries, limits or frame
 #include <string>
 
 #include "benchmark/benchmark.h"
@@ -118,5 +122,31 @@ void BM_LuaIsolationSharedBase(benchmark::State& state) {
   lua_close(L);
 }
 BENCHMARK(BM_LuaIsolationSharedBase);
+
+// The floor under any isolating Run: per call only a fresh environment table (reads falling
+// through to the globals), the already loaded chunk re-run in it to make a handler of its own,
+// and the handler's call. Everything LuaFunction adds (library proxies, the frame view, limits,
+// preemption, stats) comes on top of this.
+void BM_LuaIsolationFloor(benchmark::State& state) {
+  lua_State* L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_loadstring(L, kTrivial);  // the chunk, kept at index 1
+  lua_newtable(L);               // the environments' shared metatable, index 2
+  lua_pushglobaltable(L);
+  lua_setfield(L, -2, "__index");
+  for (auto _ : state) {
+    lua_pushvalue(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, 2);
+    lua_setmetatable(L, -2);
+    lua_setupvalue(L, -2, 1);  // _ENV
+    lua_call(L, 0, 1);         // the handler
+    lua_pushliteral(L, "x");
+    lua_pcall(L, 1, 1, 0);
+    lua_pop(L, 1);
+  }
+  lua_close(L);
+}
+BENCHMARK(BM_LuaIsolationFloor);
 
 }  // namespace

@@ -72,6 +72,8 @@ bool CallHandled(lua_State* L, int nargs, std::string* error) {
   return false;
 }
 
+char kChunkTag;  // registry: the function's chunk, loaded once per sandbox
+
 // The whole call, run protected: sandbox, chunk, handler, output.
 int Protected(lua_State* L) {
   auto* error = static_cast<std::string*>(lua_touserdata(L, 1));
@@ -80,10 +82,13 @@ int Protected(lua_State* L) {
   lua_pushnil(L);                                 // index 1: unused
   lua_pushcfunction(L, lua_internal::Traceback);  // index 2
   lua_internal::OpenCallEnvironment(L);
-  const std::string name = absl::StrCat("=", cs.chunkname);
-  if (luaL_loadbufferx(L, cs.bytecode->data(), cs.bytecode->size(), name.c_str(), "b") != LUA_OK) {
-    return lua_error(L);
-  }
+  // The chunk, loaded when the sandbox was built, runs anew in the call's environment: the
+  // handler it returns and that handler's upvalues are this call's own. (Its _ENV upvalue is
+  // shared with closures earlier calls made from it, but nothing of an earlier call is reachable
+  // any more: its environment, proxies and objects were only reachable from itself.)
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kChunkTag);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  lua_setupvalue(L, -2, 1);  // _ENV
   if (!CallHandled(L, 0, error)) return 0;
   if (lua_type(L, -1) != LUA_TFUNCTION) {
     *error = absl::StrCat(cs.chunkname, ": the chunk must return the handler function, got ",
@@ -117,6 +122,12 @@ int HookPeriod(const LuaLimits& limits) {
 
 int BuildProtected(lua_State* L) {
   lua_internal::BuildSandbox(L);
+  CallState& cs = lua_internal::StateOf(L);
+  const std::string name = absl::StrCat("=", cs.chunkname);
+  if (luaL_loadbufferx(L, cs.bytecode->data(), cs.bytecode->size(), name.c_str(), "b") != LUA_OK) {
+    return lua_error(L);
+  }
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &kChunkTag);
   return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -639,6 +640,19 @@ char kProxyMetasTag;   // name -> metatable of that library's per-call proxy
 char kFrameMetaTag;    // the frame view's metatable
 char kBaseGlobalsTag;  // the base's global table
 char kReseedTag;       // the base's math.randomseed
+char kProxiesTag;      // name -> the proxy the last call on this state used
+
+// A seed for math.random: splitmix64 over a per-thread start drawn from std::random_device.
+std::uint64_t NextSeed() {
+  thread_local std::uint64_t state = [] {
+    std::random_device device;
+    return (std::uint64_t{device()} << 32) ^ device();
+  }();
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15u);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+  return z ^ (z >> 31);
+}
 
 // The libraries a handler may use, each opened as a global, then os (not global: clock and
 // time are copied from it), left on the stack for BuildSandbox.
@@ -862,22 +876,46 @@ void OpenCallEnvironment(lua_State* L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   lua_setfield(L, -2, LUA_GNAME);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &kProxyMetasTag);
-  lua_pushnil(L);
-  while (lua_next(L, -2) != 0) {  // env metas name meta
-    lua_createtable(L, 0, 0);
-    lua_insert(L, -2);
-    lua_setmetatable(L, -2);  // env metas name proxy
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, -5);  // env metas name
+  // The proxies the previous call on L left: one it left empty (no field written or rawset; its
+  // metatable is fixed and hidden) carries nothing from that call and serves this one too;
+  // any other is replaced by a fresh one.
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &kProxiesTag) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 12);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &kProxiesTag);
   }
-  lua_pop(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kProxyMetasTag);  // env proxies metas
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {  // env proxies metas name meta
+    lua_pushvalue(L, -2);
+    bool clean = false;
+    if (lua_rawget(L, -5) == LUA_TTABLE) {  // env proxies metas name meta proxy
+      lua_pushnil(L);
+      clean = lua_next(L, -2) == 0;
+      if (!clean) lua_pop(L, 2);
+    }
+    if (!clean) {
+      lua_pop(L, 1);
+      lua_createtable(L, 0, 0);
+      lua_pushvalue(L, -2);
+      lua_setmetatable(L, -2);  // env proxies metas name meta proxy
+      lua_pushvalue(L, -3);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, -7);  // proxies[name] = proxy
+    }
+    lua_pushvalue(L, -3);
+    lua_insert(L, -2);
+    lua_rawset(L, -7);  // env[name] = proxy; leaves env proxies metas name meta
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
   lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   // math.random's state lives in the shared library: a fresh seed, so no call sees the
-  // sequence another call chose.
+  // sequence another call chose. Explicit, so that seeding reads no clock.
   lua_rawgetp(L, LUA_REGISTRYINDEX, &kReseedTag);
-  lua_call(L, 0, 0);
+  lua_pushinteger(L, static_cast<lua_Integer>(NextSeed()));
+  lua_call(L, 1, 0);
 }
 
 void CloseCallEnvironment(lua_State* L) {

@@ -419,6 +419,24 @@ TEST(LuaSandbox, NoStateLeaksBetweenCalls) {
   EXPECT_EQ(RunOnce(*fn).output, "1 1 1");
 }
 
+// Tests the reuse of a library proxy a call left empty: a field written and cleared again leaves
+// nothing behind, and a proxy still holding a field is replaced.
+TEST(LuaSandbox, ProxyLeftEmptyIsReusedAndOneWrittenIsReplaced) {
+  std::shared_ptr<LuaFunction> fn = MustCompile(R"(
+    return function(p)
+      if p == "write" then
+        string.tmp = 1
+        string.tmp = nil
+        rawset(table, "kept", 1)
+        return ""
+      end
+      return tostring(string.tmp) .. " " .. tostring(rawget(table, "kept")) .. " " ..
+             tostring(next(string) == nil) .. " " .. tostring(string.upper("a"))
+    end)");
+  EXPECT_EQ(RunOnce(*fn, Frame().WithTimeout(2s), "write").output, "");
+  EXPECT_EQ(RunOnce(*fn, Frame().WithTimeout(2s), "check").output, "nil nil true A");
+}
+
 // One function whose "mutate" call tries every way to change what later calls see, and whose
 // "check" call reports what it sees. Calls share a pooled sandbox, so this is the isolation
 // test of the shared base.

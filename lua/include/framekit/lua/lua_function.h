@@ -22,7 +22,9 @@
 // base, its own proxy of every library table (string, table, math, utf8, coroutine, os, host,
 // and the denied io, debug, package: reads fall through, writes and rawset land in the proxy),
 // its own _G, a fresh math.random seed, and runs the chunk anew (so the handler's upvalues are
-// its own). Nothing the base holds is reachable by a script as a table it could write: the
+// its own). A proxy the previous call on the same state left untouched (no field written or
+// rawset) is empty and carries nothing, so it serves the next call too; the chunk is loaded once
+// per state and re-run per call. Nothing the base holds is reachable by a script as a table it could write: the
 // base's globals and libraries only through those proxies, the string metatable hidden
 // (__metatable), the registry not at all. A call that ends by a fatal condition (deadline,
 // cancellation, memory, a denied capability, a failed write) closes its state instead of

@@ -109,9 +109,10 @@ void PushFrameView(lua_State* L);
 void BuildSandbox(lua_State* L);
 
 // Gives the next call on L its own global table: a fresh table whose reads fall through to the
-// base, holding a fresh proxy of every library (reads fall through, writes stay in the call)
-// and _G; it becomes the registry's globals, so load() and the chunk see it. Reseeds
-// math.random. Raises Lua errors (call it protected).
+// base, holding a proxy of every library (reads fall through, writes stay in the call: the
+// previous call's proxy when that call left it empty, else a fresh one) and _G; it becomes the
+// registry's globals, so load() and the chunk see it. Reseeds math.random. Raises Lua errors
+// (call it protected).
 void OpenCallEnvironment(lua_State* L);
 
 // Drops what the call left in the registry (its globals, its object numbers). Never raises.
