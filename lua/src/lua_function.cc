@@ -363,11 +363,13 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
   }
   const std::size_t start_used = cs.used;
   cs.peak = cs.used;
+  cs.inherited = start_used > sandbox->base_used ? start_used - sandbox->base_used : 0;
+  cs.hidden_garbage = cs.inherited;
   absl::Status status =
       lua_internal::RunPreempted(cs, sandbox->L, [&] { return RunOn(sandbox->L, cs); });
   // The peak as if the call had started on a clean sandbox: garbage earlier calls left does not
   // count against this one.
-  stats.peak_memory_bytes = cs.peak - start_used + sandbox->base_used;
+  stats.peak_memory_bytes = cs.peak - cs.inherited;
   ReturnSandbox(std::move(sandbox), cs, status);
   stats.host_calls = cs.host_calls;
   stats.output_bytes = cs.output_bytes;

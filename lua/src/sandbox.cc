@@ -203,9 +203,19 @@ int SafeCollectgarbage(lua_State* L) {
   if (option != "count" && option != "collect" && option != "step" && option != "isrunning") {
     Deny(L, absl::StrCat("collectgarbage(\"", AV(option.substr(0, 32)), "\")"));
   }
+  CallState& cs = StateOf(L);
+  if (option == "count") {
+    // The call's own heap (the base and what the call allocated), without the garbage earlier
+    // calls on a pooled state left: their sizes are theirs.
+    const std::size_t own = cs.used > cs.hidden_garbage ? cs.used - cs.hidden_garbage : 0;
+    lua_pushnumber(L, static_cast<lua_Number>(own) / 1024.0);
+    return 1;
+  }
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
   lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  // A full collection freed that garbage: from now on the heap is the call's own.
+  if (option == "collect") cs.hidden_garbage = 0;
   return lua_gettop(L);
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <latch>
 #include <memory>
@@ -435,6 +436,24 @@ TEST(LuaSandbox, ProxyLeftEmptyIsReusedAndOneWrittenIsReplaced) {
     end)");
   EXPECT_EQ(RunOnce(*fn, Frame().WithTimeout(2s), "write").output, "");
   EXPECT_EQ(RunOnce(*fn, Frame().WithTimeout(2s), "check").output, "nil nil true A");
+}
+
+// Tests that a call cannot read how much an earlier call on the same pooled state allocated:
+// collectgarbage("count") leaves out the garbage earlier calls left.
+TEST(LuaSandbox, HeapCountDoesNotShowAnEarlierCallsGarbage) {
+  std::shared_ptr<LuaFunction> fn = MustCompile(R"(
+    return function(p)
+      if p == "big" then
+        local s = string.rep("x", 90000) .. p
+        return ""
+      end
+      return tostring(collectgarbage("count"))
+    end)",
+                                                LuaLimits{.max_idle_states = 1});
+  const double before = std::stod(RunOnce(*fn, Frame().WithTimeout(2s), "count").output);
+  ASSERT_THAT(RunOnce(*fn, Frame().WithTimeout(2s), "big").status, IsOk());
+  const double after = std::stod(RunOnce(*fn, Frame().WithTimeout(2s), "count").output);
+  EXPECT_LT(std::abs(after - before), 32.0) << "KiB before " << before << ", after " << after;
 }
 
 // One function whose "mutate" call tries every way to change what later calls see, and whose

@@ -24,8 +24,12 @@
 // its own _G, a fresh math.random seed, and runs the chunk anew (so the handler's upvalues are
 // its own). A proxy the previous call on the same state left untouched (no field written or
 // rawset) is empty and carries nothing, so it serves the next call too; the chunk is loaded once
-// per state and re-run per call. Nothing the base holds is reachable by a script as a table it could write: the
-// base's globals and libraries only through those proxies, the string metatable hidden
+// per state and re-run per call. Calls that share a pooled state share its heap:
+// collectgarbage("count") leaves out the garbage earlier calls left (until the call runs a full
+// collection), but how the collector behaves and how long it takes still depends on it; a host
+// whose callers must not share even that sets max_idle_states = 0. Nothing the base holds is
+// reachable by a script as a table it could write: the base's globals and libraries only through
+// those proxies, the string metatable hidden
 // (__metatable), the registry not at all. A call that ends by a fatal condition (deadline,
 // cancellation, memory, a denied capability, a failed write) closes its state instead of
 // returning it, and so does one that leaves more than 256 KiB of garbage; LuaLimits::

@@ -35,6 +35,11 @@ struct CallState {
   // Accounting.
   std::size_t used = 0;
   std::size_t peak = 0;
+  // Garbage earlier calls left on a pooled state: what the peak leaves out, and what
+  // collectgarbage("count") leaves out until a full collection, so that a call does not read
+  // how much another allocated.
+  std::size_t inherited = 0;
+  std::size_t hidden_garbage = 0;
   std::uint64_t allocations = 0;
   std::uint64_t hooks = 0;
   std::uint64_t host_calls = 0;
