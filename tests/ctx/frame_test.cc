@@ -4,8 +4,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <latch>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -254,6 +256,38 @@ TEST(Frame, WithManyPairsKeepsTheLastOfEachKey) {
   for (int i = 0; i < kKeys; i += 997) {
     ASSERT_NE(frame.Find(*keys[i]), nullptr);
     EXPECT_EQ(*frame.Find(*keys[i]), i);
+  }
+}
+
+// Tests the small-list path of With (up to 16 pairs: sorted and deduplicated in one pass)
+// against a model: for random lists over a few keys, in random order and with repeats, each key
+// holds the value of its last pair, the parent's other keys stay visible, and nothing else.
+TEST(Frame, WithSmallListsKeepTheLastOfEachKeyAgainstAModel) {
+  std::vector<std::unique_ptr<Key<int>>> keys;
+  for (int i = 0; i < 6; ++i) keys.push_back(std::make_unique<Key<int>>("test.small"));
+  std::mt19937 random(12345);
+  for (int round = 0; round < 2000; ++round) {
+    const Frame parent = Frame().With({Pair::Of(*keys[0], -1), Pair::Of(*keys[5], -5)});
+    const int n = static_cast<int>(random() % 18);  // past 16 too: the other path
+    PairList pairs;
+    std::map<const KeyBase*, int> model = {{keys[0].get(), -1}, {keys[5].get(), -5}};
+    for (int i = 0; i < n; ++i) {
+      const Key<int>& key = *keys[random() % keys.size()];
+      pairs.push_back(Pair::Of(key, i));
+      model[&key] = i;
+    }
+    const Frame frame = parent.With(pairs);
+    ASSERT_EQ(frame.size(), model.size()) << "round " << round;
+    for (const auto& key : keys) {
+      const int* value = frame.Find(*key);
+      const auto expected = model.find(key.get());
+      if (expected == model.end()) {
+        EXPECT_EQ(value, nullptr) << "round " << round;
+      } else {
+        ASSERT_NE(value, nullptr) << "round " << round;
+        EXPECT_EQ(*value, expected->second) << "round " << round;
+      }
+    }
   }
 }
 
