@@ -1,6 +1,7 @@
 #include "framekit/dispatch/function_executor.h"
 
 #include <algorithm>
+#include <bit>
 #include <condition_variable>
 #include <optional>
 #include <stop_token>
@@ -28,13 +29,6 @@ inline constexpr std::size_t kListedInvocations = 100;
 
 using base_internal::AsAbsl;
 using base_internal::IsValidName;
-
-int LatencyBucket(std::chrono::nanoseconds latency) {
-  for (int i = 0; i < kLatencyBuckets - 1; ++i) {
-    if (latency <= LatencyBucketBound(i)) return i;
-  }
-  return kLatencyBuckets - 1;
-}
 
 // Collects a plain Invoke's output.
 // A status split into plain strings, so that the thread that made it and the thread that reads
@@ -136,6 +130,17 @@ std::vector<std::string_view> FunctionExecutor::OwnOptionKeys(
 const Key<std::string>& TraceIdKey() {
   static const Key<std::string> key{"framekit.trace_id"};
   return key;
+}
+
+int LatencyBucketOf(std::chrono::nanoseconds latency) {
+  // The smallest i with latency <= 4^i us: with q = ceil(latency / 1 us), the smallest i with
+  // q <= 4^i, i.e. ceil(ceil(log2 q) / 2). No loop and no division by a variable: this runs
+  // on every call.
+  if (latency <= std::chrono::microseconds(1)) return 0;
+  const auto ns = static_cast<std::uint64_t>(latency.count());  // > 1000 here
+  const std::uint64_t q = ns / 1000 + (ns % 1000 != 0 ? 1 : 0);
+  const int bucket = (std::bit_width(q - 1) + 1) / 2;
+  return std::min(bucket, kLatencyBuckets - 1);
 }
 
 std::chrono::nanoseconds LatencyBucketBound(int bucket) {
@@ -965,7 +970,7 @@ void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& stat
                               Clock::time_point start) {
   Function& function = *call.function;
   const Clock::time_point end = std::max(start, dispatch_internal::CallClock::Now());
-  const int bucket = LatencyBucket(end - start);
+  const int bucket = LatencyBucketOf(end - start);
   const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
   const CallerContext* caller = CallerOf(call.frame);
   const std::string* trace = call.frame.Find(TraceIdKey());
@@ -978,7 +983,7 @@ void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& stat
     if (call.faulted) Bump(function.faults);
   }
   Function::Slot& slot = function.ring[function.next];
-  function.next = (function.next + 1) % function.ring.size();
+  if (++function.next == function.ring.size()) function.next = 0;  // no division per call
   function.count = std::min(function.count + 1, function.ring.size());
   slot.id = id;
   slot.version = call.version->number;

@@ -191,6 +191,54 @@ TEST(FunctionExecutor, ListInvocationsReturnsNewestHundred) {
   EXPECT_EQ(histogram, 250u);
 }
 
+// Tests the ring of records at its edges: one slot, and a few slots wrapped many times over.
+TEST(FunctionExecutor, RecordRingKeepsTheNewestAtEverySize) {
+  for (const int size : {1, 3, 7}) {
+    AppContext app;
+    FunctionExecutor executor(app, {.records_per_function = size});
+    ASSERT_THAT(executor.Register("f", Echo()), IsOk());
+    std::vector<std::uint64_t> ids;
+    for (int i = 0; i < 3 * size + 2; ++i) {
+      ASSERT_THAT(executor.Invoke(Frame(), "f", "x"), IsOk());
+      auto records = executor.ListInvocations("f");
+      ASSERT_THAT(records, IsOk());
+      ASSERT_EQ(records->size(), static_cast<std::size_t>(std::min(i + 1, size)));
+      ids.push_back(records->front().id);
+      // Newest first, consecutive: nothing lost or repeated as the ring wraps.
+      for (std::size_t k = 1; k < records->size(); ++k) {
+        EXPECT_EQ((*records)[k - 1].id, (*records)[k].id + 1) << "size " << size << " call " << i;
+      }
+    }
+    for (std::size_t k = 1; k < ids.size(); ++k) EXPECT_EQ(ids[k], ids[k - 1] + 1);
+  }
+}
+
+// Tests that a latency is counted in the first bucket whose bound holds it, at and around every
+// bound, and at the extremes.
+TEST(FunctionExecutor, LatencyBucketOfIsTheFirstBucketThatHoldsTheLatency) {
+  const auto reference = [](std::chrono::nanoseconds latency) {
+    for (int i = 0; i < kLatencyBuckets - 1; ++i) {
+      if (latency <= LatencyBucketBound(i)) return i;
+    }
+    return kLatencyBuckets - 1;
+  };
+  std::vector<std::chrono::nanoseconds> latencies = {
+      std::chrono::nanoseconds::min(), std::chrono::nanoseconds(-1), std::chrono::nanoseconds(0),
+      std::chrono::nanoseconds(1), std::chrono::nanoseconds::max()};
+  for (int i = 0; i < kLatencyBuckets - 1; ++i) {
+    const std::chrono::nanoseconds bound = LatencyBucketBound(i);
+    for (const std::int64_t delta : {-1001, -1000, -999, -1, 0, 1, 999, 1000, 1001}) {
+      latencies.push_back(bound + std::chrono::nanoseconds(delta));
+    }
+  }
+  for (std::int64_t ns = 1; ns < (std::int64_t{1} << 40); ns = ns * 3 + 7) {
+    latencies.push_back(std::chrono::nanoseconds(ns));
+  }
+  for (const std::chrono::nanoseconds latency : latencies) {
+    EXPECT_EQ(LatencyBucketOf(latency), reference(latency)) << latency.count() << " ns";
+  }
+}
+
 TEST(FunctionExecutor, ThrowingHandlersOfEveryKindAreIsolated) {
   AppContext app;
   FaultMonitor monitor;

@@ -131,6 +131,8 @@ struct InvocationRecord {
 // The latency histogram's bucket upper bounds: 1 µs, 4 µs, ..., 4^12 µs (about 16.8 s), +Inf.
 inline constexpr int kLatencyBuckets = 14;
 std::chrono::nanoseconds LatencyBucketBound(int bucket);
+// The bucket a call of `latency` is counted in: the first whose bound is at least `latency`.
+int LatencyBucketOf(std::chrono::nanoseconds latency);
 
 // Per-function counters, a consistent-enough snapshot of relaxed atomics.
 struct FunctionCounters {
