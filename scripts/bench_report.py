@@ -49,6 +49,9 @@ ALLOC_DECIMALS = 2
 #   "floors":   the case's time <= floors x this run's floor (also read as floors * 0.6 ns)
 #   "threads":  the per-thread cost of the case <= factor x the same case with threads:1
 #   "overhead": the case's time minus a baseline case's time <= ns (and in floors, as "abs")
+#   "ratio":    the case's time <= factor x a baseline case's time in the same run, on "time"
+#               "cpu" (the calling thread's CPU) or "wall" (for work another process or thread
+#               does: a worker process, a gRPC server); an optional "ns" also bounds the time
 # "case" is an exact name or, with "match", a regular expression (every matching case gets the
 # target; "exclude" removes matches); "baseline" likewise names the case an overhead is over.
 TARGETS = [
@@ -166,6 +169,69 @@ TARGETS = [
         "title": "The whole call frame: Resolve ×4 + Fork + With, released (issue 13)",
         "case": "PerCall/call_frame/4",
         "kind": "abs", "ns": 60, "allocs": 1,
+    },
+    # Issue 14 (bench/lua_benchmark.cc, bench/dispatch_benchmark.cc).
+    {
+        # Issue 14: "a trivial Lua function through Invoke vs a bare lua_pcall of the same
+        # function (target ≤ 3×, and ≤ 5 µs absolute on a quiet machine)"
+        "title": "Trivial Lua function vs a bare lua_pcall (issue 14)",
+        "case": "BM_LuaRunTrivial",
+        "baseline": r"^BM_LuaBarePcall$",
+        "kind": "ratio", "factor": 3, "time": "cpu", "ns": 5000,
+    },
+    {
+        # The least any per-call isolation costs (no libraries, limits or frame): the floor under
+        # the target above, read against the same baseline.
+        "title": "Per-call isolation floor vs a bare lua_pcall (issue 14, for reference)",
+        "case": "BM_LuaIsolationFloor",
+        "baseline": r"^BM_LuaBarePcall$",
+        "kind": "ratio", "factor": 3, "time": "cpu",
+    },
+    {
+        # Issue 14: "the hook's cost on a CPU-bound script vs the same script without a hook
+        # (≤ 15%)"
+        "title": "Preemption's cost on a CPU-bound script (issue 14)",
+        "case": "BM_LuaLoopSignal",
+        "baseline": r"^BM_LuaLoopBareNoHook$",
+        "kind": "ratio", "factor": 1.15, "time": "cpu",
+    },
+    {
+        # Issue 14: "a Lua call with a deadline vs a native call with one (the Lua one needs no
+        # handoff: it should be faster)"
+        "title": "Lua call with a deadline vs a native one (issue 14)",
+        "case": "Lua/invoke_deadline",
+        "baseline": r"^Invoke/with_deadline$",
+        "kind": "ratio", "factor": 1.0, "time": "wall",
+    },
+    # Issue 15 (bench/isolate_benchmark.cc).
+    {
+        # Issue 15: "an isolated call round trip vs a bare socketpair ping-pong between two
+        # processes (target ≤ 2×)"
+        "title": "Isolated call round trip vs a socketpair ping-pong (issue 15)",
+        "case": "BM_IsolateRoundTripReuse/real_time",
+        "baseline": r"^BM_SocketpairPingPong/real_time$",
+        "kind": "ratio", "factor": 2, "time": "wall",
+    },
+    {
+        # Issue 15: "worker replacement after a crash (target ≤ 5 ms)"
+        "title": "Worker replacement after a crash (issue 15)",
+        "match": r"^BM_IsolateCrashThenCall",
+        "kind": "abs", "ns": 5e6, "time": "wall",
+    },
+    # Issue 16 (bench/rpc_benchmark.cc).
+    {
+        # Issue 16: "a unary call with framekit's propagation vs the same bare gRPC call
+        # (target ≤ 10% overhead)"
+        "title": "Unary call with the frame vs a bare gRPC call (issue 16)",
+        "case": "BM_RpcUnaryFramekit/real_time",
+        "baseline": r"^BM_RpcUnaryBareGrpc/real_time$",
+        "kind": "ratio", "factor": 1.10, "time": "wall",
+    },
+    {
+        # Issue 16: "codec encode+decode of 8 portable pairs (≤ 1 µs)"
+        "title": "Codec encode + decode of 8 portable pairs (issue 16)",
+        "case": "BM_RpcCodec8Pairs",
+        "kind": "abs", "ns": 1000,
     },
 ]
 
@@ -301,7 +367,9 @@ def evaluate(cases, floor_ns):
     for spec in TARGETS:
         kind = spec["kind"]
         matches = find_cases(cases, spec)
-        if kind == "abs":
+        if kind == "abs" and spec.get("time") == "wall":
+            target = f"≤ {fmt_ns(spec['ns'])} ns wall time"
+        elif kind == "abs":
             ratio_limit = spec["ns"] / DESIGN_FLOOR_NS
             target = (f"≤ {fmt_ns(spec['ns'])} ns or ≤ {fmt_ratio(ratio_limit)} × floor"
                       + alloc_text(spec))
@@ -311,6 +379,9 @@ def evaluate(cases, floor_ns):
                       + alloc_text(spec))
         elif kind == "threads":
             target = f"per-thread cost ≤ {spec['factor']} × threads:1"
+        elif kind == "ratio":
+            target = (f"≤ {spec['factor']:g} × the baseline ({spec.get('time', 'cpu')} time)"
+                      + (f", ≤ {fmt_ns(spec['ns'])} ns" if "ns" in spec else ""))
         else:
             target = (f"≤ {fmt_ns(spec['ns'])} ns or ≤ "
                       f"{fmt_ratio(spec['ns'] / DESIGN_FLOOR_NS)} × floor over the direct call")
@@ -320,7 +391,10 @@ def evaluate(cases, floor_ns):
             continue
         for case in matches:
             checks, same = [], []
-            if kind in ("abs", "floors"):
+            if kind == "abs" and spec.get("time") == "wall":
+                # Work outside the calling thread (another process): only wall time tells.
+                checks.append(("wall", check(case.wall_ns, spec["ns"])))
+            elif kind in ("abs", "floors"):
                 if kind == "abs":
                     abs_limit, ratio_limit = spec["ns"], spec["ns"] / DESIGN_FLOOR_NS
                 else:
@@ -329,6 +403,19 @@ def evaluate(cases, floor_ns):
                 checks.append(("floors", check(case.cpu_ns / floor_ns, ratio_limit)
                                if floor_ns else "no floor in this run"))
                 checks += alloc_check(spec, case)
+            elif kind == "ratio":
+                baselines = find_cases(cases, spec, key="baseline")
+                if not baselines:
+                    checks.append(("", "not measured in this run (no baseline)"))
+                else:
+                    same = baselines
+                    wall = spec.get("time") == "wall"
+                    value = case.wall_ns if wall else case.cpu_ns
+                    base = baselines[0].wall_ns if wall else baselines[0].cpu_ns
+                    ratio = value / base if base else math.nan
+                    checks.append((f"{ratio:.2f}×", check(ratio, spec["factor"])))
+                    if "ns" in spec:
+                        checks.append(("abs", check(value, spec["ns"])))
             elif kind == "threads":
                 single = by_name.get(re.sub(r"/threads:\d+$", "/threads:1", case.name))
                 if single is None:
@@ -357,7 +444,8 @@ def evaluate(cases, floor_ns):
                     checks.append(("abs", check(over, spec["ns"])))
                     checks.append(("floors", check(over / floor_ns, spec["ns"] / DESIGN_FLOOR_NS)
                                    if floor_ns else "no floor in this run"))
-            shown = target + (f" (`{same[0].name}`)" if kind == "overhead" and same else "")
+            shown = target + (f" (`{same[0].name}`)" if kind in ("overhead", "ratio") and same
+                              else "")
             verdict = Verdict(spec["title"], case.name, shown, checks)
             per_case.setdefault(case.name, []).append(verdict)
             summary.append(verdict)
