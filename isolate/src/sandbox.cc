@@ -18,6 +18,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/isolate/internal/zygote.h"
 
 namespace framekit::isolate_internal {
 namespace {
@@ -117,7 +118,8 @@ std::vector<std::string> FormatWorkerArgs(const WorkerArgs& args) {
 }
 
 absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv) {
-  if (argc < 8 || std::string_view(argv[1]) != kWorkerFlag) {
+  if (argc < 8 ||
+      (std::string_view(argv[1]) != kWorkerFlag && std::string_view(argv[1]) != kZygoteFlag)) {
     return absl::InvalidArgumentError(
         "not started by a framekit WorkerPool (expected --framekit-worker and its flags)");
   }
@@ -134,6 +136,7 @@ absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv) {
   }
   args.parent = static_cast<std::int64_t>(parent);
   args.limits.seccomp = seccomp == 1;
+  args.zygote = std::string_view(argv[1]) == kZygoteFlag;
   return args;
 }
 

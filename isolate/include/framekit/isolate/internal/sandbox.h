@@ -21,12 +21,15 @@ struct WorkerArgs {
   std::int64_t parent = 0;
   isolate::WorkerLimits limits;
   std::uint64_t max_message_bytes = 8 << 20;
+  bool zygote = false;  // started with kZygoteFlag (zygote.h) instead of kWorkerFlag
 };
 
-// "--framekit-worker", "--parent=N", "--as=N", ...
+// "--framekit-worker", "--parent=N", "--as=N", ... (args.zygote is not formatted: the pool
+// puts zygote.h's kZygoteFlag in place of the first).
 std::vector<std::string> FormatWorkerArgs(const WorkerArgs& args);
-// InvalidArgument unless argv (after argv[0]) holds exactly what FormatWorkerArgs wrote,
-// possibly followed by the application's own arguments (ignored).
+// InvalidArgument unless argv (after argv[0]) holds exactly what FormatWorkerArgs wrote (its
+// first flag possibly the zygote's), possibly followed by the application's own arguments
+// (ignored).
 absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv);
 
 // setrlimit for each non-zero limit (address space skipped in a sanitizer build).
