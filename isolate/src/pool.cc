@@ -44,6 +44,9 @@ namespace {
 using isolate_internal::MessageType;
 using SteadyTime = Clock::time_point;
 
+// How often an idle spawner looks whether the zygote still runs.
+constexpr std::chrono::milliseconds kZygoteCheckInterval{200};
+
 std::string SignalName(int sig) {
   const char* abbrev = sigabbrev_np(sig);
   const char* descr = sigdescr_np(sig);
@@ -245,6 +248,7 @@ struct WorkerPool::State {
   absl::StatusOr<std::unique_ptr<Worker>> SpawnExecutable(std::vector<std::string>& args);
   absl::StatusOr<std::unique_ptr<Worker>> SpawnFromZygote();
   void StopZygote(std::string_view why);
+  void CheckZygote();
   absl::Status AwaitHello(Worker& worker, SteadyTime until);
   absl::StatusOr<std::unique_ptr<Worker>> Acquire(const std::string& handler, bool reuse,
                                                   std::optional<Deadline> deadline);
@@ -281,10 +285,20 @@ struct WorkerPool::State {
 void WorkerPool::State::SpawnerLoop() {
   std::unique_lock<std::mutex> lock(mu);
   for (;;) {
-    spawner_cv.wait(lock, [&] {
+    const auto has_work = [&] {
       return !retired.empty() || NeedSpawnLocked() ||
              (shut_down && busy.empty() && reaping == 0 && spawning == 0);
-    });
+    };
+    if (zygote.process == nullptr) {
+      spawner_cv.wait(lock, has_work);
+    } else if (!spawner_cv.wait_for(lock, kZygoteCheckInterval, has_work)) {
+      // Idle with a zygote: if it ended, reap it now and replace the spares that died with it,
+      // rather than leaving a zombie and dead spares until the next call.
+      lock.unlock();
+      CheckZygote();
+      lock.lock();
+      continue;
+    }
     if (!retired.empty()) {
       std::vector<std::unique_ptr<Worker>> batch = std::move(retired);
       retired.clear();
@@ -370,6 +384,26 @@ absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::Spawn() {
     StopZygote(std::string(worker.status().message()));
   }
   return SpawnExecutable(argv);  // no zygote now: this worker the slow way
+}
+
+void WorkerPool::State::CheckZygote() {
+  siginfo_t info{};
+  // WNOWAIT: only look; StopZygote reaps, so that the pid stays ours until then.
+  if (waitid(P_PID, static_cast<id_t>(zygote.process->pid), &info, WEXITED | WNOHANG | WNOWAIT) !=
+          0 ||
+      info.si_pid == 0) {
+    return;
+  }
+  StopZygote("it ended");
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto it = spares.begin(); it != spares.end();) {
+    if (Ended(**it)) {
+      retired.push_back(std::move(*it));
+      it = spares.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 void WorkerPool::State::StopZygote(std::string_view why) {

@@ -322,6 +322,7 @@ TEST(WorkerPool, CrashLoopBacksOffOnlyThatHandler) {
   EXPECT_THAT(CallString(*pool, "echo", "x"), IsOkAndHolds(std::string("x")));
   EXPECT_LT(Clock::now() - echo_start, std::chrono::milliseconds(400));
   EXPECT_EQ(pool->stats().deaths, 5u);
+  EXPECT_EQ(pool->stats().zygote_starts, 1u);  // replacements forked by the zygote
   ExpectNoChildrenAfter(*pool);
 }
 
@@ -449,7 +450,7 @@ TEST(WorkerPool, WorkersDieWithAKilledHost) {
   std::string text;
   char buf[256];
   ssize_t n;
-  while (std::count(text.begin(), text.end(), '\n') < 2 &&
+  while (std::count(text.begin(), text.end(), '\n') < 3 &&
          (n = read(out[0], buf, sizeof(buf))) > 0) {
     text.append(buf, n);
   }
@@ -461,8 +462,12 @@ TEST(WorkerPool, WorkersDieWithAKilledHost) {
     workers.push_back(std::atoi(text.substr(pos, nl - pos).c_str()));
     pos = nl + 1;
   }
-  ASSERT_EQ(workers.size(), 2u) << text;
-  for (int pid : workers) EXPECT_EQ(kill(pid, 0), 0);
+  // Two workers, then the zygote that forked them: all three must die with the host.
+  ASSERT_EQ(workers.size(), 3u) << text;
+  for (int pid : workers) {
+    EXPECT_GT(pid, 0);
+    EXPECT_EQ(kill(pid, 0), 0);
+  }
   kill(host, SIGKILL);
   int status = 0;
   waitpid(host, &status, 0);
