@@ -211,6 +211,12 @@ int WorkerMain(const WorkerRegistry& registry, int argc, char** argv) {
                  std::string(args.status().message()).c_str());
     return 2;
   }
+  // Compiled before a zygote forks, so that each worker only loads it.
+  absl::StatusOr<std::string> seccomp_program;
+  if (args->limits.seccomp) {
+    seccomp_program = isolate_internal::CompileSeccompProfile();
+    if (!seccomp_program.ok()) Fail("seccomp", seccomp_program.status());
+  }
   // A zygote serves fork requests and never returns; in each worker it forks, RunZygote returns
   // the zygote's pid, the worker's parent, and the worker goes on as if it had been spawned.
   const pid_t parent =
@@ -225,7 +231,9 @@ int WorkerMain(const WorkerRegistry& registry, int argc, char** argv) {
   on_exit(ExitNow, nullptr);
   if (absl::Status s = isolate_internal::ApplyLimits(args->limits); !s.ok()) Fail("limits", s);
   if (args->limits.seccomp) {
-    if (absl::Status s = isolate_internal::ApplySeccompProfile(); !s.ok()) Fail("seccomp", s);
+    if (absl::Status s = isolate_internal::LoadSeccompProgram(*seccomp_program); !s.ok()) {
+      Fail("seccomp", s);
+    }
   }
   isolate_internal::WireLimits limits;
   limits.max_message_bytes = args->max_message_bytes;

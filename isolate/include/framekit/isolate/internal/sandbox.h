@@ -34,8 +34,12 @@ absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv);
 
 // setrlimit for each non-zero limit (address space skipped in a sanitizer build).
 absl::Status ApplyLimits(const isolate::WorkerLimits& limits);
-// Loads the default profile (see WorkerLimits::seccomp) with PR_SET_NO_NEW_PRIVS.
-absl::Status ApplySeccompProfile();
+// The default profile (see WorkerLimits::seccomp) in two steps. Compiling is the slow part
+// (libseccomp builds the program): a zygote compiles once and each worker it forks only loads.
+// The profile as a BPF program (an array of struct sock_filter, as bytes).
+absl::StatusOr<std::string> CompileSeccompProfile();
+// PR_SET_NO_NEW_PRIVS, then the program on every thread of the process.
+absl::Status LoadSeccompProgram(const std::string& program);
 // The name of syscall `number` on this architecture, or the number as text.
 std::string SyscallName(long number);
 
