@@ -395,6 +395,9 @@ void WorkerPool::State::CheckZygote() {
     return;
   }
   StopZygote("it ended");
+  // Its workers die with it: retire the spares and idle ones that have ended already. A spare
+  // still dying is caught when a call takes it; an idle one still dying fails its next call
+  // with Unavailable (see Call).
   std::lock_guard<std::mutex> lock(mu);
   for (auto it = spares.begin(); it != spares.end();) {
     if (Ended(**it)) {
@@ -402,6 +405,16 @@ void WorkerPool::State::CheckZygote() {
       it = spares.erase(it);
     } else {
       ++it;
+    }
+  }
+  for (auto& [name, list] : idle) {
+    for (auto it = list.begin(); it != list.end();) {
+      if (Ended(**it)) {
+        retired.push_back(std::move(*it));
+        it = list.erase(it);
+      } else {
+        ++it;
+      }
     }
   }
 }
@@ -593,17 +606,19 @@ absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::Acquire(
     }
     std::unique_ptr<Worker> worker;
     if (auto it = idle.find(handler); reuse && it != idle.end() && !it->second.empty()) {
+      // No liveness check here (the round trip stays one send and one read): the spawner
+      // sweeps idle workers when the zygote ends.
       worker = std::move(it->second.back());
       it->second.pop_back();
     } else if (!spares.empty()) {
       worker = std::move(spares.front());
       spares.pop_front();
       spawner_cv.notify_all();  // replace the spare
-    }
-    if (worker != nullptr && Ended(*worker)) {
-      // Died waiting (its zygote ended, say): not this call's fault; reaped by the spawner.
-      retired.push_back(std::move(worker));
-      continue;
+      if (Ended(*worker)) {
+        // Died waiting (its zygote ended, say): not this call's fault; reaped by the spawner.
+        retired.push_back(std::move(worker));
+        continue;
+      }
     }
     if (worker != nullptr) {
       busy.emplace(worker->pid, worker->pidfd);
