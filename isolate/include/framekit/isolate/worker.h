@@ -83,9 +83,9 @@ class WorkerRegistry {
 // pool passes (see pool.h), it writes a usage line to stderr and returns 2.
 // NOTE: call it from main() before starting any thread of your own (static initialisers
 // included): the seccomp profile and the limits apply to the whole process, and a zygote with a
-// second thread refuses to fork (the pool then spawns every worker). The process ends with _exit: static destructors and
-// atexit handlers do not run, not even when a handler calls exit() (the call then fails with
-// that exit status as its fault record).
+// second thread refuses to fork (the pool then spawns every worker). The process ends with _exit:
+// static destructors and atexit handlers do not run, not even when a handler calls exit() (the call
+// then fails with that exit status as its fault record).
 int WorkerMain(const WorkerRegistry& registry, int argc, char** argv);
 
 }  // namespace framekit::isolate
