@@ -5,15 +5,29 @@
 //       socketpair between two processes
 //   BM_IsolateRoundTripFresh       the default mode: every call on a fresh worker (spares
 //                                  started ahead by the pool's spawner)
-//   BM_IsolateCrashThenCall        a crashing call (death detected, classified, reaped) and the
-//                                  next call, which needs the replacement worker
+//   BM_IsolateCrashThenCall/zygote:{0,1}
+//       a crashing call (death detected, classified, reaped) and the next call, which needs the
+//       replacement worker; one spare, so the replacement starts while the crash is classified.
+//       zygote:0 starts every worker with posix_spawn (the baseline), zygote:1 forks it from
+//       the pool's zygote (the default)
+//   BM_IsolateCrashThenCallNoSpare/zygote:{0,1}
+//       the same with no spare workers: each call waits for its own worker to start after it
+//       asked, so the start-up is measured whole, hidden behind nothing
 //   BM_IsolateThroughput{Reuse,Fresh}/threads:4   1000 calls from 4 threads
-// Counters: startup_us is the pool's mean worker start-up (posix_spawn to ready).
+//   BM_ForkExitWait               the floor of a process start: fork, _exit, waitpid
+// Counters: startup_us is the pool's mean worker start-up (posix_spawn, or the fork request to
+// the zygote, to the worker's ready message); zygote_startup_us the zygote's own (posix_spawn
+// to ready, once per pool); cpu_ms (crash benchmarks) the CPU time per iteration of every
+// process involved: the benchmark process, its reaped children and the zygote with its reaped
+// children (from /proc, in clock ticks: read it over many iterations). On a loaded machine it
+// tells the work apart from the time spent waiting to be scheduled.
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "benchmark/benchmark.h"
@@ -32,11 +46,12 @@ class NullSink : public framekit::dispatch::Sink {
 
 const std::string kPayload(64, 'p');
 
-std::shared_ptr<isolate::WorkerPool> MakePool(int max_workers, int spares) {
+std::shared_ptr<isolate::WorkerPool> MakePool(int max_workers, int spares, bool zygote = true) {
   isolate::WorkerPoolOptions options;
   options.executable = FRAMEKIT_ISOLATE_BENCH_WORKER;
   options.max_workers = max_workers;
   options.spare_workers = spares;
+  options.zygote = zygote;
   options.respawn_backoff_min = std::chrono::milliseconds(0);  // measure the respawn itself
   // The test worker decodes the tests' tenant key too; the call keys are a subset of it.
   auto pool = isolate::WorkerPool::Create(options);
@@ -44,8 +59,11 @@ std::shared_ptr<isolate::WorkerPool> MakePool(int max_workers, int spares) {
 }
 
 void ReportStartup(benchmark::State& state, const isolate::WorkerPool& pool) {
+  const isolate::PoolStats stats = pool.stats();
   state.counters["startup_us"] =
-      std::chrono::duration<double, std::micro>(pool.stats().mean_startup).count();
+      std::chrono::duration<double, std::micro>(stats.mean_startup).count();
+  state.counters["zygote_startup_us"] =
+      std::chrono::duration<double, std::micro>(stats.zygote_startup).count();
 }
 
 void RoundTrip(benchmark::State& state, bool reuse) {
@@ -106,20 +124,76 @@ void BM_SocketpairPingPong(benchmark::State& state) {
 }
 BENCHMARK(BM_SocketpairPingPong)->UseRealTime();
 
-void BM_IsolateCrashThenCall(benchmark::State& state) {
-  auto pool = MakePool(4, 1);
+// The floor of any process start on this machine, to read the crash benchmarks against: fork a
+// child that exits at once (async-signal-safe, fine with threads running) and wait for it.
+void BM_ForkExitWait(benchmark::State& state) {
+  for (auto _ : state) {
+    const pid_t child = fork();
+    if (child == 0) _exit(0);
+    if (child < 0) return state.SkipWithError("fork");
+    int status = 0;
+    waitpid(child, &status, 0);
+  }
+}
+BENCHMARK(BM_ForkExitWait)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// CPU time in ms of process `pid` (0: this one) and of its children it has reaped.
+double CpuMs(std::int64_t pid) {
+  std::ifstream in(pid == 0 ? std::string("/proc/self/stat")
+                            : "/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  // Fields 3.. of proc(5): utime, stime, cutime and cstime are the 14th to 17th.
+  for (int i = 3; i <= 17 && (fields >> field); ++i) {
+    if (i >= 14) ticks += std::stod(field);
+  }
+  return ticks * 1000.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double PoolCpuMs(const isolate::WorkerPool& pool) {
+  const std::int64_t zygote = pool.stats().zygote_pid;
+  return CpuMs(0) + (zygote > 0 ? CpuMs(zygote) : 0.0);
+}
+
+void CrashThenCall(benchmark::State& state, int spares) {
+  auto pool = MakePool(4, spares, state.range(0) != 0);
   if (pool == nullptr) return state.SkipWithError("pool");
   NullSink sink;
   const framekit::Frame frame;
+  // Warm up: the first call waits for the zygote (when on) and the first worker to start.
+  if (!pool->Call("echo", frame, kPayload, sink).ok()) return state.SkipWithError("warm");
+  const double cpu_before = PoolCpuMs(*pool);
   for (auto _ : state) {
     absl::Status crashed = pool->Call("segv", frame, "", sink);
     if (crashed.code() != absl::StatusCode::kInternal) return state.SkipWithError("no crash");
     absl::Status status = pool->Call("echo", frame, kPayload, sink);
     if (!status.ok()) return state.SkipWithError(std::string(status.message()).c_str());
   }
+  state.counters["cpu_ms"] =
+      benchmark::Counter(PoolCpuMs(*pool) - cpu_before, benchmark::Counter::kAvgIterations);
   ReportStartup(state, *pool);
+  if (state.range(0) != 0 && pool->stats().zygote_starts != 1) {
+    state.SkipWithError("the zygote did not serve every start");
+  }
 }
-BENCHMARK(BM_IsolateCrashThenCall)->UseRealTime()->Unit(benchmark::kMillisecond);
+void BM_IsolateCrashThenCall(benchmark::State& state) { CrashThenCall(state, 1); }
+void BM_IsolateCrashThenCallNoSpare(benchmark::State& state) { CrashThenCall(state, 0); }
+BENCHMARK(BM_IsolateCrashThenCall)
+    ->ArgName("zygote")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_IsolateCrashThenCallNoSpare)
+    ->ArgName("zygote")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 std::shared_ptr<isolate::WorkerPool> SharedPool() {
   static const std::shared_ptr<isolate::WorkerPool> pool = MakePool(8, 4);

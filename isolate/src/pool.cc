@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "framekit/isolate/internal/sandbox.h"
 #include "framekit/isolate/internal/wire.h"
+#include "framekit/isolate/internal/zygote.h"
 #include "framekit/isolate/worker.h"
 
 extern char** environ;
@@ -43,6 +44,9 @@ namespace {
 using isolate_internal::MessageType;
 using SteadyTime = Clock::time_point;
 
+// How often an idle spawner looks whether the zygote still runs.
+constexpr std::chrono::milliseconds kZygoteCheckInterval{200};
+
 std::string SignalName(int sig) {
   const char* abbrev = sigabbrev_np(sig);
   const char* descr = sigdescr_np(sig);
@@ -55,18 +59,42 @@ void CloseFd(int& fd) {
   fd = -1;
 }
 
-// One worker process and the host's ends of its wire and fault pipe.
+// One worker process and the host's ends of its wire and fault pipe. A worker forked by the
+// zygote is not the host's child: it also has a pidfd (to signal it without a pid race) and the
+// read end of its status pipe, where the zygote writes its wait status.
 struct Worker {
   pid_t pid = -1;
   int sock = -1;
   int fault = -1;
+  int pidfd = -1;   // zygote workers only
+  int status = -1;  // zygote workers only
   isolate_internal::MessageBuffer buffer;
   explicit Worker(isolate_internal::WireLimits limits) : buffer(limits) {}
   ~Worker() {
     CloseFd(sock);
     CloseFd(fault);
+    CloseFd(pidfd);
+    CloseFd(status);
   }
 };
+
+// Signals a worker: through its pidfd when it has one (a zygote worker's pid is reaped by the
+// zygote and may be recycled), else by pid (the host's own child: its pid stays ours until the
+// host reaps it).
+void Signal(pid_t pid, int pidfd, int sig) {
+  if (pidfd >= 0) {
+    syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0);
+  } else {
+    kill(pid, sig);
+  }
+}
+
+// True when the zygote worker has ended (its pidfd is readable); false for the host's own.
+bool Ended(const Worker& worker) {
+  if (worker.pidfd < 0) return false;
+  pollfd p{worker.pidfd, POLLIN, 0};
+  return poll(&p, 1, 0) > 0;
+}
 
 // Waits for `pid` to end for up to `wait`, then kills it; reaps it and returns its wait status.
 int Reap(pid_t pid, std::chrono::milliseconds wait) {
@@ -96,6 +124,28 @@ std::string DrainFaultPipe(int fd) {
     text.append(buf, static_cast<std::size_t>(n));
   }
   return text;
+}
+
+// Reaps a worker like Reap (waits up to `wait`, then kills). A zygote worker's wait status comes
+// from the zygote through the status pipe; nullopt when the zygote ended without writing it.
+std::optional<int> ReapWorker(Worker& worker, std::chrono::milliseconds wait) {
+  if (worker.status < 0) return Reap(worker.pid, wait);
+  pollfd p{worker.status, POLLIN, 0};
+  int r;
+  while ((r = poll(&p, 1, static_cast<int>(wait.count()))) < 0 && errno == EINTR) {
+  }
+  if (r == 0) {
+    Signal(worker.pid, worker.pidfd, SIGKILL);
+    // The zygote reaps it on SIGCHLD at once; the bound only guards against a stopped zygote.
+    while (poll(&p, 1, 10000) < 0 && errno == EINTR) {
+    }
+  }
+  int status = 0;
+  ssize_t n;
+  while ((n = read(worker.status, &status, sizeof(status))) < 0 && errno == EINTR) {
+  }
+  if (n != static_cast<ssize_t>(sizeof(status))) return std::nullopt;
+  return status;
 }
 
 }  // namespace
@@ -161,7 +211,8 @@ struct WorkerPool::State {
   std::deque<std::unique_ptr<Worker>> spares ABSL_GUARDED_BY(mu);
   // Reuse workers, per handler; each serves only its handler.
   absl::flat_hash_map<std::string, std::vector<std::unique_ptr<Worker>>> idle ABSL_GUARDED_BY(mu);
-  absl::flat_hash_set<pid_t> busy ABSL_GUARDED_BY(mu);
+  // Busy workers: pid -> pidfd (-1 for the host's own children), for Shutdown to kill them.
+  absl::flat_hash_map<pid_t, int> busy ABSL_GUARDED_BY(mu);
   std::vector<std::unique_ptr<Worker>> retired ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, Backoff> backoff ABSL_GUARDED_BY(mu);
   int live ABSL_GUARDED_BY(mu) = 0;  // processes started and not reaped
@@ -172,7 +223,20 @@ struct WorkerPool::State {
   absl::Status spawn_error ABSL_GUARDED_BY(mu);
   PoolStats stats ABSL_GUARDED_BY(mu);
   std::chrono::nanoseconds startup_total ABSL_GUARDED_BY(mu){};
+  pid_t zygote_pid ABSL_GUARDED_BY(mu) = -1;  // a copy for stats(); the spawner owns `zygote`
   std::thread spawner;
+
+  // The zygote (zygote.h), used by the spawner thread only. Started on the first spawn; when it
+  // ends or misbehaves it is reaped and started again after a backoff, workers being spawned
+  // directly meanwhile. Off for good when it reports more than one thread.
+  struct Zygote {
+    std::unique_ptr<Worker> process;  // pid and control socket; null when not running
+    bool disabled = false;
+    int failures = 0;  // consecutive
+    SteadyTime retry_at{};
+    std::chrono::nanoseconds startup{};  // of the zygote started by the last Spawn, if any
+  } zygote;
+  std::vector<std::string> zygote_argv;
 
   void SpawnerLoop();
   bool NeedSpawnLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -181,11 +245,16 @@ struct WorkerPool::State {
            live < options.max_workers;
   }
   absl::StatusOr<std::unique_ptr<Worker>> Spawn();
+  absl::StatusOr<std::unique_ptr<Worker>> SpawnExecutable(std::vector<std::string>& args);
+  absl::StatusOr<std::unique_ptr<Worker>> SpawnFromZygote();
+  void StopZygote(std::string_view why);
+  void CheckZygote();
   absl::Status AwaitHello(Worker& worker, SteadyTime until);
   absl::StatusOr<std::unique_ptr<Worker>> Acquire(const std::string& handler, bool reuse,
                                                   std::optional<Deadline> deadline);
   void Release(std::unique_ptr<Worker> worker, const std::string& handler, bool keep);
   void RetireLocked(std::unique_ptr<Worker> worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (worker == nullptr) return;
     busy.erase(worker->pid);
     retired.push_back(std::move(worker));
     spawner_cv.notify_all();
@@ -208,24 +277,35 @@ struct WorkerPool::State {
     workers_cv.notify_all();
     spawner_cv.notify_all();
   }
-  WorkerDeath Classify(Worker& worker, std::chrono::milliseconds wait);
+  // nullopt when the worker's wait status is lost (its zygote ended first).
+  std::optional<WorkerDeath> Classify(Worker& worker, std::chrono::milliseconds wait);
   void NoteDeath(const std::string& handler);
 };
 
 void WorkerPool::State::SpawnerLoop() {
   std::unique_lock<std::mutex> lock(mu);
   for (;;) {
-    spawner_cv.wait(lock, [&] {
+    const auto has_work = [&] {
       return !retired.empty() || NeedSpawnLocked() ||
              (shut_down && busy.empty() && reaping == 0 && spawning == 0);
-    });
+    };
+    if (zygote.process == nullptr) {
+      spawner_cv.wait(lock, has_work);
+    } else if (!spawner_cv.wait_for(lock, kZygoteCheckInterval, has_work)) {
+      // Idle with a zygote: if it ended, reap it now and replace the spares that died with it,
+      // rather than leaving a zombie and dead spares until the next call.
+      lock.unlock();
+      CheckZygote();
+      lock.lock();
+      continue;
+    }
     if (!retired.empty()) {
       std::vector<std::unique_ptr<Worker>> batch = std::move(retired);
       retired.clear();
       lock.unlock();
       for (auto& worker : batch) {
-        kill(worker->pid, SIGKILL);
-        Reap(worker->pid, std::chrono::milliseconds(0));
+        Signal(worker->pid, worker->pidfd, SIGKILL);
+        ReapWorker(*worker, std::chrono::milliseconds(0));
       }
       const int n = static_cast<int>(batch.size());
       batch.clear();  // closes the fds
@@ -236,15 +316,20 @@ void WorkerPool::State::SpawnerLoop() {
       continue;
     }
     if (shut_down) {
-      if (busy.empty() && reaping == 0 && spawning == 0) return;
+      if (busy.empty() && reaping == 0 && spawning == 0) {
+        lock.unlock();
+        StopZygote("");
+        return;
+      }
       continue;
     }
     ++live;
     ++spawning;
     lock.unlock();
     const SteadyTime start = Clock::now();
+    zygote.startup = {};
     absl::StatusOr<std::unique_ptr<Worker>> worker = Spawn();
-    const auto took = Clock::now() - start;
+    const auto took = Clock::now() - start - zygote.startup;  // the worker's own start-up
     lock.lock();
     --spawning;
     if (worker.ok()) {
@@ -276,6 +361,138 @@ void WorkerPool::State::SpawnerLoop() {
 }
 
 absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::Spawn() {
+  if (!options.zygote || zygote.disabled) return SpawnExecutable(argv);
+  if (zygote.process == nullptr && Clock::now() >= zygote.retry_at) {
+    const SteadyTime start = Clock::now();
+    absl::StatusOr<std::unique_ptr<Worker>> started = SpawnExecutable(zygote_argv);
+    zygote.startup = Clock::now() - start;
+    if (started.ok()) {
+      zygote.process = *std::move(started);
+      zygote.failures = 0;
+      std::lock_guard<std::mutex> lock(mu);
+      zygote_pid = zygote.process->pid;
+      ++stats.zygote_starts;
+      stats.zygote_startup = zygote.startup;
+    } else {
+      StopZygote(std::string(started.status().message()));
+    }
+  }
+  if (zygote.process != nullptr) {
+    absl::StatusOr<std::unique_ptr<Worker>> worker = SpawnFromZygote();
+    // Aborted: the zygote is gone or broke its protocol; anything else is about this worker.
+    if (worker.ok() || !absl::IsAborted(worker.status())) return worker;
+    StopZygote(std::string(worker.status().message()));
+  }
+  return SpawnExecutable(argv);  // no zygote now: this worker the slow way
+}
+
+void WorkerPool::State::CheckZygote() {
+  siginfo_t info{};
+  // WNOWAIT: only look; StopZygote reaps, so that the pid stays ours until then.
+  if (waitid(P_PID, static_cast<id_t>(zygote.process->pid), &info, WEXITED | WNOHANG | WNOWAIT) !=
+          0 ||
+      info.si_pid == 0) {
+    return;
+  }
+  StopZygote("it ended");
+  // Its workers die with it: retire the spares and idle ones that have ended already. A spare
+  // still dying is caught when a call takes it; an idle one still dying fails its next call
+  // with Unavailable (see Call).
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto it = spares.begin(); it != spares.end();) {
+    if (Ended(**it)) {
+      retired.push_back(std::move(*it));
+      it = spares.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [name, list] : idle) {
+    for (auto it = list.begin(); it != list.end();) {
+      if (Ended(**it)) {
+        retired.push_back(std::move(*it));
+        it = list.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+}
+
+void WorkerPool::State::StopZygote(std::string_view why) {
+  int status = 0;
+  if (zygote.process != nullptr) {
+    // End of stream tells the zygote to kill and reap its workers and exit; the kill is for
+    // a zygote that is hung.
+    CloseFd(zygote.process->sock);
+    status = Reap(zygote.process->pid, std::chrono::milliseconds(1000));
+    zygote.process.reset();
+    std::lock_guard<std::mutex> lock(mu);
+    zygote_pid = -1;
+  }
+  if (why.empty()) return;  // shutdown
+  if (WIFEXITED(status) && WEXITSTATUS(status) == isolate_internal::kZygoteNotSingleThreaded) {
+    zygote.disabled = true;  // would fail the same way every time
+  }
+  ++zygote.failures;
+  const std::chrono::milliseconds base =
+      std::max(options.respawn_backoff_min, std::chrono::milliseconds(10));
+  zygote.retry_at = Clock::now() + std::min(std::max(options.respawn_backoff_max, base),
+                                            base * (1 << std::min(zygote.failures, 8)));
+  std::fprintf(stderr, "framekit isolate: worker zygote %s: %s\n",
+               zygote.disabled ? "off for this pool" : "restarting after a backoff",
+               std::string(why).c_str());
+}
+
+absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::SpawnFromZygote() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    return absl::UnavailableError(absl::StrCat("socketpair: ", strerror(errno)));
+  }
+  auto worker = std::make_unique<Worker>(limits);
+  worker->sock = sv[0];
+  int fault[2] = {-1, -1};
+  int status[2] = {-1, -1};
+  // The status pipe does not block: a zygote that died or hangs must not hang a reaping call.
+  if (pipe2(fault, O_CLOEXEC) != 0 || pipe2(status, O_CLOEXEC | O_NONBLOCK) != 0) {
+    const int error = errno;
+    for (int fd : {sv[1], fault[0], fault[1]}) {
+      if (fd >= 0) close(fd);
+    }
+    return absl::UnavailableError(absl::StrCat("pipe2: ", strerror(error)));
+  }
+  worker->fault = fault[0];
+  worker->status = status[0];
+  absl::StatusOr<isolate_internal::ZygoteChild> child = isolate_internal::ZygoteFork(
+      zygote.process->sock, sv[1], fault[1], status[1], options.startup_timeout);
+  close(sv[1]);
+  close(fault[1]);
+  close(status[1]);
+  if (!child.ok()) {
+    if (absl::IsUnavailable(child.status())) return absl::AbortedError(child.status().message());
+    return child.status();
+  }
+  worker->pid = child->pid;
+  worker->pidfd = child->pidfd;
+  absl::Status hello = AwaitHello(*worker, Clock::now() + options.startup_timeout);
+  if (!hello.ok()) {
+    const std::optional<int> wait_status = ReapWorker(*worker, std::chrono::milliseconds(0));
+    const isolate_internal::FaultRecord record =
+        isolate_internal::ParseFaultRecord(DrainFaultPipe(worker->fault));
+    std::string how = !wait_status ? std::string("its zygote ended")
+                      : WIFEXITED(*wait_status)
+                          ? absl::StrCat("exit status ", WEXITSTATUS(*wait_status))
+                      : WIFSIGNALED(*wait_status) ? SignalName(WTERMSIG(*wait_status))
+                                                  : std::string("unknown");
+    return absl::UnavailableError(absl::StrCat(
+        "worker \"", options.executable, "\" forked by the zygote did not start (", how,
+        "): ", hello.message(), record.detail.empty() ? "" : "; ", record.detail));
+  }
+  return worker;
+}
+
+absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::SpawnExecutable(
+    std::vector<std::string>& argv) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return absl::UnavailableError(absl::StrCat("socketpair: ", strerror(errno)));
@@ -389,15 +606,22 @@ absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::Acquire(
     }
     std::unique_ptr<Worker> worker;
     if (auto it = idle.find(handler); reuse && it != idle.end() && !it->second.empty()) {
+      // No liveness check here (the round trip stays one send and one read): the spawner
+      // sweeps idle workers when the zygote ends.
       worker = std::move(it->second.back());
       it->second.pop_back();
     } else if (!spares.empty()) {
       worker = std::move(spares.front());
       spares.pop_front();
       spawner_cv.notify_all();  // replace the spare
+      if (Ended(*worker)) {
+        // Died waiting (its zygote ended, say): not this call's fault; reaped by the spawner.
+        retired.push_back(std::move(worker));
+        continue;
+      }
     }
     if (worker != nullptr) {
-      busy.insert(worker->pid);
+      busy.emplace(worker->pid, worker->pidfd);
       ++stats.calls;
       return worker;
     }
@@ -442,10 +666,13 @@ void WorkerPool::State::Release(std::unique_ptr<Worker> worker, const std::strin
   RetireLocked(std::move(worker));
 }
 
-WorkerDeath WorkerPool::State::Classify(Worker& worker, std::chrono::milliseconds wait) {
+std::optional<WorkerDeath> WorkerPool::State::Classify(Worker& worker,
+                                                       std::chrono::milliseconds wait) {
   WorkerDeath death;
   death.pid = worker.pid;
-  const int status = Reap(worker.pid, wait);
+  const std::optional<int> wait_status = ReapWorker(worker, wait);
+  if (!wait_status) return std::nullopt;
+  const int status = *wait_status;
   const isolate_internal::FaultRecord record =
       isolate_internal::ParseFaultRecord(DrainFaultPipe(worker.fault));
   death.stack = record.stack;
@@ -644,6 +871,8 @@ absl::StatusOr<std::shared_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions
     state->argv.push_back(std::move(arg));
   }
   for (const std::string& arg : options.args) state->argv.push_back(arg);
+  state->zygote_argv = state->argv;
+  state->zygote_argv[1] = isolate_internal::kZygoteFlag;
   state->options = std::move(options);
   state->spawner = std::thread([raw = state.get()] { raw->SpawnerLoop(); });
   return std::shared_ptr<WorkerPool>(new WorkerPool(std::move(state)));
@@ -666,7 +895,7 @@ void WorkerPool::Shutdown() {
       }
       s.idle.clear();
       // Busy workers die now; their calls see the end of stream and return.
-      for (pid_t pid : s.busy) kill(pid, SIGKILL);
+      for (const auto& [pid, pidfd] : s.busy) Signal(pid, pidfd, SIGKILL);
     }
     s.spawner_cv.notify_all();
     s.workers_cv.notify_all();
@@ -680,6 +909,7 @@ PoolStats WorkerPool::stats() const {
   out.live = state_->live;
   out.spares = static_cast<int>(state_->spares.size());
   if (out.spawned > 0) out.mean_startup = state_->startup_total / out.spawned;
+  out.zygote_pid = state_->zygote_pid > 0 ? state_->zygote_pid : 0;
   return out;
 }
 
@@ -690,7 +920,7 @@ std::vector<std::int64_t> WorkerPool::worker_pids() const {
   for (const auto& [name, list] : state_->idle) {
     for (const auto& w : list) pids.push_back(w->pid);
   }
-  for (pid_t pid : state_->busy) pids.push_back(pid);
+  for (const auto& [pid, pidfd] : state_->busy) pids.push_back(pid);
   for (const auto& w : state_->retired) {
     if (w->pid > 0) pids.push_back(w->pid);
   }
@@ -762,8 +992,8 @@ absl::Status WorkerPool::Call(std::string_view handler_view, const Frame& frame,
     }
     case End::kKilled: {
       s.BeginReap(*worker);
-      kill(worker->pid, SIGKILL);
-      Reap(worker->pid, std::chrono::milliseconds(0));
+      Signal(worker->pid, worker->pidfd, SIGKILL);
+      ReapWorker(*worker, std::chrono::milliseconds(0));
       s.EndReap(std::move(worker));
       {
         std::lock_guard<std::mutex> lock(s.mu);
@@ -776,20 +1006,25 @@ absl::Status WorkerPool::Call(std::string_view handler_view, const Frame& frame,
     case End::kProtocol:
       // The worker stays alive for nothing: kill it first, so that the record is ours.
       s.BeginReap(*worker);
-      kill(worker->pid, SIGKILL);
+      Signal(worker->pid, worker->pidfd, SIGKILL);
       break;
     case End::kDied:
       s.BeginReap(*worker);
       break;
   }
   // Give an exiting process a moment to become a zombie before concluding it hangs.
-  WorkerDeath death = s.Classify(*worker, std::chrono::milliseconds(1000));
+  std::optional<WorkerDeath> classified = s.Classify(*worker, std::chrono::milliseconds(1000));
   s.EndReap(std::move(worker));
   if (exchange.end == End::kSinkFailed) return exchange.sink_status;
   {
     std::lock_guard<std::mutex> lock(s.mu);
     if (s.shut_down) return absl::UnavailableError("isolate: the worker pool was shut down");
   }
+  if (!classified) {
+    // The zygote ended (and took its workers with it) during the call: not the handler's fault.
+    return absl::UnavailableError("isolate: the worker's zygote ended during the call");
+  }
+  WorkerDeath& death = *classified;
   if (exchange.end == End::kTooMuchOutput) {
     return absl::ResourceExhaustedError(
         absl::StrCat("isolate: handler \"", handler, "\" wrote more than ",

@@ -3,11 +3,15 @@
 #include <cxxabi.h>
 #include <errno.h>
 #include <execinfo.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -18,6 +22,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/isolate/internal/zygote.h"
 
 namespace framekit::isolate_internal {
 namespace {
@@ -117,7 +122,8 @@ std::vector<std::string> FormatWorkerArgs(const WorkerArgs& args) {
 }
 
 absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv) {
-  if (argc < 8 || std::string_view(argv[1]) != kWorkerFlag) {
+  if (argc < 8 ||
+      (std::string_view(argv[1]) != kWorkerFlag && std::string_view(argv[1]) != kZygoteFlag)) {
     return absl::InvalidArgumentError(
         "not started by a framekit WorkerPool (expected --framekit-worker and its flags)");
   }
@@ -134,6 +140,7 @@ absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv) {
   }
   args.parent = static_cast<std::int64_t>(parent);
   args.limits.seccomp = seccomp == 1;
+  args.zygote = std::string_view(argv[1]) == kZygoteFlag;
   return args;
 }
 
@@ -175,7 +182,7 @@ absl::Status ApplyLimits(const isolate::WorkerLimits& limits) {
   return set(RLIMIT_NOFILE, limits.open_files, "RLIMIT_NOFILE");
 }
 
-absl::Status ApplySeccompProfile() {
+absl::StatusOr<std::string> CompileSeccompProfile() {
   scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
   if (ctx == nullptr) return absl::InternalError("seccomp_init failed");
   int rc = 0;
@@ -202,11 +209,40 @@ absl::Status ApplySeccompProfile() {
                           SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0));
   }
   if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
-  if (rc == 0) rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
-  if (rc == 0) rc = seccomp_load(ctx);
+  // libseccomp 2.5 exports to a descriptor only: a memory file, read back.
+  const int fd = rc == 0 ? memfd_create("framekit-seccomp", MFD_CLOEXEC) : -1;
+  if (rc == 0 && fd < 0) rc = -errno;
+  if (rc == 0) rc = seccomp_export_bpf(ctx, fd);
   seccomp_release(ctx);
+  std::string program;
+  if (rc == 0) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = pread(fd, buf, sizeof(buf), static_cast<off_t>(program.size()))) > 0 ||
+           (n < 0 && errno == EINTR)) {
+      if (n > 0) program.append(buf, static_cast<std::size_t>(n));
+    }
+    if (n < 0) rc = -errno;
+  }
+  if (fd >= 0) close(fd);
+  if (rc == 0 && (program.empty() || program.size() % sizeof(sock_filter) != 0 ||
+                  program.size() / sizeof(sock_filter) > BPF_MAXINSNS)) {
+    rc = -EINVAL;
+  }
   if (rc != 0) {
     return absl::InternalError(absl::StrCat("seccomp profile: ", std::strerror(-rc)));
+  }
+  return program;
+}
+
+absl::Status LoadSeccompProgram(const std::string& program) {
+  sock_fprog prog{};
+  prog.len = static_cast<unsigned short>(program.size() / sizeof(sock_filter));
+  prog.filter = reinterpret_cast<sock_filter*>(const_cast<char*>(program.data()));
+  // As seccomp_load does: no new privileges, then the filter on every thread (TSYNC).
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+      syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0) {
+    return absl::InternalError(absl::StrCat("seccomp profile: ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }

@@ -19,6 +19,7 @@
 #include "framekit/dispatch/function_executor.h"
 #include "framekit/isolate/internal/sandbox.h"
 #include "framekit/isolate/internal/wire.h"
+#include "framekit/isolate/internal/zygote.h"
 #include "framekit/isolate/worker.h"
 
 namespace framekit::isolate {
@@ -210,17 +211,29 @@ int WorkerMain(const WorkerRegistry& registry, int argc, char** argv) {
                  std::string(args.status().message()).c_str());
     return 2;
   }
-  // Die with the host. The signal is tied to the spawning thread of the parent, which is the
-  // pool's long-lived spawner; the getppid check closes the race with a parent that died before
-  // prctl ran.
+  // Compiled before a zygote forks, so that each worker only loads it.
+  absl::StatusOr<std::string> seccomp_program;
+  if (args->limits.seccomp) {
+    seccomp_program = isolate_internal::CompileSeccompProfile();
+    if (!seccomp_program.ok()) Fail("seccomp", seccomp_program.status());
+  }
+  // A zygote serves fork requests and never returns; in each worker it forks, RunZygote returns
+  // the zygote's pid, the worker's parent, and the worker goes on as if it had been spawned.
+  const pid_t parent =
+      args->zygote ? isolate_internal::RunZygote(*args) : static_cast<pid_t>(args->parent);
+  // Die with the parent: the host (its long-lived spawner thread, to which the signal is tied)
+  // or the zygote, which dies with the host. The getppid check closes the race with a parent
+  // that died before prctl ran.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != static_cast<pid_t>(args->parent)) _exit(1);
+  if (getppid() != parent) _exit(1);
   dup2(STDERR_FILENO, STDOUT_FILENO);  // stdout belongs to the host; a handler's prints go to logs
   isolate_internal::InstallCrashHandler(kFaultFd);
   on_exit(ExitNow, nullptr);
   if (absl::Status s = isolate_internal::ApplyLimits(args->limits); !s.ok()) Fail("limits", s);
   if (args->limits.seccomp) {
-    if (absl::Status s = isolate_internal::ApplySeccompProfile(); !s.ok()) Fail("seccomp", s);
+    if (absl::Status s = isolate_internal::LoadSeccompProgram(*seccomp_program); !s.ok()) {
+      Fail("seccomp", s);
+    }
   }
   isolate_internal::WireLimits limits;
   limits.max_message_bytes = args->max_message_bytes;

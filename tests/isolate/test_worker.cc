@@ -1,6 +1,7 @@
 // The worker executable the isolate tests and benchmarks run: handlers for every way a native
 // handler can fail, and healthy ones. With --as-host it is instead a small host that starts a
-// pool of itself, prints its workers' pids and waits to be killed (the parent-death test).
+// pool of itself, prints its workers' pids and its zygote's and waits to be killed (the
+// parent-death test).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -67,6 +68,8 @@ int RunAsHost() {
   }
   for (std::int64_t pid : (*pool)->worker_pids())
     std::printf("%lld\n", static_cast<long long>(pid));
+  // Then the zygote that forked them (its line is last).
+  std::printf("%lld\n", static_cast<long long>((*pool)->stats().zygote_pid));
   std::fflush(stdout);
   for (;;) pause();
 }

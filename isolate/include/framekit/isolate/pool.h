@@ -17,6 +17,15 @@
 //     a worker keeps serving calls of that one handler, never of another.
 //   - Spare workers are started ahead (spare_workers), so a fresh call does not wait for a
 //     process to start.
+//   - A zygote makes starting one cheap (WorkerPoolOptions::zygote, on by default): the pool
+//     posix_spawns the executable once more in zygote mode, a single-threaded process that runs
+//     no handler and forks a worker on request, so a worker costs a fork rather than an exec and
+//     the loading of every shared library. Forking it is safe because it has one thread (it
+//     checks at start-up, and is turned off for the pool if it finds more); the host itself
+//     never forks. Its workers are its children: it reaps them and hands each wait status to
+//     the host, so deaths are classified exactly as for spawned workers. If the zygote ends,
+//     its workers die with it (calls on them return Unavailable, not a fault), and the pool
+//     spawns workers directly until a new zygote is up (restarted with a backoff).
 //   - Bounded: at most max_workers processes live at once; a call that finds none waits until
 //     its deadline (or acquire_timeout) and then fails with ResourceExhausted.
 //   - A handler whose calls keep crashing waits a backoff before its next worker (doubling from
@@ -25,8 +34,9 @@
 //   - At the deadline (or when the frame is cancelled) the worker is told to stop (its frame's
 //     stop token fires) and killed cancel_grace later; the call returns DeadlineExceeded (or
 //     Cancelled) then. Nothing is quarantined: the caller's thread is free.
-//   - Shutdown kills and reaps every worker; the destructor calls it. Workers also die with the
-//     host (PR_SET_PDEATHSIG), so none outlives it even when the host is killed.
+//   - Shutdown kills and reaps every worker and the zygote; the destructor calls it. Workers
+//     also die with the host (PR_SET_PDEATHSIG: the zygote with the host, its workers with the
+//     zygote), so none outlives it even when the host is killed.
 //
 // Example:
 //   framekit::isolate::WorkerPoolOptions options;
@@ -85,6 +95,10 @@ struct WorkerPoolOptions {
   int max_workers = 8;
   // Fresh workers kept started ahead (>= 0, at most max_workers).
   int spare_workers = 2;
+  // Start workers by forking them from a zygote (see the file comment): a replacement costs a
+  // fork, not an exec and the loading of every shared library. false: every worker is started
+  // with posix_spawn.
+  bool zygote = true;
   WorkerLimits limits;
   // Between telling a worker to stop (deadline, cancellation) and killing it.
   std::chrono::milliseconds cancel_grace{20};
@@ -155,9 +169,13 @@ struct PoolStats {
   std::uint64_t reaped = 0;          // worker processes waited for
   int live = 0;                      // worker processes now (spares, busy, idle)
   int spares = 0;                    // started workers ready for any call now
-  // Start-up, from posix_spawn to the worker's ready message: the newest and the mean.
+  // Start-up, from the request (posix_spawn, or the fork request to the zygote) to the worker's
+  // ready message: the newest and the mean. A zygote's own start-up is not included.
   std::chrono::nanoseconds last_startup{};
   std::chrono::nanoseconds mean_startup{};
+  std::uint64_t zygote_starts = 0;            // zygote processes started (1 unless one ended)
+  std::int64_t zygote_pid = 0;                // the running zygote's pid; 0 when none runs
+  std::chrono::nanoseconds zygote_startup{};  // the newest zygote's, posix_spawn to ready
 };
 
 // Thread-safety: thread-safe; any number of concurrent Calls.

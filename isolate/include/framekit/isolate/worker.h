@@ -4,9 +4,11 @@
 // The application builds one worker executable: its main registers the handlers by name and
 // calls WorkerMain. The host's WorkerPool (pool.h) starts that executable with posix_spawn,
 // which is safe from a multithreaded host, unlike fork() followed by arbitrary code in the
-// child. WorkerMain then, before serving any call:
-//   - asks for SIGKILL when its parent dies (PR_SET_PDEATHSIG) and exits at once if the parent
-//     is already gone;
+// child; by default it starts it once as a single-threaded zygote, in which WorkerMain forks
+// each worker on the pool's request (see pool.h). In every worker, WorkerMain then, before
+// serving any call:
+//   - asks for SIGKILL when its parent (the host, or the zygote, which dies with the host) dies
+//     (PR_SET_PDEATHSIG) and exits at once if the parent is already gone;
 //   - applies the limits it was started with (setrlimit: address space, CPU seconds, open
 //     files) and, when asked, the seccomp profile (see WorkerLimits in pool.h);
 //   - installs an async-signal-safe crash handler for SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT
@@ -79,10 +81,11 @@ class WorkerRegistry {
 // Serves calls from the host that started this process, with the handlers of `registry`, until
 // the host closes the connection; returns the process exit code. Run without the arguments the
 // pool passes (see pool.h), it writes a usage line to stderr and returns 2.
-// NOTE: call it from main() before starting any thread of your own: the seccomp profile and the
-// limits apply to the whole process. The process ends with _exit: static destructors and
-// atexit handlers do not run, not even when a handler calls exit() (the call then fails with
-// that exit status as its fault record).
+// NOTE: call it from main() before starting any thread of your own (static initialisers
+// included): the seccomp profile and the limits apply to the whole process, and a zygote with a
+// second thread refuses to fork (the pool then spawns every worker). The process ends with _exit:
+// static destructors and atexit handlers do not run, not even when a handler calls exit() (the call
+// then fails with that exit status as its fault record).
 int WorkerMain(const WorkerRegistry& registry, int argc, char** argv);
 
 }  // namespace framekit::isolate

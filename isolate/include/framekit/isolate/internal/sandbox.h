@@ -21,18 +21,25 @@ struct WorkerArgs {
   std::int64_t parent = 0;
   isolate::WorkerLimits limits;
   std::uint64_t max_message_bytes = 8 << 20;
+  bool zygote = false;  // started with kZygoteFlag (zygote.h) instead of kWorkerFlag
 };
 
-// "--framekit-worker", "--parent=N", "--as=N", ...
+// "--framekit-worker", "--parent=N", "--as=N", ... (args.zygote is not formatted: the pool
+// puts zygote.h's kZygoteFlag in place of the first).
 std::vector<std::string> FormatWorkerArgs(const WorkerArgs& args);
-// InvalidArgument unless argv (after argv[0]) holds exactly what FormatWorkerArgs wrote,
-// possibly followed by the application's own arguments (ignored).
+// InvalidArgument unless argv (after argv[0]) holds exactly what FormatWorkerArgs wrote (its
+// first flag possibly the zygote's), possibly followed by the application's own arguments
+// (ignored).
 absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv);
 
 // setrlimit for each non-zero limit (address space skipped in a sanitizer build).
 absl::Status ApplyLimits(const isolate::WorkerLimits& limits);
-// Loads the default profile (see WorkerLimits::seccomp) with PR_SET_NO_NEW_PRIVS.
-absl::Status ApplySeccompProfile();
+// The default profile (see WorkerLimits::seccomp) in two steps. Compiling is the slow part
+// (libseccomp builds the program): a zygote compiles once and each worker it forks only loads.
+// The profile as a BPF program (an array of struct sock_filter, as bytes).
+absl::StatusOr<std::string> CompileSeccompProfile();
+// PR_SET_NO_NEW_PRIVS, then the program on every thread of the process.
+absl::Status LoadSeccompProgram(const std::string& program);
 // The name of syscall `number` on this architecture, or the number as text.
 std::string SyscallName(long number);
 
