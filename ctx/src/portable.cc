@@ -148,7 +148,35 @@ absl::Status PortableKeys::AddEntry(Entry entry, bool codec_complete) {
   if (!inserted) {
     return absl::AlreadyExistsError(absl::StrCat("portable key \"", name, "\" exists already"));
   }
+  Index(&*it);
   return absl::OkStatus();
+}
+
+void PortableKeys::Index(const Named* named) {
+  by_key_.emplace(named->second.key, named);
+  sorted_.insert(
+      std::lower_bound(sorted_.begin(), sorted_.end(), named,
+                       [](const Named* a, const Named* b) { return a->first < b->first; }),
+      named);
+}
+
+PortableKeys::PortableKeys(const PortableKeys& other)
+    : limits_(other.limits_), by_name_(other.by_name_) {
+  for (const Named& named : by_name_) Index(&named);
+}
+
+PortableKeys& PortableKeys::operator=(const PortableKeys& other) {
+  if (this != &other) {
+    PortableKeys copy(other);
+    *this = std::move(copy);
+  }
+  return *this;
+}
+
+const PortableKeys::Named* PortableKeys::FindByName(std::string_view name) const {
+  const auto it = std::lower_bound(sorted_.begin(), sorted_.end(), name,
+                                   [](const Named* a, std::string_view n) { return a->first < n; });
+  return it != sorted_.end() && (*it)->first == name ? *it : nullptr;
 }
 
 absl::StatusOr<std::optional<Clock::duration>> PortableKeys::EncodeEach(
@@ -171,8 +199,9 @@ absl::StatusOr<std::optional<Clock::duration>> PortableKeys::EncodeEach(
   absl::Status status;
   frame.ForEach([&](const Pair& pair, ValueOrigin) {
     if (!status.ok()) return;
-    const auto it = by_name_.find(AV(pair.name()));
-    if (it == by_name_.end() || !pair.Is(*it->second.key)) return;
+    const auto found = by_key_.find(&pair.key());
+    if (found == by_key_.end()) return;
+    const Named* it = found->second;
     const Entry& entry = it->second;
     Item item{.name = it->first, .bytes = {}, .owned = -1};
     if (entry.string_bytes) {
@@ -248,8 +277,8 @@ absl::StatusOr<DecodedFrame> PortableKeys::DecodeView(const PortableFrameView& i
       return absl::InvalidArgumentError(
           absl::StrCat("portable key \"", AV(shown), "\": name or value exceeds the size limits"));
     }
-    const auto it = by_name_.find(AV(name));
-    if (it == by_name_.end()) {
+    const Named* it = FindByName(name);
+    if (it == nullptr) {
       ++out.dropped_unknown;
       continue;
     }
@@ -276,8 +305,8 @@ absl::StatusOr<DecodedFrame> PortableKeys::DecodeView(const PortableFrameView& i
 }
 
 std::optional<PortableValue> PortableKeys::Lookup(const Frame& frame, std::string_view name) const {
-  const auto it = by_name_.find(AV(name));
-  if (it == by_name_.end()) return std::nullopt;
+  const Named* it = FindByName(name);
+  if (it == nullptr) return std::nullopt;
   return it->second.lookup(frame);
 }
 

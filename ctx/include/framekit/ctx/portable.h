@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -121,6 +122,11 @@ struct PortableLimits {
 class PortableKeys {
  public:
   explicit PortableKeys(PortableLimits limits = {}) : limits_(limits) {}
+  // Copies rebuild the indexes into their own entries; moves keep them (the entries stay put).
+  PortableKeys(const PortableKeys& other);
+  PortableKeys& operator=(const PortableKeys& other);
+  PortableKeys(PortableKeys&&) = default;
+  PortableKeys& operator=(PortableKeys&&) = default;
 
   // Makes `key` portable under key.name() with the built-in codec for T (a compile error for
   // other types: pass a codec). Fails with InvalidArgument when the key does not inherit() (a
@@ -208,7 +214,19 @@ class PortableKeys {
   absl::Status AddEntry(Entry entry, bool codec_complete);
 
   PortableLimits limits_;
-  absl::flat_hash_map<std::string, Entry> by_name_;
+  using Named = std::pair<const std::string, Entry>;
+  // The entry named `name`, or nullptr (a binary search of sorted_: cheaper than hashing the
+  // name for the few keys a registry holds).
+  const Named* FindByName(std::string_view name) const;
+  // Adds `named` (an entry of by_name_) to by_key_ and sorted_.
+  void Index(const Named* named);
+
+  // The entries by key name; a node map, so that the indexes below can point into it.
+  absl::node_hash_map<std::string, Entry> by_name_;
+  // The same entries by key identity, for Encode: a pointer hash, no string hashing.
+  absl::flat_hash_map<const KeyBase*, const Named*> by_key_;
+  // The same entries sorted by name, for Decode and Lookup.
+  std::vector<const Named*> sorted_;
 };
 
 template <class T>
