@@ -6,13 +6,17 @@
 //   BM_RpcUnaryFramekitNativeHandler              as above, the echo a native handler (the
 //       executor runs deadline calls of native code on a worker: one more thread handoff)
 //   BM_RpcCodec8Pairs                             what the wire adds to a call's frame: encode 8
-//       portable string pairs (PortableKeys::Encode + EncodeFramePairs) and decode them back
-//       (DecodeFramePairs + PortableKeys::Decode)
+//       portable string pairs into the header value as RemoteNode does (EncodeFrameHeader) and
+//       decode them back as Server does (DecodeFramePairViews + PortableKeys::DecodeView)
+//   BM_RpcCodec8PairsCopying                      the same through the copying forms
+//       (PortableKeys::Encode + EncodeFramePairs, DecodeFramePairs + PortableKeys::Decode)
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "alloc_counter.h"
 #include "benchmark/benchmark.h"
@@ -148,32 +152,61 @@ void BM_RpcUnaryBareGrpc(benchmark::State& state) {
 }
 BENCHMARK(BM_RpcUnaryBareGrpc)->UseRealTime();
 
-void BM_RpcCodec8Pairs(benchmark::State& state) {
-  static const framekit::Key<std::string> keys[8] = {
-      framekit::Key<std::string>{"bench.k0"}, framekit::Key<std::string>{"bench.k1"},
-      framekit::Key<std::string>{"bench.k2"}, framekit::Key<std::string>{"bench.k3"},
-      framekit::Key<std::string>{"bench.k4"}, framekit::Key<std::string>{"bench.k5"},
-      framekit::Key<std::string>{"bench.k6"}, framekit::Key<std::string>{"bench.k7"}};
+// Eight portable string keys and a frame carrying them with a deadline.
+struct CodecFixture {
+  CodecFixture() {
+    for (const auto& key : Keys()) {
+      (void)portable.Add(key);
+      pairs.push_back(framekit::Pair::Of(key, std::string("value-of-") + std::string(key.name())));
+    }
+    frame = framekit::Frame().With(pairs).WithTimeout(std::chrono::seconds(10));
+  }
+  static const framekit::Key<std::string> (&Keys())[8] {
+    static const framekit::Key<std::string> keys[8] = {
+        framekit::Key<std::string>{"bench.k0"}, framekit::Key<std::string>{"bench.k1"},
+        framekit::Key<std::string>{"bench.k2"}, framekit::Key<std::string>{"bench.k3"},
+        framekit::Key<std::string>{"bench.k4"}, framekit::Key<std::string>{"bench.k5"},
+        framekit::Key<std::string>{"bench.k6"}, framekit::Key<std::string>{"bench.k7"}};
+    return keys;
+  }
   framekit::PortableKeys portable;
   framekit::PairList pairs;
-  for (const auto& key : keys) {
-    (void)portable.Add(key);
-    pairs.push_back(framekit::Pair::Of(key, std::string("value-of-") + std::string(key.name())));
-  }
-  const framekit::Frame frame = framekit::Frame().With(pairs).WithTimeout(std::chrono::seconds(10));
+  framekit::Frame frame;
+};
+
+void BM_RpcCodec8Pairs(benchmark::State& state) {
+  const CodecFixture fixture;
   framekit::bench::AllocationScope allocations;
   for (auto _ : state) {
-    absl::StatusOr<framekit::PortableFrame> out = portable.Encode(frame);
-    const std::string header = framekit::rpc::EncodeFramePairs(out->pairs);
-    absl::StatusOr<framekit::rpc::WirePairs> wire =
-        framekit::rpc::DecodeFramePairs(header, portable.limits());
-    framekit::PortableFrame in{.pairs = *std::move(wire), .remaining = out->remaining};
-    absl::StatusOr<framekit::DecodedFrame> back = portable.Decode(in);
+    absl::StatusOr<std::string> header = framekit::rpc::EncodeFrameHeader(
+        fixture.portable, fixture.frame, [](std::string_view) { return false; });
+    absl::StatusOr<framekit::rpc::WirePairViews> wire =
+        framekit::rpc::DecodeFramePairViews(*header, fixture.portable.limits());
+    absl::StatusOr<framekit::DecodedFrame> back = fixture.portable.DecodeView(
+        {.pairs = std::span<const framekit::PortablePairView>(wire->data(), wire->size()),
+         .remaining = std::chrono::seconds(10)});
     if (!back.ok() || back->frame.size() != 8) return state.SkipWithError("codec");
     benchmark::DoNotOptimize(back->frame);
   }
   allocations.Report(state);
 }
 BENCHMARK(BM_RpcCodec8Pairs);
+
+void BM_RpcCodec8PairsCopying(benchmark::State& state) {
+  const CodecFixture fixture;
+  framekit::bench::AllocationScope allocations;
+  for (auto _ : state) {
+    absl::StatusOr<framekit::PortableFrame> out = fixture.portable.Encode(fixture.frame);
+    const std::string header = framekit::rpc::EncodeFramePairs(out->pairs);
+    absl::StatusOr<framekit::rpc::WirePairs> wire =
+        framekit::rpc::DecodeFramePairs(header, fixture.portable.limits());
+    framekit::PortableFrame in{.pairs = *std::move(wire), .remaining = out->remaining};
+    absl::StatusOr<framekit::DecodedFrame> back = fixture.portable.Decode(in);
+    if (!back.ok() || back->frame.size() != 8) return state.SkipWithError("codec");
+    benchmark::DoNotOptimize(back->frame);
+  }
+  allocations.Report(state);
+}
+BENCHMARK(BM_RpcCodec8PairsCopying);
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "boost/container/small_vector.hpp"
 
 namespace framekit {
 namespace {
@@ -147,78 +148,154 @@ absl::Status PortableKeys::AddEntry(Entry entry, bool codec_complete) {
   if (!inserted) {
     return absl::AlreadyExistsError(absl::StrCat("portable key \"", name, "\" exists already"));
   }
+  Index(&*it);
   return absl::OkStatus();
 }
 
-absl::StatusOr<PortableFrame> PortableKeys::Encode(const Frame& frame) const {
-  PortableFrame out;
-  if (const std::optional<Deadline> deadline = frame.deadline()) {
-    out.remaining = std::max(Clock::duration::zero(), *deadline - Clock::now());
+void PortableKeys::Index(const Named* named) {
+  by_key_.emplace(named->second.key, named);
+  sorted_.insert(
+      std::lower_bound(sorted_.begin(), sorted_.end(), named,
+                       [](const Named* a, const Named* b) { return a->first < b->first; }),
+      named);
+}
+
+PortableKeys::PortableKeys(const PortableKeys& other)
+    : limits_(other.limits_), by_name_(other.by_name_) {
+  for (const Named& named : by_name_) Index(&named);
+}
+
+PortableKeys& PortableKeys::operator=(const PortableKeys& other) {
+  if (this != &other) {
+    PortableKeys copy(other);
+    *this = std::move(copy);
   }
-  if (by_name_.empty()) return out;
+  return *this;
+}
+
+const PortableKeys::Named* PortableKeys::FindByName(std::string_view name) const {
+  const auto it = std::lower_bound(sorted_.begin(), sorted_.end(), name,
+                                   [](const Named* a, std::string_view n) { return a->first < n; });
+  return it != sorted_.end() && (*it)->first == name ? *it : nullptr;
+}
+
+absl::StatusOr<std::optional<Clock::duration>> PortableKeys::EncodeEach(
+    const Frame& frame, absl::FunctionRef<void(std::string_view, std::string_view)> fn) const {
+  std::optional<Clock::duration> remaining;
+  if (const std::optional<Deadline> deadline = frame.deadline()) {
+    remaining = std::max(Clock::duration::zero(), *deadline - Clock::now());
+  }
+  if (by_name_.empty()) return remaining;
+  // Every pair is encoded and checked before `fn` sees any. A built-in std::string value is
+  // read in place; other encodings are kept in `owned` (by index: its strings move as it grows).
+  struct Item {
+    std::string_view name;
+    std::string_view bytes;     // when owned < 0
+    std::ptrdiff_t owned = -1;  // index into `owned`
+  };
+  boost::container::small_vector<Item, 16> items;
+  boost::container::small_vector<std::string, 8> owned;
   std::size_t total = 0;
   absl::Status status;
   frame.ForEach([&](const Pair& pair, ValueOrigin) {
     if (!status.ok()) return;
-    const auto it = by_name_.find(AV(pair.name()));
-    if (it == by_name_.end() || !pair.Is(*it->second.key)) return;
-    std::string bytes = it->second.encode(pair);
-    if (bytes.size() > limits_.max_value_bytes) {
+    const auto found = by_key_.find(&pair.key());
+    if (found == by_key_.end()) return;
+    const Named* it = found->second;
+    const Entry& entry = it->second;
+    Item item{.name = it->first, .bytes = {}, .owned = -1};
+    if (entry.string_bytes) {
+      item.bytes = *pair.As(static_cast<const Key<std::string>&>(*entry.key));
+    } else {
+      item.owned = static_cast<std::ptrdiff_t>(owned.size());
+      owned.push_back(entry.encode(pair));
+      item.bytes = owned.back();
+    }
+    if (item.bytes.size() > limits_.max_value_bytes) {
       status = absl::ResourceExhaustedError(
-          absl::StrCat("portable key \"", it->first, "\": value of ", bytes.size(),
+          absl::StrCat("portable key \"", it->first, "\": value of ", item.bytes.size(),
                        " bytes exceeds the limit of ", limits_.max_value_bytes));
       return;
     }
-    total += it->first.size() + bytes.size();
-    if (total > limits_.max_total_bytes || out.pairs.size() == limits_.max_pairs) {
+    total += it->first.size() + item.bytes.size();
+    if (total > limits_.max_total_bytes || items.size() == limits_.max_pairs) {
       status = absl::ResourceExhaustedError(absl::StrCat("portable pairs exceed the limit of ",
                                                          limits_.max_pairs, " pairs or ",
                                                          limits_.max_total_bytes, " bytes"));
       return;
     }
-    out.pairs.emplace_back(it->first, std::move(bytes));
+    items.push_back(item);
   });
   if (!status.ok()) return status;
-  std::sort(out.pairs.begin(), out.pairs.end());
+  std::sort(items.begin(), items.end(),
+            [](const Item& a, const Item& b) { return a.name < b.name; });
+  for (const Item& item : items) {
+    fn(item.name,
+       item.owned < 0 ? item.bytes : std::string_view(owned[static_cast<std::size_t>(item.owned)]));
+  }
+  return remaining;
+}
+
+absl::StatusOr<PortableFrame> PortableKeys::Encode(const Frame& frame) const {
+  PortableFrame out;
+  out.pairs.reserve(std::min(frame.size(), by_name_.size()));
+  absl::StatusOr<std::optional<Clock::duration>> remaining =
+      EncodeEach(frame, [&](std::string_view name, std::string_view bytes) {
+        out.pairs.emplace_back(std::string(name), std::string(bytes));
+      });
+  if (!remaining.ok()) return remaining.status();
+  out.remaining = *remaining;
   return out;
 }
 
 absl::StatusOr<DecodedFrame> PortableKeys::Decode(const PortableFrame& in,
                                                   const Frame& base) const {
+  boost::container::small_vector<PortablePairView, 16> views;
+  views.reserve(in.pairs.size());
+  for (const auto& [name, bytes] : in.pairs) views.emplace_back(name, bytes);
+  return DecodeView({.pairs = std::span<const PortablePairView>(views.data(), views.size()),
+                     .remaining = in.remaining},
+                    base);
+}
+
+absl::StatusOr<DecodedFrame> PortableKeys::DecodeView(const PortableFrameView& in,
+                                                      const Frame& base,
+                                                      std::span<const Pair> extra) const {
   if (in.pairs.size() > limits_.max_pairs) {
     return absl::InvalidArgumentError(absl::StrCat("portable frame has ", in.pairs.size(),
                                                    " pairs; the limit is ", limits_.max_pairs));
   }
   DecodedFrame out;
   PairList pairs;
-  pairs.reserve(in.pairs.size());
+  pairs.reserve(in.pairs.size() + extra.size());
   std::size_t total = 0;
   for (const auto& [name, bytes] : in.pairs) {
     total += name.size() + bytes.size();
     if (name.size() > limits_.max_name_bytes || bytes.size() > limits_.max_value_bytes ||
         total > limits_.max_total_bytes) {
-      const std::string_view shown = std::string_view(name).substr(0, 64);
+      const std::string_view shown = name.substr(0, 64);
       return absl::InvalidArgumentError(
           absl::StrCat("portable key \"", AV(shown), "\": name or value exceeds the size limits"));
     }
-    const auto it = by_name_.find(name);
-    if (it == by_name_.end()) {
+    const Named* it = FindByName(name);
+    if (it == nullptr) {
       ++out.dropped_unknown;
       continue;
     }
     for (const Pair& seen : pairs) {
       if (seen.Is(*it->second.key)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("portable key \"", name, "\" appears twice"));
+            absl::StrCat("portable key \"", it->first, "\" appears twice"));
       }
     }
     absl::StatusOr<Pair> pair = it->second.decode(bytes);
     if (!pair.ok()) {
-      return absl::Status(pair.status().code(),
-                          absl::StrCat("portable key \"", name, "\": ", pair.status().message()));
+      return absl::Status(pair.status().code(), absl::StrCat("portable key \"", it->first,
+                                                             "\": ", pair.status().message()));
     }
     pairs.push_back(*std::move(pair));
   }
+  for (const Pair& pair : extra) pairs.push_back(pair);
   Frame frame = base.With(pairs);
   if (in.remaining.has_value()) {
     frame = frame.WithTimeout(std::max(Clock::duration::zero(), *in.remaining));
@@ -228,8 +305,8 @@ absl::StatusOr<DecodedFrame> PortableKeys::Decode(const PortableFrame& in,
 }
 
 std::optional<PortableValue> PortableKeys::Lookup(const Frame& frame, std::string_view name) const {
-  const auto it = by_name_.find(AV(name));
-  if (it == by_name_.end()) return std::nullopt;
+  const Named* it = FindByName(name);
+  if (it == nullptr) return std::nullopt;
   return it->second.lookup(frame);
 }
 

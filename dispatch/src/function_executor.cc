@@ -805,6 +805,16 @@ absl::Status FunctionExecutor::Lookup(DispatchCall& call) const {
   return absl::OkStatus();
 }
 
+bool FunctionExecutor::Preemptive(std::string_view name) {
+  // Counted as a caller while it reads the table, so that the table is not freed under it.
+  std::atomic<int>& callers = callers_[Enter()];
+  const Table& table = *table_.load();
+  const auto it = table.functions.find(AsAbsl(name));
+  const bool preemptive = it != table.functions.end() && it->second.active->code->preemptive();
+  callers.fetch_sub(1);
+  return preemptive;
+}
+
 absl::StatusOr<std::string> FunctionExecutor::Invoke(const Frame& parent, std::string_view name,
                                                      std::string_view payload,
                                                      const Options& options) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -17,6 +18,16 @@ namespace framekit::rpc {
 
 const Key<std::string>& ParentSpanKey() {
   static const Key<std::string> key{"framekit.rpc.parent_span"};
+  return key;
+}
+
+const Key<std::int64_t>& TraceFlagsKey() {
+  static const Key<std::int64_t> key{"framekit.rpc.trace_flags"};
+  return key;
+}
+
+const Key<std::string>& TraceStateKey() {
+  static const Key<std::string> key{"framekit.rpc.trace_state"};
   return key;
 }
 
@@ -70,7 +81,7 @@ bool Accepts(const rpc::PeerPolicy& policy, std::string_view name) {
 // The pairs of the frame header that `policy` accepts; identity from a peer that may not
 // assert it is PermissionDenied.
 absl::Status FilterPairs(const rpc::ServerOptions& options, const rpc::PeerPolicy& policy,
-                         std::span<const MetadataEntry> metadata, PortableFrame& in,
+                         std::span<const MetadataEntry> metadata, rpc::WirePairViews& in,
                          std::size_t& dropped) {
   bool repeated = false;
   std::optional<std::string_view> header = Single(metadata, rpc::kFrameHeader, &repeated);
@@ -78,10 +89,10 @@ absl::Status FilterPairs(const rpc::ServerOptions& options, const rpc::PeerPolic
   if (!header.has_value()) return absl::OkStatus();
   const PortableLimits limits =
       options.portable != nullptr ? options.portable->limits() : PortableLimits{};
-  absl::StatusOr<rpc::WirePairs> pairs = rpc::DecodeFramePairs(*header, limits);
+  absl::StatusOr<rpc::WirePairViews> pairs = rpc::DecodeFramePairViews(*header, limits);
   if (!pairs.ok()) return pairs.status();
   const std::string_view caller = CallerKey().name();
-  for (auto& [name, value] : *pairs) {
+  for (const auto& [name, value] : *pairs) {
     if (name == caller) {
       if (!policy.identity) {
         return absl::PermissionDeniedError(
@@ -95,12 +106,13 @@ absl::Status FilterPairs(const rpc::ServerOptions& options, const rpc::PeerPolic
       ++dropped;
       continue;
     }
-    in.pairs.emplace_back(std::move(name), std::move(value));
+    in.emplace_back(name, value);
   }
   return absl::OkStatus();
 }
 
-// The trace pairs from "traceparent" or "framekit-trace-id"; `bad` when one did not parse.
+// The trace pairs from "traceparent" (with its flags and any "tracestate") or
+// "framekit-trace-id"; `bad` when one did not parse.
 PairList ReadTrace(std::span<const MetadataEntry> metadata, bool& bad) {
   PairList out;
   bool repeated = false;
@@ -108,11 +120,29 @@ PairList ReadTrace(std::span<const MetadataEntry> metadata, bool& bad) {
           Single(metadata, rpc::kTraceParentHeader, &repeated)) {
     absl::StatusOr<rpc::TraceParent> trace = rpc::ParseTraceParent(*parent);
     if (repeated || !trace.ok()) {
-      bad = true;  // W3C: a malformed traceparent is ignored
+      bad = true;  // W3C: a malformed traceparent is ignored, and its tracestate with it
       return out;
     }
     out.push_back(Pair::Of(dispatch::TraceIdKey(), std::move(trace->trace_id)));
     out.push_back(Pair::Of(rpc::ParentSpanKey(), std::move(trace->span_id)));
+    out.push_back(Pair::Of(rpc::TraceFlagsKey(), std::int64_t{trace->flags}));
+    // Repeated tracestate headers form one list, in order (as HTTP joins them).
+    std::string state;
+    bool any = false;
+    for (const auto& [key, value] : metadata) {
+      if (key != rpc::kTraceStateHeader) continue;
+      if (any) state.push_back(',');
+      state.append(value);
+      any = true;
+    }
+    if (any) {
+      absl::StatusOr<std::string> parsed = rpc::ParseTraceState(state);
+      if (!parsed.ok()) {
+        bad = true;  // W3C: an invalid tracestate is dropped; the traceparent still holds
+      } else if (!parsed->empty()) {
+        out.push_back(Pair::Of(rpc::TraceStateKey(), *std::move(parsed)));
+      }
+    }
     return out;
   }
   if (std::optional<std::string_view> id = Single(metadata, rpc::kTraceIdHeader, &repeated)) {
@@ -134,22 +164,24 @@ absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
   if (!peer.ok()) return peer.status();
   Accepted out{.frame = Frame(), .peer = *peer};
 
-  PortableFrame in;
-  in.remaining = remaining.value_or(options.default_timeout);
-  if (*in.remaining < Clock::duration::zero()) in.remaining = Clock::duration::zero();
-  absl::Status filtered = FilterPairs(options, **peer, metadata, in, out.dropped_pairs);
+  Clock::duration remaining_time = remaining.value_or(options.default_timeout);
+  if (remaining_time < Clock::duration::zero()) remaining_time = Clock::duration::zero();
+  rpc::WirePairViews pairs;
+  absl::Status filtered = FilterPairs(options, **peer, metadata, pairs, out.dropped_pairs);
   if (!filtered.ok()) return filtered;
+  // The trace arrives as inherited, like every value the node was sent, and in the same step.
+  const PairList trace = ReadTrace(metadata, out.bad_trace);
   if (options.portable != nullptr) {
-    absl::StatusOr<DecodedFrame> decoded = options.portable->Decode(in);
+    absl::StatusOr<DecodedFrame> decoded = options.portable->DecodeView(
+        {.pairs = std::span<const PortablePairView>(pairs.data(), pairs.size()),
+         .remaining = remaining_time},
+        Frame(), std::span<const Pair>(trace.data(), trace.size()));
     if (!decoded.ok()) return decoded.status();
     out.frame = std::move(decoded->frame);
     out.dropped_pairs += decoded->dropped_unknown;
   } else {
-    out.frame = Frame().WithTimeout(*in.remaining);
+    out.frame = Frame().With(trace).WithTimeout(remaining_time).Fork();
   }
-  PairList trace = ReadTrace(metadata, out.bad_trace);
-  // Fork: the trace arrives as inherited, like every value the node was sent.
-  if (!trace.empty()) out.frame = out.frame.With(trace).Fork();
   return out;
 }
 

@@ -30,6 +30,8 @@ using Impl = RemoteNode::Impl;
 
 // A far deadline is no deadline: gRPC gets at most this much.
 constexpr auto kLongestTimeout = std::chrono::hours(24 * 365);
+// W3C trace flags: sampled.
+constexpr std::int64_t kSampledFlag = 0x01;
 
 std::string NewSpanId() {
   thread_local absl::BitGen gen;
@@ -58,26 +60,37 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
                    std::chrono::duration_cast<std::chrono::system_clock::duration>(remaining));
 
   if (node.options.portable != nullptr) {
-    absl::StatusOr<PortableFrame> wire = node.options.portable->Encode(frame);
-    if (!wire.ok()) return wire.status();
     // The trace travels in its own headers.
-    std::erase_if(wire->pairs, [](const auto& pair) {
-      return pair.first == dispatch::TraceIdKey().name() || pair.first == ParentSpanKey().name();
-    });
-    if (!wire->pairs.empty()) {
-      std::string header = EncodeFramePairs(wire->pairs);
-      if (header.size() > node.options.max_frame_header_bytes) {
+    absl::StatusOr<std::string> header =
+        EncodeFrameHeader(*node.options.portable, frame, [](std::string_view name) {
+          return name == dispatch::TraceIdKey().name() || name == ParentSpanKey().name() ||
+                 name == TraceFlagsKey().name() || name == TraceStateKey().name();
+        });
+    if (!header.ok()) return header.status();
+    if (!header->empty()) {
+      if (header->size() > node.options.max_frame_header_bytes) {
         return absl::ResourceExhaustedError(absl::StrCat("the frame's portable pairs take ",
-                                                         header.size(), " bytes; the limit is ",
+                                                         header->size(), " bytes; the limit is ",
                                                          node.options.max_frame_header_bytes));
       }
-      ctx.AddMetadata(std::string(kFrameHeader), std::move(header));
+      ctx.AddMetadata(std::string(kFrameHeader), *std::move(header));
     }
   }
   if (const std::string* trace = frame.Find(dispatch::TraceIdKey())) {
     if (IsW3CTraceId(*trace)) {
+      // The incoming flags go on (sampled when the trace started here or came without them).
+      const std::int64_t* flags = frame.Find(TraceFlagsKey());
+      const auto sent_flags =
+          static_cast<std::uint8_t>(flags != nullptr ? (*flags & 0xff) : kSampledFlag);
       ctx.AddMetadata(std::string(kTraceParentHeader),
-                      FormatTraceParent(*trace, NewSpanId(), /*flags=*/1));
+                      FormatTraceParent(*trace, NewSpanId(), sent_flags));
+      // A tracestate goes with it when it is valid (the application may have set it).
+      if (const std::string* state = frame.Find(TraceStateKey()); state != nullptr) {
+        absl::StatusOr<std::string> valid = ParseTraceState(*state);
+        if (valid.ok() && !valid->empty()) {
+          ctx.AddMetadata(std::string(kTraceStateHeader), *std::move(valid));
+        }
+      }
     } else if (IsTraceId(*trace)) {
       ctx.AddMetadata(std::string(kTraceIdHeader), *trace);
     }

@@ -1,6 +1,7 @@
 #include "framekit/rpc/server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include <atomic>
 #include <chrono>
@@ -9,11 +10,13 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -24,6 +27,9 @@
 
 namespace framekit::rpc {
 namespace {
+
+// The full name of the unary Invoke method, as interceptors see it.
+constexpr std::string_view kInvokeMethod = "/framekit.rpc.v1.Functions/Invoke";
 
 grpc::Status ToGrpc(const absl::Status& status) {
   WireStatus wire = ToWireStatus(status);
@@ -95,6 +101,7 @@ class CallThreads {
 
 struct Counters {
   std::atomic<std::uint64_t> calls{0};
+  std::atomic<std::uint64_t> inline_calls{0};
   std::atomic<std::uint64_t> refused{0};
   std::atomic<std::uint64_t> unauthenticated{0};
   std::atomic<std::uint64_t> identity_rejected{0};
@@ -136,6 +143,42 @@ struct Server::Impl {
     return accepted->frame.WithCancel();
   }
   void Release() { in_flight.fetch_sub(1, std::memory_order_relaxed); }
+
+  // Inline calls: preemptive code run on the gRPC thread that delivered the call. gRPC calls a
+  // reactor's OnCancel only after the method handler returns, so while an inline call runs,
+  // its cancellation comes from the interceptor's POST_RECV_CLOSE (see CancelOnClose).
+  bool TakeInlineSlot(std::string_view function) {
+    if (options.max_inline_calls <= 0) return false;
+    if (inline_running.fetch_add(1, std::memory_order_relaxed) >= options.max_inline_calls) {
+      inline_running.fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    if (!executor.Preemptive(function)) {
+      inline_running.fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
+  void ReleaseInlineSlot() { inline_running.fetch_sub(1, std::memory_order_relaxed); }
+  // Makes `canceller` reachable from the call's close: a close seen before this (a call
+  // cancelled early) is caught by the IsCancelled check after it.
+  void StartInline(grpc::CallbackServerContext* ctx, const Canceller& canceller) {
+    {
+      std::lock_guard<std::mutex> lock(inline_mu);
+      running_inline.emplace(ctx, canceller);
+    }
+    if (ctx->IsCancelled()) canceller.Cancel();
+  }
+  void EndInline(grpc::CallbackServerContext* ctx) {
+    std::lock_guard<std::mutex> lock(inline_mu);
+    running_inline.erase(ctx);
+  }
+  // The call of `ctx` is over (cancelled, by the client, its deadline or Shutdown, or done):
+  // an inline call still running is cancelled.
+  void CancelOnClose(const grpc::ServerContextBase* ctx) {
+    std::lock_guard<std::mutex> lock(inline_mu);
+    if (auto it = running_inline.find(ctx); it != running_inline.end()) it->second.Cancel();
+  }
   void Refused(const absl::Status& status) {
     counters.refused.fetch_add(1, std::memory_order_relaxed);
     switch (status.code()) {
@@ -153,6 +196,10 @@ struct Server::Impl {
   dispatch::FunctionExecutor& executor;
   const ServerOptions options;
   std::atomic<int> in_flight{0};
+  std::atomic<int> inline_running{0};
+  std::mutex inline_mu;
+  absl::flat_hash_map<const grpc::ServerContextBase*, Canceller> running_inline
+      ABSL_GUARDED_BY(inline_mu);
   Counters counters;
   CallThreads threads;
   std::unique_ptr<v1::Functions::CallbackService> service;
@@ -176,23 +223,75 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
       return;
     }
     canceller_ = admitted->second;
+    if (impl.TakeInlineSlot(request->function())) {
+      // Preemptive code returns by the frame's deadline (and at its cancellation) by itself:
+      // it runs here, without a hand-off to a call thread.
+      impl.counters.inline_calls.fetch_add(1, std::memory_order_relaxed);
+      impl.StartInline(ctx, canceller_);
+      Run(impl, admitted->first, request, reply);
+      impl.EndInline(ctx);
+      impl.ReleaseInlineSlot();
+      return;
+    }
     impl.threads.Submit([this, &impl, frame = std::move(admitted->first), request, reply] {
-      absl::StatusOr<std::string> out =
-          impl.executor.Invoke(frame, request->function(), request->payload());
-      impl.Release();
-      if (out.ok()) {
-        reply->set_output(*std::move(out));
-        Finish(grpc::Status::OK);
-      } else {
-        Finish(ToGrpc(out.status()));
-      }
+      Run(impl, frame, request, reply);
     });
   }
   void OnCancel() override { canceller_.Cancel(); }
   void OnDone() override { delete this; }
 
  private:
+  // Invokes the function and finishes the reactor as its last act.
+  void Run(Impl& impl, const Frame& frame, const v1::InvokeRequest* request,
+           v1::InvokeReply* reply) {
+    absl::StatusOr<std::string> out =
+        impl.executor.Invoke(frame, request->function(), request->payload());
+    impl.Release();
+    if (out.ok()) {
+      reply->set_output(*std::move(out));
+      Finish(grpc::Status::OK);
+    } else {
+      Finish(ToGrpc(out.status()));
+    }
+  }
+
   Canceller canceller_;  // set before any callback can run
+};
+
+// Sees each unary Invoke's close (POST_RECV_CLOSE: the call cancelled or done), so that an
+// inline call is cancelled while its handler still runs.
+class CloseInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  CloseInterceptor(Impl& impl, grpc::experimental::ServerRpcInfo* info)
+      : impl_(impl), info_(info) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::POST_RECV_CLOSE)) {
+      impl_.CancelOnClose(info_->server_context());
+    }
+    methods->Proceed();
+  }
+
+ private:
+  Impl& impl_;
+  grpc::experimental::ServerRpcInfo* const info_;
+};
+
+class CloseInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CloseInterceptorFactory(Impl& impl) : impl_(impl) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    // Only unary Invoke runs inline.
+    if (info->type() != grpc::experimental::ServerRpcInfo::Type::UNARY ||
+        std::string_view(info->method()) != kInvokeMethod) {
+      return nullptr;
+    }
+    return new CloseInterceptor(impl_, info);
+  }
+
+ private:
+  Impl& impl_;
 };
 
 // One streaming Invoke: the executor writes chunks through this Sink, one write at a time.
@@ -303,6 +402,9 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.default_timeout <= std::chrono::milliseconds::zero()) {
     return absl::InvalidArgumentError("default_timeout must be > 0");
   }
+  if (options.max_inline_calls < 0) {
+    return absl::InvalidArgumentError("max_inline_calls must be >= 0");
+  }
   if (options.max_concurrent_calls <= 0) {
     return absl::InvalidArgumentError("max_concurrent_calls must be > 0");
   }
@@ -323,6 +425,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(dispatch::FunctionExecutor
   builder.AddListeningPort(impl->options.address, grpc::InsecureServerCredentials(), &impl->port);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(impl->options.max_message_bytes);
+  if (impl->options.max_inline_calls > 0) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(std::make_unique<CloseInterceptorFactory>(*impl));
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on \"", impl->options.address, "\""));
@@ -349,6 +456,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
 ServerCounters Server::counters() const {
   const Counters& c = impl_->counters;
   return {.calls = c.calls.load(std::memory_order_relaxed),
+          .inline_calls = c.inline_calls.load(std::memory_order_relaxed),
           .refused = c.refused.load(std::memory_order_relaxed),
           .unauthenticated = c.unauthenticated.load(std::memory_order_relaxed),
           .identity_rejected = c.identity_rejected.load(std::memory_order_relaxed),

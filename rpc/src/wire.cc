@@ -1,5 +1,6 @@
 #include "framekit/rpc/wire.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -8,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "boost/container/small_vector.hpp"
 #include "framekit/base/internal/echo.h"
 #include "framekit/base/internal/strings.h"
 #include "framekit_rpc.pb.h"
@@ -67,15 +69,37 @@ std::string EncodeFramePairs(const WirePairs& pairs) {
   return out;
 }
 
-absl::StatusOr<WirePairs> DecodeFramePairs(std::string_view bytes, const PortableLimits& limits) {
-  if (bytes.empty()) return WirePairs{};
+absl::StatusOr<std::string> EncodeFrameHeader(const PortableKeys& portable, const Frame& frame,
+                                              absl::FunctionRef<bool(std::string_view)> skip) {
+  // Most headers fit at once; a longer one grows as a string does.
+  constexpr std::size_t kReserve = 256;
+  std::string out;
+  absl::StatusOr<std::optional<Clock::duration>> encoded =
+      portable.EncodeEach(frame, [&](std::string_view name, std::string_view bytes) {
+        if (skip(name)) return;
+        if (out.empty()) {
+          out.reserve(kReserve);
+          out.push_back(kFrameVersion);
+        }
+        PutU32(out, name.size());
+        out.append(name);
+        PutU32(out, bytes.size());
+        out.append(bytes);
+      });
+  if (!encoded.ok()) return encoded.status();
+  return out;
+}
+
+absl::StatusOr<WirePairViews> DecodeFramePairViews(std::string_view bytes,
+                                                   const PortableLimits& limits) {
+  if (bytes.empty()) return WirePairViews{};
   if (bytes[0] != kFrameVersion) {
     return absl::InvalidArgumentError(
         absl::StrCat(AsAbsl(kFrameHeader), ": unknown version ",
                      static_cast<int>(static_cast<unsigned char>(bytes[0]))));
   }
   bytes.remove_prefix(1);
-  WirePairs out;
+  WirePairViews out;
   std::size_t total = 0;
   while (!bytes.empty()) {
     if (out.size() == limits.max_pairs) {
@@ -97,8 +121,17 @@ absl::StatusOr<WirePairs> DecodeFramePairs(std::string_view bytes, const Portabl
     if (name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(AsAbsl(kFrameHeader), ": empty key name"));
     }
-    out.emplace_back(std::string(name), std::string(value));
+    out.emplace_back(name, value);
   }
+  return out;
+}
+
+absl::StatusOr<WirePairs> DecodeFramePairs(std::string_view bytes, const PortableLimits& limits) {
+  absl::StatusOr<WirePairViews> views = DecodeFramePairViews(bytes, limits);
+  if (!views.ok()) return views.status();
+  WirePairs out;
+  out.reserve(views->size());
+  for (const auto& [name, value] : *views) out.emplace_back(std::string(name), std::string(value));
   return out;
 }
 
@@ -143,6 +176,108 @@ std::string FormatTraceParent(std::string_view trace_id, std::string_view span_i
   out.push_back('-');
   out.push_back(kHex[flags >> 4]);
   out.push_back(kHex[flags & 0xf]);
+  return out;
+}
+
+namespace {
+
+bool IsLcAlpha(char c) { return c >= 'a' && c <= 'z'; }
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+bool IsKeyChar(char c) {
+  return IsLcAlpha(c) || IsDigit(c) || c == '_' || c == '-' || c == '*' || c == '/';
+}
+
+// W3C tracestate key: simple-key, or tenant-id "@" system-id.
+bool IsTraceStateKey(std::string_view key) {
+  const std::size_t at = key.find('@');
+  if (at == std::string_view::npos) {
+    if (key.empty() || key.size() > 256 || !IsLcAlpha(key[0])) return false;
+    for (char c : key) {
+      if (!IsKeyChar(c)) return false;
+    }
+    return true;
+  }
+  const std::string_view tenant = key.substr(0, at);
+  const std::string_view system = key.substr(at + 1);
+  if (tenant.empty() || tenant.size() > 241 || !(IsLcAlpha(tenant[0]) || IsDigit(tenant[0]))) {
+    return false;
+  }
+  if (system.empty() || system.size() > 14 || !IsLcAlpha(system[0])) return false;
+  for (char c : tenant) {
+    if (!IsKeyChar(c)) return false;
+  }
+  for (char c : system) {
+    if (!IsKeyChar(c)) return false;
+  }
+  return true;
+}
+
+// W3C tracestate value: 1-256 printable ASCII characters but ',' and '=', not ending in ' '.
+bool IsTraceStateValue(std::string_view value) {
+  if (value.empty() || value.size() > 256 || value.back() == ' ') return false;
+  for (char c : value) {
+    if (c < 0x20 || c > 0x7e || c == ',' || c == '=') return false;
+  }
+  return true;
+}
+
+std::string_view TrimOws(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ParseTraceState(std::string_view header) {
+  constexpr std::size_t kMaxMembers = 32;
+  constexpr std::size_t kLongMember = 128;
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tracestate \"", base_internal::Echo(header, 64), "\": ", AsAbsl(why)));
+  };
+  boost::container::small_vector<std::string_view, 8> members;
+  std::size_t total = 0;
+  while (true) {
+    const std::size_t comma = header.find(',');
+    const std::string_view member = TrimOws(header.substr(0, comma));
+    if (!member.empty()) {
+      if (members.size() == kMaxMembers) return bad("more than 32 list members");
+      const std::size_t eq = member.find('=');
+      if (eq == std::string_view::npos) return bad("a list member is not key=value");
+      const std::string_view key = member.substr(0, eq);
+      if (!IsTraceStateKey(key)) return bad("invalid key");
+      if (!IsTraceStateValue(member.substr(eq + 1))) return bad("invalid value");
+      for (std::string_view seen : members) {
+        if (seen.substr(0, seen.find('=')) == key) return bad("a key appears twice");
+      }
+      members.push_back(member);
+      total += member.size();
+    }
+    if (comma == std::string_view::npos) break;
+    header.remove_prefix(comma + 1);
+  }
+  // The joined length: the members and the commas between them.
+  auto joined = [&] { return members.empty() ? 0 : total + members.size() - 1; };
+  if (joined() > kMaxTraceStateBytes) {
+    members.erase(std::remove_if(members.begin(), members.end(),
+                                 [&](std::string_view m) {
+                                   if (m.size() <= kLongMember) return false;
+                                   total -= m.size();
+                                   return true;
+                                 }),
+                  members.end());
+  }
+  while (joined() > kMaxTraceStateBytes) {
+    total -= members.back().size();
+    members.pop_back();
+  }
+  std::string out;
+  out.reserve(joined());
+  for (std::string_view member : members) {
+    if (!out.empty()) out.push_back(',');
+    out.append(member);
+  }
   return out;
 }
 

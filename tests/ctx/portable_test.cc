@@ -4,7 +4,11 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "framekit/base/status_macros.h"
 #include "framekit/ctx/caller.h"
@@ -202,6 +206,70 @@ absl::Status HeaderExample(const Frame& call_frame) {
 
 TEST(PortableKeys, HeaderExample) {
   EXPECT_THAT(HeaderExample(Frame().With(kTenant, "acme")), IsOk());
+}
+
+TEST(PortableKeys, CopiesAndMovesWorkAfterTheOriginalIsGone) {
+  const Frame frame =
+      Frame().With({framekit::Pair::Of(kTenant, "acme"), framekit::Pair::Of(kQuota, 7)});
+  auto original = std::make_unique<PortableKeys>(Registry());
+  PortableKeys copy(*original);
+  PortableKeys assigned;
+  assigned = *original;
+  PortableKeys moved(std::move(*original));
+  original.reset();
+  for (const PortableKeys* keys : {&copy, &assigned, &moved}) {
+    absl::StatusOr<PortableFrame> wire = keys->Encode(frame);
+    ASSERT_THAT(wire, IsOk());
+    EXPECT_THAT(wire->pairs, ElementsAre(Pair("test.quota", "7"), Pair("test.tenant", "acme")));
+    absl::StatusOr<DecodedFrame> in = keys->Decode(*wire);
+    ASSERT_THAT(in, IsOk());
+    ASSERT_NE(in->frame.Find(kTenant), nullptr);
+    EXPECT_EQ(*in->frame.Find(kTenant), "acme");
+    EXPECT_TRUE(keys->Lookup(frame, "test.quota").has_value());
+    EXPECT_EQ(keys->size(), 5u);
+  }
+}
+
+TEST(PortableKeys, EncodeEachAndDecodeViewBorrow) {
+  const PortableKeys keys = Registry();
+  const Frame frame =
+      Frame()
+          .With({framekit::Pair::Of(kTenant, "acme"), framekit::Pair::Of(kBeta, false),
+                 framekit::Pair::Of(kSecret, "hunter2")})
+          .WithTimeout(std::chrono::seconds(30));
+  std::vector<std::pair<std::string, std::string>> seen;
+  absl::StatusOr<std::optional<Clock::duration>> remaining = keys.EncodeEach(
+      frame,
+      [&](std::string_view name, std::string_view bytes) { seen.emplace_back(name, bytes); });
+  ASSERT_THAT(remaining, IsOk());
+  ASSERT_TRUE(remaining->has_value());
+  EXPECT_GT(**remaining, std::chrono::seconds(29));
+  EXPECT_THAT(seen, ElementsAre(Pair("test.beta", "false"), Pair("test.tenant", "acme")));
+  // Nothing is called back when a pair is over the limits.
+  PortableKeys small(PortableLimits{.max_value_bytes = 3});
+  ASSERT_THAT(small.Add(kBeta), IsOk());
+  ASSERT_THAT(small.Add(kTenant), IsOk());
+  int calls = 0;
+  EXPECT_THAT(small.EncodeEach(frame, [&](std::string_view, std::string_view) { ++calls; }),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_EQ(calls, 0);
+  // Extra pairs join the decoded ones, shadow them, and arrive inherited too.
+  const PortablePairView views[] = {
+      {"test.tenant", "acme"}, {"test.quota", "-1"}, {"no.such", "x"}};
+  const framekit::Pair extra[] = {framekit::Pair::Of(kQuota, 9), framekit::Pair::Of(kSecret, "s")};
+  absl::StatusOr<DecodedFrame> in =
+      keys.DecodeView({.pairs = views, .remaining = std::chrono::seconds(5)}, Frame(), extra);
+  ASSERT_THAT(in, IsOk());
+  EXPECT_EQ(in->dropped_unknown, 1u);
+  EXPECT_EQ(*in->frame.Find(kTenant), "acme");
+  EXPECT_EQ(*in->frame.Find(kQuota), 9);
+  EXPECT_EQ(*in->frame.Find(kSecret), "s");
+  EXPECT_EQ(in->frame.Origin(kQuota), ValueOrigin::kInherited);
+  EXPECT_EQ(in->frame.Origin(kSecret), ValueOrigin::kInherited);
+  ASSERT_TRUE(in->frame.deadline().has_value());
+  const PortablePairView twice[] = {{"test.tenant", "a"}, {"test.tenant", "b"}};
+  EXPECT_THAT(keys.DecodeView({.pairs = twice, .remaining = std::nullopt}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
 }
 
 }  // namespace

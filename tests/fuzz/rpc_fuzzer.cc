@@ -1,10 +1,12 @@
 // Fuzzes what a node reads from a call's metadata before any function runs: the frame header,
-// the trace headers, the peer token and the status details, through the server's arrival step
-// (AcceptFrame) and the wire decoders. Properties: no crash; AcceptFrame fails only with
-// Unauthenticated, PermissionDenied or InvalidArgument; an accepted frame holds only inherited
-// values, a caller only from a peer allowed to assert one, and a deadline no later than the time
-// the call had left; a decoded frame header re-encodes to the same bytes; a parsed traceparent
-// formats back to its first 55 characters.
+// the trace headers (traceparent, tracestate), the peer token and the status details, through
+// the server's arrival step (AcceptFrame) and the wire decoders. Properties: no crash;
+// AcceptFrame fails only with Unauthenticated, PermissionDenied or InvalidArgument; an accepted
+// frame holds only inherited values, a caller only from a peer allowed to assert one, a
+// tracestate only in its normal form, and a deadline no later than the time the call had left;
+// a decoded frame header re-encodes to the same bytes, and the borrowing decoder agrees with the
+// copying one; a parsed traceparent formats back to its first 55 characters; a parsed tracestate
+// is at most 512 characters and parses to itself.
 //
 // Input: records of [1 byte header selector][2 bytes little-endian length][value]; the first
 // byte picks the time left (none, or 0-254 ms).
@@ -12,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,6 +24,7 @@
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/portable.h"
 #include "framekit/rpc/internal/accept.h"
+#include "framekit/rpc/remote.h"
 #include "framekit/rpc/server.h"
 #include "framekit/rpc/wire.h"
 
@@ -52,9 +56,12 @@ const framekit::rpc::ServerOptions& Options() {
   return *options;
 }
 
-constexpr std::string_view kHeaders[] = {
-    framekit::rpc::kFrameHeader, framekit::rpc::kTraceParentHeader, framekit::rpc::kTraceIdHeader,
-    framekit::rpc::kPeerTokenHeader, "user-agent"};
+constexpr std::string_view kHeaders[] = {framekit::rpc::kFrameHeader,
+                                         framekit::rpc::kTraceParentHeader,
+                                         framekit::rpc::kTraceIdHeader,
+                                         framekit::rpc::kPeerTokenHeader,
+                                         "user-agent",
+                                         framekit::rpc::kTraceStateHeader};
 
 void CheckAccepted(const framekit::rpc_internal::Accepted& in,
                    std::optional<framekit::Clock::duration> remaining,
@@ -67,6 +74,19 @@ void CheckAccepted(const framekit::rpc_internal::Accepted& in,
   const auto allowed = remaining.value_or(Options().default_timeout);
   if (*in.frame.deadline() > framekit::Clock::now() + allowed) std::abort();
   if (*in.frame.deadline() < before) std::abort();
+  if (const std::string* state = in.frame.Find(framekit::rpc::TraceStateKey())) {
+    absl::StatusOr<std::string> again = framekit::rpc::ParseTraceState(*state);
+    if (state->empty() || !again.ok() || *again != *state) std::abort();
+  }
+}
+
+// A tracestate the parser returns is normal: short enough, and parsing it changes nothing.
+void CheckTraceState(std::string_view value) {
+  absl::StatusOr<std::string> state = framekit::rpc::ParseTraceState(value);
+  if (!state.ok()) return;
+  if (state->size() > framekit::rpc::kMaxTraceStateBytes) std::abort();
+  absl::StatusOr<std::string> again = framekit::rpc::ParseTraceState(*state);
+  if (!again.ok() || *again != *state) std::abort();
 }
 
 void CheckDecoders(std::string_view value) {
@@ -75,6 +95,18 @@ void CheckDecoders(std::string_view value) {
   if (pairs.ok() && !value.empty() && framekit::rpc::EncodeFramePairs(*pairs) != value) {
     std::abort();
   }
+  absl::StatusOr<framekit::rpc::WirePairViews> views =
+      framekit::rpc::DecodeFramePairViews(value, framekit::PortableLimits{});
+  if (views.status() != pairs.status()) std::abort();
+  if (views.ok()) {
+    if (views->size() != pairs->size()) std::abort();
+    for (std::size_t i = 0; i < views->size(); ++i) {
+      if ((*views)[i].first != (*pairs)[i].first || (*views)[i].second != (*pairs)[i].second) {
+        std::abort();
+      }
+    }
+  }
+  CheckTraceState(value);
   absl::StatusOr<framekit::rpc::TraceParent> trace = framekit::rpc::ParseTraceParent(value);
   if (trace.ok() &&
       framekit::rpc::FormatTraceParent(trace->trace_id, trace->span_id, trace->flags) !=
@@ -95,7 +127,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
   std::vector<framekit::rpc_internal::MetadataEntry> metadata;
   while (in.size() >= 3) {
-    const std::string_view header = kHeaders[static_cast<unsigned char>(in[0]) % 5];
+    const std::string_view header =
+        kHeaders[static_cast<unsigned char>(in[0]) % std::size(kHeaders)];
     const std::size_t n = static_cast<unsigned char>(in[1]) |
                           static_cast<std::size_t>(static_cast<unsigned char>(in[2])) << 8;
     in.remove_prefix(3);

@@ -1,6 +1,8 @@
 // The rpc module: the wire format, the arrival policy, and calls between in-process nodes on
 // loopback (frame propagation, deadlines, cancellation, trust, traces, statuses, bad peers).
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -8,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/panic.h"
 #include "framekit/dispatch/function_executor.h"
@@ -562,6 +565,255 @@ TEST(Rpc, ShutdownCancelsRunningCalls) {
   EXPECT_EQ(b->stopped.load(), 1);
   waiting.join();
   EXPECT_FALSE(status.ok());
+}
+
+// ---- tracestate, trace flags, the borrowed codec and inline calls ------------------------------
+
+// An OK StatusOr holding `expected`.
+MATCHER_P(OkWith, expected, "") {
+  if (!arg.ok()) {
+    *result_listener << "status " << arg.status();
+    return false;
+  }
+  *result_listener << "value \"" << *arg << "\"";
+  return *arg == expected;
+}
+
+TEST(Wire, TraceStateParsesAndNormalises) {
+  EXPECT_THAT(ParseTraceState("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+              OkWith(std::string("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")));
+  // Optional whitespace and empty members go; a value may hold inner spaces.
+  EXPECT_THAT(ParseTraceState(" a=1 ,\t, b@sys=x y  ,"), OkWith(std::string("a=1,b@sys=x y")));
+  EXPECT_THAT(ParseTraceState(""), OkWith(std::string()));
+  for (const char* bad : {"a", "=1", "A=1", "1a=1", "a=", "a=1,a=2", "a=x,b", "a=,", "a=1=2",
+                          "a=\x7f", "t@=1", "@s=1", "t@Sys=1", "t@abcdefghijklmno=1"}) {
+    EXPECT_THAT(ParseTraceState(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
+  }
+  std::string many;
+  for (int i = 0; i < 33; ++i) absl::StrAppend(&many, i == 0 ? "" : ",", "k", i, "=v");
+  EXPECT_THAT(ParseTraceState(many), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("32")));
+  // Over 512 characters: members over 128 go first, then members from the end.
+  const std::string long_member = "long=" + std::string(200, 'x');
+  std::string big = long_member;
+  for (int i = 0; i < 30; ++i) absl::StrAppend(&big, ",k", i, "=", std::string(20, 'v'));
+  absl::StatusOr<std::string> cut = ParseTraceState(big);
+  ASSERT_THAT(cut, IsOk());
+  EXPECT_LE(cut->size(), kMaxTraceStateBytes);
+  EXPECT_THAT(*cut, ::testing::StartsWith("k0="));
+  EXPECT_THAT(*cut, ::testing::Not(HasSubstr("long=")));
+  EXPECT_THAT(ParseTraceState(*cut), OkWith(*cut));
+}
+
+TEST(Wire, FrameHeaderMatchesTheCopyingCodec) {
+  const Frame frame = CallerFrame().WithTimeout(std::chrono::seconds(5));
+  absl::StatusOr<PortableFrame> copied = Portable()->Encode(frame);
+  ASSERT_THAT(copied, IsOk());
+  absl::StatusOr<std::string> direct =
+      EncodeFrameHeader(*Portable(), frame, [](std::string_view) { return false; });
+  ASSERT_THAT(direct, IsOk());
+  EXPECT_EQ(*direct, EncodeFramePairs(copied->pairs));
+  // Skipped names are left out; nothing left is an empty header.
+  absl::StatusOr<std::string> without_route = EncodeFrameHeader(
+      *Portable(), frame, [](std::string_view name) { return name == "app.route"; });
+  ASSERT_THAT(without_route, IsOk());
+  absl::StatusOr<WirePairs> pairs = DecodeFramePairs(*without_route, {});
+  ASSERT_THAT(pairs, IsOk());
+  EXPECT_EQ(pairs->size(), 2u);
+  EXPECT_THAT(EncodeFrameHeader(*Portable(), frame, [](std::string_view) { return true; }),
+              OkWith(std::string()));
+  // The views decoder reads what the copying one reads, and refuses what it refuses.
+  absl::StatusOr<WirePairViews> views = DecodeFramePairViews(*direct, {});
+  ASSERT_THAT(views, IsOk());
+  ASSERT_EQ(views->size(), copied->pairs.size());
+  for (std::size_t i = 0; i < views->size(); ++i) {
+    EXPECT_EQ((*views)[i].first, copied->pairs[i].first);
+    EXPECT_EQ((*views)[i].second, copied->pairs[i].second);
+  }
+  for (std::size_t cut = 1; cut < direct->size(); ++cut) {
+    const std::string_view prefix = std::string_view(*direct).substr(0, cut);
+    EXPECT_EQ(DecodeFramePairViews(prefix, {}).status(), DecodeFramePairs(prefix, {}).status());
+  }
+  // A value over the limit fails the direct encoding as it fails Encode.
+  PortableKeys small(PortableLimits{.max_value_bytes = 3});
+  ASSERT_THAT(small.Add(kTenant), IsOk());
+  EXPECT_THAT(EncodeFrameHeader(small, frame, [](std::string_view) { return false; }),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("app.tenant")));
+}
+
+TEST(AcceptFrame, TraceFlagsAndStateArriveInherited) {
+  ServerOptions options;
+  options.portable = Portable();
+  const std::string parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+  // Repeated tracestate headers are one list, in order.
+  absl::StatusOr<rpc_internal::Accepted> in = rpc_internal::AcceptFrame(
+      options,
+      Metadata{
+          {kTraceParentHeader, parent}, {kTraceStateHeader, "a=1 "}, {kTraceStateHeader, "b=2"}},
+      std::chrono::seconds(1));
+  ASSERT_THAT(in, IsOk());
+  EXPECT_FALSE(in->bad_trace);
+  ASSERT_NE(in->frame.Find(TraceFlagsKey()), nullptr);
+  EXPECT_EQ(*in->frame.Find(TraceFlagsKey()), 0);
+  EXPECT_EQ(in->frame.Origin(TraceFlagsKey()), ValueOrigin::kInherited);
+  ASSERT_NE(in->frame.Find(TraceStateKey()), nullptr);
+  EXPECT_EQ(*in->frame.Find(TraceStateKey()), "a=1,b=2");
+  EXPECT_EQ(in->frame.Origin(TraceStateKey()), ValueOrigin::kInherited);
+  // A bad tracestate is dropped and counted; the traceparent still holds.
+  in = rpc_internal::AcceptFrame(
+      options, Metadata{{kTraceParentHeader, parent}, {kTraceStateHeader, "a=1,a=2"}},
+      std::chrono::seconds(1));
+  ASSERT_THAT(in, IsOk());
+  EXPECT_TRUE(in->bad_trace);
+  EXPECT_EQ(*in->frame.Find(dispatch::TraceIdKey()), kW3CTrace);
+  EXPECT_EQ(in->frame.Find(TraceStateKey()), nullptr);
+  // Without a (valid) traceparent a tracestate means nothing.
+  in = rpc_internal::AcceptFrame(options, Metadata{{kTraceStateHeader, "a=1"}},
+                                 std::chrono::seconds(1));
+  ASSERT_THAT(in, IsOk());
+  EXPECT_EQ(in->frame.Find(TraceStateKey()), nullptr);
+  EXPECT_EQ(in->frame.Find(TraceFlagsKey()), nullptr);
+  in = rpc_internal::AcceptFrame(
+      options, Metadata{{kTraceParentHeader, "00-bad"}, {kTraceStateHeader, "a=1"}},
+      std::chrono::seconds(1));
+  ASSERT_THAT(in, IsOk());
+  EXPECT_EQ(in->frame.Find(TraceStateKey()), nullptr);
+}
+
+// Reports the trace flags and state it sees.
+std::shared_ptr<dispatch::Code> TraceReporter() {
+  return dispatch::NativeCode([](const Frame& frame, std::string_view, dispatch::Sink& out) {
+    const std::int64_t* flags = frame.Find(TraceFlagsKey());
+    const std::string* state = frame.Find(TraceStateKey());
+    return out.Write(absl::StrCat("flags=", flags == nullptr ? -1 : *flags,
+                                  " state=", state == nullptr ? "-" : *state));
+  });
+}
+
+TEST(Rpc, TraceFlagsAndStateCrossTwoHops) {
+  TestNode c;
+  ASSERT_THAT(c.start_status, IsOk());
+  ASSERT_THAT(c.executor->Register("trace", TraceReporter()), IsOk());
+  // B backs "trace" by C's: what B received goes on to C.
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> b_to_c = Connect(c.target());
+  ASSERT_THAT(b.executor->Register("trace", b_to_c->Function("trace")), IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  const Frame unsampled =
+      Frame().With({Pair::Of(dispatch::TraceIdKey(), std::string(kW3CTrace)),
+                    Pair::Of(TraceFlagsKey(), std::int64_t{0}),
+                    Pair::Of(TraceStateKey(), std::string("congo=t61,rojo=1"))});
+  EXPECT_THAT(Call(*to_b, "trace", unsampled),
+              OkWith(std::string("flags=0 state=congo=t61,rojo=1")));
+  // A trace started here is sampled and has no state; an invalid state set by the application
+  // does not leave.
+  EXPECT_THAT(Call(*to_b, "trace", Frame().With(dispatch::TraceIdKey(), std::string(kW3CTrace))),
+              OkWith(std::string("flags=1 state=-")));
+  const Frame bad_state =
+      Frame().With({Pair::Of(dispatch::TraceIdKey(), std::string(kW3CTrace)),
+                    Pair::Of(TraceStateKey(), std::string("x=1\nInjected: 2"))});
+  EXPECT_THAT(Call(*to_b, "trace", bad_state), OkWith(std::string("flags=1 state=-")));
+  EXPECT_EQ(b.server->counters().bad_trace, 0u);
+  EXPECT_EQ(c.server->counters().bad_trace, 0u);
+}
+
+// Preemptive code that waits for its frame to end (cancellation or deadline), counting.
+class PreemptiveWait final : public dispatch::Code {
+ public:
+  bool preemptive() const override { return true; }
+  absl::Status Run(const Frame& frame, std::string_view, dispatch::Sink&,
+                   dispatch::RunStats&) override {
+    started.fetch_add(1);
+    const auto until = Clock::now() + std::chrono::seconds(10);
+    while (!frame.cancelled() && Clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (frame.stop_token().stop_requested()) stopped.fetch_add(1);
+    return frame.stop_token().stop_requested() ? absl::CancelledError("stopped")
+                                               : absl::DeadlineExceededError("deadline");
+  }
+  std::atomic<int> started{0};
+  std::atomic<int> stopped{0};
+};
+
+// Preemptive echo.
+class PreemptiveEcho final : public dispatch::Code {
+ public:
+  bool preemptive() const override { return true; }
+  absl::Status Run(const Frame&, std::string_view payload, dispatch::Sink& out,
+                   dispatch::RunStats&) override {
+    return out.Write(payload);
+  }
+};
+
+TEST(Rpc, PreemptiveCallsRunInlineWithinTheirBound) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  ASSERT_THAT(b.executor->Register("pecho", std::make_shared<PreemptiveEcho>()), IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  EXPECT_THAT(Call(*to_b, "pecho", Frame(), "hi"), OkWith(std::string("hi")));
+  EXPECT_THAT(Call(*to_b, "echo", Frame(), "native"), OkWith(std::string("native")));
+  EXPECT_EQ(b.server->counters().inline_calls, 1u);  // the native handler went to a call thread
+  EXPECT_EQ(b.server->counters().calls, 2u);
+  // With the bound at 0 nothing runs inline.
+  ServerOptions none;
+  none.max_inline_calls = 0;
+  TestNode d(std::move(none));
+  ASSERT_THAT(d.start_status, IsOk());
+  ASSERT_THAT(d.executor->Register("pecho", std::make_shared<PreemptiveEcho>()), IsOk());
+  EXPECT_THAT(Call(*Connect(d.target()), "pecho", Frame(), "hi"), OkWith(std::string("hi")));
+  EXPECT_EQ(d.server->counters().inline_calls, 0u);
+}
+
+TEST(Rpc, InlineCallsStayCancellable) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  auto wait = std::make_shared<PreemptiveWait>();
+  ASSERT_THAT(b.executor->Register("pwait", wait), IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  // Two at once: one inline (the bound is 1), one on a call thread; cancelling the caller's
+  // frame reaches both while they run.
+  auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
+  absl::Status first;
+  absl::Status second;
+  const auto start = Clock::now();
+  std::thread one([&, frame = frame] { first = Call(*to_b, "pwait", frame).status(); });
+  std::thread two([&, frame = frame] { second = Call(*to_b, "pwait", frame).status(); });
+  while (wait->started.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  canceller.Cancel();
+  one.join();
+  two.join();
+  EXPECT_THAT(first, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_THAT(second, StatusIs(absl::StatusCode::kCancelled));
+  for (int i = 0; i < 500 && wait->stopped.load() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(wait->stopped.load(), 2);
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  EXPECT_EQ(b.server->counters().inline_calls, 1u);
+  // The caller's deadline ends an inline call on time.
+  const auto deadline_start = Clock::now();
+  EXPECT_THAT(Call(*to_b, "pwait", Frame().WithTimeout(std::chrono::milliseconds(200))),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(Clock::now() - deadline_start, std::chrono::seconds(2));
+}
+
+TEST(Rpc, ShutdownCancelsARunningInlineCall) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  auto wait = std::make_shared<PreemptiveWait>();
+  ASSERT_THAT(b.executor->Register("pwait", wait), IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  absl::Status status;
+  std::thread waiting([&] { status = Call(*to_b, "pwait", Frame()).status(); });
+  while (wait->started.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const auto start = Clock::now();
+  b.server->Shutdown(std::chrono::milliseconds(100));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  waiting.join();
+  EXPECT_FALSE(status.ok());
+  EXPECT_EQ(wait->stopped.load(), 1);
+  EXPECT_EQ(b.server->counters().inline_calls, 1u);
 }
 
 }  // namespace

@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -47,6 +48,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "framekit/ctx/caller.h"
@@ -76,6 +79,16 @@ PortableCodec<CallerContext> CallerCodec();
 struct PortableFrame {
   std::vector<std::pair<std::string, std::string>> pairs;  // (key name, encoded value)
   std::optional<Clock::duration> remaining;                // nullopt: no deadline; never negative
+};
+
+// One encoded pair, borrowed: (key name, encoded value), valid while its source is.
+using PortablePairView = std::pair<std::string_view, std::string_view>;
+
+// A frame in transit whose pairs are borrowed (e.g. views into a received header): what
+// DecodeView reads without copying the bytes first.
+struct PortableFrameView {
+  std::span<const PortablePairView> pairs;
+  std::optional<Clock::duration> remaining;  // nullopt: no deadline
 };
 
 // The result of Decode.
@@ -109,6 +122,11 @@ struct PortableLimits {
 class PortableKeys {
  public:
   explicit PortableKeys(PortableLimits limits = {}) : limits_(limits) {}
+  // Copies rebuild the indexes into their own entries; moves keep them (the entries stay put).
+  PortableKeys(const PortableKeys& other);
+  PortableKeys& operator=(const PortableKeys& other);
+  PortableKeys(PortableKeys&&) = default;
+  PortableKeys& operator=(PortableKeys&&) = default;
 
   // Makes `key` portable under key.name() with the built-in codec for T (a compile error for
   // other types: pass a codec). Fails with InvalidArgument when the key does not inherit() (a
@@ -118,7 +136,7 @@ class PortableKeys {
   // NOTE: the key must outlive the registry (keys are namespace-scope constants).
   template <class T>
   absl::Status Add(const Key<T>& key) {
-    return Add(key, BuiltinCodec<T>());
+    return AddTyped(key, BuiltinCodec<T>(), /*string_bytes=*/std::is_same_v<T, std::string>);
   }
   // As above, with the application's codec for T. InvalidArgument when a function is empty.
   template <class T>
@@ -129,6 +147,13 @@ class PortableKeys {
   // exceeds max_value_bytes, or naming the limit when the pairs exceed max_total_bytes.
   absl::StatusOr<PortableFrame> Encode(const Frame& frame) const;
 
+  // As Encode, without building a PortableFrame: checks every pair against the limits first,
+  // then calls `fn(name, bytes)` for each in name order (the views are valid during the call
+  // only; a std::string key with the built-in codec is passed without a copy). Returns the
+  // remaining deadline (nullopt: none). Same errors as Encode; on an error `fn` was not called.
+  absl::StatusOr<std::optional<Clock::duration>> EncodeEach(
+      const Frame& frame, absl::FunctionRef<void(std::string_view, std::string_view)> fn) const;
+
   // A frame derived from `base` carrying `in`'s pairs as kInherited values and the earlier of
   // base's deadline and now + in.remaining. Unknown key names are dropped and counted.
   // InvalidArgument naming the key when its bytes are malformed or the same name appears
@@ -138,6 +163,14 @@ class PortableKeys {
   // `base` that is then Fork()ed, so non-inheriting pairs of `base` itself are not visible in
   // the result either (pass the receiver's root or an already-forked frame).
   absl::StatusOr<DecodedFrame> Decode(const PortableFrame& in, const Frame& base = Frame()) const;
+
+  // As Decode, reading borrowed pairs (nothing is copied but the decoded values). `extra` pairs
+  // (values the caller read from elsewhere, e.g. a trace id from its own header) join the
+  // decoded ones in the same step, after them (they shadow a decoded pair of the same key),
+  // and arrive as kInherited too. Same errors as Decode; `extra` is not checked against the
+  // limits.
+  absl::StatusOr<DecodedFrame> DecodeView(const PortableFrameView& in, const Frame& base = Frame(),
+                                          std::span<const Pair> extra = {}) const;
 
   // The value of the portable key named `name` on `frame`: nullopt when no portable key has
   // that name (the key is not visible to the outside) or the frame has no value for it.
@@ -151,6 +184,9 @@ class PortableKeys {
  private:
   struct Entry {
     const KeyBase* key;
+    // True for a std::string key with the built-in codec: the value is its own encoding, and
+    // EncodeEach reads it in place.
+    bool string_bytes = false;
     std::function<std::string(const Pair&)> encode;
     std::function<absl::StatusOr<Pair>(std::string_view)> decode;
     std::function<std::optional<PortableValue>(const Frame&)> lookup;
@@ -173,17 +209,37 @@ class PortableKeys {
     }
   }
 
+  template <class T>
+  absl::Status AddTyped(const Key<T>& key, PortableCodec<T> codec, bool string_bytes);
   absl::Status AddEntry(Entry entry, bool codec_complete);
 
   PortableLimits limits_;
-  absl::flat_hash_map<std::string, Entry> by_name_;
+  using Named = std::pair<const std::string, Entry>;
+  // The entry named `name`, or nullptr (a binary search of sorted_: cheaper than hashing the
+  // name for the few keys a registry holds).
+  const Named* FindByName(std::string_view name) const;
+  // Adds `named` (an entry of by_name_) to by_key_ and sorted_.
+  void Index(const Named* named);
+
+  // The entries by key name; a node map, so that the indexes below can point into it.
+  absl::node_hash_map<std::string, Entry> by_name_;
+  // The same entries by key identity, for Encode: a pointer hash, no string hashing.
+  absl::flat_hash_map<const KeyBase*, const Named*> by_key_;
+  // The same entries sorted by name, for Decode and Lookup.
+  std::vector<const Named*> sorted_;
 };
 
 template <class T>
 absl::Status PortableKeys::Add(const Key<T>& key, PortableCodec<T> codec) {
+  return AddTyped(key, std::move(codec), /*string_bytes=*/false);
+}
+
+template <class T>
+absl::Status PortableKeys::AddTyped(const Key<T>& key, PortableCodec<T> codec, bool string_bytes) {
   const bool complete = codec.encode != nullptr && codec.decode != nullptr;
   Entry entry;
   entry.key = &key;
+  entry.string_bytes = string_bytes;
   entry.encode = [&key, encode = codec.encode](const Pair& pair) { return encode(*pair.As(key)); };
   entry.decode = [&key, decode = codec.decode](std::string_view bytes) -> absl::StatusOr<Pair> {
     absl::StatusOr<T> value = decode(bytes);

@@ -236,6 +236,10 @@ class FunctionExecutor {
   absl::StatusOr<FunctionInfo> Get(std::string_view name) const;
   // Registered names, sorted.
   std::vector<std::string> List() const;
+  // Whether the active version of `name` is preemptive Code (so that Invoke runs it on the
+  // calling thread, deadline or not); false for an unknown name. No lock: it reads the table
+  // calls read. A Deploy may change the answer before a later Invoke.
+  bool Preemptive(std::string_view name);
   // Removes `name`; calls already running finish. NotFound for an unknown name.
   absl::Status Remove(std::string_view name);
 

@@ -3,10 +3,11 @@
 // resolvers, interceptors, bulkheads, records, fault policy) applies to it as to any Code.
 //
 // An outgoing call carries the frame's portable pairs ("framekit-frame-bin"), its trace as W3C
-// "traceparent" (a new span id per call), the node's token for that peer, and the frame's
-// remaining time as the gRPC deadline. It never waits for a connection past that deadline
-// (wait-for-ready is off, and a frame without a deadline gets `default_timeout`), and the
-// frame's cancellation cancels the call. One channel per node is reused by every call.
+// "traceparent" (a new span id per call, the incoming flags) and "tracestate", the node's token
+// for that peer, and the frame's remaining time as the gRPC deadline. It never waits for a
+// connection past that deadline (wait-for-ready is off, and a frame without a deadline gets
+// `default_timeout`), and the frame's cancellation cancels the call. One channel per node is reused
+// by every call.
 //
 // Example:
 //   FRAMEKIT_ASSIGN_OR_RETURN(
@@ -21,6 +22,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -96,6 +98,16 @@ class RemoteNode {
 // The span id of the caller's span, taken from an incoming "traceparent" (16 lowercase hex
 // digits): set by Server on the frames it builds, so that a handler can log the parent span.
 const Key<std::string>& ParentSpanKey();
+
+// The trace flags of an incoming "traceparent" (its last two hex digits as a number; bit 0 is
+// "sampled"), set by Server; RemoteNode sends them on in the next hop's traceparent (01, sampled,
+// when the frame has none: a trace started on this node).
+const Key<std::int64_t>& TraceFlagsKey();
+
+// The W3C "tracestate" that arrived with a valid traceparent, as ParseTraceState normalises it,
+// set by Server; RemoteNode sends it on with the next hop's traceparent (only if it is valid:
+// an application may set it too). Neither key travels in "framekit-frame-bin".
+const Key<std::string>& TraceStateKey();
 
 }  // namespace framekit::rpc
 

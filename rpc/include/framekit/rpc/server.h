@@ -17,7 +17,9 @@
 //   5. the frame gets a cancellation scope that the client's cancellation (or the gRPC
 //      deadline, or Shutdown) cancels;
 //   6. the executor invokes the function with that frame as the parent: it forks it and
-//      re-resolves through this node's own FrameResolvers, as for a local call.
+//      re-resolves through this node's own FrameResolvers, as for a local call. A unary call of
+//      preemptive code runs on the gRPC thread that delivered it (up to max_inline_calls at
+//      once); every other call runs on one of the server's call threads.
 // The default policy (anonymous peers, and trusted peers that name no keys) accepts the trace
 // id and the deadline only.
 //
@@ -74,6 +76,12 @@ struct ServerOptions {
   std::chrono::milliseconds default_timeout{30000};
   // Calls run at once at most (> 0); more are refused with ResourceExhausted.
   int max_concurrent_calls = 64;
+  // Unary calls of preemptive code (Code::preemptive(): Lua, a remote function) run at once on
+  // gRPC's own threads at most (>= 0): such code returns by its frame's deadline and promptly
+  // after its cancellation, so the call needs no hand-off to one of the server's call threads.
+  // Beyond this many, and for every other call, a call thread runs it (gRPC's threads never
+  // wait on a native handler). 0: every call goes to a call thread.
+  int max_inline_calls = 1;
   // Largest request message accepted (bytes, > 0).
   int max_message_bytes = 4 << 20;
 };
@@ -81,6 +89,7 @@ struct ServerOptions {
 // Counters, a snapshot of relaxed atomics.
 struct ServerCounters {
   std::uint64_t calls = 0;              // calls that reached the executor
+  std::uint64_t inline_calls = 0;       // of those, run on gRPC's own thread (max_inline_calls)
   std::uint64_t refused = 0;            // refused before the executor (any reason below)
   std::uint64_t unauthenticated = 0;    // an unknown peer token
   std::uint64_t identity_rejected = 0;  // a caller identity from a peer not allowed to assert it
@@ -97,8 +106,9 @@ struct ServerCounters {
 class Server {
  public:
   // Starts serving `executor`. InvalidArgument for an empty or duplicate trusted token, an
-  // anonymous policy that allows identity, default_timeout <= 0, max_concurrent_calls <= 0 or
-  // max_message_bytes <= 0; Unavailable when the address cannot be bound.
+  // anonymous policy that allows identity, default_timeout <= 0, max_inline_calls < 0,
+  // max_concurrent_calls <= 0 or max_message_bytes <= 0; Unavailable when the address cannot
+  // be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Start(dispatch::FunctionExecutor& executor,
                                                        ServerOptions options);
   ~Server();

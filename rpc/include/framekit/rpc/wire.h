@@ -9,6 +9,8 @@
 //                         length, the value (gRPC base64-encodes "-bin" values itself);
 //   "traceparent"         the W3C trace context, when the frame's trace id is a W3C trace id
 //                         (32 lowercase hex digits, not all zero); other trace ids travel as
+//   "tracestate"          W3C vendor trace state, forwarded with "traceparent" (see
+//                         ParseTraceState); the traceparent's flags are forwarded too;
 //   "framekit-trace-id"   the trace id as it is (1-128 of [A-Za-z0-9._:-]);
 //   "framekit-peer-token" the caller node's token, when it has one for this peer;
 //   gRPC's own deadline   the frame's remaining time (gRPC sends it as "grpc-timeout", a
@@ -35,27 +37,42 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "boost/container/small_vector.hpp"
+#include "framekit/ctx/frame.h"
 #include "framekit/ctx/portable.h"
 
 namespace framekit::rpc {
 
 inline constexpr std::string_view kFrameHeader = "framekit-frame-bin";
 inline constexpr std::string_view kTraceParentHeader = "traceparent";
+inline constexpr std::string_view kTraceStateHeader = "tracestate";
 inline constexpr std::string_view kTraceIdHeader = "framekit-trace-id";
 inline constexpr std::string_view kPeerTokenHeader = "framekit-peer-token";
 
 using WirePairs = std::vector<std::pair<std::string, std::string>>;
+// Pairs borrowed from a header value: views into it, valid while it is.
+using WirePairViews = boost::container::small_vector<PortablePairView, 8>;
 
 // Packs (name, bytes) pairs into the "framekit-frame-bin" value (see the file comment).
 std::string EncodeFramePairs(const WirePairs& pairs);
+
+// The "framekit-frame-bin" value of `frame`'s portable pairs (PortableKeys::EncodeEach, so in
+// name order), packed as EncodeFramePairs packs them, leaving out every pair whose name `skip`
+// returns true for. Empty when no pair is left. The errors of PortableKeys::Encode.
+absl::StatusOr<std::string> EncodeFrameHeader(const PortableKeys& portable, const Frame& frame,
+                                              absl::FunctionRef<bool(std::string_view)> skip);
 
 // Unpacks a "framekit-frame-bin" value. InvalidArgument for an unknown version byte, a
 // truncated or over-long record, trailing bytes, or more pairs / longer names, values or total
 // than `limits` allow. Never allocates more than the input's size. Duplicate names are left for
 // PortableKeys::Decode to refuse.
 absl::StatusOr<WirePairs> DecodeFramePairs(std::string_view bytes, const PortableLimits& limits);
+// As DecodeFramePairs, without copying: the pairs are views into `bytes`.
+absl::StatusOr<WirePairViews> DecodeFramePairViews(std::string_view bytes,
+                                                   const PortableLimits& limits);
 
 // A parsed W3C "traceparent" (version 00).
 struct TraceParent {
@@ -72,6 +89,17 @@ absl::StatusOr<TraceParent> ParseTraceParent(std::string_view header);
 // "00-TRACE-SPAN-FLAGS". Precondition: IsW3CTraceId(trace_id) and span_id is 16 lowercase hex.
 std::string FormatTraceParent(std::string_view trace_id, std::string_view span_id,
                               std::uint8_t flags);
+
+// The longest tracestate forwarded (W3C: at least 512 characters must be propagated).
+inline constexpr std::size_t kMaxTraceStateBytes = 512;
+
+// Parses a W3C "tracestate" value (repeated headers joined by "," first, as HTTP joins them):
+// the list members with their optional whitespace removed, joined by ","; empty members are
+// skipped. When the result exceeds kMaxTraceStateBytes, members longer than 128 characters are
+// removed first, then members from the end, as W3C recommends. InvalidArgument for more than
+// 32 members, a member that is not key=value in W3C's grammar, or a key that appears twice
+// (a receiver then ignores the whole tracestate).
+absl::StatusOr<std::string> ParseTraceState(std::string_view header);
 
 // Whether `id` is a W3C trace id: 32 lowercase hex digits, not all zero.
 bool IsW3CTraceId(std::string_view id);
