@@ -135,7 +135,10 @@ absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
   Accepted out{.frame = Frame(), .peer = *peer};
 
   PortableFrame in;
-  in.remaining = remaining.value_or(options.default_timeout);
+  // default_timeout capped in milliseconds first: near its maximum it overflows nanoseconds.
+  in.remaining = remaining.value_or(std::min<std::chrono::milliseconds>(
+      options.default_timeout,
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::duration::max() / 2)));
   if (*in.remaining < Clock::duration::zero()) in.remaining = Clock::duration::zero();
   absl::Status filtered = FilterPairs(options, **peer, metadata, in, out.dropped_pairs);
   if (!filtered.ok()) return filtered;

@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <string>
 #include <string_view>
 
@@ -147,6 +148,11 @@ std::string FormatTraceParent(std::string_view trace_id, std::string_view span_i
 }
 
 bool IsW3CTraceId(std::string_view id) { return id.size() == 32 && IsLowerHex(id) && !AllZero(id); }
+
+bool IsPeerToken(std::string_view token) {
+  if (token.empty() || token.size() > 1024) return false;
+  return std::all_of(token.begin(), token.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
+}
 
 bool IsTraceId(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
