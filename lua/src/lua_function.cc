@@ -129,7 +129,6 @@ absl::Status TopLevelFailure(lua_State* L, CallState& cs, int status) {
   return LuaError(lua_internal::IsFatalObject(L, -1) ? "fatal error" : ToView(L, -1));
 }
 
-
 // Lua runs nested on one thread (a script's host.invoke of a Lua function, directly or through
 // other functions) at most; each level holds a lua_State and its C frames on the thread's stack.
 constexpr int kMaxNestedRuns = 64;
@@ -216,9 +215,9 @@ absl::Status RunOn(lua_State* L, CallState& cs) {
 bool IsIdentifier(std::string_view name) {
   if (name.empty() || name.size() > 64 || (name[0] >= '0' && name[0] <= '9')) return false;
   static constexpr std::string_view kReserved[] = {
-      "and",   "break", "do",  "else", "elseif", "end",    "false", "for",  "function", "goto",
-      "if",    "in",    "local", "nil", "not",   "or",     "repeat", "return", "then", "true",
-      "until", "while"};
+      "and",      "break",  "do",   "else", "elseif", "end",  "false", "for",
+      "function", "goto",   "if",   "in",   "local",  "nil",  "not",   "or",
+      "repeat",   "return", "then", "true", "until",  "while"};
   if (std::find(std::begin(kReserved), std::end(kReserved), name) != std::end(kReserved)) {
     return false;
   }

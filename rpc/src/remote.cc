@@ -53,7 +53,8 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
   }
   // Capped in milliseconds first: a default_timeout near its maximum overflows nanoseconds.
   Clock::duration remaining = std::min<std::chrono::milliseconds>(
-      node.options.default_timeout, std::chrono::duration_cast<std::chrono::milliseconds>(kLongestTimeout));
+      node.options.default_timeout,
+      std::chrono::duration_cast<std::chrono::milliseconds>(kLongestTimeout));
   if (std::optional<Deadline> deadline = frame.deadline()) remaining = *deadline - Clock::now();
   remaining = std::min<Clock::duration>(remaining, kLongestTimeout);
   ctx.set_wait_for_ready(false);

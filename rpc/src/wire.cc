@@ -1,8 +1,8 @@
 #include "framekit/rpc/wire.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <string>
 #include <string_view>
 

@@ -124,13 +124,12 @@ TEST(IsolateAttack, OddHandlerNamesAndPayloads) {
   std::shared_ptr<isolate::WorkerPool> pool = MakePool();
   ASSERT_NE(pool, nullptr);
   const Frame frame = Frame().WithTimeout(20s);
-  for (const std::string& name :
-       {std::string(), std::string(1 << 20, 'h'), std::string("\xff\xfe\0x", 4),
-        std::string("echo\0evil", 9)}) {
+  for (const std::string& name : {std::string(), std::string(1 << 20, 'h'),
+                                  std::string("\xff\xfe\0x", 4), std::string("echo\0evil", 9)}) {
     Result r = CallOnce(*pool, name, frame, "x");
-    EXPECT_THAT(r.status.code(), AnyOf(absl::StatusCode::kNotFound,
-                                       absl::StatusCode::kInvalidArgument,
-                                       absl::StatusCode::kResourceExhausted))
+    EXPECT_THAT(r.status.code(),
+                AnyOf(absl::StatusCode::kNotFound, absl::StatusCode::kInvalidArgument,
+                      absl::StatusCode::kResourceExhausted))
         << name.size() << " bytes: " << r.status;
   }
   EXPECT_EQ(pool->stats().deaths, 0u);
@@ -155,8 +154,7 @@ TEST(IsolateAttack, WireAttacksEndWithAStatus) {
        {std::string(), std::string("\x00\x00\x00\x00", 4), std::string("\xff\xff\xff\x7f", 4),
         std::string(64 << 10, '\xff')}) {
     Result r = CallOnce(*pool, "garbage_wire", Frame().WithTimeout(5s), payload);
-    EXPECT_THAT(r.status, AnyOf(StatusIs(absl::StatusCode::kInternal), IsOk()))
-        << payload.size();
+    EXPECT_THAT(r.status, AnyOf(StatusIs(absl::StatusCode::kInternal), IsOk())) << payload.size();
     EXPECT_LT(r.took, 5s);
   }
   for (const char* handler : {"close_wire", "shutdown_wire", "ignore_stop"}) {

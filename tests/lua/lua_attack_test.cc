@@ -199,10 +199,10 @@ TEST_P(LuaEscape, EndsByTheDeadline) {
     ASSERT_NE(fn, nullptr);
     Outcome o = RunBounded(fn, Frame().WithTimeout(60ms));
     EXPECT_FALSE(o.status.ok()) << GetParam().name << " hook " << hook << ": " << o.out;
-    EXPECT_THAT(o.status.code(), ::testing::AnyOf(absl::StatusCode::kDeadlineExceeded,
-                                                  absl::StatusCode::kResourceExhausted,
-                                                  absl::StatusCode::kPermissionDenied,
-                                                  absl::StatusCode::kInternal))
+    EXPECT_THAT(
+        o.status.code(),
+        ::testing::AnyOf(absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kResourceExhausted,
+                         absl::StatusCode::kPermissionDenied, absl::StatusCode::kInternal))
         << GetParam().name << ": " << o.status;
     EXPECT_LT(o.took, 3s) << GetParam().name << " hook " << hook;
     // Pooled state after a fatal end: the next call of the same function is healthy.
@@ -371,7 +371,8 @@ TEST(LuaAttack, PooledStatesLeakNothingBetweenCalls) {
       seen[#seen + 1] = string.upper('a')
       seen[#seen + 1] = ('a'):upper()
       return table.concat(seen, ',')
-    end)", {.max_idle_states = 1}, host);
+    end)",
+                        {.max_idle_states = 1}, host);
   // getmetatable(string) is false: the proxy hides its metatable.
   const std::string clean = "nil,nil,nil,nil,nil,nil,nil,nil,nil,nil,nil,nil,false,nil,A,A";
   EXPECT_EQ(RunBounded(fn, Frame().WithTimeout(2s), "read").out, clean);
@@ -398,7 +399,8 @@ TEST(LuaAttack, ScriptCannotWriteTheFrameView) {
       r[#r + 1] = tostring(frame['attack.region'])
       r[#r + 1] = type(caller) == 'table' and tostring(frame['framekit.caller'].user_id) or 'none'
       return table.concat(r, ',')
-    end)", {}, host);
+    end)",
+                        {}, host);
   Frame frame = WithCaller(Frame(), {.user_id = "alice"}).With(kRegion, "eu").WithTimeout(2s);
   Outcome o = RunBounded(fn, frame);
   EXPECT_THAT(o.status, IsOk());
@@ -417,7 +419,9 @@ TEST(LuaAttack, SelfInvokeRecursionEndsWithAStatus) {
   auto host = std::make_shared<LuaHost>();
   BindInvoker(*host, executor);
   ASSERT_THAT(executor.Register("self", MustCompile(R"(
-    return function(p) return host.invoke('self', p) end)", {}, host)), IsOk());
+    return function(p) return host.invoke('self', p) end)",
+                                                    {}, host)),
+              IsOk());
   std::atomic<bool> done{false};
   absl::StatusOr<std::string> result;
   std::thread t([&] {
@@ -431,7 +435,8 @@ TEST(LuaAttack, SelfInvokeRecursionEndsWithAStatus) {
   }
   t.join();
   // The innermost level is refused (ResourceExhausted); each outer one turns it into a Lua error.
-  EXPECT_THAT(result.status(), StatusIs(absl::StatusCode::kInternal, HasSubstr("nested more than")));
+  EXPECT_THAT(result.status(),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("nested more than")));
 }
 
 // Tests that the nesting bound fits a small thread stack: 64 levels of script -> host.invoke ->
@@ -440,20 +445,22 @@ TEST(LuaAttack, NestedRunsFitASmallStack) {
   TenantApp app;
   dispatch::FunctionExecutor executor(app.app);
   auto host = std::make_shared<LuaHost>();
-  ASSERT_THAT(host->AddFunction("sp",
-                                [] {
-                                  volatile char here = 0;
-                                  return static_cast<std::int64_t>(
-                                      reinterpret_cast<std::uintptr_t>(&here));
-                                }),
-              IsOk());
+  ASSERT_THAT(
+      host->AddFunction("sp",
+                        [] {
+                          volatile char here = 0;
+                          return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(&here));
+                        }),
+      IsOk());
   BindInvoker(*host, executor);
   ASSERT_THAT(executor.Register("down", MustCompile(R"(
     return function(p)
       local n = tonumber(p)
       if n == 0 then return tostring(host.sp()) end
       return host.invoke('down', tostring(n - 1))
-    end)", {}, host)), IsOk());
+    end)",
+                                                    {}, host)),
+              IsOk());
   absl::StatusOr<std::string> shallow = executor.Invoke(Frame(), "down", "0");
   absl::StatusOr<std::string> deep = executor.Invoke(Frame(), "down", "10");
   ASSERT_THAT(shallow, IsOk());
@@ -484,7 +491,8 @@ TEST(LuaAttack, NestedLuaCallsKeepTheirDeadlines) {
       local ok, err = pcall(host.invoke, 'spin', p)
       if p == 'then_spin' then while true do end end
       return tostring(ok)
-    end)", {.timeout = 5s}, host)),
+    end)",
+                                                     {.timeout = 5s}, host)),
               IsOk());
   auto start = Clock::now();
   absl::StatusOr<std::string> r =
@@ -650,8 +658,7 @@ TEST(LuaAttack, ProcessLimitsAreChecked) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(LuaProcessSpec("p", src, {.max_log_lines = -1}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(LuaProcessSpec("p", src, {.step_timeout = Clock::duration::max()}).status(),
-              IsOk());
+  EXPECT_THAT(LuaProcessSpec("p", src, {.step_timeout = Clock::duration::max()}).status(), IsOk());
 }
 
 }  // namespace

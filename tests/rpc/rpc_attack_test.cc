@@ -63,12 +63,10 @@ int OpenFds() {
 TEST(RpcAttack, NonsenseOptionsAreRefused) {
   TestNode node;
   ASSERT_THAT(node.start_status, IsOk());
-  for (ServerOptions bad : {ServerOptions{.default_timeout = 0ms},
-                            ServerOptions{.default_timeout = -1ms},
-                            ServerOptions{.max_concurrent_calls = 0},
-                            ServerOptions{.max_concurrent_calls = -3},
-                            ServerOptions{.max_message_bytes = 0},
-                            ServerOptions{.max_message_bytes = -1}}) {
+  for (ServerOptions bad :
+       {ServerOptions{.default_timeout = 0ms}, ServerOptions{.default_timeout = -1ms},
+        ServerOptions{.max_concurrent_calls = 0}, ServerOptions{.max_concurrent_calls = -3},
+        ServerOptions{.max_message_bytes = 0}, ServerOptions{.max_message_bytes = -1}}) {
     EXPECT_THAT(Server::Start(*node.executor, bad).status(),
                 StatusIs(absl::StatusCode::kInvalidArgument));
   }
@@ -138,12 +136,12 @@ TEST(RpcAttack, OddFunctionNamesAndPayloads) {
 // or an abort in gRPC.
 TEST(RpcAttack, TokensThatCannotBeHeadersFailCleanly) {
   ServerOptions options;
-  options.trusted.push_back({.token = kToken, .policy = {.name = "a", .accepted_keys = {}, .identity = true}});
+  options.trusted.push_back(
+      {.token = kToken, .policy = {.name = "a", .accepted_keys = {}, .identity = true}});
   TestNode node(options);
   ASSERT_THAT(node.start_status, IsOk());
-  for (const std::string& token :
-       {std::string("line\nbreak"), std::string("\xff\xfe"), std::string("nul\0x", 5),
-        std::string(1 << 20, 't')}) {
+  for (const std::string& token : {std::string("line\nbreak"), std::string("\xff\xfe"),
+                                   std::string("nul\0x", 5), std::string(1 << 20, 't')}) {
     // A token with a line break used to abort the process inside gRPC at the first call.
     EXPECT_THAT(
         RemoteNode::Connect({.target = node.target(), .portable = Portable(), .peer_token = token})
@@ -173,9 +171,8 @@ TEST(RpcAttack, AcceptedKeysCannotGrantIdentity) {
   TestNode node(options);
   ASSERT_THAT(node.start_status, IsOk());
   Frame claim = WithCaller(Frame(), {.user_id = "root"}).WithTimeout(5s);
-  EXPECT_THAT(
-      Call(*MustConnect({.target = node.target(), .peer_token = kToken}), "whoami", claim),
-      StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(Call(*MustConnect({.target = node.target(), .peer_token = kToken}), "whoami", claim),
+              StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(Call(*MustConnect({.target = node.target()}), "whoami", claim),
               StatusIs(absl::StatusCode::kPermissionDenied));
 }

@@ -6,14 +6,14 @@
 // disarms it when it ends: a timer left armed would interrupt the application's own blocking
 // calls on that thread later (EINTR). A signal that comes before the current call's deadline
 // (armed for an earlier call) re-arms the timer for it. A call on a thread that blocks SIGURG,
-// or after someone replaced our handler, cannot be signalled: it runs under a count hook instead. The handler, running on that thread,
-// installs a count hook on the Lua thread running there (the lua.c interrupt pattern: lua_sethook
-// is safe to call from a signal handler), and the hook ends the call. Cancellation sends the same
-// signal with pthread_sigqueue from the stop callback. Past the deadline the handler re-arms the
-// timer one millisecond ahead, a safety net for a signal that lands at an unlucky moment. Our
-// signals carry a marker value; any other SIGURG goes to the handler installed before ours. A host
-// function running when the signal lands may see EINTR from a call SA_RESTART does not restart
-// (poll, sleeps): it is past its deadline then.
+// or after someone replaced our handler, cannot be signalled: it runs under a count hook instead.
+// The handler, running on that thread, installs a count hook on the Lua thread running there (the
+// lua.c interrupt pattern: lua_sethook is safe to call from a signal handler), and the hook ends
+// the call. Cancellation sends the same signal with pthread_sigqueue from the stop callback. Past
+// the deadline the handler re-arms the timer one millisecond ahead, a safety net for a signal that
+// lands at an unlucky moment. Our signals carry a marker value; any other SIGURG goes to the
+// handler installed before ours. A host function running when the signal lands may see EINTR from a
+// call SA_RESTART does not restart (poll, sleeps): it is past its deadline then.
 #ifndef FRAMEKIT_LUA_INTERNAL_PREEMPT_H_
 #define FRAMEKIT_LUA_INTERNAL_PREEMPT_H_
 
