@@ -542,7 +542,7 @@ absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::SpawnExecutable(
                                                "\": ", strerror(rc != 0 ? rc : EMFILE)));
   }
   worker->pid = pid;
-  absl::Status hello = AwaitHello(*worker, Clock::now() + options.startup_timeout);
+  absl::Status hello = AwaitHello(*worker, DeadlineAfter(Clock::now(), options.startup_timeout));
   if (!hello.ok()) {
     kill(pid, SIGKILL);
     const int status = Reap(pid, std::chrono::milliseconds(0));
@@ -698,9 +698,10 @@ void WorkerPool::State::NoteDeath(const std::string& handler) {
   ++b.consecutive;
   if (b.consecutive >= 2 && options.respawn_backoff_min.count() > 0) {
     const int doublings = std::min(b.consecutive - 2, 16);
-    const auto delay = std::min<std::chrono::milliseconds>(
-        options.respawn_backoff_max, options.respawn_backoff_min * (1 << doublings));
-    b.not_before = Clock::now() + delay;
+    const auto delay = options.respawn_backoff_min > options.respawn_backoff_max / (1 << doublings)
+                           ? options.respawn_backoff_max
+                           : options.respawn_backoff_min * (1 << doublings);
+    b.not_before = DeadlineAfter(Clock::now(), delay);
   }
 }
 
@@ -751,7 +752,7 @@ void Exchange::Run() {
                         ? absl::DeadlineExceededError("isolate: deadline exceeded; worker stopped")
                         : absl::CancelledError("isolate: call cancelled; worker stopped");
       cancel_sent = true;
-      kill_at = now + state.options.cancel_grace;
+      kill_at = DeadlineAfter(now, state.options.cancel_grace);
       (void)isolate_internal::SendAll(worker.sock, isolate_internal::EncodeCancel());
     }
     if (cancel_sent && now >= kill_at) {

@@ -9,6 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "framekit/lua/internal/preempt.h"
 #include "framekit/lua/internal/sandbox.h"
@@ -139,6 +140,18 @@ absl::Status TopLevelFailure(lua_State* L, CallState& cs, int status) {
   return LuaError(lua_internal::IsFatalObject(L, -1) ? "fatal error" : ToView(L, -1));
 }
 
+// Lua runs nested on one thread (a script's host.invoke of a Lua function, directly or through
+// other functions) at most; each level holds a lua_State and its C frames on the thread's stack.
+constexpr int kMaxNestedRuns = 64;
+thread_local int tls_nested_runs = 0;
+
+struct NestedRun {
+  NestedRun() { ++tls_nested_runs; }
+  ~NestedRun() { --tls_nested_runs; }
+  NestedRun(const NestedRun&) = delete;
+  NestedRun& operator=(const NestedRun&) = delete;
+};
+
 }  // namespace
 
 // A state with the sandbox built, kept between calls of one function. Between calls its
@@ -208,8 +221,17 @@ absl::Status RunOn(lua_State* L, CallState& cs) {
   return result;
 }
 
+// A name usable as host.NAME: Lua's identifier grammar, reserved words excluded (host.and is a
+// syntax error).
 bool IsIdentifier(std::string_view name) {
   if (name.empty() || name.size() > 64 || (name[0] >= '0' && name[0] <= '9')) return false;
+  static constexpr std::string_view kReserved[] = {
+      "and",      "break",  "do",   "else", "elseif", "end",  "false", "for",
+      "function", "goto",   "if",   "in",   "local",  "nil",  "not",   "or",
+      "repeat",   "return", "then", "true", "until",  "while"};
+  if (std::find(std::begin(kReserved), std::end(kReserved), name) != std::end(kReserved)) {
+    return false;
+  }
   return std::all_of(name.begin(), name.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
   });
@@ -247,7 +269,8 @@ void LuaHost::set_invoker(LuaInvoker invoker) { invoker_ = std::move(invoker); }
 absl::Status LuaHost::AddEntry(std::string name, lua_internal::HostFunctionEntry entry) {
   if (!IsIdentifier(name)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("host function name \"", name, "\" is not a Lua identifier"));
+        absl::StrCat("host function name \"", absl::CHexEscape(name.substr(0, 64)),
+                     name.size() > 64 ? "...\"" : "\"", " is not a Lua identifier"));
   }
   if (name == "write" || name == "log" || name == "remaining" || name == "invoke" ||
       functions_.contains(name)) {
@@ -333,7 +356,7 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
                               dispatch::RunStats& stats) {
   CallState cs;
   cs.memory_limit = limits_.memory_bytes;
-  cs.deadline = Clock::now() + limits_.timeout;
+  cs.deadline = DeadlineAfter(Clock::now(), limits_.timeout);
   if (const std::optional<Deadline> deadline = frame.deadline()) {
     cs.deadline = std::min(cs.deadline, *deadline);
   }
@@ -351,6 +374,14 @@ absl::Status LuaFunction::Run(const Frame& frame, std::string_view payload, disp
   cs.bytecode = &bytecode_;
   if (Clock::now() >= cs.deadline) return absl::DeadlineExceededError("lua: deadline exceeded");
   if (cs.stop.stop_requested()) return absl::CancelledError("lua: call cancelled");
+  // A script that invokes itself (host.invoke) nests a new state and new C frames on this
+  // thread per level, past what Lua's own C-stack limit counts: bound the depth here, before
+  // the thread's stack runs out.
+  if (tls_nested_runs >= kMaxNestedRuns) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("lua: calls nested more than ", kMaxNestedRuns, " deep on one thread"));
+  }
+  const NestedRun nested;
 
   std::unique_ptr<Sandbox> sandbox = TakeSandbox();
   if (sandbox == nullptr) {

@@ -133,7 +133,7 @@ class ProcessState {
                     std::string* result) {
     cs_.fatal = absl::OkStatus();
     cs_.pending_refusal = false;
-    cs_.deadline = Clock::now() + step_timeout_;
+    cs_.deadline = DeadlineAfter(Clock::now(), step_timeout_);
     if (const std::optional<Deadline> deadline = ctx.frame().deadline()) {
       cs_.deadline = std::min(cs_.deadline, *deadline);
     }

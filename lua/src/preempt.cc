@@ -160,8 +160,35 @@ void SetRunning(lua_State* L) {
 
 lua_State* Running() { return tls_call.running.load(std::memory_order_relaxed); }
 
+namespace {
+
+// Whether our signal can reach this thread now: the thread does not block it (threads of
+// runtimes that take signals on one dedicated thread block it) and our handler is still the
+// installed one (an application or a runtime loaded later may have replaced it). Two system
+// calls that change nothing; when either answer is no, the call falls back to a count hook.
+bool SignalReachesThisThread() {
+  sigset_t mask;
+  if (pthread_sigmask(SIG_BLOCK, nullptr, &mask) != 0 || sigismember(&mask, kSignal) == 1) {
+    return false;
+  }
+  struct sigaction current = {};
+  if (sigaction(kSignal, nullptr, &current) != 0 || (current.sa_flags & SA_SIGINFO) == 0 ||
+      current.sa_sigaction != OnSignal) {
+    static std::once_flag warned;
+    std::call_once(warned, [] {
+      std::fprintf(stderr,
+                   "framekit lua: the SIGURG handler was replaced; Lua calls fall back to a "
+                   "count hook\n");
+    });
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 Watch::Watch(CallState& cs, lua_State* L, Deadline deadline) : thread_(pthread_self()) {
-  armed_ = EnsureTimer();
+  armed_ = EnsureTimer() && SignalReachesThisThread();
   if (!armed_) return;
   ThreadCall& t = tls_call;
   // A call nested in another on this thread (a script's host.invoke of a Lua function) hides
@@ -176,8 +203,8 @@ Watch::Watch(CallState& cs, lua_State* L, Deadline deadline) : thread_(pthread_s
   t.deadline.store(due, std::memory_order_relaxed);
   t.call.store(&cs, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  // The timer is left armed when a call ends: a later call whose deadline is no earlier than
-  // it makes no system call at all (an early signal re-arms it, see OnOurSignal).
+  // Within nested calls the timer stays armed for the earliest deadline (an early signal
+  // re-arms it, see OnOurSignal); the outermost call disarms it when it ends.
   EnsureArmedBy(t, due);
 }
 
@@ -190,7 +217,14 @@ Watch::~Watch() {
   t.deadline.store(previous_deadline_, std::memory_order_relaxed);
   t.call.store(previous_call_, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  if (previous_call_ != nullptr) EnsureArmedBy(t, previous_deadline_);
+  if (previous_call_ != nullptr) {
+    EnsureArmedBy(t, previous_deadline_);
+  } else if (t.armed.load(std::memory_order_relaxed) != 0) {
+    // Disarmed when the outermost call ends: a timer left armed would signal the thread later,
+    // in the application's own code, where a blocking call (nanosleep, poll, epoll_wait, a read
+    // with a timeout) then fails with EINTR whatever SA_RESTART says.
+    ArmAt(t, 0);
+  }
 }
 
 void Watch::Interrupt() const {

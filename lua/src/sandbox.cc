@@ -400,7 +400,13 @@ int HostInvoke(lua_State* L) {
   absl::StatusOr<std::string> result = guarded();
   CheckPoint(L);
   if (!result.ok()) {
-    lua_pushstring(L, result.status().ToString().c_str());
+    // Code and message only: Status::ToString would add the payloads, which for a nested Lua
+    // error hold its whole text again (a chain of invokes doubles the text at every level) and
+    // for a worker's fault its stack, with host addresses no script may see.
+    const absl::Status& status = result.status();
+    const std::string text =
+        absl::StrCat(absl::StatusCodeToString(status.code()), ": ", status.message());
+    lua_pushlstring(L, text.data(), text.size());
     return lua_error(L);
   }
   lua_pushlstring(L, result->data(), result->size());

@@ -164,7 +164,10 @@ absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
   if (!peer.ok()) return peer.status();
   Accepted out{.frame = Frame(), .peer = *peer};
 
-  Clock::duration remaining_time = remaining.value_or(options.default_timeout);
+  // default_timeout capped in milliseconds first: near its maximum it overflows nanoseconds.
+  Clock::duration remaining_time = remaining.value_or(std::min<std::chrono::milliseconds>(
+      options.default_timeout,
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::duration::max() / 2)));
   if (remaining_time < Clock::duration::zero()) remaining_time = Clock::duration::zero();
   rpc::WirePairViews pairs;
   absl::Status filtered = FilterPairs(options, **peer, metadata, pairs, out.dropped_pairs);

@@ -12,6 +12,7 @@
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "framekit/base/internal/name.h"
 #include "framekit/dispatch/function_executor.h"
 #include "framekit/rpc/wire.h"
 #include "framekit_rpc.grpc.pb.h"
@@ -52,7 +53,10 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
     }
     return absl::CancelledError("the call was cancelled before the remote call");
   }
-  Clock::duration remaining = node.options.default_timeout;
+  // Capped in milliseconds first: a default_timeout near its maximum overflows nanoseconds.
+  Clock::duration remaining = std::min<std::chrono::milliseconds>(
+      node.options.default_timeout,
+      std::chrono::duration_cast<std::chrono::milliseconds>(kLongestTimeout));
   if (std::optional<Deadline> deadline = frame.deadline()) remaining = *deadline - Clock::now();
   remaining = std::min<Clock::duration>(remaining, kLongestTimeout);
   ctx.set_wait_for_ready(false);
@@ -119,6 +123,11 @@ class RemoteCode final : public dispatch::Code {
 
   absl::Status Run(const Frame& frame, std::string_view payload, dispatch::Sink& out,
                    dispatch::RunStats& stats) override {
+    // A name no executor can serve never leaves: a non-UTF-8 one would not even parse there
+    // (the request's function is a proto3 string).
+    if (!base_internal::IsValidName(function_)) {
+      return absl::InvalidArgumentError(base_internal::InvalidNameMessage("function", function_));
+    }
     grpc::ClientContext ctx;
     if (absl::Status s = PrepareContext(*node_, frame, ctx); !s.ok()) return s;
     v1::InvokeRequest request;
@@ -166,6 +175,10 @@ absl::Status CheckOptions(const RemoteOptions& options) {
   }
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("max_message_bytes must be > 0");
+  }
+  if (!options.peer_token.empty() && !IsPeerToken(options.peer_token)) {
+    return absl::InvalidArgumentError(
+        "peer_token must be at most 1024 printable ASCII characters (a gRPC header value)");
   }
   return absl::OkStatus();
 }

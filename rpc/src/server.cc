@@ -394,6 +394,11 @@ absl::Status CheckOptions(const ServerOptions& options) {
       return absl::InvalidArgumentError(
           absl::StrCat("trusted peer \"", peer.policy.name, "\" has an empty token"));
     }
+    if (!IsPeerToken(peer.token)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "trusted peer \"", peer.policy.name,
+          "\" has a token that is not 1-1024 printable ASCII characters (a gRPC header value)"));
+    }
     if (!tokens.insert(peer.token).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("trusted peer \"", peer.policy.name, "\" repeats another's token"));

@@ -283,6 +283,11 @@ absl::StatusOr<std::string> ParseTraceState(std::string_view header) {
 
 bool IsW3CTraceId(std::string_view id) { return id.size() == 32 && IsLowerHex(id) && !AllZero(id); }
 
+bool IsPeerToken(std::string_view token) {
+  if (token.empty() || token.size() > 1024) return false;
+  return std::all_of(token.begin(), token.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
+}
+
 bool IsTraceId(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
   for (char c : id) {

@@ -63,7 +63,11 @@
 //               signal handler installs a one-instruction count hook on the Lua thread running
 //               there, which ends the call (coroutine switches are tracked for this). With
 //               LuaLimits::hook_instructions = N > 0, or in a ThreadSanitizer build, a count
-//               hook every N (1000) instructions checks the deadline and stop token instead.
+//               hook every N (1000) instructions checks the deadline and stop token instead;
+//               so does a call on a thread that blocks SIGURG, or one made after someone else
+//               replaced framekit's SIGURG handler (framekit chains to the handler it found, but
+//               cannot see one installed later: it says so once on stderr). The timer is
+//               disarmed when the call ends, so no signal reaches the application's own code.
 //               The allocator and the pattern matcher check too (string.find/match/gmatch/gsub are
 //               Lua 5.4.4's, counting their work, since a backtracking pattern runs no VM
 //               instruction). Past the deadline the call ends with DeadlineExceeded, after
@@ -77,8 +81,13 @@
 //   output      host.write and the returned string together: max_output_bytes
 //               (ResourceExhausted).
 //   log lines   max_log_lines per call; further lines are dropped.
+//   nesting     at most 64 Lua calls nested on one thread (a script's host.invoke of a Lua
+//               function, directly or through others): the next is ResourceExhausted, which the
+//               invoking script sees as a Lua error. A failed host.invoke's Lua error is the
+//               nested status's code and message, without its payloads.
 //
-// Status codes of Run: OK; DeadlineExceeded; Cancelled; ResourceExhausted (memory, output);
+// Status codes of Run: OK; DeadlineExceeded; Cancelled; ResourceExhausted (memory, output,
+// nesting);
 // PermissionDenied (a denied capability); the Sink's own status when a write fails; Internal
 // for a Lua error (error(), a runtime error, an error a host function returned, the handler
 // returning a non-string), carrying the message and a traceback with chunkname:line as a
@@ -330,7 +339,8 @@ class LuaHost {
   // arguments gets a Lua error naming the argument; a non-OK status becomes a Lua error with
   // its message; a throw is a fault of this host function (reported to the monitor) and
   // becomes a Lua error carrying the ExtensionPanic message `host function "NAME": ...`.
-  // Returns InvalidArgument for a name that is not a Lua identifier, AlreadyExists for a name
+  // Returns InvalidArgument for a name that is not a Lua identifier (at most 64 characters, no
+  // reserved word), AlreadyExists for a name
   // taken (the built-ins write, log, remaining and invoke included).
   // NOTE: `fn` is called concurrently by concurrent calls; it must be thread-safe and must not
   // block past the call's deadline (it runs on the script's thread: the deadline is checked

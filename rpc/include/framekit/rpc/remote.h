@@ -68,7 +68,8 @@ enum class CallMode {
 class RemoteNode {
  public:
   // A node for `options.target`. No I/O happens here: the channel connects on first use.
-  // InvalidArgument for an empty target or a non-positive timeout or limit.
+  // InvalidArgument for an empty target, a non-positive timeout or limit, or a peer_token that
+  // is not a header value (IsPeerToken, wire.h).
   static absl::StatusOr<std::shared_ptr<RemoteNode>> Connect(RemoteOptions options);
   ~RemoteNode();
   RemoteNode(const RemoteNode&) = delete;
@@ -80,7 +81,8 @@ class RemoteNode {
   // Run fails with the remote status (code, message and payloads, an ExtensionPanic
   // included), DeadlineExceeded at the deadline, Cancelled when the frame was cancelled,
   // Unavailable when the peer cannot be reached, ResourceExhausted when the frame's pairs
-  // exceed max_frame_header_bytes, or the Sink's status when a Write failed.
+  // exceed max_frame_header_bytes, InvalidArgument (before sending) for a `function` that is
+  // not a function name (1-128 of [A-Za-z0-9_.-]), or the Sink's status when a Write failed.
   std::shared_ptr<dispatch::Code> Function(std::string function, CallMode mode = CallMode::kUnary);
 
   // The functions the peer serves, sorted; `frame` gives the deadline and cancellation.

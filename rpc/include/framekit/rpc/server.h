@@ -105,10 +105,10 @@ struct ServerCounters {
 // NOTE: the executor must outlive the server; destroy the server first.
 class Server {
  public:
-  // Starts serving `executor`. InvalidArgument for an empty or duplicate trusted token, an
-  // anonymous policy that allows identity, default_timeout <= 0, max_inline_calls < 0,
-  // max_concurrent_calls <= 0 or max_message_bytes <= 0; Unavailable when the address cannot
-  // be bound.
+  // Starts serving `executor`. InvalidArgument for an empty, duplicate or malformed (not
+  // IsPeerToken, wire.h) trusted token, an anonymous policy that allows identity,
+  // default_timeout <= 0, max_inline_calls < 0, max_concurrent_calls <= 0 or
+  // max_message_bytes <= 0; Unavailable when the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Start(dispatch::FunctionExecutor& executor,
                                                        ServerOptions options);
   ~Server();

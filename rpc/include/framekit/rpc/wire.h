@@ -108,6 +108,10 @@ bool IsW3CTraceId(std::string_view id);
 // "framekit-trace-id".
 bool IsTraceId(std::string_view id);
 
+// Whether `token` can be a "framekit-peer-token": 1-1024 printable ASCII characters (0x20-0x7E),
+// what gRPC allows in a text header value. gRPC aborts the process on any other value.
+bool IsPeerToken(std::string_view token);
+
 // A status as it travels: gRPC's code, message and "grpc-status-details-bin" value.
 struct WireStatus {
   int code = 0;

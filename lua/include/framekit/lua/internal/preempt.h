@@ -2,16 +2,18 @@
 // through its trace path (about 2x on a CPU-bound script, whatever the count), so by default a
 // call runs with no hook at all. Each OS thread that runs calls owns a POSIX timer that signals
 // that thread only (SIGEV_THREAD_ID, SIGURG). A call arms it for its deadline unless it is
-// armed already for no later a time; it is never disarmed, so a run of calls with similar
-// deadlines makes almost no system call. A signal that comes before the current call's deadline
-// (armed for an earlier call) re-arms the timer for it. The handler, running on that thread,
-// installs a count hook on the Lua thread running there (the lua.c interrupt pattern: lua_sethook
-// is safe to call from a signal handler), and the hook ends the call. Cancellation sends the same
-// signal with pthread_sigqueue from the stop callback. Past the deadline the handler re-arms the
-// timer one millisecond ahead, a safety net for a signal that lands at an unlucky moment. Our
-// signals carry a marker value; any other SIGURG goes to the handler installed before ours. A host
-// function running when the signal lands may see EINTR from a call SA_RESTART does not restart
-// (poll, sleeps): it is past its deadline then.
+// armed already for no later a time (an outer call on the thread), and the outermost call
+// disarms it when it ends: a timer left armed would interrupt the application's own blocking
+// calls on that thread later (EINTR). A signal that comes before the current call's deadline
+// (armed for an earlier call) re-arms the timer for it. A call on a thread that blocks SIGURG,
+// or after someone replaced our handler, cannot be signalled: it runs under a count hook instead.
+// The handler, running on that thread, installs a count hook on the Lua thread running there (the
+// lua.c interrupt pattern: lua_sethook is safe to call from a signal handler), and the hook ends
+// the call. Cancellation sends the same signal with pthread_sigqueue from the stop callback. Past
+// the deadline the handler re-arms the timer one millisecond ahead, a safety net for a signal that
+// lands at an unlucky moment. Our signals carry a marker value; any other SIGURG goes to the
+// handler installed before ours. A host function running when the signal lands may see EINTR from a
+// call SA_RESTART does not restart (poll, sleeps): it is past its deadline then.
 #ifndef FRAMEKIT_LUA_INTERNAL_PREEMPT_H_
 #define FRAMEKIT_LUA_INTERNAL_PREEMPT_H_
 

@@ -1,0 +1,317 @@
+// Hostile and careless uses of isolate/: pool options at their edges, deadlines already past or
+// infinite, odd handler names and payloads, workers that attack the wire or ignore the stop
+// request, shutdown while calls run, and many calls while workers crash.
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "framekit/ctx/caller.h"
+#include "framekit/isolate/pool.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/isolate/isolate_test_util.h"
+#include "tests/support/status_matchers.h"
+
+namespace framekit::isolate_test {
+namespace {
+
+using ::framekit::testing::IsOk;
+using ::framekit::testing::StatusIs;
+using ::testing::AnyOf;
+using namespace std::chrono_literals;
+
+isolate::WorkerPoolOptions AttackOptions() {
+  isolate::WorkerPoolOptions options = TestOptions();
+  options.executable = FRAMEKIT_ISOLATE_ATTACK_WORKER;
+  return options;
+}
+
+struct Result {
+  absl::Status status;
+  std::string out;
+  Clock::duration took{};
+};
+
+Result CallOnce(isolate::WorkerPool& pool, std::string_view handler, const Frame& frame,
+                std::string_view payload = "") {
+  StringSink sink;
+  const auto start = Clock::now();
+  absl::Status status = pool.Call(handler, frame, payload, sink);
+  return {std::move(status), std::move(sink.out), Clock::now() - start};
+}
+
+TEST(IsolateAttack, NonsenseOptionsAreRefused) {
+  auto refused = [](auto mutate) {
+    isolate::WorkerPoolOptions options = TestOptions();
+    mutate(options);
+    return isolate::WorkerPool::Create(std::move(options)).status();
+  };
+  using O = isolate::WorkerPoolOptions;
+  EXPECT_THAT(refused([](O& o) { o.executable.clear(); }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.max_workers = 0; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.max_workers = -1; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.spare_workers = -1; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.spare_workers = o.max_workers + 1; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.cancel_grace = -1ms; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.acquire_timeout = -1ms; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.startup_timeout = 0ms; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.startup_timeout = -1ms; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.respawn_backoff_min = -1ms; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) {
+                o.respawn_backoff_min = 10s;
+                o.respawn_backoff_max = 1s;
+              }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(refused([](O& o) { o.max_message_bytes = 0; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// Tests that the largest durations in the options do not overflow into deadlines that passed:
+// a call without a deadline still gets a worker, and one that cannot get a worker still ends.
+TEST(IsolateAttack, HugeDurationsDoNotOverflow) {
+  isolate::WorkerPoolOptions options = TestOptions();
+  options.acquire_timeout = std::chrono::milliseconds::max();
+  options.startup_timeout = std::chrono::milliseconds::max();
+  options.cancel_grace = std::chrono::milliseconds::max() / 2;
+  options.respawn_backoff_max = std::chrono::milliseconds::max();
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(options);
+  ASSERT_NE(pool, nullptr);
+  Result r = CallOnce(*pool, "echo", Frame(), "x");
+  EXPECT_THAT(r.status, IsOk());
+  EXPECT_EQ(r.out, "x");
+  r = CallOnce(*pool, "echo", Frame().WithDeadline(Deadline::max()), "y");
+  EXPECT_THAT(r.status, IsOk());
+  // A deadline far in the future with a grace that is huge: the call ends when the handler does.
+  r = CallOnce(*pool, "echo", Frame().WithTimeout(std::chrono::hours(24 * 365 * 100)), "z");
+  EXPECT_THAT(r.status, IsOk());
+}
+
+TEST(IsolateAttack, PastDeadlineAndCancelledParentEndAtOnce) {
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool();
+  ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(WaitForSpares(*pool, 1));
+  EXPECT_THAT(CallOnce(*pool, "echo", Frame().WithTimeout(-1s)).status,
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(CallOnce(*pool, "echo", Frame().WithDeadline(Deadline::min())).status,
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  auto [frame, canceller] = Frame().WithCancel();
+  canceller.Cancel();
+  Result r = CallOnce(*pool, "spin", frame);
+  EXPECT_THAT(r.status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_LT(r.took, 2s);
+  EXPECT_EQ(pool->stats().deaths, 0u);
+}
+
+TEST(IsolateAttack, OddHandlerNamesAndPayloads) {
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool();
+  ASSERT_NE(pool, nullptr);
+  const Frame frame = Frame().WithTimeout(20s);
+  for (const std::string& name : {std::string(), std::string(1 << 20, 'h'),
+                                  std::string("\xff\xfe\0x", 4), std::string("echo\0evil", 9)}) {
+    Result r = CallOnce(*pool, name, frame, "x");
+    EXPECT_THAT(r.status.code(),
+                AnyOf(absl::StatusCode::kNotFound, absl::StatusCode::kInvalidArgument,
+                      absl::StatusCode::kResourceExhausted))
+        << name.size() << " bytes: " << r.status;
+  }
+  EXPECT_EQ(pool->stats().deaths, 0u);
+  const std::string binary("\0\xff\xfe\x80", 4);
+  Result r = CallOnce(*pool, "echo", frame, binary);
+  EXPECT_THAT(r.status, IsOk());
+  EXPECT_EQ(r.out, binary);
+  EXPECT_THAT(CallOnce(*pool, "echo", frame, std::string(9 << 20, 'p')).status,
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(CallOnce(*pool, "echo", frame, "after").status, IsOk());
+  EXPECT_EQ(isolate::IsolatedCode(pool, ""), nullptr);
+  EXPECT_EQ(isolate::IsolatedCode(nullptr, "echo"), nullptr);
+}
+
+// Tests that a worker sending garbage, closing or half-closing its wire, or ignoring the stop
+// request ends its call with a status by the deadline (plus grace), and the pool goes on.
+TEST(IsolateAttack, WireAttacksEndWithAStatus) {
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(AttackOptions());
+  ASSERT_NE(pool, nullptr);
+  ASSERT_TRUE(WaitForSpares(*pool, 2));
+  for (const std::string& payload :
+       {std::string(), std::string("\x00\x00\x00\x00", 4), std::string("\xff\xff\xff\x7f", 4),
+        std::string(64 << 10, '\xff')}) {
+    Result r = CallOnce(*pool, "garbage_wire", Frame().WithTimeout(5s), payload);
+    EXPECT_THAT(r.status, AnyOf(StatusIs(absl::StatusCode::kInternal), IsOk())) << payload.size();
+    EXPECT_LT(r.took, 5s);
+  }
+  for (const char* handler : {"close_wire", "shutdown_wire", "ignore_stop"}) {
+    Result r = CallOnce(*pool, handler, Frame().WithTimeout(300ms));
+    EXPECT_FALSE(r.status.ok()) << handler;
+    EXPECT_LT(r.took, 3s) << handler << ": " << r.status;
+  }
+  Result r = CallOnce(*pool, "echo", Frame().WithTimeout(20s), "ok");
+  EXPECT_THAT(r.status, IsOk());
+  EXPECT_EQ(r.out, "ok");
+  EXPECT_EQ(Zombies(), 0);
+}
+
+// Tests that a grandchild holding the wire open (seccomp off) does not hold the call or the
+// pool's shutdown past their bounds.
+TEST(IsolateAttack, GrandchildHoldingTheWireDoesNotHang) {
+  isolate::WorkerPoolOptions options = AttackOptions();
+  options.limits.seccomp = false;
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(options);
+  ASSERT_NE(pool, nullptr);
+  std::vector<int> grandchildren;
+  Result r = CallOnce(*pool, "grandchild_then_exit", Frame().WithTimeout(1s));
+  EXPECT_FALSE(r.status.ok());
+  EXPECT_LT(r.took, 3s) << r.status;
+  int first = 0;
+  if (absl::SimpleAtoi(r.out, &first)) grandchildren.push_back(first);
+  r = CallOnce(*pool, "grandchild_then_return", Frame().WithTimeout(1s));
+  EXPECT_THAT(r.status, IsOk());
+  EXPECT_LT(r.took, 3s);
+  int pid = 0;
+  if (absl::SimpleAtoi(r.out, &pid)) grandchildren.push_back(pid);
+  EXPECT_THAT(CallOnce(*pool, "echo", Frame().WithTimeout(5s), "x").status, IsOk());
+  const auto start = Clock::now();
+  pool->Shutdown();
+  EXPECT_LT(Clock::now() - start, 5s);
+  for (int g : grandchildren) kill(g, SIGKILL);
+}
+
+// Tests that a grandchild a worker forked (possible only with seccomp off) does not outlive the
+// pool. It does today: the grandchild calls setsid(), so killing the worker (or its process
+// group) misses it, and it holds the worker's copies of the host's stdout and stderr open.
+// Fixing it needs the pool to own its workers' descendants (a PID namespace, a cgroup, or the
+// host as a child subreaper that kills what it inherits): a larger change in pool.cc.
+TEST(IsolateAttack, DISABLED_GrandchildrenDoNotOutliveThePool) {
+  isolate::WorkerPoolOptions options = AttackOptions();
+  options.limits.seccomp = false;
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(options);
+  ASSERT_NE(pool, nullptr);
+  Result r = CallOnce(*pool, "grandchild_then_return", Frame().WithTimeout(5s));
+  ASSERT_THAT(r.status, IsOk());
+  int grandchild = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(r.out, &grandchild));
+  pool->Shutdown();
+  pool.reset();
+  std::this_thread::sleep_for(200ms);
+  const bool alive = kill(grandchild, 0) == 0;
+  if (alive) kill(grandchild, SIGKILL);
+  EXPECT_FALSE(alive) << "grandchild " << grandchild << " outlived the pool";
+}
+
+// Tests that Shutdown with calls in flight ends them with a status and a later call is refused;
+// the pool held only by its Code outlives the caller's reference.
+TEST(IsolateAttack, ShutdownWhileCallsRun) {
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(AttackOptions());
+  ASSERT_NE(pool, nullptr);
+  std::vector<std::thread> threads;
+  std::atomic<int> ended{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] {
+      Result r = CallOnce(*pool, "ignore_stop", Frame().WithTimeout(30s));
+      EXPECT_FALSE(r.status.ok());
+      ended.fetch_add(1);
+    });
+  }
+  for (int i = 0; i < 500 && pool->stats().calls < 4; ++i) std::this_thread::sleep_for(10ms);
+  const auto start = Clock::now();
+  pool->Shutdown();
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ended.load(), 4);
+  EXPECT_LT(Clock::now() - start, 5s);
+  EXPECT_THAT(CallOnce(*pool, "echo", Frame().WithTimeout(2s)).status,
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(WaitForChildren(0), 0u);
+}
+
+TEST(IsolateAttack, ExecutableThatIsNoWorkerFailsInBoundedTime) {
+  isolate::WorkerPoolOptions missing = TestOptions();
+  missing.executable = "/nonexistent/worker";
+  EXPECT_THAT(isolate::WorkerPool::Create(missing).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  for (const char* exe : {"/bin/true", "/bin/false"}) {
+    isolate::WorkerPoolOptions options = TestOptions();
+    options.executable = exe;
+    options.startup_timeout = 500ms;
+    std::shared_ptr<isolate::WorkerPool> pool = MakePool(options);
+    ASSERT_NE(pool, nullptr);
+    Result r = CallOnce(*pool, "echo", Frame().WithTimeout(3s));
+    EXPECT_FALSE(r.status.ok()) << exe;
+    EXPECT_LT(r.took, 4s) << exe;
+  }
+}
+
+// Tests that many threads calling while workers crash all get a status of their own call.
+TEST(IsolateAttack, ConcurrentCallsWhileWorkersCrash) {
+  isolate::WorkerPoolOptions options = AttackOptions();
+  // Worker start-up under the sanitizers on a loaded machine takes seconds: waiting for a
+  // worker is not what this test is about.
+  options.acquire_timeout = std::chrono::seconds(120);
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(options);
+  ASSERT_NE(pool, nullptr);
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 8; ++i) {
+        const bool crash = (i + t) % 2 == 0;
+        const std::string payload = "p" + std::to_string(t * 100 + i);
+        Result r = CallOnce(*pool, crash ? "segv" : "echo", Frame().WithTimeout(120s), payload);
+        if (crash ? r.status.code() != absl::StatusCode::kInternal
+                  : (!r.status.ok() || r.out != payload)) {
+          std::fprintf(stderr, "call %d/%d (%s): %s\n", t, i, crash ? "segv" : "echo",
+                       r.status.ToString().c_str());
+          wrong.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  pool->Shutdown();
+  EXPECT_EQ(Zombies(), 0);
+}
+
+// Tests that creating and destroying pools many times leaks no fds and no children.
+TEST(IsolateAttack, CreateDestroyCyclesLeakNothing) {
+  const int fds = OpenFds();
+  for (int i = 0; i < 30; ++i) {
+    std::shared_ptr<isolate::WorkerPool> pool = MakePool();
+    ASSERT_NE(pool, nullptr);
+    if (i % 3 == 0) {
+      EXPECT_THAT(CallOnce(*pool, "echo", Frame().WithTimeout(20s), "x").status, IsOk());
+    }
+  }
+  EXPECT_EQ(WaitForChildren(0), 0u);
+  EXPECT_LE(OpenFds(), fds);
+}
+
+// Tests that a caller identity passed to a worker is the frame's and nothing else.
+TEST(IsolateAttack, WorkerSeesTheCallersIdentity) {
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(AttackOptions());
+  ASSERT_NE(pool, nullptr);
+  Result r = CallOnce(*pool, "caller", WithCaller(Frame(), {.user_id = "alice"}).WithTimeout(20s));
+  EXPECT_THAT(r.status, IsOk());
+  EXPECT_EQ(r.out, "alice");
+  r = CallOnce(*pool, "caller", Frame().WithTimeout(20s));
+  EXPECT_EQ(r.out, "-");
+}
+
+}  // namespace
+}  // namespace framekit::isolate_test
