@@ -200,7 +200,7 @@ TARGETS = [
         # handoff: it should be faster)"
         "title": "Lua call with a deadline vs a native one (issue 14)",
         "case": "Lua/invoke_deadline",
-        "baseline": r"^Invoke/with_deadline$",
+        "baseline": r"^Invoke/with_deadline(/real_time)?$",
         "kind": "ratio", "factor": 1.0, "time": "wall",
     },
     # Issue 15 (bench/isolate_benchmark.cc). The zygote:0 cases (every worker spawned) and
