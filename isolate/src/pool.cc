@@ -474,7 +474,7 @@ absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::SpawnFromZygote() {
   }
   worker->pid = child->pid;
   worker->pidfd = child->pidfd;
-  absl::Status hello = AwaitHello(*worker, Clock::now() + options.startup_timeout);
+  absl::Status hello = AwaitHello(*worker, DeadlineAfter(Clock::now(), options.startup_timeout));
   if (!hello.ok()) {
     const std::optional<int> wait_status = ReapWorker(*worker, std::chrono::milliseconds(0));
     const isolate_internal::FaultRecord record =

@@ -14,9 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -255,7 +257,10 @@ absl::StatusOr<ZygoteChild> ZygoteFork(int control, int wire, int fault, int sta
   }
   pollfd p{control, POLLIN, 0};
   int r;
-  while ((r = poll(&p, 1, static_cast<int>(timeout.count()))) < 0 && errno == EINTR) {
+  // A huge timeout (up to milliseconds::max()) waits as long as poll can, never wraps around.
+  const int wait_ms = static_cast<int>(
+      std::clamp<std::int64_t>(timeout.count(), 0, std::numeric_limits<int>::max()));
+  while ((r = poll(&p, 1, wait_ms)) < 0 && errno == EINTR) {
   }
   if (r == 0) return absl::UnavailableError("zygote: no answer in time");
   if (r < 0) return absl::UnavailableError(absl::StrCat("zygote: poll: ", strerror(errno)));
