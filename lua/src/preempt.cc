@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 
 #include "framekit/lua/internal/sandbox.h"
@@ -234,20 +235,63 @@ void Watch::Interrupt() const {
   pthread_sigqueue(thread_, kSignal, value);
 }
 
+class SignalUpgrade {
+ public:
+  explicit SignalUpgrade(lua_State* main) : main_(main) {}
+
+  void Upgrade(lua_State* running, CallState& cs) {
+    watch_.emplace(cs, running, cs.deadline);
+    if (!watch_->armed()) {  // the signal cannot reach this thread: the count hook stays
+      watch_.reset();
+      return;
+    }
+    cs.interrupt_hook = true;
+    // Off on the running thread and the call's main thread; a coroutine made meanwhile
+    // inherited the hook and removes it at its next firing (Hook, cs.interrupt_hook).
+    lua_sethook(running, nullptr, 0, 0);
+    lua_sethook(main_, nullptr, 0, 0);
+    on_stop_.emplace(cs.stop, Interrupter{&*watch_});
+  }
+
+ private:
+  struct Interrupter {
+    const Watch* watch;
+    void operator()() const { watch->Interrupt(); }
+  };
+  lua_State* const main_;
+  std::optional<Watch> watch_;
+  std::optional<std::stop_callback<Interrupter>> on_stop_;  // destroyed before watch_
+};
+
+void UpgradeToSignal(lua_State* L, CallState& cs) {
+  SignalUpgrade* upgrade = cs.upgrade;
+  cs.upgrade = nullptr;
+  upgrade->Upgrade(L, cs);
+}
+
 absl::Status RunPreempted(CallState& cs, lua_State* L, absl::FunctionRef<absl::Status()> body) {
   if (!cs.interrupt_hook) return body();
-  Watch watch(cs, L, cs.deadline);
-  if (!watch.armed()) {
-    cs.interrupt_hook = false;
-    cs.hook_period = kFallbackHookPeriod;
-    InstallHook(L, cs.hook_period);
-  }
-  const auto interrupt = [&watch] { watch.Interrupt(); };
-  absl::Status status;
-  {
-    const std::stop_callback<decltype(interrupt)> on_stop(cs.stop, interrupt);
-    status = body();
-  }
+  // The Lua thread running is tracked from the start (the coroutine wrappers keep it), for the
+  // signal handler after a hand-over; restored last, after the watch's own restore.
+  // The call's preemption mode is restored too: a process's next step starts the same way.
+  struct Restore {
+    CallState& cs;
+    lua_State* previous = Running();
+    ~Restore() {
+      SetRunning(previous);
+      cs.upgrade = nullptr;
+      cs.interrupt_hook = true;
+      cs.hook_period = 0;
+    }
+  } restore{cs};
+  SetRunning(L);
+  // The first instructions under a count hook.
+  cs.interrupt_hook = false;
+  cs.hook_period = kFallbackHookPeriod;
+  SignalUpgrade upgrade(L);  // ends before `restore`: its stop callback, then its watch
+  cs.upgrade = &upgrade;
+  InstallHook(L, cs.hook_period);
+  absl::Status status = body();
   lua_sethook(L, nullptr, 0, 0);
   return status;
 }

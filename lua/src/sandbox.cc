@@ -56,6 +56,8 @@ void Hook(lua_State* L, lua_Debug*) {
   // after this line installs it anew.
   if (cs.interrupt_hook) lua_sethook(L, nullptr, 0, 0);
   CheckPoint(L);
+  // A call that has run its first instructions goes over to the signal (preempt.h).
+  if (cs.upgrade != nullptr) UpgradeToSignal(L, cs);
 }
 
 // Marks the coroutine at `index` as the thread running on this OS thread (for the preemption

@@ -1,6 +1,8 @@
 // Internal: asynchronous preemption of Lua calls. A hook makes Lua 5.4 send every VM instruction
 // through its trace path (about 2x on a CPU-bound script, whatever the count), so by default a
-// call runs with no hook at all. Each OS thread that runs calls owns a POSIX timer that signals
+// call that runs past its first thousand instructions runs with no hook at all (a shorter one
+// runs under a count hook: the signal's set-up costs system calls, the hook costs little over
+// a thousand instructions). Each OS thread that runs calls owns a POSIX timer that signals
 // that thread only (SIGEV_THREAD_ID, SIGURG). A call arms it for its deadline unless it is
 // armed already for no later a time (an outer call on the thread), and the outermost call
 // disarms it when it ends: a timer left armed would interrupt the application's own blocking
@@ -49,11 +51,21 @@ inline constexpr bool kSignalPreemption = true;
 // The count hook's period where signal preemption is unavailable.
 inline constexpr int kFallbackHookPeriod = 1000;
 
-// Runs `body` (one call or step on L, whose allocator's userdata is `cs`) preemptible: with
-// cs.interrupt_hook, watched (the timer armed for cs.deadline, cs.stop interrupting), with a
-// count hook instead when this thread has no timer; the interrupt hook is off again after.
-// Without cs.interrupt_hook (a count hook is installed), just `body`.
+// Runs `body` (one call or step on L, whose allocator's userdata is `cs`) preemptible. With
+// cs.interrupt_hook: the call starts under a count hook every kFallbackHookPeriod instructions
+// (a short call, most calls, ends before it fires and costs no system call at all); the hook's
+// first firing hands the call over to the signal (UpgradeToSignal): the timer armed for
+// cs.deadline, cs.stop interrupting, and the count hook removed, so a long script runs with no
+// hook. Where the signal cannot reach the thread the count hook stays. Without
+// cs.interrupt_hook (a count hook is installed), just `body`.
 absl::Status RunPreempted(CallState& cs, lua_State* L, absl::FunctionRef<absl::Status()> body);
+
+// What RunPreempted keeps for the hand-over (cs.upgrade while it is pending).
+class SignalUpgrade;
+
+// Called by the count hook on L (the Lua thread running) when cs.upgrade is set: watches the
+// call by signal from now on (clears cs.upgrade either way).
+void UpgradeToSignal(lua_State* L, CallState& cs);
 
 // The Lua thread running on this OS thread for the current call: what the signal handler hooks.
 // Set by the call and by the coroutine wrappers; read by the handler on the same thread.

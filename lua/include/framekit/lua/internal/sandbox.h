@@ -23,6 +23,8 @@ using lua::LuaInvoker;
 
 // Everything one Run needs, reachable from any thread (coroutine) of its lua_State through the
 // allocator's userdata (lua_getallocf).
+class SignalUpgrade;
+
 struct CallState {
   // Limits.
   std::size_t memory_limit = 0;
@@ -31,6 +33,9 @@ struct CallState {
   int hook_period = 1000;
   // Preempted by signal (no count hook): a hook that finds nothing due removes itself.
   bool interrupt_hook = false;
+  // Set while a call that will be preempted by signal still runs its first instructions under a
+  // count hook: the hook's first firing hands the call over to the signal (preempt.cc).
+  SignalUpgrade* upgrade = nullptr;
 
   // Accounting.
   std::size_t used = 0;
