@@ -534,7 +534,7 @@ void ProcessManager::Reschedule(const std::shared_ptr<Process>& process, StepNex
   std::lock_guard<std::mutex> lock(mu_);
   if (next == StepNext::kPark && p.mailbox.empty() && !stop.stop_requested()) {
     p.parked = true;
-    p.timer = timers_.emplace(Clock::now() + p.spec.idle_interval, process);
+    p.timer = timers_.emplace(DeadlineAfter(Clock::now(), p.spec.idle_interval), process);
     work_cv_.notify_one();  // a sleeping worker may need the earlier timer
     return;
   }

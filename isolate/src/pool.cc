@@ -437,8 +437,14 @@ void WorkerPool::State::StopZygote(std::string_view why) {
   ++zygote.failures;
   const std::chrono::milliseconds base =
       std::max(options.respawn_backoff_min, std::chrono::milliseconds(10));
-  zygote.retry_at = Clock::now() + std::min(std::max(options.respawn_backoff_max, base),
-                                            base * (1 << std::min(zygote.failures, 8)));
+  // Doubling saturates: a huge respawn_backoff_min must not wrap around into the past.
+  const int doublings = std::min(zygote.failures, 8);
+  const std::chrono::milliseconds grown =
+      base.count() > (std::chrono::milliseconds::max().count() >> doublings)
+          ? std::chrono::milliseconds::max()
+          : base * (1 << doublings);
+  zygote.retry_at =
+      DeadlineAfter(Clock::now(), std::min(std::max(options.respawn_backoff_max, base), grown));
   std::fprintf(stderr, "framekit isolate: worker zygote %s: %s\n",
                zygote.disabled ? "off for this pool" : "restarting after a backoff",
                std::string(why).c_str());

@@ -149,6 +149,29 @@ TEST(ProcessManager, DeliversMessagesInOrder) {
   EXPECT_EQ(manager.Send(*pid, "late").code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// Tests that the longest idle interval parks a process (its timer saturates instead of wrapping
+// into the past, which polled it without a pause) and that a message still wakes it.
+TEST(ProcessManager, HugeIdleIntervalParksTheProcess) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::atomic<int> polls{0};
+  std::latch woken(1);
+  ProcessSpec spec = Idle("parked");
+  spec.idle_interval = std::chrono::milliseconds::max();
+  spec.poll = [&](ProcessContext& ctx) {
+    polls.fetch_add(1);
+    if (ctx.Receive()) woken.count_down();
+    return Step::kIdle;
+  };
+  auto pid = manager.Start(Frame(), spec);
+  ASSERT_THAT(pid, IsOk());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_LE(polls.load(), 2) << "an idle process was polled without a pause";
+  ASSERT_THAT(manager.Send(*pid, "wake"), IsOk());
+  woken.wait();
+  ASSERT_THAT(manager.Stop(*pid, kLong), IsOk());
+}
+
 TEST(ProcessManager, FullMailboxIsResourceExhausted) {
   AppContext app;
   ProcessManager manager(app);
