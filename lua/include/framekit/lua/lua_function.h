@@ -57,9 +57,10 @@
 // finalizers with hooks off: a looping __gc could not be preempted).
 //
 // Limits, all enforced (LuaLimits):
-//   deadline    the earlier of the frame's deadline and LuaLimits::timeout. By default no hook
-//               runs while the script does: the calling thread's POSIX timer signals it
-//               (SIGURG) at the deadline, the frame's cancellation signals it too, and the
+//   deadline    the earlier of the frame's deadline and LuaLimits::timeout. By default a call
+//               runs its first thousand VM instructions under a count hook, and a call that
+//               runs longer goes over to a signal, with no hook while the script runs: the
+//               calling thread's POSIX timer signals it (SIGURG) at the deadline, the frame's cancellation signals it too, and the
 //               signal handler installs a one-instruction count hook on the Lua thread running
 //               there, which ends the call (coroutine switches are tracked for this). With
 //               LuaLimits::hook_instructions = N > 0, or in a ThreadSanitizer build, a count
@@ -147,7 +148,8 @@ struct LuaLimits {
   Clock::duration timeout = std::chrono::seconds(5);
   std::size_t max_output_bytes = 16 << 20;
   // How a running script is stopped at its deadline or cancellation. 0 (the default): by a
-  // signal, with no hook while the script runs (see "Limits" above); a build under
+  // signal, with no hook while the script runs past its first thousand instructions (see
+  // "Limits" above); a build under
   // ThreadSanitizer uses a count hook every 1000 instructions instead. N > 0: a count hook every
   // N VM instructions checks the deadline and the stop token (costs about 2x on CPU-bound code).
   int hook_instructions = 0;
