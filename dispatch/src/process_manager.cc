@@ -392,13 +392,16 @@ void ProcessManager::WorkerLoop() {
 
 void ProcessManager::ExitProcess(const std::shared_ptr<Process>& process, bool stopped) {
   Process& p = *process;
-  // What the process captured is released now, not when the manager goes: these are destroyed
-  // at the end of this function with no lock held, since their destructors are user code.
-  auto setup = std::exchange(p.spec.setup, nullptr);
-  auto poll = std::exchange(p.spec.poll, nullptr);
-  auto teardown = std::exchange(p.spec.teardown, nullptr);
-  auto finalize = std::exchange(p.spec.finalize, nullptr);
-  Frame frame = std::exchange(p.context.frame_, Frame());
+  // What the process captured is released now, not when the manager goes, and before the exit
+  // is published: a Wait that returns finds it released. Destroyed with no lock held, since
+  // their destructors are user code.
+  {
+    auto setup = std::exchange(p.spec.setup, nullptr);
+    auto poll = std::exchange(p.spec.poll, nullptr);
+    auto teardown = std::exchange(p.spec.teardown, nullptr);
+    auto finalize = std::exchange(p.spec.finalize, nullptr);
+    Frame frame = std::exchange(p.context.frame_, Frame());
+  }
   Canceller canceller;
   std::deque<std::string> mailbox;
   std::vector<std::shared_ptr<Process>> reaped;

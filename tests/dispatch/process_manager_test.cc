@@ -477,6 +477,29 @@ TEST(ProcessManager, ExitReleasesCallbacks) {
   EXPECT_EQ(resource.use_count(), 1);
 }
 
+// Tests that a Wait that returns finds the callbacks released: their release comes before the
+// exit is published (a slow destructor of a captured value made the race visible).
+TEST(ProcessManager, WaitReturnsAfterTheCallbacksAreReleased) {
+  AppContext app;
+  ProcessManager manager(app);
+  std::atomic<bool> released{false};
+  {
+    std::shared_ptr<int> resource(new int(42), [&released](int* p) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      delete p;
+      released.store(true);
+    });
+    ProcessSpec spec = Idle("slow-release");
+    spec.poll = [resource](ProcessContext&) { return Step::kDone; };
+    auto pid = manager.Start(Frame(), std::move(spec));
+    ASSERT_THAT(pid, IsOk());
+    resource.reset();
+    auto exit = manager.Wait(*pid, kLong);
+    ASSERT_THAT(exit, IsOk());
+    EXPECT_TRUE(released.load()) << "Wait returned before the process's callbacks were released";
+  }
+}
+
 // Tests that exited processes are reaped past the retention bound, and that a reaped pid reads
 // as NotFound with a message saying so.
 TEST(ProcessManager, ExitedProcessesAreReapedPastRetention) {
