@@ -416,8 +416,7 @@ absl::Status Host::State::StartDispatch() {
       if (!lua.ok()) return lua.status();
       code = *std::move(lua);
     } else {
-      code = std::make_shared<StatsTap>(dispatch::NativeCode(MakeHandler(i)),
-                                        function_states[i].get());
+      code = dispatch::NativeCode(MakeHandler(i));  // reports no RunStats: nothing to add up
     }
     FRAMEKIT_RETURN_IF_ERROR(executor->Register(f.name, std::move(code), f.defaults));
   }

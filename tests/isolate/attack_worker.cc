@@ -44,6 +44,16 @@ std::vector<int> Sockets() {
   for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
 }
 
+// Forks a grandchild that leaves the worker's session and sleeps forever; its pid (< 0: failed).
+pid_t ForkDetachedSleeper() {
+  const pid_t child = fork();
+  if (child == 0) {
+    setsid();
+    SleepForever();
+  }
+  return child;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -86,11 +96,7 @@ int main(int argc, char** argv) {
       // Needs a pool without seccomp: a grandchild keeps the wire open after the worker dies.
       r.Add("grandchild_then_exit",
             [](const Frame&, std::string_view, Sink& out) -> absl::Status {
-              const pid_t child = fork();
-              if (child == 0) {
-                setsid();
-                SleepForever();
-              }
+              const pid_t child = ForkDetachedSleeper();
               if (child < 0) return absl::InternalError("fork failed");
               (void)out.Write(absl::StrCat(child));
               std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -98,11 +104,7 @@ int main(int argc, char** argv) {
             }),
       r.Add("grandchild_then_return",
             [](const Frame&, std::string_view, Sink& out) -> absl::Status {
-              const pid_t child = fork();
-              if (child == 0) {
-                setsid();
-                SleepForever();
-              }
+              const pid_t child = ForkDetachedSleeper();
               if (child < 0) return absl::InternalError("fork failed");
               return out.Write(absl::StrCat(child));
             }),

@@ -24,6 +24,7 @@
 namespace framekit::rpc {
 namespace {
 
+using ::framekit::rpc_testing::Call;
 using ::framekit::rpc_testing::Portable;
 using ::framekit::rpc_testing::StringSink;
 using ::framekit::rpc_testing::TestNode;
@@ -40,15 +41,6 @@ std::shared_ptr<RemoteNode> MustConnect(RemoteOptions options) {
   absl::StatusOr<std::shared_ptr<RemoteNode>> node = RemoteNode::Connect(std::move(options));
   EXPECT_THAT(node, IsOk());
   return node.ok() ? *node : nullptr;
-}
-
-absl::StatusOr<std::string> Call(RemoteNode& node, const std::string& function, const Frame& frame,
-                                 std::string_view payload = "", CallMode mode = CallMode::kUnary) {
-  StringSink sink;
-  dispatch::RunStats stats;
-  absl::Status status = node.Function(function, mode)->Run(frame, payload, sink, stats);
-  if (!status.ok()) return status;
-  return sink.text();
 }
 
 int OpenFds() {

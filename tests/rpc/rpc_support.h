@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "framekit/app/app_context.h"
 #include "framekit/ctx/caller.h"
@@ -157,6 +158,17 @@ class StringSink : public dispatch::Sink {
   std::mutex mu_;
   std::vector<std::string> chunks_;
 };
+
+// Runs `function` on `node` through its Code, as a local function backed by it would.
+inline absl::StatusOr<std::string> Call(rpc::RemoteNode& node, const std::string& function,
+                                        const Frame& frame, std::string_view payload = "",
+                                        rpc::CallMode mode = rpc::CallMode::kUnary) {
+  StringSink sink;
+  dispatch::RunStats stats;
+  absl::Status status = node.Function(function, mode)->Run(frame, payload, sink, stats);
+  if (!status.ok()) return status;
+  return sink.text();
+}
 
 // A loopback TCP listener that accepts connections and then either says nothing or writes
 // `reply` and keeps the connection open: a peer that never answers, or one that answers garbage.

@@ -26,6 +26,7 @@
 namespace framekit::rpc {
 namespace {
 
+using ::framekit::rpc_testing::Call;
 using ::framekit::rpc_testing::Describe;
 using ::framekit::rpc_testing::kRoute;
 using ::framekit::rpc_testing::kTenant;
@@ -64,15 +65,6 @@ std::shared_ptr<RemoteNode> Connect(const std::string& target, std::string token
       {.target = target, .portable = std::move(portable), .peer_token = std::move(token)});
   EXPECT_THAT(node, IsOk());
   return node.ok() ? *node : nullptr;
-}
-
-absl::StatusOr<std::string> Call(RemoteNode& node, const std::string& function, const Frame& frame,
-                                 std::string_view payload = "", CallMode mode = CallMode::kUnary) {
-  StringSink sink;
-  dispatch::RunStats stats;
-  absl::Status status = node.Function(function, mode)->Run(frame, payload, sink, stats);
-  if (!status.ok()) return status;
-  return sink.text();
 }
 
 // ---- wire ------------------------------------------------------------------------------------

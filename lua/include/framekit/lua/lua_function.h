@@ -60,9 +60,10 @@
 //   deadline    the earlier of the frame's deadline and LuaLimits::timeout. By default a call
 //               runs its first thousand VM instructions under a count hook, and a call that
 //               runs longer goes over to a signal, with no hook while the script runs: the
-//               calling thread's POSIX timer signals it (SIGURG) at the deadline, the frame's cancellation signals it too, and the
-//               signal handler installs a one-instruction count hook on the Lua thread running
-//               there, which ends the call (coroutine switches are tracked for this). With
+//               calling thread's POSIX timer signals it (SIGURG) at the deadline, the frame's
+//               cancellation signals it too, and the signal handler installs a
+//               one-instruction count hook on the Lua thread running there, which ends the
+//               call (coroutine switches are tracked for this). With
 //               LuaLimits::hook_instructions = N > 0, or in a ThreadSanitizer build, a count
 //               hook every N (1000) instructions checks the deadline and stop token instead;
 //               so does a call on a thread that blocks SIGURG, or one made after someone else
