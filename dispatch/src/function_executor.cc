@@ -68,12 +68,22 @@ class StringSink final : public Sink {
   std::string& out_;
 };
 
-// Counts the bytes that pass through to a caller's sink.
+// Counts the bytes that pass through to a caller's sink. A throw of the caller's sink becomes
+// the Write's status: it is the caller's fault, never the handler's (which the invoke guard
+// would count, and the fault policy could evict the function for every other caller).
 class CountingSink final : public Sink {
  public:
   CountingSink(Sink& inner, std::uint64_t& bytes) : inner_(inner), bytes_(bytes) {}
   absl::Status Write(std::string_view chunk) override {
-    absl::Status status = inner_.Write(chunk);
+    absl::Status status;
+    try {
+      status = inner_.Write(chunk);
+    } catch (...) {
+      RethrowIfForcedUnwind();  // a thread's cancellation must go on unwinding it
+      const ExtensionPanic thrown = DescribeCurrentException("caller's sink", Phase::kInvoke);
+      return absl::InternalError(
+          absl::StrCat("the caller's sink threw ", thrown.type, ": ", thrown.message));
+    }
     if (status.ok()) bytes_ += chunk.size();
     return status;
   }
@@ -518,6 +528,7 @@ namespace {
 struct ThreadCall {
   const void* executor;
   ThreadCall* outer;
+  int depth;  // calls of any executor on this thread's stack, this one included
 };
 thread_local ThreadCall* tls_calls = nullptr;
 
@@ -525,6 +536,13 @@ int CallsOnThisThread(const void* executor) {
   int n = 0;
   for (const ThreadCall* c = tls_calls; c != nullptr; c = c->outer) n += c->executor == executor;
   return n;
+}
+
+// A call nested `max_nesting` deep on its thread: refused before its thread's stack overflows.
+absl::Status NestingRefusal(std::string_view function, int max_nesting) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("function \"", AsAbsl(function), "\" not called: ", max_nesting,
+                   " calls are already nested on this thread (max_nesting)"));
 }
 
 absl::Status CheckHandler(std::string_view name, const Handler& handler) {
@@ -554,6 +572,7 @@ absl::Status ValidateOptions(const FunctionExecutorOptions& o) {
   if (o.records_per_function <= 0) {
     return bad("records_per_function", "> 0", o.records_per_function);
   }
+  if (o.max_nesting <= 0) return bad("max_nesting", "> 0", o.max_nesting);
   if (o.shutdown_grace.count() < 0) return bad("shutdown_grace", ">= 0", o.shutdown_grace.count());
   return absl::OkStatus();
 }
@@ -565,6 +584,7 @@ FunctionExecutorOptions Clamp(FunctionExecutorOptions o) {
   o.max_in_flight = std::max(1, o.max_in_flight);
   o.max_in_flight_per_function = std::max(1, o.max_in_flight_per_function);
   o.records_per_function = std::max(1, o.records_per_function);
+  o.max_nesting = std::max(1, o.max_nesting);
   o.shutdown_grace = std::max(o.shutdown_grace, std::chrono::milliseconds::zero());
   return o;
 }
@@ -844,7 +864,7 @@ absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
       tls_calls = self.outer;
       callers.fetch_sub(1);
     }
-  } entered{callers_[Enter()], {this, tls_calls}};
+  } entered{callers_[Enter()], {this, tls_calls, tls_calls != nullptr ? tls_calls->depth + 1 : 1}};
   tls_calls = &entered.self;
   if (shut_down_.load()) {
     return absl::UnavailableError(
@@ -854,7 +874,9 @@ absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
   // Records and latencies read the call clock (the counter where it is invariant): two steady
   // clock reads were a third of a short call's overhead.
   const Clock::time_point start = dispatch_internal::CallClock::Now();
-  absl::Status status = PrepareFrame(call);
+  absl::Status status = entered.self.depth <= options_.max_nesting
+                            ? PrepareFrame(call)
+                            : NestingRefusal(call.function->name, options_.max_nesting);
   if (status.ok()) {
     if (call.version->code->preemptive()) {
       status = RunPreemptive(call);

@@ -17,6 +17,10 @@
 namespace framekit::dispatch {
 namespace {
 
+// The manager whose worker the current thread is, if any: Shutdown from a lifecycle function
+// must not wait for the step it runs in.
+thread_local const ProcessManager* tls_worker_of = nullptr;
+
 using base_internal::AsAbsl;
 using base_internal::IsValidName;
 
@@ -130,7 +134,8 @@ std::optional<std::string> ProcessContext::Receive() {
 ProcessManager::ProcessManager(const AppContext& app, ProcessManagerOptions options)
     : app_(app),
       options_(std::move(options)),
-      monitor_(options_.monitor != nullptr ? options_.monitor : &DefaultFaultMonitor()) {
+      monitor_(options_.monitor != nullptr ? options_.monitor : &DefaultFaultMonitor()),
+      max_processes_(std::max<std::size_t>(options_.max_processes, 1)) {
   const int n = std::clamp(options_.workers, 1, kMaxWorkers);
   workers_.reserve(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) workers_.emplace_back([this] { WorkerLoop(); });
@@ -142,6 +147,9 @@ absl::Status ProcessManager::Validate(const ProcessManagerOptions& options) {
   if (options.workers < 1 || options.workers > kMaxWorkers) {
     return absl::InvalidArgumentError(absl::StrCat("process manager: workers must be in [1, ",
                                                    kMaxWorkers, "], is ", options.workers));
+  }
+  if (options.max_processes == 0) {
+    return absl::InvalidArgumentError("process manager: max_processes must be > 0, is 0");
   }
   return absl::OkStatus();
 }
@@ -247,6 +255,12 @@ absl::StatusOr<Pid> ProcessManager::Start(const Frame& parent, ProcessSpec spec,
   std::lock_guard<std::mutex> lock(mu_);
   if (shutting_down_) {
     return absl::FailedPreconditionError("process manager is shutting down");
+  }
+  // `process` (and what its spec captured) is destroyed after the lock is released.
+  if (static_cast<std::size_t>(live_) >= max_processes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("process \"", process->spec.name, "\" not started: ", live_,
+                     " processes are alive (max_processes ", max_processes_, ")"));
   }
   process->pid = next_pid_++;
   process->context.pid_ = process->pid;
@@ -354,6 +368,9 @@ void ProcessManager::Shutdown() {
   {
     std::unique_lock<std::mutex> lock(mu_);
     for (const auto& process : live) WakeLocked(process);
+    // A lifecycle function cannot wait for its own process to exit: the processes are stopped,
+    // and the destructor (or a Shutdown on another thread) waits and joins.
+    if (tls_worker_of == this) return;
     exit_cv_.wait(lock, [&] { return live_ == 0; });
     workers_stop_ = true;
   }
@@ -362,6 +379,7 @@ void ProcessManager::Shutdown() {
 }
 
 void ProcessManager::WorkerLoop() {
+  tls_worker_of = this;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     const Clock::time_point now = Clock::now();

@@ -170,6 +170,11 @@ struct FunctionExecutorOptions {
   int max_in_flight_per_function = 16;
   // Invocation records kept per function (> 0; ListInvocations returns the newest 100).
   int records_per_function = 128;
+  // Calls of any FunctionExecutor nested on one thread's stack (> 0): a handler that invokes a
+  // function that invokes a function ... past this depth gets ResourceExhausted instead of
+  // overflowing its thread's stack and taking the host down with it. Each level costs about
+  // 1.5 KiB of stack in framekit, plus the handler's own frames.
+  int max_nesting = 128;
   // How long the destructor's Shutdown waits for calls in flight (>= 0).
   std::chrono::milliseconds shutdown_grace{1000};
   // Whether a "caller" option may name the caller of a call whose frame has none. Off: options
@@ -199,7 +204,8 @@ class FunctionExecutor {
  public:
   // Validates `options`: InvalidArgument naming the field for deadline_workers <= 0,
   // max_quarantined < 0, max_quarantined_per_function < 0, max_in_flight <= 0,
-  // max_in_flight_per_function <= 0, records_per_function <= 0 or shutdown_grace < 0.
+  // max_in_flight_per_function <= 0, records_per_function <= 0, max_nesting <= 0 or
+  // shutdown_grace < 0.
   // `app` supplies the FrameResolvers (read at each call) and must outlive the executor.
   static absl::StatusOr<std::unique_ptr<FunctionExecutor>> Create(
       const AppContext& app, FunctionExecutorOptions options = {});
@@ -261,6 +267,7 @@ class FunctionExecutor {
   //                       did not run; during a deadline call: returned at once);
   //   ResourceExhausted   a deadline call beyond a bulkhead: this function's or the executor's
   //                       quarantined workers or calls in flight (the message says which);
+  //                       or max_nesting calls already nested on this thread;
   //   Internal            the handler ended its worker thread (pthread_exit);
   //   Internal + ExtensionPanic (phase "invoke")   the handler or an interceptor threw;
   //   the handler's own status.
@@ -272,6 +279,9 @@ class FunctionExecutor {
   // As Invoke, but chunks go to `sink` as the handler writes them. Returns the call's status.
   // NOTE: on a deadline call `sink` is written from a worker thread, one write at a time; after
   // InvokeStream returns, `sink` is never written again (a late write gets Cancelled).
+  // NOTE: `sink` should not throw. If it does, the handler's Write returns Internal naming the
+  // exception, and the throw is not counted as the function's fault: the caller's sink is not
+  // the function's code.
   absl::Status InvokeStream(const Frame& parent, std::string_view name, std::string_view payload,
                             const Options& options, Sink& sink);
 

@@ -166,6 +166,11 @@ struct ProcessManagerOptions {
   // How many exited processes are kept for Wait, Stop and List, newest first; older exits are
   // reaped (NotFound). 0 reaps at exit: only a Wait already waiting sees the exit status.
   std::size_t retain_exited = 64;
+  // Processes alive at once (started and not yet exited), > 0: Start fails with
+  // ResourceExhausted beyond it, so that a process that starts processes (or a caller that
+  // never stops them) cannot grow the host without bound. A process costs about 3 KiB here plus
+  // what its spec captures.
+  std::size_t max_processes = 10000;
   // As FunctionExecutorOptions: whether a "caller" option may name the caller of a process
   // whose frame has none (off: a caller on the frame always wins, an option never replaces it).
   bool allow_caller_option = false;
@@ -183,7 +188,8 @@ class ProcessManager {
   static constexpr int kMaxWorkers = 1024;
 
   // `app` supplies the FrameResolvers and must outlive the manager. Options out of range are
-  // clamped (workers to [1, kMaxWorkers]); use Create to have them refused instead.
+  // clamped (workers to [1, kMaxWorkers], max_processes to at least 1); use Create to have them
+  // refused instead.
   explicit ProcessManager(const AppContext& app, ProcessManagerOptions options = {});
   // As the constructor, but InvalidArgument (naming the field) for options out of range.
   static absl::StatusOr<std::unique_ptr<ProcessManager>> Create(const AppContext& app,
@@ -204,8 +210,8 @@ class ProcessManager {
   // grammar, no poll, mailbox_capacity 0, idle_interval <= 0, negative max_restarts or windows)
   // or option, PermissionDenied for a "caller" option, DeadlineExceeded when `parent`'s deadline
   // has passed, Cancelled when `parent`'s scope is cancelled, the resolver's error
-  // (`frame resolver "NAME": ...`), an interceptor's status, or FailedPrecondition after
-  // Shutdown().
+  // (`frame resolver "NAME": ...`), an interceptor's status, ResourceExhausted when
+  // `max_processes` are alive, or FailedPrecondition after Shutdown().
   absl::StatusOr<Pid> Start(const Frame& parent, ProcessSpec spec, const Options& options = {});
   // Queues `message`. NotFound for an unknown or reaped pid; FailedPrecondition once the process is
   // stopping or exited; ResourceExhausted when the mailbox is full (never a silent drop).
@@ -225,6 +231,9 @@ class ProcessManager {
   // Every live process and the retained exited ones, by pid.
   std::vector<ProcessInfo> List() const;
   // Stops every process, waits for them to exit, joins every worker. Idempotent.
+  // From a lifecycle function it cannot wait for itself: there it stops every process and
+  // refuses new ones, then returns at once; the destructor (or a Shutdown on another thread)
+  // waits and joins.
   // NOTE: blocks while a lifecycle function ignores its stop token.
   void Shutdown();
 
@@ -271,6 +280,7 @@ class ProcessManager {
   const AppContext& app_;
   const ProcessManagerOptions options_;
   FaultMonitor* const monitor_;
+  const std::size_t max_processes_;  // options_.max_processes, at least 1
 
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // a step is runnable, a timer is due, or stopping
