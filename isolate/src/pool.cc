@@ -253,9 +253,12 @@ struct WorkerPool::State {
   absl::StatusOr<std::unique_ptr<Worker>> Acquire(const std::string& handler, bool reuse,
                                                   std::optional<Deadline> deadline);
   void Release(std::unique_ptr<Worker> worker, const std::string& handler, bool keep);
+  // Kills the worker now, so that its teardown runs while the spawner starts the next one; the
+  // spawner reaps it later (a spare to start comes first).
   void RetireLocked(std::unique_ptr<Worker> worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (worker == nullptr) return;
     busy.erase(worker->pid);
+    Signal(worker->pid, worker->pidfd, SIGKILL);
     retired.push_back(std::move(worker));
     spawner_cv.notify_all();
   }
@@ -299,7 +302,9 @@ void WorkerPool::State::SpawnerLoop() {
       lock.lock();
       continue;
     }
-    if (!retired.empty()) {
+    // A spare to start comes before the dead to reap: a call may be waiting for it, and the
+    // retired workers were killed when they were retired (RetireLocked).
+    if (!retired.empty() && !NeedSpawnLocked()) {
       std::vector<std::unique_ptr<Worker>> batch = std::move(retired);
       retired.clear();
       lock.unlock();

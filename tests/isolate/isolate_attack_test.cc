@@ -7,6 +7,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -193,26 +194,68 @@ TEST(IsolateAttack, GrandchildHoldingTheWireDoesNotHang) {
   for (int g : grandchildren) kill(g, SIGKILL);
 }
 
-// Tests that a grandchild a worker forked (possible only with seccomp off) does not outlive the
-// pool. It does today: the grandchild calls setsid(), so killing the worker (or its process
-// group) misses it, and it holds the worker's copies of the host's stdout and stderr open.
-// Fixing it needs the pool to own its workers' descendants (a PID namespace, a cgroup, or the
-// host as a child subreaper that kills what it inherits): a larger change in pool.cc.
-TEST(IsolateAttack, DISABLED_GrandchildrenDoNotOutliveThePool) {
+// Waits (bounded) until `pid` is gone: no such process, or a zombie whose parent is not this
+// process (its reaper has it; the test cannot wait for it).
+bool GoneWithin(int pid, std::chrono::milliseconds bound) {
+  const auto until = Clock::now() + bound;
+  for (;;) {
+    if (kill(pid, 0) != 0) return true;
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::size_t close = stat.rfind(')');
+    if (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z') {
+      return true;
+    }
+    if (Clock::now() >= until) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+}
+
+// Tests that a grandchild a worker forked (possible only with seccomp off) does not outlive its
+// worker, even after setsid(): the zygote is a child subreaper and kills the orphans it
+// inherits. It used to hold the worker's copies of the host's stdout and stderr open for ever.
+TEST(IsolateAttack, GrandchildrenDoNotOutliveTheirWorker) {
   isolate::WorkerPoolOptions options = AttackOptions();
   options.limits.seccomp = false;
   std::shared_ptr<isolate::WorkerPool> pool = MakePool(options);
   ASSERT_NE(pool, nullptr);
-  Result r = CallOnce(*pool, "grandchild_then_return", Frame().WithTimeout(5s));
-  ASSERT_THAT(r.status, IsOk());
+  std::vector<int> grandchildren;
+  for (const char* handler : {"grandchild_then_return", "grandchild_then_exit"}) {
+    Result r = CallOnce(*pool, handler, Frame().WithTimeout(5s));
+    int grandchild = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(r.out, &grandchild)) << handler << ": " << r.status;
+    grandchildren.push_back(grandchild);
+  }
+  // Each call's worker is gone (a fresh worker is killed after its call): so are their orphans,
+  // with the pool still running.
+  for (int g : grandchildren) {
+    const bool gone = GoneWithin(g, 5s);
+    if (!gone) kill(g, SIGKILL);
+    EXPECT_TRUE(gone) << "grandchild " << g << " outlived its worker";
+  }
+  EXPECT_THAT(CallOnce(*pool, "echo", Frame().WithTimeout(5s), "x").status, IsOk());
+}
+
+// Tests that a grandchild of a reused worker that still runs does not outlive the pool: the
+// worker lives on (its descendants are its own), and the pool's shutdown ends them.
+TEST(IsolateAttack, GrandchildrenDoNotOutliveThePool) {
+  isolate::WorkerPoolOptions options = AttackOptions();
+  options.limits.seccomp = false;
+  std::shared_ptr<isolate::WorkerPool> pool = MakePool(options);
+  ASSERT_NE(pool, nullptr);
+  StringSink sink;
+  ASSERT_THAT(
+      pool->Call("grandchild_then_return", Frame().WithTimeout(5s), "", sink, {.reuse = true}),
+      IsOk());
   int grandchild = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(r.out, &grandchild));
+  ASSERT_TRUE(absl::SimpleAtoi(sink.out, &grandchild)) << sink.out;
+  EXPECT_EQ(kill(grandchild, 0), 0) << "the reused worker's grandchild is expected to run";
   pool->Shutdown();
   pool.reset();
-  std::this_thread::sleep_for(200ms);
-  const bool alive = kill(grandchild, 0) == 0;
-  if (alive) kill(grandchild, SIGKILL);
-  EXPECT_FALSE(alive) << "grandchild " << grandchild << " outlived the pool";
+  const bool gone = GoneWithin(grandchild, 5s);
+  if (!gone) kill(grandchild, SIGKILL);
+  EXPECT_TRUE(gone) << "grandchild " << grandchild << " outlived the pool";
+  EXPECT_EQ(WaitForChildren(0), 0u);
 }
 
 // Tests that Shutdown with calls in flight ends them with a status and a later call is refused;
