@@ -71,6 +71,8 @@
 namespace framekit::isolate {
 
 // What each worker process is allowed. Applied by the worker itself before it serves a call.
+// Core dumps are always off in a worker (RLIMIT_CORE 0 and not dumpable): a crash is reported
+// through its fault record instead.
 struct WorkerLimits {
   // RLIMIT_AS in bytes; 0 for none. Not applied in a worker built with AddressSanitizer or
   // ThreadSanitizer, whose runtimes reserve terabytes of shadow address space.
