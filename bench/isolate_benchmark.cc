@@ -13,6 +13,11 @@
 //   BM_IsolateCrashThenCallNoSpare/zygote:{0,1}
 //       the same with no spare workers: each call waits for its own worker to start after it
 //       asked, so the start-up is measured whole, hidden behind nothing
+//   BM_IsolateReplacement/zygote:{0,1}
+//       what a caller sees of one crash in a pool with the default two spares: the crashing call
+//       and the next call, which a ready spare serves (the pool refills its spares between
+//       iterations, timer paused); crash_ms and next_ms split it. The crash benchmarks above
+//       run crashes back to back, so they measure how fast workers can be started
 //   BM_IsolateThroughput{Reuse,Fresh}/threads:4   1000 calls from 4 threads
 //   BM_ForkExitWait               the floor of a process start: fork, _exit, waitpid
 // Counters: startup_us is the pool's mean worker start-up (posix_spawn, or the fork request to
@@ -21,6 +26,8 @@
 // process involved: the benchmark process, its reaped children and the zygote with its reaped
 // children (from /proc, in clock ticks: read it over many iterations). On a loaded machine it
 // tells the work apart from the time spent waiting to be scheduled.
+// FRAMEKIT_ISOLATE_BENCH_WORKER in the environment names another build of the worker, to compare
+// two versions of isolate/ (each benchmark binary with its own worker) run by run.
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
