@@ -12,7 +12,6 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -205,8 +204,7 @@ bool GoneWithin(int pid, std::chrono::milliseconds bound) {
   const auto until = Clock::now() + bound;
   for (;;) {
     if (kill(pid, 0) != 0) return true;
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string stat = ReadProcFile("/proc/" + std::to_string(pid) + "/stat");
     const std::size_t close = stat.rfind(')');
     if (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z') {
       return true;
@@ -467,12 +465,9 @@ int FdsOf(int pid) {
 }
 
 long RssKb(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
-  }
-  return -1;
+  const std::string status = ReadProcFile("/proc/" + std::to_string(pid) + "/status");
+  const std::size_t at = status.find("\nVmRSS:");
+  return at == std::string::npos ? -1 : std::atol(status.c_str() + at + 7);
 }
 
 // Tests that crash after crash leaks nothing: the host's and the zygote's descriptors stay
@@ -520,8 +515,7 @@ TEST(IsolateAttack, CrashCyclesLeakNothing) {
   EXPECT_LE(FdsOf(zygote), zygote_fds);
   const std::string children =
       "/proc/" + std::to_string(zygote) + "/task/" + std::to_string(zygote) + "/children";
-  std::ifstream in(children);
-  std::string list((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string list = ReadProcFile(children);
   for (char c : list) max_zygote_children += c == ' ';
   EXPECT_LE(max_zygote_children, options.max_workers) << list;
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
