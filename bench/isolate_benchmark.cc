@@ -13,6 +13,11 @@
 //   BM_IsolateCrashThenCallNoSpare/zygote:{0,1}
 //       the same with no spare workers: each call waits for its own worker to start after it
 //       asked, so the start-up is measured whole, hidden behind nothing
+//   BM_IsolateReplacement/zygote:{0,1}
+//       what a caller sees of one crash in a pool with the default two spares: the crashing call
+//       and the next call, which a ready spare serves (the pool refills its spares between
+//       iterations, timer paused); crash_ms and next_ms split it. The crash benchmarks above
+//       run crashes back to back, so they measure how fast workers can be started
 //   BM_IsolateThroughput{Reuse,Fresh}/threads:4   1000 calls from 4 threads
 //   BM_ForkExitWait               the floor of a process start: fork, _exit, waitpid
 // Counters: startup_us is the pool's mean worker start-up (posix_spawn, or the fork request to
@@ -21,10 +26,14 @@
 // process involved: the benchmark process, its reaped children and the zygote with its reaped
 // children (from /proc, in clock ticks: read it over many iterations). On a loaded machine it
 // tells the work apart from the time spent waiting to be scheduled.
+// FRAMEKIT_ISOLATE_BENCH_WORKER in the environment names another build of the worker, to compare
+// two versions of isolate/ (each benchmark binary with its own worker) run by run.
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -48,7 +57,10 @@ const std::string kPayload(64, 'p');
 
 std::shared_ptr<isolate::WorkerPool> MakePool(int max_workers, int spares, bool zygote = true) {
   isolate::WorkerPoolOptions options;
-  options.executable = FRAMEKIT_ISOLATE_BENCH_WORKER;
+  // The environment may name another build of the worker (to compare two versions).
+  const char* worker = std::getenv("FRAMEKIT_ISOLATE_BENCH_WORKER");
+  options.executable =
+      worker != nullptr && *worker != '\0' ? worker : FRAMEKIT_ISOLATE_BENCH_WORKER;
   options.max_workers = max_workers;
   options.spare_workers = spares;
   options.zygote = zygote;
@@ -189,6 +201,50 @@ BENCHMARK(BM_IsolateCrashThenCall)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_IsolateCrashThenCallNoSpare)
+    ->ArgName("zygote")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// What a caller sees when a worker crashes in a pool with the default two spares: the crashing
+// call (death detected, classified, reaped) and the next call, served by a spare that replaces
+// the dead worker. Between iterations, with the timer paused, the pool is given time to start
+// its spares again, as it would between two crashes that are not back to back;
+// BM_IsolateCrashThenCall above does not wait, so it measures a crash loop, bound by how fast
+// workers can be started. Counters: crash_ms and next_ms split the time between the two calls.
+void BM_IsolateReplacement(benchmark::State& state) {
+  auto pool = MakePool(4, 2, state.range(0) != 0);
+  if (pool == nullptr) return state.SkipWithError("pool");
+  NullSink sink;
+  const framekit::Frame frame;
+  if (!pool->Call("echo", frame, kPayload, sink).ok()) return state.SkipWithError("warm");
+  double crash_ms = 0;
+  double next_ms = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    // The spares are started, and the workers of the previous iteration are reaped.
+    for (int i = 0; i < 5000; ++i) {
+      const isolate::PoolStats s = pool->stats();
+      if (s.spares >= 2 && s.live == 2) break;
+      usleep(200);
+    }
+    state.ResumeTiming();
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status crashed = pool->Call("segv", frame, "", sink);
+    const auto middle = std::chrono::steady_clock::now();
+    if (crashed.code() != absl::StatusCode::kInternal) return state.SkipWithError("no crash");
+    absl::Status status = pool->Call("echo", frame, kPayload, sink);
+    const auto end = std::chrono::steady_clock::now();
+    if (!status.ok()) return state.SkipWithError(std::string(status.message()).c_str());
+    crash_ms += std::chrono::duration<double, std::milli>(middle - start).count();
+    next_ms += std::chrono::duration<double, std::milli>(end - middle).count();
+  }
+  state.counters["crash_ms"] = benchmark::Counter(crash_ms, benchmark::Counter::kAvgIterations);
+  state.counters["next_ms"] = benchmark::Counter(next_ms, benchmark::Counter::kAvgIterations);
+  ReportStartup(state, *pool);
+}
+BENCHMARK(BM_IsolateReplacement)
     ->ArgName("zygote")
     ->Arg(0)
     ->Arg(1)

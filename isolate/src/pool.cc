@@ -59,14 +59,15 @@ void CloseFd(int& fd) {
   fd = -1;
 }
 
-// One worker process and the host's ends of its wire and fault pipe. A worker forked by the
-// zygote is not the host's child: it also has a pidfd (to signal it without a pid race) and the
-// read end of its status pipe, where the zygote writes its wait status.
+// One worker process and the host's ends of its wire and fault pipe, and a pidfd (to signal it
+// without a pid race, and to see whether it ended). A worker forked by the zygote is not the
+// host's child: it also has the read end of its status pipe, where the zygote writes its wait
+// status.
 struct Worker {
   pid_t pid = -1;
   int sock = -1;
   int fault = -1;
-  int pidfd = -1;   // zygote workers only
+  int pidfd = -1;   // -1 only when pidfd_open failed for a spawned worker
   int status = -1;  // zygote workers only
   isolate_internal::MessageBuffer buffer;
   explicit Worker(isolate_internal::WireLimits limits) : buffer(limits) {}
@@ -79,8 +80,8 @@ struct Worker {
 };
 
 // Signals a worker: through its pidfd when it has one (a zygote worker's pid is reaped by the
-// zygote and may be recycled), else by pid (the host's own child: its pid stays ours until the
-// host reaps it).
+// zygote and may be recycled), else by pid (only the host's own child has none, and its pid
+// stays ours until the host reaps it).
 void Signal(pid_t pid, int pidfd, int sig) {
   if (pidfd >= 0) {
     syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0);
@@ -89,7 +90,7 @@ void Signal(pid_t pid, int pidfd, int sig) {
   }
 }
 
-// True when the zygote worker has ended (its pidfd is readable); false for the host's own.
+// True when the worker has ended (its pidfd is readable); false when it has no pidfd.
 bool Ended(const Worker& worker) {
   if (worker.pidfd < 0) return false;
   pollfd p{worker.pidfd, POLLIN, 0};
@@ -211,7 +212,7 @@ struct WorkerPool::State {
   std::deque<std::unique_ptr<Worker>> spares ABSL_GUARDED_BY(mu);
   // Reuse workers, per handler; each serves only its handler.
   absl::flat_hash_map<std::string, std::vector<std::unique_ptr<Worker>>> idle ABSL_GUARDED_BY(mu);
-  // Busy workers: pid -> pidfd (-1 for the host's own children), for Shutdown to kill them.
+  // Busy workers: pid -> pidfd (-1 when it has none), for Shutdown to kill them.
   absl::flat_hash_map<pid_t, int> busy ABSL_GUARDED_BY(mu);
   std::vector<std::unique_ptr<Worker>> retired ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, Backoff> backoff ABSL_GUARDED_BY(mu);
@@ -253,9 +254,12 @@ struct WorkerPool::State {
   absl::StatusOr<std::unique_ptr<Worker>> Acquire(const std::string& handler, bool reuse,
                                                   std::optional<Deadline> deadline);
   void Release(std::unique_ptr<Worker> worker, const std::string& handler, bool keep);
+  // Kills the worker now, so that its teardown runs while the spawner starts the next one; the
+  // spawner reaps it later (a spare to start comes first).
   void RetireLocked(std::unique_ptr<Worker> worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (worker == nullptr) return;
     busy.erase(worker->pid);
+    Signal(worker->pid, worker->pidfd, SIGKILL);
     retired.push_back(std::move(worker));
     spawner_cv.notify_all();
   }
@@ -299,7 +303,9 @@ void WorkerPool::State::SpawnerLoop() {
       lock.lock();
       continue;
     }
-    if (!retired.empty()) {
+    // A spare to start comes before the dead to reap: a call may be waiting for it, and the
+    // retired workers were killed when they were retired (RetireLocked).
+    if (!retired.empty() && !NeedSpawnLocked()) {
       std::vector<std::unique_ptr<Worker>> batch = std::move(retired);
       retired.clear();
       lock.unlock();
@@ -485,6 +491,12 @@ absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::SpawnFromZygote() {
     const std::optional<int> wait_status = ReapWorker(*worker, std::chrono::milliseconds(0));
     const isolate_internal::FaultRecord record =
         isolate_internal::ParseFaultRecord(DrainFaultPipe(worker->fault));
+    if (!wait_status) {
+      // The zygote ended (and took the worker with it): not the executable's failure. Aborted
+      // makes Spawn stop the zygote and start this worker the slow way.
+      return absl::AbortedError(
+          absl::StrCat("the zygote ended while a worker started: ", hello.message()));
+    }
     std::string how = !wait_status ? std::string("its zygote ended")
                       : WIFEXITED(*wait_status)
                           ? absl::StrCat("exit status ", WEXITSTATUS(*wait_status))
@@ -548,6 +560,9 @@ absl::StatusOr<std::unique_ptr<Worker>> WorkerPool::State::SpawnExecutable(
                                                "\": ", strerror(rc != 0 ? rc : EMFILE)));
   }
   worker->pid = pid;
+  // Our own child, so its pid cannot be recycled before we reap it: the pidfd tells a call that
+  // takes it as a spare whether it died while idle (Ended), as for a zygote's worker.
+  worker->pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   absl::Status hello = AwaitHello(*worker, DeadlineAfter(Clock::now(), options.startup_timeout));
   if (!hello.ok()) {
     kill(pid, SIGKILL);

@@ -1,8 +1,10 @@
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <condition_variable>
@@ -61,50 +63,84 @@ class WireSink final : public dispatch::Sink {
   std::mutex mu_;
 };
 
-// What the reader thread hands to the serving thread.
-struct Inbox {
+// The wire's read side, shared by the serving (main) thread and the watcher thread.
+//
+// Between calls the serving thread reads the socket itself, so that a call message wakes the
+// thread that runs it and no other (one scheduling hop, not two). While a call runs
+// (`running`), the serving thread does not read and the watcher owns the reads: the host sends
+// nothing then but a cancel (it never pipelines calls), or closes the socket; either cancels the
+// running call. The watcher reads only under `mu` with `running` set, and the serving thread
+// clears `running` under `mu` before it sends the call's done message, so the watcher never
+// reads a byte of the next call.
+struct Wire {
+  explicit Wire(isolate_internal::WireLimits limits) : buffer(limits) {}
   std::mutex mu;
-  std::condition_variable cv;
-  std::optional<std::string> call;  // one call body at a time: the host never pipelines
-  bool closed = false;
-  std::optional<Canceller> current;  // the running call's canceller
+  std::condition_variable cv;              // `running` became true
+  bool running = false;                    // a call is being served
+  bool closed = false;                     // end of stream or a malformed stream
+  std::optional<Canceller> current;        // the running call's canceller
+  isolate_internal::MessageBuffer buffer;  // read and not yet handled, by either thread
 };
 
-// Reads the socket for as long as it is open: calls go to the inbox, a cancel stops the
-// running call, end of stream (or a malformed stream) closes the inbox and cancels.
-void ReadLoop(Inbox& inbox, isolate_internal::WireLimits limits) {
-  isolate_internal::MessageBuffer buffer(limits);
+// Handles what is buffered while a call runs: a cancel stops it; anything else (a malformed
+// stream, a second call) breaks the protocol and ends the wire. Caller holds wire.mu.
+void HandleWhileRunningLocked(Wire& wire) {
+  for (;;) {
+    absl::StatusOr<std::optional<isolate_internal::Message>> next = wire.buffer.Next();
+    if (next.ok() && !next->has_value()) return;
+    if (!next.ok() || (**next).type != MessageType::kCancel) wire.closed = true;
+    if (wire.current) wire.current->Cancel();
+    if (wire.closed) return;
+  }
+}
+
+// The watcher thread: while a call runs, waits for the socket and handles what arrives.
+void Watch(Wire& wire) {
+  char chunk[4096];
+  std::unique_lock<std::mutex> lock(wire.mu);
+  for (;;) {
+    wire.cv.wait(lock, [&] { return wire.running && !wire.closed; });
+    HandleWhileRunningLocked(wire);  // a cancel read along with the call
+    if (wire.closed) continue;
+    lock.unlock();
+    pollfd p{kWireFd, POLLIN, 0};
+    const int r = poll(&p, 1, -1);
+    lock.lock();
+    if (r <= 0 || !wire.running) continue;  // the call ended: the serving thread reads again
+    const ssize_t n = recv(kWireFd, chunk, sizeof(chunk), MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (n <= 0) {
+      wire.closed = true;
+      if (wire.current) wire.current->Cancel();
+      continue;
+    }
+    wire.buffer.Append(std::string_view(chunk, static_cast<std::size_t>(n)));
+    HandleWhileRunningLocked(wire);
+  }
+}
+
+// The serving thread, between calls: the next call's body; nullopt when the host closed the
+// wire or broke the protocol. A stale cancel (sent as the last call ended) is dropped.
+std::optional<std::string> NextCall(Wire& wire) {
   char chunk[64 * 1024];
-  bool open = true;
-  while (open) {
-    const ssize_t n = read(kWireFd, chunk, sizeof(chunk));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    buffer.Append(std::string_view(chunk, static_cast<std::size_t>(n)));
-    for (;;) {
-      absl::StatusOr<std::optional<isolate_internal::Message>> next = buffer.Next();
-      if (!next.ok()) {
-        open = false;
-        break;
-      }
-      if (!next->has_value()) break;
-      isolate_internal::Message& message = **next;
-      std::lock_guard<std::mutex> lock(inbox.mu);
-      if (message.type == MessageType::kCall && !inbox.call) {
-        inbox.call = std::move(message.body);
-        inbox.cv.notify_all();
-      } else if (message.type == MessageType::kCancel) {
-        if (inbox.current) inbox.current->Cancel();
-      } else {
-        open = false;  // the host sends nothing else
-        break;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(wire.mu);
+      if (wire.closed) return std::nullopt;
+      for (;;) {
+        absl::StatusOr<std::optional<isolate_internal::Message>> next = wire.buffer.Next();
+        if (!next.ok()) return std::nullopt;
+        if (!next->has_value()) break;
+        if ((**next).type == MessageType::kCall) return std::move((**next).body);
+        if ((**next).type != MessageType::kCancel) return std::nullopt;
       }
     }
+    const ssize_t n = read(kWireFd, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return std::nullopt;
+    std::lock_guard<std::mutex> lock(wire.mu);
+    wire.buffer.Append(std::string_view(chunk, static_cast<std::size_t>(n)));
   }
-  std::lock_guard<std::mutex> lock(inbox.mu);
-  inbox.closed = true;
-  if (inbox.current) inbox.current->Cancel();
-  inbox.cv.notify_all();
 }
 
 std::uint64_t PeakRss() {
@@ -114,7 +150,7 @@ std::uint64_t PeakRss() {
 }
 
 // Runs one call and returns what to report.
-isolate_internal::DoneMessage Serve(const WorkerRegistry& registry, Inbox& inbox,
+isolate_internal::DoneMessage Serve(const WorkerRegistry& registry, Wire& wire,
                                     const std::string& body,
                                     const isolate_internal::WireLimits& limits) {
   isolate_internal::DoneMessage done;
@@ -132,10 +168,12 @@ isolate_internal::DoneMessage Serve(const WorkerRegistry& registry, Inbox& inbox
   } else {
     auto [frame, canceller] = decoded->frame.WithCancel();
     {
-      std::lock_guard<std::mutex> lock(inbox.mu);
-      inbox.current = canceller;
-      if (inbox.closed) canceller.Cancel();
+      std::lock_guard<std::mutex> lock(wire.mu);
+      wire.current = canceller;
+      wire.running = true;
+      if (wire.closed) canceller.Cancel();
     }
+    wire.cv.notify_one();
     WireSink sink(limits.max_message_bytes - 1);
     try {
       status = (*handler)(frame, call->payload, sink);
@@ -147,8 +185,9 @@ isolate_internal::DoneMessage Serve(const WorkerRegistry& registry, Inbox& inbox
       done.panic_message = panic.message;
       status = PanicStatus(panic);
     }
-    std::lock_guard<std::mutex> lock(inbox.mu);
-    inbox.current.reset();
+    std::lock_guard<std::mutex> lock(wire.mu);
+    wire.current.reset();
+    wire.running = false;
   }
   done.code = status.code();
   done.message = std::string(status.message());
@@ -241,22 +280,13 @@ int WorkerMain(const WorkerRegistry& registry, int argc, char** argv) {
       !s.ok()) {
     _exit(0);  // the host is gone already
   }
-  Inbox inbox;
-  std::thread reader(ReadLoop, std::ref(inbox), limits);
-  reader.detach();
+  Wire wire(limits);
+  std::thread watcher(Watch, std::ref(wire));
+  watcher.detach();
   for (;;) {
-    std::string body;
-    {
-      std::unique_lock<std::mutex> lock(inbox.mu);
-      inbox.cv.wait(lock, [&] { return inbox.call.has_value() || inbox.closed; });
-      if (!inbox.call) _exit(0);
-      body = std::move(*inbox.call);
-    }
-    const isolate_internal::DoneMessage done = Serve(registry, inbox, body, limits);
-    {
-      std::lock_guard<std::mutex> lock(inbox.mu);
-      inbox.call.reset();
-    }
+    const std::optional<std::string> body = NextCall(wire);
+    if (!body) _exit(0);
+    const isolate_internal::DoneMessage done = Serve(registry, wire, *body, limits);
     if (!isolate_internal::SendAll(kWireFd, isolate_internal::EncodeDone(done, limits)).ok()) {
       _exit(0);
     }

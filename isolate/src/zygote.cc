@@ -17,9 +17,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "framekit/isolate/internal/wire.h"
@@ -95,16 +98,79 @@ std::int64_t DecodeLe64(const unsigned char* in) {
   return static_cast<std::int64_t>(v);
 }
 
+// Appends the pids of this process's children to `out`: from /proc/self/task/<pid>/children
+// (the zygote has one thread, so that file lists them all), or, where the kernel lacks it, from
+// the parent field of every /proc/<pid>/stat.
+void ListChildren(std::vector<pid_t>& out) {
+  out.clear();
+  const pid_t self = getpid();
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/self/task/%d/children", static_cast<int>(self));
+  if (const int fd = open(path, O_RDONLY | O_CLOEXEC); fd >= 0) {
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)) {
+      if (n > 0) text.append(buf, static_cast<std::size_t>(n));
+    }
+    close(fd);
+    long pid = 0;
+    bool in_number = false;
+    for (char c : text) {
+      if (c >= '0' && c <= '9') {
+        pid = pid * 10 + (c - '0');
+        in_number = true;
+      } else if (in_number) {
+        out.push_back(static_cast<pid_t>(pid));
+        pid = 0;
+        in_number = false;
+      }
+    }
+    if (in_number) out.push_back(static_cast<pid_t>(pid));
+    return;
+  }
+  DIR* dir = opendir("/proc");
+  if (dir == nullptr) return;
+  while (dirent* entry = readdir(dir)) {
+    const int pid = std::atoi(entry->d_name);
+    if (pid <= 0) continue;
+    std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char stat[512];
+    const ssize_t n = read(fd, stat, sizeof(stat) - 1);
+    close(fd);
+    if (n <= 0) continue;
+    stat[n] = '\0';
+    const char* close_paren = std::strrchr(stat, ')');
+    int ppid = 0;
+    char state = 0;
+    if (close_paren != nullptr && std::sscanf(close_paren + 1, " %c %d", &state, &ppid) == 2 &&
+        ppid == self) {
+      out.push_back(static_cast<pid_t>(pid));
+    }
+  }
+  closedir(dir);
+}
+
 // The zygote's state: its control socket, its SIGCHLD signalfd and each live worker's status
 // pipe. Single-threaded; lives for the zygote's whole life.
+//
+// The zygote is a child subreaper (PR_SET_CHILD_SUBREAPER): a process that a worker started
+// (possible only with seccomp off) and that lost its parent comes to the zygote rather than to
+// init, even after setsid(). The zygote's only children of its own are the workers it forked
+// (status_fds), so every other child is such an orphan: it is killed and reaped whenever a
+// child of the zygote ends (a worker's orphans are reparented before its death is signalled)
+// and when the zygote exits. Descendants of a worker that still runs stay the worker's.
 struct Zygote {
   int control = -1;
   int sigchld = -1;
   std::map<pid_t, int> status_fds;  // worker pid -> its status pipe's write end
+  std::vector<pid_t> children;      // scratch for ListChildren
 
   void Report(pid_t pid, int wait_status) {
     auto it = status_fds.find(pid);
-    if (it == status_fds.end()) return;
+    if (it == status_fds.end()) return;  // an orphan a worker left
     ssize_t ignored = write(it->second, &wait_status, sizeof(wait_status));
     (void)ignored;
     close(it->second);
@@ -117,9 +183,28 @@ struct Zygote {
       if (pid > 0) Report(pid, wait_status);
     }
   }
+  // Kills every child that is not a worker; they are reaped on the SIGCHLD their deaths raise
+  // (and whatever they leave comes here in turn).
+  void KillOrphans() {
+    ListChildren(children);
+    for (pid_t pid : children) {
+      if (!status_fds.contains(pid)) kill(pid, SIGKILL);
+    }
+  }
+  // Kills every child, workers and orphans, and reaps them all, orphans those leave included.
   [[noreturn]] void Exit() {
     for (const auto& [pid, fd] : status_fds) kill(pid, SIGKILL);
-    ReapAll(0);
+    for (;;) {
+      ListChildren(children);
+      for (pid_t pid : children) kill(pid, SIGKILL);
+      int wait_status = 0;
+      const pid_t pid = waitpid(-1, &wait_status, 0);
+      if (pid > 0) {
+        Report(pid, wait_status);
+      } else if (errno != EINTR) {
+        break;  // ECHILD: none left
+      }
+    }
     _exit(0);
   }
   // Returns the new worker's pid in the worker (0 in the zygote after it answered).
@@ -203,6 +288,8 @@ int CountThreads() {
 
 pid_t RunZygote(const WorkerArgs& args) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // Orphans of workers come here, not to init (see Zygote). Not inherited by the workers.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   if (getppid() != static_cast<pid_t>(args.parent)) _exit(1);
   if (const int threads = CountThreads(); threads != 1) {
     ZygoteFail(absl::StrCat(threads, " threads at start-up; a zygote must have one").c_str(),
@@ -234,6 +321,7 @@ pid_t RunZygote(const WorkerArgs& args) {
       while (read(z.sigchld, &info, sizeof(info)) > 0) {
       }
       z.ReapAll(WNOHANG);
+      z.KillOrphans();
     }
     if (p[0].revents == 0) continue;
     char request = 0;

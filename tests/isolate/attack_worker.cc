@@ -2,12 +2,14 @@
 // (garbage, a closed or half-closed socket, a grandchild holding it open) or that ignore the
 // stop request, and a healthy echo.
 #include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,7 +58,26 @@ pid_t ForkDetachedSleeper() {
 
 }  // namespace
 
+// --crash-after-fork=N (after the pool's flags): every Nth process the zygote forks dies by
+// SIGSEGV right after the fork, before its hello (the parent's count lives in the zygote).
+int g_crash_every = 0;
+int g_forks = 0;
+
+void CrashSomeForks(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg(argv[i]);
+    if (arg.starts_with("--crash-after-fork=")) g_crash_every = std::atoi(argv[i] + 19);
+  }
+  if (g_crash_every <= 0) return;
+  pthread_atfork(
+      nullptr, [] { ++g_forks; },
+      [] {
+        if ((g_forks + 1) % g_crash_every == 0) raise(SIGSEGV);
+      });
+}
+
 int main(int argc, char** argv) {
+  CrashSomeForks(argc, argv);
   framekit::isolate::WorkerRegistry r;
   r.set_portable_keys(framekit::isolate_test::TestKeys());
   std::vector<absl::Status> added = {

@@ -4,6 +4,8 @@
 #define FRAMEKIT_TESTS_ISOLATE_ISOLATE_TEST_UTIL_H_
 
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -55,6 +57,24 @@ inline bool WaitForSpares(const isolate::WorkerPool& pool, int n,
   return true;
 }
 
+// The whole of a /proc file, or "" when it cannot be read. Plain read(2): a process that ends
+// while its file is read makes read fail with ESRCH, which a std::ifstream turns into an
+// exception (libstdc++'s filebuf throws on a read error whatever the stream's exception mask).
+inline std::string ReadProcFile(const std::string& path) {
+  std::string text;
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  close(fd);
+  return text;
+}
+
 struct ChildProcess {
   int pid = 0;
   char state = '?';
@@ -69,8 +89,7 @@ inline std::vector<ChildProcess> Children() {
   while (dirent* entry = readdir(dir)) {
     const int pid = std::atoi(entry->d_name);
     if (pid <= 0) continue;
-    std::ifstream in(std::string("/proc/") + entry->d_name + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string stat = ReadProcFile(std::string("/proc/") + entry->d_name + "/stat");
     const std::size_t close = stat.rfind(')');
     if (close == std::string::npos) continue;
     std::istringstream rest(stat.substr(close + 1));

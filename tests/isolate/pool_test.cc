@@ -9,7 +9,6 @@
 #include <barrier>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,6 +27,7 @@ namespace {
 using ::framekit::isolate_test::Children;
 using ::framekit::isolate_test::IsOkAndHolds;
 using ::framekit::isolate_test::MakePool;
+using ::framekit::isolate_test::ReadProcFile;
 using ::framekit::isolate_test::StringSink;
 using ::framekit::isolate_test::TestOptions;
 using ::framekit::isolate_test::WaitForChildren;
@@ -483,10 +483,8 @@ TEST(WorkerPool, WorkersDieWithAKilledHost) {
   for (int pid : workers) {
     bool gone = false;
     for (int i = 0; i < 400 && !gone; ++i) {
-      std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-      std::string line;
-      std::getline(stat, line);
-      gone = !stat.good() || line.find(") Z") != std::string::npos;
+      const std::string line = ReadProcFile("/proc/" + std::to_string(pid) + "/stat");
+      gone = line.empty() || line.find(") Z") != std::string::npos;
       if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     EXPECT_TRUE(gone) << "worker " << pid << " outlived its host";

@@ -11,7 +11,6 @@
 
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <set>
 #include <string>
 #include <thread>
@@ -44,8 +43,7 @@ struct ProcStat {
 };
 
 ProcStat Stat(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string stat = isolate_test::ReadProcFile("/proc/" + std::to_string(pid) + "/stat");
   ProcStat out;
   const std::size_t close = stat.rfind(')');
   if (close == std::string::npos) return out;

@@ -37,6 +37,10 @@
 //   - Shutdown kills and reaps every worker and the zygote; the destructor calls it. Workers
 //     also die with the host (PR_SET_PDEATHSIG: the zygote with the host, its workers with the
 //     zygote), so none outlives it even when the host is killed.
+//   - A process a worker starts (only possible with limits.seccomp off) is killed by the zygote
+//     once its worker has ended, or at Shutdown (the zygote is a child subreaper, so setsid()
+//     does not escape it). NOTE: with the zygote off, or when the host is killed, such a
+//     process is reparented to init and may outlive the pool; keep seccomp on to rule it out.
 //
 // Example:
 //   framekit::isolate::WorkerPoolOptions options;
@@ -71,6 +75,8 @@
 namespace framekit::isolate {
 
 // What each worker process is allowed. Applied by the worker itself before it serves a call.
+// Core dumps are always off in a worker (RLIMIT_CORE 0 and not dumpable): a crash is reported
+// through its fault record instead.
 struct WorkerLimits {
   // RLIMIT_AS in bytes; 0 for none. Not applied in a worker built with AddressSanitizer or
   // ThreadSanitizer, whose runtimes reserve terabytes of shadow address space.

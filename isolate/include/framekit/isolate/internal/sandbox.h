@@ -32,7 +32,8 @@ std::vector<std::string> FormatWorkerArgs(const WorkerArgs& args);
 // (ignored).
 absl::StatusOr<WorkerArgs> ParseWorkerArgs(int argc, char** argv);
 
-// setrlimit for each non-zero limit (address space skipped in a sanitizer build).
+// setrlimit for each non-zero limit (address space skipped in a sanitizer build); no core dumps
+// (RLIMIT_CORE 0, PR_SET_DUMPABLE 0).
 absl::Status ApplyLimits(const isolate::WorkerLimits& limits);
 // The default profile (see WorkerLimits::seccomp) in two steps. Compiling is the slow part
 // (libseccomp builds the program): a zygote compiles once and each worker it forks only loads.

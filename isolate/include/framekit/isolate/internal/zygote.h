@@ -21,7 +21,15 @@
 //
 // Lifetimes: the zygote asks for SIGKILL when the host's spawning thread ends
 // (PR_SET_PDEATHSIG), each worker asks for SIGKILL when the zygote ends. Killing the host kills
-// the zygote, which kills its workers: no orphan outlives the host.
+// the zygote, which kills its workers: no worker outlives the host.
+//
+// Descendants of workers: the zygote is a child subreaper (PR_SET_CHILD_SUBREAPER), so a
+// process a worker started (seccomp off) that loses its parent is reparented to the zygote, even
+// after setsid(). Every child of the zygote that is not a worker it forked is such an orphan and
+// is killed and reaped: when any child of the zygote ends, and when the zygote exits (end of
+// stream on the control socket). A descendant of a worker that still runs stays the worker's
+// until the worker ends. Not covered: a zygote killed by SIGKILL (the host killed) cannot kill
+// the orphans it holds; they go to init.
 #ifndef FRAMEKIT_ISOLATE_INTERNAL_ZYGOTE_H_
 #define FRAMEKIT_ISOLATE_INTERNAL_ZYGOTE_H_
 
