@@ -136,6 +136,18 @@ struct TestNode {
   std::atomic<int> stopped{0};
 };
 
+// Waits until `done()` is true, at most `limit`; false when the time ran out. The suites' waits
+// for another thread's progress: a call that never arrives is a failure, not a hang.
+template <class Fn>
+bool WaitUntil(Fn done, std::chrono::milliseconds limit = std::chrono::seconds(30)) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
 // Collects everything written to it.
 class StringSink : public dispatch::Sink {
  public:
