@@ -10,7 +10,6 @@
 #   cn-only.pem/.key  a client with no SAN: CN=node-c.framekit.test
 #   expired.pem/.key  a client, node-a's identity, expired in 2001
 #   rogue.pem/.key    a client, node-a's identity, signed by another CA (rogue-ca.pem)
-#   rogue-server.pem/.key  a server (localhost, 127.0.0.1) signed by that other CA
 set -euo pipefail
 cd "$(dirname "$0")"
 work=$(mktemp -d)
@@ -78,6 +77,5 @@ leaf node-b ca node-b "URI:spiffe://framekit.test/node-b" clientAuth
 leaf cn-only ca node-c.framekit.test "" clientAuth
 leaf expired ca node-a "URI:spiffe://framekit.test/node-a" clientAuth 20000101000000Z 20010101000000Z
 leaf rogue rogue-ca node-a "URI:spiffe://framekit.test/node-a" clientAuth
-leaf rogue-server rogue-ca framekit-test-server "DNS:localhost,IP:127.0.0.1" serverAuth
 chmod 644 ./*.key
 echo "certificates written to $(pwd)"
