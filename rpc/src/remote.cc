@@ -202,13 +202,12 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
         "tls.cert_chain_file and tls.private_key_file go together: both or neither");
   }
   if (!tls.cert_chain_file.empty()) {
-    FRAMEKIT_ASSIGN_OR_RETURN(ssl.pem_cert_chain, rpc_internal::ReadPemFile(
-                                                      "tls.cert_chain_file", tls.cert_chain_file));
-    FRAMEKIT_ASSIGN_OR_RETURN(ssl.pem_private_key, rpc_internal::ReadPemFile(
-                                                       "tls.private_key_file", tls.private_key_file));
-    FRAMEKIT_RETURN_IF_ERROR(rpc_internal::CheckKeyPair("tls.cert_chain_file", ssl.pem_cert_chain,
-                                                        "tls.private_key_file",
-                                                        ssl.pem_private_key));
+    FRAMEKIT_ASSIGN_OR_RETURN(
+        ssl.pem_cert_chain, rpc_internal::ReadPemFile("tls.cert_chain_file", tls.cert_chain_file));
+    FRAMEKIT_ASSIGN_OR_RETURN(ssl.pem_private_key, rpc_internal::ReadPemFile("tls.private_key_file",
+                                                                             tls.private_key_file));
+    FRAMEKIT_RETURN_IF_ERROR(rpc_internal::CheckKeyPair(
+        "tls.cert_chain_file", ssl.pem_cert_chain, "tls.private_key_file", ssl.pem_private_key));
   }
   return grpc::SslCredentials(ssl);
 }

@@ -303,8 +303,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 // inline call is cancelled while its handler still runs.
 class CloseInterceptor final : public grpc::experimental::Interceptor {
  public:
-  CloseInterceptor(Impl& impl, grpc::experimental::ServerRpcInfo* info)
-      : impl_(impl), info_(info) {
+  CloseInterceptor(Impl& impl, grpc::experimental::ServerRpcInfo* info) : impl_(impl), info_(info) {
     handoff_.Publish();
   }
   ~CloseInterceptor() override { handoff_.Receive(); }
@@ -476,8 +475,9 @@ absl::Status CheckTrusted(const ServerOptions& options) {
     if (peer.certificate_identity.empty()) continue;
     if (!verifies_clients) {
       return absl::InvalidArgumentError(
-          absl::StrCat(who, " names a certificate identity, but the server verifies no client "
-                            "certificates (tls.client_ca_file is not set)"));
+          absl::StrCat(who,
+                       " names a certificate identity, but the server verifies no client "
+                       "certificates (tls.client_ca_file is not set)"));
     }
     if (peer.token.empty() && !identities.insert(peer.certificate_identity).second) {
       return absl::InvalidArgumentError(
@@ -513,8 +513,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   const ServerTls& tls = *options.tls;
   FRAMEKIT_ASSIGN_OR_RETURN(std::string chain,
                             rpc_internal::ReadPemFile("tls.cert_chain_file", tls.cert_chain_file));
-  FRAMEKIT_ASSIGN_OR_RETURN(std::string key,
-                            rpc_internal::ReadPemFile("tls.private_key_file", tls.private_key_file));
+  FRAMEKIT_ASSIGN_OR_RETURN(
+      std::string key, rpc_internal::ReadPemFile("tls.private_key_file", tls.private_key_file));
   FRAMEKIT_RETURN_IF_ERROR(
       rpc_internal::CheckKeyPair("tls.cert_chain_file", chain, "tls.private_key_file", key));
   grpc_ssl_client_certificate_request_type request = GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;

@@ -64,13 +64,13 @@ absl::Status ForEachCertificate(std::string_view what, const std::string& pem, F
   }
   // The loop ends at the end of the data (PEM_R_NO_START_LINE) or at a block that does not parse.
   const unsigned long last = ERR_peek_last_error();  // NOLINT(google-runtime-int)
-  const bool at_end = count > 0 && ERR_GET_LIB(last) == ERR_LIB_PEM &&
-                      ERR_GET_REASON(last) == PEM_R_NO_START_LINE;
+  const bool at_end =
+      count > 0 && ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE;
   if (count == 0 || (last != 0 && !at_end)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        AsAbsl(what), ": not a PEM certificate",
-        count > 0 ? absl::StrCat(" after ", count, " certificates") : std::string(), " (",
-        OpenSslReason(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(AsAbsl(what), ": not a PEM certificate",
+                     count > 0 ? absl::StrCat(" after ", count, " certificates") : std::string(),
+                     " (", OpenSslReason(), ")"));
   }
   ERR_clear_error();
   return absl::OkStatus();
@@ -80,7 +80,8 @@ absl::Status ForEachCertificate(std::string_view what, const std::string& pem, F
 
 absl::StatusOr<std::string> ReadPemFile(std::string_view what, const std::string& path) {
   const std::string echo = base_internal::Echo(path, 256);
-  if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), ": no file named"));
+  if (path.empty())
+    return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), ": no file named"));
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int err = errno;

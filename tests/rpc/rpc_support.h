@@ -33,6 +33,15 @@ inline const Key<std::string> kRoute{"app.route"};
 // Set by the receiving node's own resolver from the tenant it was sent.
 inline const Key<std::string> kRegion{"app.region"};
 
+// Time budgets of the suites are multiplied by this in the sanitizer builds, where gRPC's calls
+// and TLS handshakes run several times slower (more so on a loaded machine). The plain build
+// keeps the tight bounds.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+inline constexpr int kSlowdown = 5;
+#else
+inline constexpr int kSlowdown = 1;
+#endif
+
 // tenant, route and the caller: the keys the test nodes exchange.
 inline std::shared_ptr<const PortableKeys> Portable() {
   auto portable = std::make_shared<PortableKeys>();

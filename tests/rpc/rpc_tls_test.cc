@@ -27,6 +27,7 @@ namespace framekit::rpc {
 namespace {
 
 using ::framekit::rpc_testing::Call;
+using ::framekit::rpc_testing::kSlowdown;
 using ::framekit::rpc_testing::kTenant;
 using ::framekit::rpc_testing::Portable;
 using ::framekit::rpc_testing::TestNode;
@@ -64,14 +65,18 @@ ClientTls ClientCert(const std::string& who = "", const std::string& ca = "ca.pe
 
 std::shared_ptr<RemoteNode> ConnectTo(const TestNode& b, std::optional<ClientTls> tls,
                                       std::string token = "") {
-  absl::StatusOr<std::shared_ptr<RemoteNode>> node = RemoteNode::Connect(
-      {.target = b.target(), .tls = std::move(tls), .portable = Portable(), .peer_token = token});
+  absl::StatusOr<std::shared_ptr<RemoteNode>> node =
+      RemoteNode::Connect({.target = b.target(),
+                           .tls = std::move(tls),
+                           .portable = Portable(),
+                           .peer_token = token,
+                           .connect_timeout = 2s * kSlowdown});
   EXPECT_THAT(node, IsOk());
   return node.ok() ? *node : nullptr;
 }
 
 // A frame with a caller, a tenant and a deadline.
-Frame CallerFrame(Clock::duration timeout = 3s) {
+Frame CallerFrame(Clock::duration timeout = 3s * kSlowdown) {
   return WithCaller(Frame(), {.user_id = "alice"})
       .With(kTenant, std::string("acme"))
       .WithTimeout(timeout);
@@ -117,12 +122,13 @@ TEST(AcceptFrameTls, CertificateIdentityNamesTheTrustedPeer) {
   EXPECT_THAT(
       rpc_internal::AcceptFrame(options, Metadata{{kPeerTokenHeader, kToken}}, std::nullopt, a),
       StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("node-b-pinned")));
-  EXPECT_THAT(rpc_internal::AcceptFrame(options, Metadata{{kPeerTokenHeader, kToken}}, std::nullopt),
-              StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(
+      rpc_internal::AcceptFrame(options, Metadata{{kPeerTokenHeader, kToken}}, std::nullopt),
+      StatusIs(absl::StatusCode::kUnauthenticated));
   // A certificate never makes an unknown token good.
-  EXPECT_THAT(rpc_internal::AcceptFrame(options, Metadata{{kPeerTokenHeader, "guess"}},
-                                        std::nullopt, a),
-              StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("unknown peer token")));
+  EXPECT_THAT(
+      rpc_internal::AcceptFrame(options, Metadata{{kPeerTokenHeader, "guess"}}, std::nullopt, a),
+      StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("unknown peer token")));
 }
 
 // ---- options and files ----------------------------------------------------------------------
@@ -189,8 +195,9 @@ TEST(RemoteTls, ConnectRejectsBadFiles) {
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("tls.server_ca_file")));
   EXPECT_THAT(connect({.server_ca_file = CertPath("node-a.key")}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tls.server_ca_file")));
-  EXPECT_THAT(connect({.server_ca_file = CertPath("ca.pem"), .cert_chain_file = CertPath("node-a.pem")}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("both or neither")));
+  EXPECT_THAT(
+      connect({.server_ca_file = CertPath("ca.pem"), .cert_chain_file = CertPath("node-a.pem")}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("both or neither")));
   EXPECT_THAT(connect({.cert_chain_file = CertPath("node-a.pem"),
                        .private_key_file = CertPath("node-b.key")}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is not the key of")));
@@ -219,9 +226,9 @@ TEST(RpcTls, CallOverTlsCarriesTheFrame) {
   ClientTls named = ClientCert();
   named.server_name = "localhost";
   absl::StatusOr<std::shared_ptr<RemoteNode>> by_name =
-      RemoteNode::Connect({.target = b.target(), .tls = named});
+      RemoteNode::Connect({.target = b.target(), .tls = named, .connect_timeout = 2s * kSlowdown});
   ASSERT_THAT(by_name, IsOk());
-  EXPECT_THAT(Call(**by_name, "echo", Frame().WithTimeout(3s), "hi"), IsOk());
+  EXPECT_THAT(Call(**by_name, "echo", Frame().WithTimeout(3s * kSlowdown), "hi"), IsOk());
 }
 
 TEST(RpcTls, PlaintextAndTlsDoNotMixAndFailWithinTheDeadline) {
@@ -248,7 +255,7 @@ TEST(RpcTls, PlaintextAndTlsDoNotMixAndFailWithinTheDeadline) {
     EXPECT_THAT(r.status().code(), ::testing::AnyOf(absl::StatusCode::kUnavailable,
                                                     absl::StatusCode::kDeadlineExceeded))
         << c.what << ": " << r.status();
-    EXPECT_LT(Clock::now() - start, 2500ms) << c.what;
+    EXPECT_LT(Clock::now() - start, 2s + 500ms * kSlowdown) << c.what;
   }
   // A server name the certificate does not carry.
   absl::StatusOr<std::shared_ptr<RemoteNode>> wrong_name = RemoteNode::Connect(
@@ -265,8 +272,8 @@ TEST(RpcTls, IdentityOnlyFromThePeerWhoseCertificateIsTrusted) {
   TestNode b(TrustingCertA());
   ASSERT_THAT(b.start_status, IsOk());
   // Node A: trusted by its certificate, no token.
-  absl::StatusOr<std::string> seen = Call(*ConnectTo(b, ClientCert("node-a")), "whoami",
-                                          CallerFrame());
+  absl::StatusOr<std::string> seen =
+      Call(*ConnectTo(b, ClientCert("node-a")), "whoami", CallerFrame());
   ASSERT_THAT(seen, IsOk());
   EXPECT_THAT(*seen, HasSubstr("caller=alice caller_origin=inherited"));
   EXPECT_THAT(*seen, HasSubstr("tenant=acme tenant_origin=inherited"));
@@ -274,7 +281,8 @@ TEST(RpcTls, IdentityOnlyFromThePeerWhoseCertificateIsTrusted) {
   std::shared_ptr<RemoteNode> node_b = ConnectTo(b, ClientCert("node-b"));
   EXPECT_THAT(Call(*node_b, "whoami", CallerFrame()),
               StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("\"anonymous\"")));
-  seen = Call(*node_b, "whoami", Frame().With(kTenant, std::string("acme")).WithTimeout(3s));
+  seen = Call(*node_b, "whoami",
+              Frame().With(kTenant, std::string("acme")).WithTimeout(3s * kSlowdown));
   ASSERT_THAT(seen, IsOk());
   EXPECT_THAT(*seen, HasSubstr("caller=- caller_origin=absent"));
   EXPECT_THAT(*seen, HasSubstr("tenant=- "));
@@ -284,8 +292,8 @@ TEST(RpcTls, IdentityOnlyFromThePeerWhoseCertificateIsTrusted) {
 TEST(RpcTls, CommonNameIsTheIdentityOfACertificateWithoutSan) {
   ServerOptions options;
   options.tls = ServerCert();
-  options.trusted.push_back(
-      {.certificate_identity = "node-c.framekit.test", .policy = {.name = "node-c", .identity = true}});
+  options.trusted.push_back({.certificate_identity = "node-c.framekit.test",
+                             .policy = {.name = "node-c", .identity = true}});
   TestNode b(options);
   ASSERT_THAT(b.start_status, IsOk());
   EXPECT_THAT(Call(*ConnectTo(b, ClientCert("cn-only")), "whoami", CallerFrame()), IsOk());
@@ -315,7 +323,8 @@ TEST(RpcTls, TokenPinnedToACertificate) {
   // The certificate without the token: the anonymous peer (certificates are optional here).
   EXPECT_THAT(Call(*ConnectTo(b, ClientCert("node-a")), "whoami", CallerFrame()),
               StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("\"anonymous\"")));
-  EXPECT_THAT(Call(*ConnectTo(b, ClientCert()), "echo", Frame().WithTimeout(3s)), IsOk());
+  EXPECT_THAT(Call(*ConnectTo(b, ClientCert()), "echo", Frame().WithTimeout(3s * kSlowdown)),
+              IsOk());
   EXPECT_EQ(b.server->counters().unauthenticated, 2u);
 }
 
@@ -328,7 +337,7 @@ TEST(RpcTls, MutualTlsRefusesUntrustedOrMissingClientCertificates) {
     EXPECT_THAT(Call(*ConnectTo(b, ClientCert(who)), "whoami", CallerFrame(2s)),
                 StatusIs(absl::StatusCode::kUnavailable))
         << who;
-    EXPECT_LT(Clock::now() - start, 2500ms) << who;
+    EXPECT_LT(Clock::now() - start, 2s + 500ms * kSlowdown) << who;
   }
   EXPECT_EQ(b.server->counters().calls, 0u);
 }
@@ -358,7 +367,7 @@ TEST(RpcTls, ServerRefusesAnExpiredClientCertificateAtTheHandshake) {
                                     .pem_cert_chain = read(absl::StrCat(who, ".pem"))};
     std::shared_ptr<grpc::Channel> channel =
         grpc::CreateChannel(b.target(), grpc::SslCredentials(ssl));
-    return channel->WaitForConnected(std::chrono::system_clock::now() + 1500ms);
+    return channel->WaitForConnected(std::chrono::system_clock::now() + 1500ms * kSlowdown);
   };
   EXPECT_TRUE(connects("node-a"));  // the control: a good certificate connects
   EXPECT_FALSE(connects("expired"));
@@ -372,15 +381,16 @@ TEST(RpcTls, HugeMetadataFailsClearlyAndTheServerKeepsServing) {
       RemoteNode::Connect({.target = b.target(),
                            .tls = ClientCert("node-a"),
                            .portable = Portable(),
+                           .connect_timeout = 2s * kSlowdown,
                            .max_frame_header_bytes = 1 << 20});
   ASSERT_THAT(a, IsOk());
   // Beyond gRPC's metadata limit (8 KiB by default): refused, not a crash or a hang.
   const Frame huge = CallerFrame().With(kTenant, std::string(60000, 'x'));
   absl::StatusOr<std::string> r = Call(**a, "whoami", huge);
   EXPECT_FALSE(r.ok());
-  EXPECT_THAT(r.status().code(), ::testing::AnyOf(absl::StatusCode::kResourceExhausted,
-                                                  absl::StatusCode::kInternal,
-                                                  absl::StatusCode::kUnavailable))
+  EXPECT_THAT(r.status().code(),
+              ::testing::AnyOf(absl::StatusCode::kResourceExhausted, absl::StatusCode::kInternal,
+                               absl::StatusCode::kUnavailable))
       << r.status();
   // The server may close that connection; a new one is served (sanitizer builds connect slowly).
   absl::StatusOr<std::shared_ptr<RemoteNode>> again =

@@ -62,9 +62,9 @@ namespace framekit::rpc {
 
 // What the node accepts from one peer, besides the trace id and the deadline (always accepted).
 struct PeerPolicy {
-  std::string name = "anonymous";          // for logs and counters
+  std::string name = "anonymous";               // for logs and counters
   std::vector<std::string> accepted_keys = {};  // portable key names accepted from this peer
-  bool identity = false;                   // may assert the caller (CallerKey)
+  bool identity = false;                        // may assert the caller (CallerKey)
 };
 
 // A peer the application trusts, recognised by the token it presents, by the identity of its
