@@ -342,7 +342,7 @@ TEST(Rpc, DeadlineEndsTheRemoteCallOnTime) {
       StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(2) * rpc_testing::kSlowdown);
   // B's handler was stopped through its frame, not left running.
-  for (int i = 0; i < 500 && b.stopped.load() == 0; ++i) {
+  for (int i = 0; i < 500 * rpc_testing::kSlowdown && b.stopped.load() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(b.stopped.load(), 1);
@@ -360,8 +360,8 @@ TEST(Rpc, CancellingTheFrameCancelsTheRemoteCall) {
   const auto start = Clock::now();
   EXPECT_THAT(Call(*to_b, "wait", frame), StatusIs(absl::StatusCode::kCancelled));
   cancel.join();
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
-  for (int i = 0; i < 500 && b.stopped.load() == 0; ++i) {
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
+  for (int i = 0; i < 500 * rpc_testing::kSlowdown && b.stopped.load() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(b.stopped.load(), 1);
@@ -450,7 +450,7 @@ TEST(Rpc, PeerThatNeverAnswersFailsByTheDeadline) {
   const auto start = Clock::now();
   EXPECT_THAT(Call(*node, "echo", Frame().WithTimeout(std::chrono::milliseconds(300))),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
-  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(1500));
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(1500) * rpc_testing::kSlowdown);
   // A frame without a deadline gets the node's default, never an endless wait.
   absl::StatusOr<std::shared_ptr<RemoteNode>> short_default = RemoteNode::Connect(
       {.target = silent.target(), .default_timeout = std::chrono::milliseconds(300)});
@@ -458,7 +458,7 @@ TEST(Rpc, PeerThatNeverAnswersFailsByTheDeadline) {
   const auto second = Clock::now();
   EXPECT_THAT(Call(**short_default, "echo", Frame()),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
-  EXPECT_LT(Clock::now() - second, std::chrono::milliseconds(1500));
+  EXPECT_LT(Clock::now() - second, std::chrono::milliseconds(1500) * rpc_testing::kSlowdown);
   EXPECT_GE(silent.accepted(), 1);
 }
 
@@ -470,7 +470,7 @@ TEST(Rpc, PeerThatAnswersGarbageFailsClearly) {
       Call(*node, "echo", Frame().WithTimeout(std::chrono::milliseconds(1000)));
   // gRPC reads the bytes as a broken HTTP/2 connection: the peer is unavailable.
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(2500));
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(2500) * rpc_testing::kSlowdown);
 }
 
 TEST(Rpc, NobodyListeningIsUnavailableAtOnce) {
@@ -483,7 +483,7 @@ TEST(Rpc, NobodyListeningIsUnavailableAtOnce) {
   const auto start = Clock::now();
   EXPECT_THAT(Call(*node, "echo", Frame().WithTimeout(std::chrono::seconds(10))),
               StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
 }
 
 TEST(Rpc, OversizedFrameFailsBeforeLeaving) {
@@ -514,7 +514,7 @@ TEST(Rpc, ServerRefusesCallsBeyondItsBound) {
   EXPECT_THAT(waited, StatusIs(absl::StatusCode::kCancelled));
   // The slot is free again once B's side of the cancelled call has ended.
   absl::StatusOr<std::string> again = Call(*to_b, "echo", Frame(), "again");
-  for (int i = 0; i < 200 && !again.ok(); ++i) {
+  for (int i = 0; i < 200 * rpc_testing::kSlowdown && !again.ok(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     again = Call(*to_b, "echo", Frame(), "again");
   }
@@ -556,8 +556,8 @@ TEST(Rpc, ShutdownCancelsRunningCalls) {
   EXPECT_TRUE(rpc_testing::WaitUntil([&] { return b->started.load() > 0; }));
   const auto start = Clock::now();
   b->server->Shutdown(std::chrono::milliseconds(100));
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
-  for (int i = 0; i < 500 && b->stopped.load() == 0; ++i) {
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
+  for (int i = 0; i < 500 * rpc_testing::kSlowdown && b->stopped.load() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(b->stopped.load(), 1);
@@ -783,17 +783,17 @@ TEST(Rpc, InlineCallsStayCancellable) {
   two.join();
   EXPECT_THAT(first, StatusIs(absl::StatusCode::kCancelled));
   EXPECT_THAT(second, StatusIs(absl::StatusCode::kCancelled));
-  for (int i = 0; i < 500 && wait->stopped.load() < 2; ++i) {
+  for (int i = 0; i < 500 * rpc_testing::kSlowdown && wait->stopped.load() < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(wait->stopped.load(), 2);
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
   EXPECT_EQ(b.server->counters().inline_calls, 1u);
   // The caller's deadline ends an inline call on time.
   const auto deadline_start = Clock::now();
   EXPECT_THAT(Call(*to_b, "pwait", Frame().WithTimeout(std::chrono::milliseconds(200))),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
-  EXPECT_LT(Clock::now() - deadline_start, std::chrono::seconds(2));
+  EXPECT_LT(Clock::now() - deadline_start, std::chrono::seconds(2) * rpc_testing::kSlowdown);
 }
 
 TEST(Rpc, ShutdownCancelsARunningInlineCall) {
@@ -807,7 +807,7 @@ TEST(Rpc, ShutdownCancelsARunningInlineCall) {
   EXPECT_TRUE(rpc_testing::WaitUntil([&] { return wait->started.load() > 0; }));
   const auto start = Clock::now();
   b.server->Shutdown(std::chrono::milliseconds(100));
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
   waiting.join();
   EXPECT_FALSE(status.ok());
   EXPECT_EQ(wait->stopped.load(), 1);
