@@ -59,18 +59,38 @@ std::optional<std::string_view> Single(std::span<const MetadataEntry> metadata,
   return out;
 }
 
-absl::StatusOr<const rpc::PeerPolicy*> IdentifyPeer(const rpc::ServerOptions& options,
-                                                    std::span<const MetadataEntry> metadata) {
+bool HasIdentity(std::span<const std::string_view> identities, std::string_view wanted) {
+  return std::find(identities.begin(), identities.end(), wanted) != identities.end();
+}
+
+// The trusted peer a call comes from (see Server, step 1), or the anonymous policy.
+absl::StatusOr<const rpc::PeerPolicy*> IdentifyPeer(
+    const rpc::ServerOptions& options, std::span<const MetadataEntry> metadata,
+    std::span<const std::string_view> certificate_identities) {
   bool repeated = false;
   std::optional<std::string_view> token = Single(metadata, rpc::kPeerTokenHeader, &repeated);
   if (repeated) return absl::UnauthenticatedError("more than one peer token");
-  if (!token.has_value()) return &options.anonymous;
-  const rpc::PeerPolicy* found = nullptr;
+  if (!token.has_value()) {
+    // A certificate alone names only a peer that has no token: a token is never optional.
+    for (const rpc::TrustedPeer& peer : options.trusted) {
+      if (peer.token.empty() && HasIdentity(certificate_identities, peer.certificate_identity)) {
+        return &peer.policy;
+      }
+    }
+    return &options.anonymous;
+  }
+  const rpc::TrustedPeer* found = nullptr;
   for (const rpc::TrustedPeer& peer : options.trusted) {  // no early exit: constant time
-    if (ConstantTimeEquals(*token, peer.token)) found = &peer.policy;
+    if (!peer.token.empty() && ConstantTimeEquals(*token, peer.token)) found = &peer;
   }
   if (found == nullptr) return absl::UnauthenticatedError("unknown peer token");
-  return found;
+  if (!found->certificate_identity.empty() &&
+      !HasIdentity(certificate_identities, found->certificate_identity)) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("the token of peer \"", found->policy.name,
+                     "\" came without that peer's client certificate"));
+  }
+  return &found->policy;
 }
 
 bool Accepts(const rpc::PeerPolicy& policy, std::string_view name) {
@@ -159,8 +179,10 @@ PairList ReadTrace(std::span<const MetadataEntry> metadata, bool& bad) {
 
 absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
                                      std::span<const MetadataEntry> metadata,
-                                     std::optional<Clock::duration> remaining) {
-  absl::StatusOr<const rpc::PeerPolicy*> peer = IdentifyPeer(options, metadata);
+                                     std::optional<Clock::duration> remaining,
+                                     std::span<const std::string_view> certificate_identities) {
+  absl::StatusOr<const rpc::PeerPolicy*> peer =
+      IdentifyPeer(options, metadata, certificate_identities);
   if (!peer.ok()) return peer.status();
   Accepted out{.frame = Frame(), .peer = *peer};
 

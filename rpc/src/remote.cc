@@ -13,7 +13,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "framekit/base/internal/name.h"
+#include "framekit/base/status_macros.h"
 #include "framekit/dispatch/function_executor.h"
+#include "framekit/rpc/internal/tls.h"
 #include "framekit/rpc/wire.h"
 #include "framekit_rpc.grpc.pb.h"
 
@@ -183,10 +185,39 @@ absl::Status CheckOptions(const RemoteOptions& options) {
   return absl::OkStatus();
 }
 
+// The channel's credentials: plaintext, or TLS from the checked PEM files of `options.tls`.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
+    const RemoteOptions& options) {
+  if (!options.tls.has_value()) return grpc::InsecureChannelCredentials();
+  const ClientTls& tls = *options.tls;
+  grpc::SslCredentialsOptions ssl;
+  if (!tls.server_ca_file.empty()) {
+    FRAMEKIT_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                              rpc_internal::ReadPemFile("tls.server_ca_file", tls.server_ca_file));
+    FRAMEKIT_RETURN_IF_ERROR(
+        rpc_internal::CheckCertificates("tls.server_ca_file", ssl.pem_root_certs));
+  }
+  if (tls.cert_chain_file.empty() != tls.private_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls.cert_chain_file and tls.private_key_file go together: both or neither");
+  }
+  if (!tls.cert_chain_file.empty()) {
+    FRAMEKIT_ASSIGN_OR_RETURN(
+        ssl.pem_cert_chain, rpc_internal::ReadPemFile("tls.cert_chain_file", tls.cert_chain_file));
+    FRAMEKIT_ASSIGN_OR_RETURN(ssl.pem_private_key, rpc_internal::ReadPemFile("tls.private_key_file",
+                                                                             tls.private_key_file));
+    FRAMEKIT_RETURN_IF_ERROR(rpc_internal::CheckKeyPair(
+        "tls.cert_chain_file", ssl.pem_cert_chain, "tls.private_key_file", ssl.pem_private_key));
+  }
+  return grpc::SslCredentials(ssl);
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<RemoteNode>> RemoteNode::Connect(RemoteOptions options) {
   if (absl::Status s = CheckOptions(options); !s.ok()) return s;
+  FRAMEKIT_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                            Credentials(options));
   auto impl = std::make_shared<Impl>();
   impl->options = std::move(options);
   grpc::ChannelArguments args;
@@ -199,8 +230,10 @@ absl::StatusOr<std::shared_ptr<RemoteNode>> RemoteNode::Connect(RemoteOptions op
   // One channel per node object: gRPC would otherwise share subchannels between channels with
   // equal arguments, and a node's connection settings are its own.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  impl->channel =
-      grpc::CreateCustomChannel(impl->options.target, grpc::InsecureChannelCredentials(), args);
+  if (impl->options.tls.has_value() && !impl->options.tls->server_name.empty()) {
+    args.SetSslTargetNameOverride(impl->options.tls->server_name);
+  }
+  impl->channel = grpc::CreateCustomChannel(impl->options.target, std::move(credentials), args);
   impl->stub = v1::Functions::NewStub(impl->channel);
   return std::shared_ptr<RemoteNode>(new RemoteNode(std::move(impl)));
 }

@@ -3,6 +3,7 @@
 // nodes destroyed or cycled while in use.
 #include <dirent.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -38,6 +39,8 @@ constexpr char kToken[] = "attack-token";
 
 std::shared_ptr<RemoteNode> MustConnect(RemoteOptions options) {
   if (options.portable == nullptr) options.portable = Portable();
+  options.connect_timeout =
+      std::max<std::chrono::milliseconds>(options.connect_timeout, 2s * rpc_testing::kSlowdown);
   absl::StatusOr<std::shared_ptr<RemoteNode>> node = RemoteNode::Connect(std::move(options));
   EXPECT_THAT(node, IsOk());
   return node.ok() ? *node : nullptr;
@@ -107,7 +110,7 @@ TEST(RpcAttack, OddFunctionNamesAndPayloads) {
   TestNode node;
   ASSERT_THAT(node.start_status, IsOk());
   std::shared_ptr<RemoteNode> remote = MustConnect({.target = node.target()});
-  Frame frame = Frame().WithTimeout(5s);
+  Frame frame = Frame().WithTimeout(5s * rpc_testing::kSlowdown);
   for (const std::string& name :
        {std::string(), std::string(1 << 20, 'f'), std::string("\xff\xfe\0x", 4)}) {
     // Refused before it leaves: a non-UTF-8 name used to reach the server as an unparsable
@@ -148,7 +151,7 @@ TEST(RpcAttack, TokensThatCannotBeHeadersFailCleanly) {
   }
   // The right token still works afterwards.
   EXPECT_THAT(Call(*MustConnect({.target = node.target(), .peer_token = kToken}), "echo",
-                   Frame().WithTimeout(5s), "x"),
+                   Frame().WithTimeout(5s * rpc_testing::kSlowdown), "x"),
               IsOk());
 }
 
@@ -162,7 +165,7 @@ TEST(RpcAttack, AcceptedKeysCannotGrantIdentity) {
   options.anonymous.accepted_keys = {"framekit.caller"};
   TestNode node(options);
   ASSERT_THAT(node.start_status, IsOk());
-  Frame claim = WithCaller(Frame(), {.user_id = "root"}).WithTimeout(5s);
+  Frame claim = WithCaller(Frame(), {.user_id = "root"}).WithTimeout(5s * rpc_testing::kSlowdown);
   EXPECT_THAT(Call(*MustConnect({.target = node.target(), .peer_token = kToken}), "whoami", claim),
               StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(Call(*MustConnect({.target = node.target()}), "whoami", claim),
@@ -189,7 +192,7 @@ TEST(RpcAttack, ServerDestroyedWhileCallsRun) {
   node->server->Shutdown(100ms);
   for (auto& t : threads) t.join();
   EXPECT_EQ(ended.load(), 8);
-  EXPECT_LT(Clock::now() - start, 5s);
+  EXPECT_LT(Clock::now() - start, 5s * rpc_testing::kSlowdown);
   EXPECT_THAT(Call(*remote, "echo", Frame().WithTimeout(2s), "x"),
               StatusIs(absl::StatusCode::kUnavailable));
   node->server.reset();
@@ -200,7 +203,8 @@ TEST(RpcAttack, ServerDestroyedWhileCallsRun) {
 TEST(RpcAttack, CyclesLeakNoFds) {
   {
     TestNode warm;
-    (void)Call(*MustConnect({.target = warm.target()}), "echo", Frame().WithTimeout(5s), "x");
+    (void)Call(*MustConnect({.target = warm.target()}), "echo",
+               Frame().WithTimeout(5s * rpc_testing::kSlowdown), "x");
   }
   const int fds = OpenFds();
   for (int i = 0; i < 20; ++i) {
@@ -208,7 +212,8 @@ TEST(RpcAttack, CyclesLeakNoFds) {
     ASSERT_THAT(node.start_status, IsOk());
     for (int j = 0; j < 20; ++j) {
       std::shared_ptr<RemoteNode> remote = MustConnect({.target = node.target()});
-      EXPECT_THAT(Call(*remote, "echo", Frame().WithTimeout(5s), "x"), IsOk());
+      EXPECT_THAT(Call(*remote, "echo", Frame().WithTimeout(5s * rpc_testing::kSlowdown), "x"),
+                  IsOk());
     }
   }
   std::this_thread::sleep_for(200ms);

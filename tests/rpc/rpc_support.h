@@ -33,6 +33,15 @@ inline const Key<std::string> kRoute{"app.route"};
 // Set by the receiving node's own resolver from the tenant it was sent.
 inline const Key<std::string> kRegion{"app.region"};
 
+// Time budgets of the suites are multiplied by this in the sanitizer builds, where gRPC's calls
+// and TLS handshakes run several times slower (more so on a loaded machine). The plain build
+// keeps the tight bounds.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+inline constexpr int kSlowdown = 5;
+#else
+inline constexpr int kSlowdown = 1;
+#endif
+
 // tenant, route and the caller: the keys the test nodes exchange.
 inline std::shared_ptr<const PortableKeys> Portable() {
   auto portable = std::make_shared<PortableKeys>();
@@ -135,6 +144,18 @@ struct TestNode {
   std::atomic<int> started{0};
   std::atomic<int> stopped{0};
 };
+
+// Waits until `done()` is true, at most `limit`; false when the time ran out. The suites' waits
+// for another thread's progress: a call that never arrives is a failure, not a hang.
+template <class Fn>
+bool WaitUntil(Fn done, std::chrono::milliseconds limit = std::chrono::seconds(30)) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
 
 // Collects everything written to it.
 class StringSink : public dispatch::Sink {

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,14 +37,32 @@
 
 namespace framekit::rpc {
 
+// TLS to the peer, through gRPC's SSL credentials. The files are read and checked once, by
+// RemoteNode::Connect.
+struct ClientTls {
+  // The CA certificates (PEM) the server's certificate must be signed by. Empty: gRPC's
+  // default roots (the system's, or GRPC_DEFAULT_SSL_ROOTS_FILE_PATH).
+  std::string server_ca_file = {};
+  // Mutual TLS: this node's certificate chain and its key (PEM), both or neither. The server
+  // may trust this node by the certificate's identity (TrustedPeer::certificate_identity).
+  std::string cert_chain_file = {};
+  std::string private_key_file = {};
+  // The name the server's certificate must carry when it is not the target's host (e.g. the
+  // target is an IP address and the certificate names a host). Empty: the target's host.
+  std::string server_name = {};
+};
+
 struct RemoteOptions {
   // gRPC target, e.g. "127.0.0.1:50051" or "dns:///node-b:50051".
   std::string target;
+  // TLS (and mutual TLS) to the peer. nullopt: plaintext. A TLS node cannot talk to a
+  // plaintext server, nor the reverse: the call fails with Unavailable within its deadline.
+  std::optional<ClientTls> tls = std::nullopt;
   // Which pairs leave for this peer. nullptr: none (the trace id and the deadline still go).
   std::shared_ptr<const PortableKeys> portable = nullptr;
   // Sent as "framekit-peer-token" when non-empty: the token the peer trusts this node by.
-  // NOTE: over a plaintext channel the token is readable on the network; use it on loopback
-  // or a private link.
+  // NOTE: over a plaintext channel the token is readable on the network; use it with `tls`,
+  // or on loopback or a private link.
   std::string peer_token = {};
   // The deadline of a call whose frame has none (> 0).
   std::chrono::milliseconds default_timeout{30000};
@@ -69,7 +88,10 @@ class RemoteNode {
  public:
   // A node for `options.target`. No I/O happens here: the channel connects on first use.
   // InvalidArgument for an empty target, a non-positive timeout or limit, or a peer_token that
-  // is not a header value (IsPeerToken, wire.h).
+  // is not a header value (IsPeerToken, wire.h). For `tls`: NotFound for a file that does not
+  // exist, InvalidArgument for one that cannot be read or is not PEM, a certificate without its
+  // key (or the reverse) or a key that is not its certificate's, FailedPrecondition for this
+  // node's certificate out of its validity period.
   static absl::StatusOr<std::shared_ptr<RemoteNode>> Connect(RemoteOptions options);
   ~RemoteNode();
   RemoteNode(const RemoteNode&) = delete;

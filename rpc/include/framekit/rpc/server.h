@@ -3,8 +3,11 @@
 //
 // On arrival a call's frame is rebuilt, never trusted:
 //   1. the peer is identified: a "framekit-peer-token" header must match one of the trusted
-//      peers' tokens (compared in constant time), or the call is refused with Unauthenticated;
-//      a call without a token comes from the anonymous peer;
+//      peers' tokens (compared in constant time), and when that peer names a certificate
+//      identity the call must come over mutual TLS from a client certificate with that
+//      identity, or the call is refused with Unauthenticated; a call without a token comes
+//      from the trusted peer that names its certificate's identity and no token, if any, and
+//      otherwise from the anonymous peer;
 //   2. the portable pairs of "framekit-frame-bin" are filtered by the peer's policy: a pair
 //      whose key the policy does not accept is dropped and counted; the caller identity
 //      (CallerKey) from a peer whose policy does not allow identity fails the call with
@@ -31,6 +34,12 @@
 //                              .policy = {.name = "node-a",
 //                                         .accepted_keys = {"app.tenant"},
 //                                         .identity = true}});
+//   // Mutual TLS: node B is trusted by its client certificate, no token needed.
+//   options.tls = framekit::rpc::ServerTls{.cert_chain_file = "server.pem",
+//                                          .private_key_file = "server.key",
+//                                          .client_ca_file = "ca.pem"};
+//   options.trusted.push_back({.certificate_identity = "spiffe://example.org/node-b",
+//                              .policy = {.name = "node-b", .identity = true}});
 //   FRAMEKIT_ASSIGN_OR_RETURN(std::unique_ptr<framekit::rpc::Server> server,
 //                             framekit::rpc::Server::Start(*executor, std::move(options)));
 //   int port = server->port();
@@ -40,6 +49,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,20 +62,47 @@ namespace framekit::rpc {
 
 // What the node accepts from one peer, besides the trace id and the deadline (always accepted).
 struct PeerPolicy {
-  std::string name = "anonymous";          // for logs and counters
-  std::vector<std::string> accepted_keys;  // portable key names accepted from this peer
-  bool identity = false;                   // may assert the caller (CallerKey)
+  std::string name = "anonymous";               // for logs and counters
+  std::vector<std::string> accepted_keys = {};  // portable key names accepted from this peer
+  bool identity = false;                        // may assert the caller (CallerKey)
 };
 
-// A peer the application trusts, recognised by the token it presents.
+// A peer the application trusts, recognised by the token it presents, by the identity of its
+// client certificate (mutual TLS, see ServerTls), or by both (then both must match). At least
+// one of the two is set.
 struct TrustedPeer {
-  std::string token;  // non-empty; presented in "framekit-peer-token"
-  PeerPolicy policy;
+  // Presented in "framekit-peer-token". Empty: the peer is recognised by its certificate only.
+  // NOTE: without TLS the token crosses the network in clear text.
+  std::string token = {};
+  // The identity of the peer's client certificate, verified against ServerTls::client_ca_file:
+  // one of its subject alternative names as gRPC reports them (a DNS name, a URI such as
+  // "spiffe://example.org/node-a", an email address or an IP address), or its common name when
+  // it has none. Empty: any certificate, or none. Needs ServerTls with a client_ca_file.
+  std::string certificate_identity = {};
+  PeerPolicy policy = {};
+};
+
+// TLS for the server's port, through gRPC's SSL credentials. The files are read and checked
+// once, by Server::Start.
+struct ServerTls {
+  std::string cert_chain_file = {};   // the server's certificate chain (PEM), its own first
+  std::string private_key_file = {};  // the key of that certificate (PEM)
+  // Mutual TLS: the CA certificates (PEM) that sign the clients' certificates, which are then
+  // verified during the handshake (a certificate of another CA, expired or not yet valid fails
+  // it). Empty: clients present no certificate.
+  std::string client_ca_file = {};
+  // With client_ca_file: a client without a certificate fails the handshake. false: such a
+  // client is served, as the anonymous peer or by its token (one that presents a certificate
+  // still has it verified).
+  bool require_client_certificate = true;
 };
 
 struct ServerOptions {
   // "host:port" to listen on; port 0 picks a free one (see Server::port()).
   std::string address = "127.0.0.1:0";
+  // TLS (and mutual TLS) on the port. nullopt: plaintext, where a peer token is readable by
+  // anyone on the network (loopback or a private link only).
+  std::optional<ServerTls> tls = std::nullopt;
   // The keys this node reads from the wire (names must match the callers'). nullptr: no pair
   // is decoded, whatever the policy.
   std::shared_ptr<const PortableKeys> portable = nullptr;
@@ -91,7 +128,7 @@ struct ServerCounters {
   std::uint64_t calls = 0;              // calls that reached the executor
   std::uint64_t inline_calls = 0;       // of those, run on gRPC's own thread (max_inline_calls)
   std::uint64_t refused = 0;            // refused before the executor (any reason below)
-  std::uint64_t unauthenticated = 0;    // an unknown peer token
+  std::uint64_t unauthenticated = 0;    // an unknown peer token, or one from the wrong certificate
   std::uint64_t identity_rejected = 0;  // a caller identity from a peer not allowed to assert it
   std::uint64_t malformed = 0;          // a "framekit-frame-bin" that did not decode
   std::uint64_t dropped_pairs = 0;      // pairs the peer's policy does not accept, or unknown keys
@@ -105,10 +142,15 @@ struct ServerCounters {
 // NOTE: the executor must outlive the server; destroy the server first.
 class Server {
  public:
-  // Starts serving `executor`. InvalidArgument for an empty, duplicate or malformed (not
-  // IsPeerToken, wire.h) trusted token, an anonymous policy that allows identity,
-  // default_timeout <= 0, max_inline_calls < 0, max_concurrent_calls <= 0 or
-  // max_message_bytes <= 0; Unavailable when the address cannot be bound.
+  // Starts serving `executor`. InvalidArgument for a trusted peer with neither a token nor a
+  // certificate identity, a malformed (not IsPeerToken, wire.h) token, a token that repeats
+  // another's, two trusted peers without a token that name the same certificate identity, a
+  // certificate identity without ServerTls::client_ca_file, an
+  // anonymous policy that allows identity, default_timeout <= 0, max_inline_calls < 0,
+  // max_concurrent_calls <= 0 or max_message_bytes <= 0. For `tls`: NotFound for a file that
+  // does not exist, InvalidArgument for one that cannot be read or is not PEM, or a key that is
+  // not its certificate's, FailedPrecondition for a server certificate out of its validity
+  // period. Unavailable when the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Start(dispatch::FunctionExecutor& executor,
                                                        ServerOptions options);
   ~Server();

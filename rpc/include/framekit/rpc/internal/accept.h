@@ -25,14 +25,17 @@ struct Accepted {
   bool bad_trace = false;         // a trace header that did not parse (ignored)
 };
 
-// Builds the parent frame of an incoming call from its metadata and the time left
-// (nullopt: the call has none, and options.default_timeout applies). Fails with
-// Unauthenticated (unknown or repeated peer token), PermissionDenied (identity from a peer
-// not allowed to assert it) or InvalidArgument (a frame header that does not decode, or more
-// than one). Counts nothing itself.
+// Builds the parent frame of an incoming call from its metadata, the time left (nullopt: the
+// call has none, and options.default_timeout applies) and the identities of the client
+// certificate the TLS handshake verified (empty: none). Fails with Unauthenticated (unknown or
+// repeated peer token, or a token whose peer names a certificate identity the call's
+// certificate does not have), PermissionDenied (identity from a peer not allowed to assert it)
+// or InvalidArgument (a frame header that does not decode, or more than one). Counts nothing
+// itself.
 absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
                                      std::span<const MetadataEntry> metadata,
-                                     std::optional<Clock::duration> remaining);
+                                     std::optional<Clock::duration> remaining,
+                                     std::span<const std::string_view> certificate_identities = {});
 
 }  // namespace framekit::rpc_internal
 
