@@ -188,7 +188,10 @@ FrameNode* NewNode(const FrameNode* parent, std::size_t own, std::size_t cap) {
   const std::size_t bytes = NodeCache::Rounded(Block::Size(own, cap));
   void* memory = NodeCache::Allocate(bytes);
   auto* node = ::new (memory) FrameNode();
-  node->block_bytes = static_cast<std::uint32_t>(bytes);
+  // A block too big for the field (never cached: not a class size) records a size that is not.
+  constexpr std::size_t kMaxRecorded = (std::size_t{1} << 31) - 1;
+  node->block_bytes = static_cast<std::uint32_t>(std::min(bytes, kMaxRecorded));
+  node->plain = 1;
   node->keys = Block::Keys(node, own);
   node->entries = Block::Entries(node, own, cap);
   if (parent != nullptr) {
@@ -196,8 +199,23 @@ FrameNode* NewNode(const FrameNode* parent, std::size_t own, std::size_t cap) {
     node->parent = parent;
     node->deadline = parent->deadline;
     node->cancel = parent->cancel;
+    node->plain = parent->plain;
   }
   return node;
+}
+
+// A node that references no parent and copies `parent`'s deadline: for a parent whose pairs
+// the node copies (see CopiesParent).
+FrameNode* NewCopyingNode(const FrameNode* parent, std::size_t own, std::size_t cap) {
+  FrameNode* node = NewNode(nullptr, own, cap);
+  node->deadline = parent->deadline;
+  return node;
+}
+
+// Whether a child of `parent` copies its pairs rather than referencing it (see FrameNode).
+bool CopiesParent(const FrameNode* parent) {
+  return parent != nullptr && parent->plain != 0 && parent->cancel == nullptr &&
+         parent->index_size <= kCopyParentLimit;
 }
 
 // A node that shares its parent's index (no pairs of its own): for deadline and cancellation.
@@ -273,13 +291,18 @@ std::size_t SortAndDedupe(Slot* slots, std::size_t n) {
     std::size_t kept = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const Slot slot = slots[i];
+      // Shifts while it scans: a separate shift loop becomes a call of memmove, whose stores
+      // the next comparison cannot forward from (a seventh of With's time at 4 pairs).
       std::size_t j = kept;
-      while (j > 0 && ctx_internal::kKeyLess(slot.key, slots[j - 1].key)) --j;
+      while (j > 0 && ctx_internal::kKeyLess(slot.key, slots[j - 1].key)) {
+        slots[j] = slots[j - 1];
+        --j;
+      }
       if (j > 0 && slots[j - 1].key == slot.key) {
         slots[j - 1].position = slot.position;  // a later pair of the same key wins
+        for (std::size_t m = j; m < kept; ++m) slots[m] = slots[m + 1];  // close the gap
         continue;
       }
-      for (std::size_t m = kept; m > j; --m) slots[m] = slots[m - 1];
       slots[j] = slot;
       ++kept;
     }
@@ -295,56 +318,71 @@ std::size_t SortAndDedupe(Slot* slots, std::size_t n) {
 
 }  // namespace
 
-Frame Frame::With(std::span<const Pair> pairs) const {
+// Plain: a one-word value and no rollback, so a copy is a few word stores that cannot throw.
+bool Frame::PlainPair(const Pair& pair) { return pair.ops_ == nullptr && !pair.rollback_; }
+
+Frame Frame::WithPairs(const Pair* pairs, std::size_t count, Pair* movable) const {
   // Up to 16 pairs are ordered on the stack; more go to the heap.
   constexpr std::size_t kStackSlots = 16;
   Slot stack_slots[kStackSlots];
   std::unique_ptr<Slot[]> heap_slots;
   Slot* slots = stack_slots;
-  if (pairs.size() > kStackSlots) {
-    heap_slots = std::make_unique<Slot[]>(pairs.size());
+  if (count > kStackSlots) {
+    heap_slots = std::make_unique<Slot[]>(count);
     slots = heap_slots.get();
   }
   std::size_t n = 0;
-  for (std::size_t i = 0; i < pairs.size(); ++i) {
+  for (std::size_t i = 0; i < count; ++i) {
     if (!pairs[i].empty()) slots[n++] = {pairs[i].key_, static_cast<std::uint32_t>(i)};
   }
   if (n == 0) return *this;
   const std::size_t own = SortAndDedupe(slots, n);
   const std::size_t inherited = node_ == nullptr ? 0 : node_->index_size;
+  const bool copy_parent = ctx_internal::CopiesParent(node_);
 
-  FrameNode* node = ctx_internal::NewNode(node_, own, own + inherited);
+  FrameNode* node = copy_parent
+                        ? ctx_internal::NewCopyingNode(node_, own + inherited, own + inherited)
+                        : ctx_internal::NewNode(node_, own, own + inherited);
   Frame result(node);  // owns the node from here on: an exception below releases it
-  Pair* own_pairs = ctx_internal::Block::Pairs(node);
-  for (std::size_t i = 0; i < own; ++i) {
-    ::new (&own_pairs[i]) Pair(pairs[slots[i].position]);
-    node->own_count = static_cast<std::uint32_t>(i + 1);
-  }
-
-  // Merge the parent's sorted index with the new sorted keys; new pairs shadow old ones.
+  Pair* block_pairs = ctx_internal::Block::Pairs(node);
   auto* keys = const_cast<const KeyBase**>(node->keys);
   auto* entries = const_cast<std::uintptr_t*>(node->entries);
-  std::size_t p = 0, k = 0, out = 0;
+  std::size_t out = 0;
+  // The parent's pair at index position `p`: copied into the block, or referenced.
+  auto take_old = [&](std::size_t p) {
+    keys[out] = node_->keys[p];
+    std::uintptr_t entry = node_->entries[p];
+    if (copy_parent) {
+      Pair* copy = ::new (&block_pairs[node->own_count]) Pair(*ctx_internal::EntryPair(entry));
+      ++node->own_count;
+      entry = reinterpret_cast<std::uintptr_t>(copy) | (entry & kSetHereBit);
+    }
+    entries[out++] = entry;
+  };
+  // The new pair of slot `k`, copied or moved into the block.
+  auto take_new = [&](std::size_t k) {
+    const std::uint32_t position = slots[k].position;
+    Pair* pair = movable != nullptr ? ::new (&block_pairs[node->own_count])
+                                          Pair(std::move(movable[position]))
+                                    : ::new (&block_pairs[node->own_count]) Pair(pairs[position]);
+    ++node->own_count;
+    if (!PlainPair(*pair)) node->plain = 0;
+    keys[out] = slots[k].key;
+    entries[out++] = reinterpret_cast<std::uintptr_t>(pair) | kSetHereBit;
+  };
+  // Merge the parent's sorted index with the new sorted keys; new pairs shadow old ones.
+  std::size_t p = 0, k = 0;
   while (p < inherited && k < own) {
     const KeyBase* old_key = node_->keys[p];
     if (ctx_internal::kKeyLess(old_key, slots[k].key)) {
-      keys[out] = old_key;
-      entries[out++] = node_->entries[p++];
+      take_old(p++);
       continue;
     }
     if (old_key == slots[k].key) ++p;  // shadowed by the new pair
-    keys[out] = slots[k].key;
-    entries[out++] = reinterpret_cast<std::uintptr_t>(&own_pairs[k]) | kSetHereBit;
-    ++k;
+    take_new(k++);
   }
-  for (; p < inherited; ++p, ++out) {
-    keys[out] = node_->keys[p];
-    entries[out] = node_->entries[p];
-  }
-  for (; k < own; ++k, ++out) {
-    keys[out] = slots[k].key;
-    entries[out] = reinterpret_cast<std::uintptr_t>(&own_pairs[k]) | kSetHereBit;
-  }
+  while (p < inherited) take_old(p++);
+  while (k < own) take_new(k++);
   node->index_size = static_cast<std::uint32_t>(out);
   return result;
 }
@@ -358,16 +396,22 @@ Frame Frame::Fork() const {
   if (kept == 0 && node_->deadline == Deadline::max() && node_->cancel == nullptr) {
     return Frame();
   }
-  FrameNode* node = ctx_internal::NewNode(node_, 0, kept);
+  const bool copy_parent = ctx_internal::CopiesParent(node_);
+  FrameNode* node = copy_parent ? ctx_internal::NewCopyingNode(node_, kept, kept)
+                                : ctx_internal::NewNode(node_, 0, kept);
+  Pair* block_pairs = ctx_internal::Block::Pairs(node);
   auto* keys = const_cast<const KeyBase**>(node->keys);
   auto* entries = const_cast<std::uintptr_t*>(node->entries);
   std::size_t out = 0;
   for (std::uint32_t i = 0; i < node_->index_size; ++i) {
     if (!node_->keys[i]->inherit()) continue;
+    const Pair* pair = ctx_internal::EntryPair(node_->entries[i]);
+    if (copy_parent) pair = ::new (&block_pairs[out]) Pair(*pair);  // plain: cannot throw
     keys[out] = node_->keys[i];
-    entries[out] = node_->entries[i] & ~kSetHereBit;
+    entries[out] = reinterpret_cast<std::uintptr_t>(pair);  // inherited: no kSetHereBit
     ++out;
   }
+  if (copy_parent) node->own_count = static_cast<std::uint32_t>(out);
   node->index_size = static_cast<std::uint32_t>(out);
   return Frame(node);
 }
