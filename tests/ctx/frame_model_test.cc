@@ -177,7 +177,8 @@ class FrameModel {
   void With(std::size_t from) {
     Model model = models_[from];
     PairList pairs;
-    const std::size_t n = Pick(11);
+    // Mostly a handful; sometimes more than With sorts on the stack.
+    const std::size_t n = Pick(4) == 0 ? Pick(25) : Pick(11);
     for (std::size_t i = 0; i < n; ++i) pairs.push_back(RandomPair(model));
     Frame frame;
     switch (Pick(3)) {
