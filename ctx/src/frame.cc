@@ -422,16 +422,22 @@ Frame Frame::Fork() const {
   if (kept == 0 && node_->deadline == Deadline::max() && node_->cancel == nullptr) {
     return Frame();
   }
-  FrameNode* node = ctx_internal::NewNode(node_, 0, kept);
+  const bool copy_parent = ctx_internal::CopiesParent(node_);
+  FrameNode* node = copy_parent ? ctx_internal::NewCopyingNode(node_, kept, kept)
+                                : ctx_internal::NewNode(node_, 0, kept);
+  Pair* block_pairs = ctx_internal::Block::Pairs(node);
   auto* keys = const_cast<const KeyBase**>(node->keys);
   auto* entries = const_cast<std::uintptr_t*>(node->entries);
   std::size_t out = 0;
   for (std::uint32_t i = 0; i < node_->index_size; ++i) {
     if (!node_->keys[i]->inherit()) continue;
+    const Pair* pair = ctx_internal::EntryPair(node_->entries[i]);
+    if (copy_parent) pair = ::new (&block_pairs[out]) Pair(*pair);  // plain: cannot throw
     keys[out] = node_->keys[i];
-    entries[out] = node_->entries[i] & ~kSetHereBit;
+    entries[out] = reinterpret_cast<std::uintptr_t>(pair);  // inherited: no kSetHereBit
     ++out;
   }
+  if (copy_parent) node->own_count = static_cast<std::uint32_t>(out);
   node->index_size = static_cast<std::uint32_t>(out);
   return Frame(node);
 }

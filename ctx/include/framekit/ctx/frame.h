@@ -74,12 +74,11 @@ struct CancelScope;
 // One frame in the chain. Allocated as one block: the node, its own pairs, then the index of
 // every visible pair (keys sorted by address, entries = `const Pair*` | kSetHereBit).
 //
-// A node made by With from a parent whose visible pairs are all plain (a one-word value, no
-// rollback), at most kCopyParentLimit of them, and that is in no cancellation scope copies those
-// pairs into its own block and references no parent (`parent` is null): the copy costs less
-// than the parent's reference count, an atomic read-modify-write when the node is made and
+// A node made by With or Fork from a parent whose visible pairs are all plain (a one-word value,
+// no rollback), at most kCopyParentLimit of them, and that is in no cancellation scope copies
+// those pairs into its own block and references no parent (`parent` is null): the copy costs
+// less than the parent's reference count, an atomic read-modify-write when the node is made and
 // another when it is released (a cache line every thread deriving from a shared frame writes).
-// Fork still references its parent: its benchmark showed the copy no cheaper there.
 struct FrameNode {
   mutable std::atomic<std::uint32_t> refs{1};
   std::uint32_t own_count = 0;  // pairs constructed in this node's block
@@ -129,8 +128,8 @@ class Canceller;
 // Thread-safety: immutable; any number of threads may read, copy and derive from one frame,
 // and release it on any thread.
 // NOTE: a frame may keep its ancestor chain alive (pairs hidden by Fork included) until the
-// last frame derived from it is gone; a With onto a frame holding only a few one-word pairs and
-// no cancellation scope copies them and keeps nothing of that frame alive.
+// last frame derived from it is gone; a frame made by With or Fork from one holding only a few
+// one-word pairs and no cancellation scope copies them and keeps nothing of that frame alive.
 class Frame {
  public:
   // The empty root frame: no pairs, no deadline, never cancelled.
