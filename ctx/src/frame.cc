@@ -188,7 +188,10 @@ FrameNode* NewNode(const FrameNode* parent, std::size_t own, std::size_t cap) {
   const std::size_t bytes = NodeCache::Rounded(Block::Size(own, cap));
   void* memory = NodeCache::Allocate(bytes);
   auto* node = ::new (memory) FrameNode();
-  node->block_bytes = static_cast<std::uint32_t>(bytes);
+  // A block too big for the field (never cached: not a class size) records a size that is not.
+  constexpr std::size_t kMaxRecorded = (std::size_t{1} << 31) - 1;
+  node->block_bytes = static_cast<std::uint32_t>(std::min(bytes, kMaxRecorded));
+  node->plain = 1;
   node->keys = Block::Keys(node, own);
   node->entries = Block::Entries(node, own, cap);
   if (parent != nullptr) {
@@ -196,8 +199,23 @@ FrameNode* NewNode(const FrameNode* parent, std::size_t own, std::size_t cap) {
     node->parent = parent;
     node->deadline = parent->deadline;
     node->cancel = parent->cancel;
+    node->plain = parent->plain;
   }
   return node;
+}
+
+// A node that references no parent and copies `parent`'s deadline: for a parent whose pairs
+// the node copies (see CopiesParent).
+FrameNode* NewCopyingNode(const FrameNode* parent, std::size_t own, std::size_t cap) {
+  FrameNode* node = NewNode(nullptr, own, cap);
+  node->deadline = parent->deadline;
+  return node;
+}
+
+// Whether a child of `parent` copies its pairs rather than referencing it (see FrameNode).
+bool CopiesParent(const FrameNode* parent) {
+  return parent != nullptr && parent->plain != 0 && parent->cancel == nullptr &&
+         parent->index_size <= kCopyParentLimit;
 }
 
 // A node that shares its parent's index (no pairs of its own): for deadline and cancellation.
@@ -213,8 +231,11 @@ FrameNode* NewSharingNode(const FrameNode* parent) {
 
 void DestroyNode(const FrameNode* node) noexcept {
   auto* mutable_node = const_cast<FrameNode*>(node);
-  Pair* pairs = Block::Pairs(mutable_node);
-  for (std::uint32_t i = 0; i < node->own_count; ++i) pairs[i].~Pair();
+  // A plain node's pairs (all visible, so all plain) own nothing: no destructor to run.
+  if (node->plain == 0) {
+    Pair* pairs = Block::Pairs(mutable_node);
+    for (std::uint32_t i = 0; i < node->own_count; ++i) pairs[i].~Pair();
+  }
   delete node->owned_cancel;
   const std::size_t bytes = node->block_bytes;
   mutable_node->~FrameNode();
@@ -252,7 +273,7 @@ using ctx_internal::kSetHereBit;
 
 namespace {
 
-// (key, position) of one non-empty pair being added.
+// (key, position) of one non-empty pair being added, for the sort of long lists.
 struct Slot {
   const KeyBase* key;
   std::uint32_t position;
@@ -263,88 +284,131 @@ bool SlotBefore(const Slot& a, const Slot& b) {
   return ctx_internal::kKeyLess(a.key, b.key) || (a.key == b.key && a.position > b.position);
 }
 
-// Sorts by key and keeps one slot per key, the last pair of a key winning. Returns the number
-// kept. With usually adds a handful of pairs: for those an insertion sort on the stack that
-// drops a key's earlier slot as it goes is the fastest (one pass, no second dedupe pass over
-// slots just written); longer lists take std::sort (O(n log n)) and a dedupe pass.
-std::size_t SortAndDedupe(Slot* slots, std::size_t n) {
-  constexpr std::size_t kInsertionSortMax = 16;
-  if (n <= kInsertionSortMax) {
-    std::size_t kept = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const Slot slot = slots[i];
-      std::size_t j = kept;
-      while (j > 0 && ctx_internal::kKeyLess(slot.key, slots[j - 1].key)) --j;
-      if (j > 0 && slots[j - 1].key == slot.key) {
-        slots[j - 1].position = slot.position;  // a later pair of the same key wins
-        continue;
-      }
-      for (std::size_t m = kept; m > j; --m) slots[m] = slots[m - 1];
-      slots[j] = slot;
-      ++kept;
+// The keys being added, sorted by address, one per key (the last pair of a key wins), each with
+// the position of its pair. Two arrays, not one of (key, position) structs: the insertion sort
+// reads back entries it has just written, and a 16-byte copy of a struct written as two smaller
+// stores cannot be forwarded from them (a stall of a dozen cycles per step, a third of With's
+// time at 4 pairs).
+struct SortedKeys {
+  const KeyBase** keys;
+  std::uint32_t* positions;
+  std::size_t size = 0;
+
+  // Inserts one pair's key. With usually adds a handful of pairs: an insertion sort that drops
+  // a key's earlier entry as it goes is the fastest for those (one pass, no dedupe pass). It
+  // shifts while it scans: a separate shift loop becomes a call of memmove.
+  void Insert(const KeyBase* key, std::uint32_t position) {
+    std::size_t j = size;
+    while (j > 0 && ctx_internal::kKeyLess(key, keys[j - 1])) {
+      keys[j] = keys[j - 1];
+      positions[j] = positions[j - 1];
+      --j;
     }
-    return kept;
+    if (j > 0 && keys[j - 1] == key) {
+      positions[j - 1] = position;              // a later pair of the same key wins
+      for (std::size_t m = j; m < size; ++m) {  // close the gap
+        keys[m] = keys[m + 1];
+        positions[m] = positions[m + 1];
+      }
+      return;
+    }
+    keys[j] = key;
+    positions[j] = position;
+    ++size;
   }
-  std::sort(slots, slots + n, SlotBefore);
-  std::size_t kept = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (kept == 0 || slots[kept - 1].key != slots[i].key) slots[kept++] = slots[i];
+
+  // Longer lists: std::sort (O(n log n)) of (key, position) slots, then one pass that keeps
+  // the first slot of each key (its last pair).
+  void SortAll(Slot* slots, std::size_t n) {
+    std::sort(slots, slots + n, SlotBefore);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (size != 0 && keys[size - 1] == slots[i].key) continue;
+      keys[size] = slots[i].key;
+      positions[size++] = slots[i].position;
+    }
   }
-  return kept;
-}
+};
 
 }  // namespace
 
-Frame Frame::With(std::span<const Pair> pairs) const {
+// Plain: a one-word value and no rollback, so a copy is a few word stores that cannot throw.
+inline bool Frame::PlainPair(const Pair& pair) {
+  return pair.ops_ == nullptr && pair.rollback_ == nullptr;
+}
+
+Frame Frame::WithPairs(const Pair* pairs, std::size_t count, Pair* movable) const {
   // Up to 16 pairs are ordered on the stack; more go to the heap.
-  constexpr std::size_t kStackSlots = 16;
-  Slot stack_slots[kStackSlots];
-  std::unique_ptr<Slot[]> heap_slots;
-  Slot* slots = stack_slots;
-  if (pairs.size() > kStackSlots) {
-    heap_slots = std::make_unique<Slot[]>(pairs.size());
-    slots = heap_slots.get();
+  constexpr std::size_t kStackKeys = 16;
+  const KeyBase* stack_keys[kStackKeys];
+  std::uint32_t stack_positions[kStackKeys];
+  std::unique_ptr<const KeyBase*[]> heap_keys;
+  std::unique_ptr<std::uint32_t[]> heap_positions;
+  SortedKeys sorted{stack_keys, stack_positions};
+  if (count <= kStackKeys) {
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!pairs[i].empty()) sorted.Insert(pairs[i].key_, static_cast<std::uint32_t>(i));
+    }
+  } else {
+    auto slots = std::make_unique<Slot[]>(count);
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!pairs[i].empty()) slots[n++] = {pairs[i].key_, static_cast<std::uint32_t>(i)};
+    }
+    heap_keys = std::make_unique<const KeyBase*[]>(n);
+    heap_positions = std::make_unique<std::uint32_t[]>(n);
+    sorted = {heap_keys.get(), heap_positions.get()};
+    sorted.SortAll(slots.get(), n);
   }
-  std::size_t n = 0;
-  for (std::size_t i = 0; i < pairs.size(); ++i) {
-    if (!pairs[i].empty()) slots[n++] = {pairs[i].key_, static_cast<std::uint32_t>(i)};
-  }
-  if (n == 0) return *this;
-  const std::size_t own = SortAndDedupe(slots, n);
+  const std::size_t own = sorted.size;
+  if (own == 0) return *this;
   const std::size_t inherited = node_ == nullptr ? 0 : node_->index_size;
+  const bool copy_parent = ctx_internal::CopiesParent(node_);
 
-  FrameNode* node = ctx_internal::NewNode(node_, own, own + inherited);
+  FrameNode* node = copy_parent
+                        ? ctx_internal::NewCopyingNode(node_, own + inherited, own + inherited)
+                        : ctx_internal::NewNode(node_, own, own + inherited);
   Frame result(node);  // owns the node from here on: an exception below releases it
-  Pair* own_pairs = ctx_internal::Block::Pairs(node);
-  for (std::size_t i = 0; i < own; ++i) {
-    ::new (&own_pairs[i]) Pair(pairs[slots[i].position]);
-    node->own_count = static_cast<std::uint32_t>(i + 1);
-  }
-
-  // Merge the parent's sorted index with the new sorted keys; new pairs shadow old ones.
+  Pair* block_pairs = ctx_internal::Block::Pairs(node);
   auto* keys = const_cast<const KeyBase**>(node->keys);
   auto* entries = const_cast<std::uintptr_t*>(node->entries);
-  std::size_t p = 0, k = 0, out = 0;
+  std::size_t out = 0;
+  // Both steps are inlined: called out of line (GCC's choice at -O2) they read every capture
+  // through memory, which made With a third slower.
+  // The parent's pair at index position `p`: copied into the block, or referenced.
+  auto take_old = [&](std::size_t p) __attribute__((always_inline)) {
+    keys[out] = node_->keys[p];
+    std::uintptr_t entry = node_->entries[p];
+    if (copy_parent) {
+      Pair* copy = ::new (&block_pairs[node->own_count]) Pair(*ctx_internal::EntryPair(entry));
+      ++node->own_count;
+      entry = reinterpret_cast<std::uintptr_t>(copy) | (entry & kSetHereBit);
+    }
+    entries[out++] = entry;
+  };
+  // The new pair of sorted entry `k`, copied or moved into the block.
+  auto take_new = [&](std::size_t k) __attribute__((always_inline)) {
+    const std::uint32_t position = sorted.positions[k];
+    Pair* pair = movable != nullptr ? ::new (&block_pairs[node->own_count])
+                                          Pair(std::move(movable[position]))
+                                    : ::new (&block_pairs[node->own_count]) Pair(pairs[position]);
+    ++node->own_count;
+    if (!PlainPair(*pair)) node->plain = 0;
+    keys[out] = sorted.keys[k];
+    entries[out++] = reinterpret_cast<std::uintptr_t>(pair) | kSetHereBit;
+  };
+  // Merge the parent's sorted index with the new sorted keys; new pairs shadow old ones.
+  std::size_t p = 0, k = 0;
   while (p < inherited && k < own) {
     const KeyBase* old_key = node_->keys[p];
-    if (ctx_internal::kKeyLess(old_key, slots[k].key)) {
-      keys[out] = old_key;
-      entries[out++] = node_->entries[p++];
+    if (ctx_internal::kKeyLess(old_key, sorted.keys[k])) {
+      take_old(p++);
       continue;
     }
-    if (old_key == slots[k].key) ++p;  // shadowed by the new pair
-    keys[out] = slots[k].key;
-    entries[out++] = reinterpret_cast<std::uintptr_t>(&own_pairs[k]) | kSetHereBit;
-    ++k;
+    if (old_key == sorted.keys[k]) ++p;  // shadowed by the new pair
+    take_new(k++);
   }
-  for (; p < inherited; ++p, ++out) {
-    keys[out] = node_->keys[p];
-    entries[out] = node_->entries[p];
-  }
-  for (; k < own; ++k, ++out) {
-    keys[out] = slots[k].key;
-    entries[out] = reinterpret_cast<std::uintptr_t>(&own_pairs[k]) | kSetHereBit;
-  }
+  while (p < inherited) take_old(p++);
+  while (k < own) take_new(k++);
   node->index_size = static_cast<std::uint32_t>(out);
   return result;
 }
@@ -358,16 +422,22 @@ Frame Frame::Fork() const {
   if (kept == 0 && node_->deadline == Deadline::max() && node_->cancel == nullptr) {
     return Frame();
   }
-  FrameNode* node = ctx_internal::NewNode(node_, 0, kept);
+  const bool copy_parent = ctx_internal::CopiesParent(node_);
+  FrameNode* node = copy_parent ? ctx_internal::NewCopyingNode(node_, kept, kept)
+                                : ctx_internal::NewNode(node_, 0, kept);
+  Pair* block_pairs = ctx_internal::Block::Pairs(node);
   auto* keys = const_cast<const KeyBase**>(node->keys);
   auto* entries = const_cast<std::uintptr_t*>(node->entries);
   std::size_t out = 0;
   for (std::uint32_t i = 0; i < node_->index_size; ++i) {
     if (!node_->keys[i]->inherit()) continue;
+    const Pair* pair = ctx_internal::EntryPair(node_->entries[i]);
+    if (copy_parent) pair = ::new (&block_pairs[out]) Pair(*pair);  // plain: cannot throw
     keys[out] = node_->keys[i];
-    entries[out] = node_->entries[i] & ~kSetHereBit;
+    entries[out] = reinterpret_cast<std::uintptr_t>(pair);  // inherited: no kSetHereBit
     ++out;
   }
+  if (copy_parent) node->own_count = static_cast<std::uint32_t>(out);
   node->index_size = static_cast<std::uint32_t>(out);
   return Frame(node);
 }

@@ -532,6 +532,20 @@ struct ThreadCall {
 };
 thread_local ThreadCall* tls_calls = nullptr;
 
+// Each thread's block of invocation ids [next, end) of the executor with serial `executor`.
+// Taking ids in blocks spares every call an atomic read-modify-write on a line all callers
+// share. A thread that calls several executors in turn takes a new block at each switch (ids
+// stay unique: a block is never handed out twice).
+struct IdBlock {
+  std::uint64_t executor = 0;
+  std::uint64_t next = 0;
+  std::uint64_t end = 0;
+};
+constexpr std::uint64_t kIdBlock = 1024;
+thread_local IdBlock tls_ids;
+
+std::atomic<std::uint64_t> executor_serials{1};
+
 int CallsOnThisThread(const void* executor) {
   int n = 0;
   for (const ThreadCall* c = tls_calls; c != nullptr; c = c->outer) n += c->executor == executor;
@@ -598,7 +612,10 @@ absl::StatusOr<std::unique_ptr<FunctionExecutor>> FunctionExecutor::Create(
 }
 
 FunctionExecutor::FunctionExecutor(const AppContext& app, FunctionExecutorOptions options)
-    : app_(app), options_(Clamp(std::move(options))), shared_(std::make_shared<Shared>()) {
+    : app_(app),
+      options_(Clamp(std::move(options))),
+      shared_(std::make_shared<Shared>()),
+      serial_(executor_serials.fetch_add(1, std::memory_order_relaxed)) {
   table_.store(new Table());
   shared_->pool = dispatch_internal::WorkerPool::Create(options_.deadline_workers);
   shared_->interceptors = options_.interceptors;
@@ -918,8 +935,9 @@ absl::Status FunctionExecutor::PrepareFrame(DispatchCall& call) {
   FRAMEKIT_RETURN_IF_ERROR(
       framekit::Resolve(app_.frame_resolvers(), call.frame, *call.merged, pairs));
   FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::AppendCallIdentity(identity, pairs));
-  if (!pairs.empty()) call.frame = call.frame.With(pairs);
-  if (const OptionValue* timeout = call.merged->Get(kTimeoutOption)) {
+  if (!pairs.empty()) call.frame = call.frame.With(std::move(pairs));
+  const OptionValue* timeout = call.merged->empty() ? nullptr : call.merged->Get(kTimeoutOption);
+  if (timeout != nullptr) {
     const std::int64_t* ms = std::get_if<std::int64_t>(timeout);
     if (ms == nullptr || *ms <= 0) {
       return absl::InvalidArgumentError("option \"timeout_ms\" must be a positive integer");
@@ -1003,7 +1021,7 @@ void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& stat
   Function& function = *call.function;
   const Clock::time_point end = std::max(start, dispatch_internal::CallClock::Now());
   const int bucket = LatencyBucketOf(end - start);
-  const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  const std::uint64_t id = NextId();
   const CallerContext* caller = CallerOf(call.frame);
   const std::string* trace = call.frame.Find(TraceIdKey());
   std::lock_guard<RecordLock> lock(function.records_mu);
@@ -1040,6 +1058,16 @@ void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& stat
   } else {
     slot.trace_id.clear();
   }
+}
+
+std::uint64_t FunctionExecutor::NextId() {
+  IdBlock& block = tls_ids;
+  if (block.executor != serial_ || block.next == block.end) [[unlikely]] {
+    block.next = next_id_.fetch_add(kIdBlock, std::memory_order_relaxed);
+    block.end = block.next + kIdBlock;
+    block.executor = serial_;
+  }
+  return block.next++;
 }
 
 absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(

@@ -73,12 +73,19 @@ struct CancelScope;
 
 // One frame in the chain. Allocated as one block: the node, its own pairs, then the index of
 // every visible pair (keys sorted by address, entries = `const Pair*` | kSetHereBit).
+//
+// A node made by With or Fork from a parent whose visible pairs are all plain (a one-word value,
+// no rollback), at most kCopyParentLimit of them, and that is in no cancellation scope copies
+// those pairs into its own block and references no parent (`parent` is null): the copy costs
+// less than the parent's reference count, an atomic read-modify-write when the node is made and
+// another when it is released (a cache line every thread deriving from a shared frame writes).
 struct FrameNode {
   mutable std::atomic<std::uint32_t> refs{1};
-  std::uint32_t own_count = 0;
+  std::uint32_t own_count = 0;  // pairs constructed in this node's block
   std::uint32_t index_size = 0;
-  std::uint32_t block_bytes = 0;         // the size of the node's block (frame.cc's node cache)
-  const FrameNode* parent = nullptr;     // strong reference
+  std::uint32_t block_bytes : 31 = 0;    // the size of the node's block (frame.cc's node cache)
+  std::uint32_t plain : 1 = 0;           // every visible pair is plain (see above)
+  const FrameNode* parent = nullptr;     // strong reference; null when nothing of it is used
   const KeyBase* const* keys = nullptr;  // this node's block, or an ancestor's
   const std::uintptr_t* entries = nullptr;
   Deadline deadline = Deadline::max();
@@ -89,6 +96,8 @@ struct FrameNode {
 inline constexpr std::uintptr_t kSetHereBit = 1;
 // Up to this many visible pairs, Find scans the keys; beyond, it binary-searches them.
 inline constexpr std::uint32_t kLinearScanLimit = 8;
+// A parent with up to this many visible pairs, all plain, is copied rather than referenced.
+inline constexpr std::uint32_t kCopyParentLimit = 8;
 
 std::uintptr_t LookupSorted(const FrameNode& node, const KeyBase* key) noexcept;
 void ReleaseNode(const FrameNode* node) noexcept;
@@ -116,9 +125,11 @@ class Canceller;
 
 // An immutable per-call context. See the file comment.
 //
-// Thread-safety: immutable; any number of threads may read, copy and derive from one frame.
-// NOTE: a frame keeps its whole ancestor chain alive (pairs hidden by Fork included) until the
-// last frame derived from it is gone.
+// Thread-safety: immutable; any number of threads may read, copy and derive from one frame,
+// and release it on any thread.
+// NOTE: a frame may keep its ancestor chain alive (pairs hidden by Fork included) until the
+// last frame derived from it is gone; a frame made by With or Fork from one holding only a few
+// one-word pairs and no cancellation scope copies them and keeps nothing of that frame alive.
 class Frame {
  public:
   // The empty root frame: no pairs, no deadline, never cancelled.
@@ -139,9 +150,15 @@ class Frame {
   // A child frame with `pairs` set on it. Later pairs shadow earlier ones and shadow the
   // parent's pairs of the same key; empty pairs are skipped. Costs one allocation (none when
   // `pairs` holds no non-empty pair: the result is this frame).
-  Frame With(std::span<const Pair> pairs) const;
-  Frame With(const PairList& pairs) const {
-    return With(std::span<const Pair>(pairs.data(), pairs.size()));
+  Frame With(std::span<const Pair> pairs) const { return WithPairs(pairs.data(), pairs.size()); }
+  Frame With(const PairList& pairs) const { return WithPairs(pairs.data(), pairs.size()); }
+  // As With(const PairList&), but moves the pairs into the frame instead of copying them (a
+  // string value or a rollback is not copied). `pairs` keeps its size; the pairs the frame took
+  // are left empty, the others (empty ones, and earlier pairs of a key set twice) unchanged.
+  // NOTE: on an exception (a value's copy that throws, out of memory) the frame is not made and
+  // some of `pairs` may already be empty.
+  Frame With(PairList&& pairs) const {
+    return WithPairs(pairs.data(), pairs.size(), /*movable=*/pairs.data());
   }
   Frame With(std::initializer_list<Pair> pairs) const {
     return With(std::span<const Pair>(pairs.begin(), pairs.size()));
@@ -222,6 +239,9 @@ class Frame {
  private:
   friend class Canceller;
   explicit Frame(const ctx_internal::FrameNode* node) noexcept : node_(node) {}
+  // With over `count` pairs; moves from `movable` (the same array) when it is not null.
+  Frame WithPairs(const Pair* pairs, std::size_t count, Pair* movable = nullptr) const;
+  static bool PlainPair(const Pair& pair);
   void AddRef() const noexcept {
     if (node_ != nullptr) node_->refs.fetch_add(1, std::memory_order_relaxed);
   }

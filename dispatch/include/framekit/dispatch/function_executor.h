@@ -114,7 +114,10 @@ struct FunctionInfo {
 
 // One finished call.
 struct InvocationRecord {
-  std::uint64_t id = 0;  // unique per executor, increasing
+  // Unique per executor; increasing in the order the calls of one thread finish. Calls of
+  // different threads are numbered from different blocks of ids, so their ids need not follow
+  // the order in which they finished.
+  std::uint64_t id = 0;
   std::string function;
   int version = 0;
   Clock::time_point start{};  // steady clock, as deadlines are
@@ -307,6 +310,9 @@ class FunctionExecutor {
   absl::Status RunPreemptive(DispatchCall& call);
   absl::Status RunWithDeadline(DispatchCall& call);
   void Record(const DispatchCall& call, const absl::Status& status, Clock::time_point start);
+  // A new invocation id: from the calling thread's block of ids of this executor, taking the
+  // next block from next_id_ (one atomic read-modify-write per kIdBlock calls, not per call).
+  std::uint64_t NextId();
   // The function registered as `name`, or NotFound. The caller holds mu_.
   absl::StatusOr<std::shared_ptr<Function>> FindLocked(std::string_view name) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -329,7 +335,11 @@ class FunctionExecutor {
   const AppContext& app_;
   const FunctionExecutorOptions options_;
   const std::shared_ptr<Shared> shared_;
+  // The next block of invocation ids (see NextId).
   std::atomic<std::uint64_t> next_id_{1};
+  // Distinguishes this executor from any other, one at the same address included: the key of
+  // each thread's block of ids.
+  const std::uint64_t serial_;
   // Calls inside Dispatch (on callers' threads), counted per epoch (the parity of epoch_ when
   // they entered), for Shutdown, the destructor and the reclamation of retired tables.
   // Memory ordering: seq_cst throughout, so that a call entering (increment, then read
