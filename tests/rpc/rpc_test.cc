@@ -336,16 +336,22 @@ TEST(Rpc, ChainedCallSeesRemainingTimeNotAFreshTimeout) {
 TEST(Rpc, DeadlineEndsTheRemoteCallOnTime) {
   TestNode b;
   ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  // Connected first: a sanitizer build can take longer than the deadline to connect.
+  EXPECT_THAT(Call(*to_b, "echo", Frame().WithTimeout(std::chrono::seconds(10))), IsOk());
   const auto start = Clock::now();
-  EXPECT_THAT(
-      Call(*Connect(b.target()), "wait", Frame().WithTimeout(std::chrono::milliseconds(300))),
-      StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(Call(*to_b, "wait", Frame().WithTimeout(std::chrono::milliseconds(300))),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(2) * rpc_testing::kSlowdown);
   // B's handler was stopped through its frame, not left running.
-  for (int i = 0; i < 500 * rpc_testing::kSlowdown && b.stopped.load() == 0; ++i) {
+  for (int i = 0; i < 500 * rpc_testing::kSlowdown && b.stopped.load() < b.started.load(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(b.stopped.load(), 1);
+  EXPECT_EQ(b.stopped.load(), b.started.load());
+  // In a sanitizer build the call may run out of time before it reaches B.
+  if (rpc_testing::kSlowdown == 1) {
+    EXPECT_EQ(b.started.load(), 1);
+  }
 }
 
 TEST(Rpc, CancellingTheFrameCancelsTheRemoteCall) {
