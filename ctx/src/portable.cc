@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cstring>
 #include <system_error>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -296,7 +297,8 @@ absl::StatusOr<DecodedFrame> PortableKeys::DecodeView(const PortableFrameView& i
     pairs.push_back(*std::move(pair));
   }
   for (const Pair& pair : extra) pairs.push_back(pair);
-  Frame frame = base.With(pairs);
+  // Moved in: a decoded string value is not copied a second time.
+  Frame frame = base.With(std::move(pairs));
   if (in.remaining.has_value()) {
     frame = frame.WithTimeout(std::max(Clock::duration::zero(), *in.remaining));
   }
