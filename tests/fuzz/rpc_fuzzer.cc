@@ -6,10 +6,13 @@
 // tracestate only in its normal form, and a deadline no later than the time the call had left;
 // a decoded frame header re-encodes to the same bytes, and the borrowing decoder agrees with the
 // copying one; a parsed traceparent formats back to its first 55 characters; a parsed tracestate
-// is at most 512 characters and parses to itself.
+// is at most 512 characters and parses to itself; a trusted peer's policy applies only when its
+// token was presented and its certificate identity verified.
 //
 // Input: records of [1 byte header selector][2 bytes little-endian length][value]; the first
-// byte picks the time left (none, or 0-254 ms).
+// byte picks the time left (none, or 0-254 ms). One selector adds the value to the identities
+// the TLS handshake verified instead of to the metadata.
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +20,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,17 +55,49 @@ const framekit::rpc::ServerOptions& Options() {
         {.token = "tok",
          .policy = {
              .name = "peer", .accepted_keys = {"app.debug", "app.weight"}, .identity = true}});
+    // Recognised by the certificate alone, and a token pinned to a certificate.
+    o->trusted.push_back({.certificate_identity = "spiffe://n/a",
+                          .policy = {.name = "cert", .accepted_keys = {"app.debug"}}});
+    o->trusted.push_back(
+        {.token = "pin",
+         .certificate_identity = "node-b",
+         .policy = {.name = "pinned", .accepted_keys = {"app.weight"}, .identity = true}});
     return o;
   }();
   return *options;
 }
+
+// Not a header: the selector that adds a verified certificate identity.
+constexpr std::string_view kIdentitySlot = "(verified identity)";
 
 constexpr std::string_view kHeaders[] = {framekit::rpc::kFrameHeader,
                                          framekit::rpc::kTraceParentHeader,
                                          framekit::rpc::kTraceIdHeader,
                                          framekit::rpc::kPeerTokenHeader,
                                          "user-agent",
-                                         framekit::rpc::kTraceStateHeader};
+                                         framekit::rpc::kTraceStateHeader,
+                                         kIdentitySlot};
+
+// A trusted peer's policy was applied only to a call that presented its token and whose
+// handshake verified its certificate identity (each where the peer names one).
+void CheckPeer(const framekit::rpc_internal::Accepted& in,
+               std::span<const framekit::rpc_internal::MetadataEntry> metadata,
+               std::span<const std::string_view> identities) {
+  for (const framekit::rpc::TrustedPeer& peer : Options().trusted) {
+    if (in.peer != &peer.policy) continue;
+    if (!peer.token.empty() &&
+        std::find(metadata.begin(), metadata.end(),
+                  framekit::rpc_internal::MetadataEntry(framekit::rpc::kPeerTokenHeader,
+                                                        peer.token)) == metadata.end()) {
+      std::abort();
+    }
+    if (!peer.certificate_identity.empty() &&
+        std::find(identities.begin(), identities.end(), peer.certificate_identity) ==
+            identities.end()) {
+      std::abort();
+    }
+  }
+}
 
 void CheckAccepted(const framekit::rpc_internal::Accepted& in,
                    std::optional<framekit::Clock::duration> remaining,
@@ -126,6 +162,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (data[0] != 0xff) remaining = std::chrono::milliseconds(data[0]);
   std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
   std::vector<framekit::rpc_internal::MetadataEntry> metadata;
+  std::vector<std::string_view> identities;
   while (in.size() >= 3) {
     const std::string_view header =
         kHeaders[static_cast<unsigned char>(in[0]) % std::size(kHeaders)];
@@ -134,14 +171,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     in.remove_prefix(3);
     const std::string_view value = in.substr(0, n);
     in.remove_prefix(value.size());
+    if (header == kIdentitySlot) {
+      identities.push_back(value);
+      continue;
+    }
     metadata.emplace_back(header, value);
     CheckDecoders(value);
   }
   const auto before = framekit::Clock::now();
   absl::StatusOr<framekit::rpc_internal::Accepted> accepted =
-      framekit::rpc_internal::AcceptFrame(Options(), metadata, remaining);
+      framekit::rpc_internal::AcceptFrame(Options(), metadata, remaining, identities);
   if (accepted.ok()) {
     CheckAccepted(*accepted, remaining, before);
+    CheckPeer(*accepted, metadata, identities);
     return 0;
   }
   switch (accepted.status().code()) {
