@@ -261,8 +261,8 @@ TEST(Rpc, TrustedPeerCarriesFrameAndReceiverReResolves) {
   TestNode b(TrustingA());
   ASSERT_THAT(b.start_status, IsOk());
   std::shared_ptr<RemoteNode> to_b = Connect(b.target(), kToken);
-  absl::StatusOr<std::string> seen =
-      Call(*to_b, "whoami", CallerFrame().WithTimeout(std::chrono::seconds(5)));
+  absl::StatusOr<std::string> seen = Call(
+      *to_b, "whoami", CallerFrame().WithTimeout(std::chrono::seconds(5) * rpc_testing::kSlowdown));
   ASSERT_THAT(seen, IsOk());
   // Caller and tenant arrive inherited; the route is not in B's policy for A; B's own resolver
   // derived the region from the tenant it accepted; the trace is intact with A's span as parent.
@@ -280,7 +280,8 @@ TEST(Rpc, AnonymousPeerGetsTraceAndDeadlineOnly) {
   Frame frame = Frame().With({Pair::Of(kTenant, std::string("acme")),
                               Pair::Of(dispatch::TraceIdKey(), std::string(kW3CTrace))});
   absl::StatusOr<std::string> seen =
-      Call(*Connect(b.target()), "whoami", frame.WithTimeout(std::chrono::seconds(5)));
+      Call(*Connect(b.target()), "whoami",
+           frame.WithTimeout(std::chrono::seconds(5) * rpc_testing::kSlowdown));
   ASSERT_THAT(seen, IsOk());
   EXPECT_THAT(*seen, HasSubstr("caller=- "));
   EXPECT_THAT(*seen, HasSubstr(std::string("trace=") + kW3CTrace));
@@ -319,8 +320,9 @@ TEST(Rpc, ChainedCallSeesRemainingTimeNotAFreshTimeout) {
                     return out.Write(*r);
                   }),
               IsOk());
-  absl::StatusOr<std::string> seen = Call(*Connect(a.target(), kToken), "front",
-                                          CallerFrame().WithTimeout(std::chrono::seconds(2)));
+  absl::StatusOr<std::string> seen =
+      Call(*Connect(a.target(), kToken), "front",
+           CallerFrame().WithTimeout(std::chrono::seconds(2) * rpc_testing::kSlowdown));
   ASSERT_THAT(seen, IsOk());
   EXPECT_THAT(*seen, HasSubstr("caller=alice"));
   EXPECT_THAT(*seen, HasSubstr(std::string("trace=") + kW3CTrace));
@@ -423,7 +425,8 @@ TEST(Rpc, StreamingDeliversChunksAndListNamesFunctions) {
   StringSink sink;
   dispatch::RunStats stats;
   ASSERT_THAT(to_b->Function("chunks", CallMode::kStreaming)
-                  ->Run(Frame().WithTimeout(std::chrono::seconds(5)), "", sink, stats),
+                  ->Run(Frame().WithTimeout(std::chrono::seconds(5) * rpc_testing::kSlowdown), "",
+                        sink, stats),
               IsOk());
   EXPECT_THAT(sink.chunks(), ElementsAre("one", "two", "three"));
   EXPECT_EQ(stats.output_bytes, 11u);
