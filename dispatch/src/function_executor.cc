@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <condition_variable>
+#include <cstring>
 #include <optional>
 #include <stop_token>
 #include <thread>
@@ -189,10 +190,11 @@ struct FunctionExecutor::Version {
     Outcome out;
     bool handler_ran = false;
     absl::Status handler_status;
+    const ExtRef ext(guard_name, monitor);
     out.status = RunInterceptors(interceptors, call, [&](Call& c) {
       handler_ran = true;
       handler_status = Guard(
-          ExtRef(guard_name, monitor), Phase::kInvoke,
+          ext, Phase::kInvoke,
           [&]() -> absl::Status { return code->Run(c.frame, c.payload, sink, stats); },
           [&](FaultReport&& report) -> absl::Status {
             out.faulted = true;
@@ -256,8 +258,61 @@ struct FunctionExecutor::Table {
     std::shared_ptr<Function> function;
     std::shared_ptr<Version> active;
   };
+  // Function names are short: hashed inline, a word at a time. absl::Hash's out-of-line
+  // combine and its equality's memcmp call were 15% of an Invoke's overhead. The names are the
+  // application's (Register's), so a weak hash cannot be flooded by callers: a caller's
+  // unknown name costs its own lookup one probe sequence.
+  struct NameHash {
+    static std::uint64_t Mix(std::uint64_t h) {
+      h ^= h >> 33;  // MurmurHash3's 64-bit finaliser
+      h *= 0xff51afd7ed558ccdULL;
+      h ^= h >> 33;
+      h *= 0xc4ceb9fe1a85ec53ULL;
+      h ^= h >> 33;
+      return h;
+    }
+    std::size_t operator()(absl::string_view name) const noexcept {
+      const char* p = name.data();
+      std::size_t n = name.size();
+      std::uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
+      for (; n >= 8; n -= 8, p += 8) {
+        std::uint64_t word;
+        std::memcpy(&word, p, 8);
+        h = (h ^ word) * 0x100000001b3ULL;
+        h ^= h >> 29;
+      }
+      std::uint64_t tail = 0;
+      if (n >= 4) {
+        std::uint32_t lo, hi;
+        std::memcpy(&lo, p, 4);
+        std::memcpy(&hi, p + n - 4, 4);
+        tail = (std::uint64_t{hi} << 32) | lo;
+      } else if (n > 0) {
+        tail = (std::uint64_t{static_cast<unsigned char>(p[0])} << 16) |
+               (std::uint64_t{static_cast<unsigned char>(p[n / 2])} << 8) |
+               static_cast<unsigned char>(p[n - 1]);
+      }
+      return Mix(h ^ tail);
+    }
+  };
+  struct NameEq {
+    bool operator()(absl::string_view a, absl::string_view b) const noexcept {
+      if (a.size() != b.size()) return false;
+      // Short names compare inline; memcmp only past 16 bytes.
+      const std::size_t n = a.size();
+      const char* x = a.data();
+      const char* y = b.data();
+      if (n <= 16) {
+        for (std::size_t i = 0; i < n; ++i) {
+          if (x[i] != y[i]) return false;
+        }
+        return true;
+      }
+      return std::memcmp(x, y, n) == 0;
+    }
+  };
   // Keys view the functions' names, which the entries keep alive.
-  absl::flat_hash_map<absl::string_view, Entry> functions;
+  absl::flat_hash_map<absl::string_view, Entry, NameHash, NameEq> functions;
 };
 
 struct FunctionExecutor::RetiredTable {
@@ -637,21 +692,6 @@ FunctionExecutor::~FunctionExecutor() {
   delete table_.load();
 }
 
-int FunctionExecutor::Enter() {
-  // Counted in the slot of the epoch seen, then checked: a call that raced with an epoch change
-  // moves to the new one, so that a writer who advanced the epoch and then found the old slot
-  // at zero knows no call of the old epoch is still inside (see PublishLocked).
-  while (true) {
-    const std::uint64_t epoch = epoch_.load();
-    const int slot = static_cast<int>(epoch & 1);
-    callers_[slot].fetch_add(1);
-    if (epoch_.load() == epoch) return slot;
-    callers_[slot].fetch_sub(1);
-  }
-}
-
-int FunctionExecutor::Callers() const { return callers_[0].load() + callers_[1].load(); }
-
 void FunctionExecutor::PublishLocked(std::vector<RetiredTable>& freed) {
   auto table = std::make_unique<Table>();
   table->functions.reserve(functions_.size());
@@ -659,20 +699,16 @@ void FunctionExecutor::PublishLocked(std::vector<RetiredTable>& freed) {
     table->functions.emplace(AsAbsl(function->name), Table::Entry{function, function->active});
   }
   const Table* old = table_.exchange(table.release());
-  retired_.push_back({epoch_.load(), std::unique_ptr<const Table>(old)});
-  // A table retired in epoch E may be read by calls that entered in E or E-1. Advancing the
-  // epoch needs the slot it reuses (that of E-1) empty; two advances past E mean every call
-  // that could read the table has left. Calls never wait for this: a table not yet free is
-  // freed by a later write or the destructor, so at most the tables of the writes made while
-  // calls were running stay behind.
-  for (int i = 0; i < 2; ++i) {
-    const std::uint64_t epoch = epoch_.load();
-    if (callers_[(epoch + 1) & 1].load() != 0) break;
-    epoch_.store(epoch + 1);
-  }
-  const std::uint64_t now = epoch_.load();
+  // Retired in epoch E: a call that read epoch_ after it moved past E reads the new table, so
+  // only calls that entered in E or before can hold the old one. Calls never wait for this: a
+  // table not yet free is freed by a later write or the destructor, so at most the tables of
+  // the writes made while calls were running stay behind.
+  const std::uint64_t epoch = epoch_.load();
+  epoch_.store(epoch + 1);
+  retired_.push_back({epoch, std::unique_ptr<const Table>(old)});
+  const std::uint64_t oldest = callers_.OldestEpoch();
   auto keep = std::partition(retired_.begin(), retired_.end(),
-                             [now](const RetiredTable& r) { return r.epoch + 2 > now; });
+                             [oldest](const RetiredTable& r) { return r.epoch >= oldest; });
   for (auto it = keep; it != retired_.end(); ++it) freed.push_back(std::move(*it));
   retired_.erase(keep, retired_.end());
 }
@@ -844,11 +880,11 @@ absl::Status FunctionExecutor::Lookup(DispatchCall& call) const {
 
 bool FunctionExecutor::Preemptive(std::string_view name) {
   // Counted as a caller while it reads the table, so that the table is not freed under it.
-  std::atomic<int>& callers = callers_[Enter()];
+  dispatch_internal::CallerSlots::Slot* slot = Enter();
   const Table& table = *table_.load();
   const auto it = table.functions.find(AsAbsl(name));
   const bool preemptive = it != table.functions.end() && it->second.active->code->preemptive();
-  callers.fetch_sub(1);
+  dispatch_internal::CallerSlots::Leave(slot);
   return preemptive;
 }
 
@@ -875,13 +911,13 @@ absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
   // Leaving the count is the call's last touch of the executor (see WaitForCallers).
   // While counted, the call may read the published table without a lock (see PublishLocked).
   struct Entered {
-    std::atomic<int>& callers;
+    dispatch_internal::CallerSlots::Slot* slot;
     ThreadCall self;
     ~Entered() {
       tls_calls = self.outer;
-      callers.fetch_sub(1);
+      dispatch_internal::CallerSlots::Leave(slot);
     }
-  } entered{callers_[Enter()], {this, tls_calls, tls_calls != nullptr ? tls_calls->depth + 1 : 1}};
+  } entered{Enter(), {this, tls_calls, tls_calls != nullptr ? tls_calls->depth + 1 : 1}};
   tls_calls = &entered.self;
   if (shut_down_.load()) {
     return absl::UnavailableError(

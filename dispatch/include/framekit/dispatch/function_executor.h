@@ -72,6 +72,7 @@
 #include "framekit/dispatch/code.h"
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/interceptors.h"
+#include "framekit/dispatch/internal/caller_slots.h"
 
 namespace framekit::dispatch {
 
@@ -325,10 +326,11 @@ class FunctionExecutor {
   // tables no call can still read, appending them to `freed` (destroyed by the caller after it
   // releases mu_: destroying a function may run user code, its handler's destructor).
   void PublishLocked(std::vector<RetiredTable>& freed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A call entering the executor: counts it in the current epoch's slot, which it returns.
-  int Enter();
-  // Calls inside Dispatch, both epochs together.
-  int Callers() const;
+  // A call entering the executor: counts it in the calling thread's slot (see CallerSlots),
+  // which it returns for CallerSlots::Leave.
+  dispatch_internal::CallerSlots::Slot* Enter() { return callers_.Enter(epoch_); }
+  // Calls inside Dispatch, on every thread.
+  int Callers() const { return callers_.Count(); }
   // Waits until no call but the calling thread's own is inside the executor, or `until`.
   bool WaitForCallers(Deadline until);
 
@@ -340,13 +342,12 @@ class FunctionExecutor {
   // Distinguishes this executor from any other, one at the same address included: the key of
   // each thread's block of ids.
   const std::uint64_t serial_;
-  // Calls inside Dispatch (on callers' threads), counted per epoch (the parity of epoch_ when
-  // they entered), for Shutdown, the destructor and the reclamation of retired tables.
-  // Memory ordering: seq_cst throughout, so that a call entering (increment, then read
-  // shut_down_) and Shutdown (set shut_down_, then read callers_) cannot both miss each other,
-  // and so that a writer that sees an epoch's count at zero after advancing epoch_ knows every
-  // call that entered in that epoch (and so could hold a table retired before) has left.
-  std::atomic<int> callers_[2] = {0, 0};
+  // Calls inside Dispatch (on callers' threads), each thread's in its own slot with the epoch
+  // its outermost call entered in: for Shutdown, the destructor and the reclamation of
+  // retired tables. A call enters (its slot), then reads shut_down_ and table_; a writer sets
+  // shut_down_ or publishes a table and advances epoch_, then reads the slots: CallerSlots
+  // orders the two so that they cannot both miss each other.
+  dispatch_internal::CallerSlots callers_;
   std::atomic<std::uint64_t> epoch_{0};
   std::atomic<bool> shut_down_{false};
 

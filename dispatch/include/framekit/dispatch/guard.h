@@ -154,8 +154,10 @@ namespace framekit::dispatch {
 // stops on kEvict). `detail` is added to the fault's log record.
 // Thread cancellation is rethrown. `on_fault` runs inside the catch block with no framekit lock
 // held; an exception it throws propagates to the caller.
+// `ext` is taken by reference: a copy built beside the call would be read back as one 16-byte
+// load of two narrower stores still in the store buffer, a stall on every guarded call.
 template <class Fn, class OnFault>
-std::invoke_result_t<Fn&> Guard(ExtRef ext, Phase phase, Fn&& fn, OnFault&& on_fault,
+std::invoke_result_t<Fn&> Guard(const ExtRef& ext, Phase phase, Fn&& fn, OnFault&& on_fault,
                                 std::string_view detail = {}) {
   try {
     return fn();
