@@ -209,7 +209,7 @@ std::uint64_t CallerSlots::OldestEpoch() const {
   std::uint64_t oldest = std::numeric_limits<std::uint64_t>::max();
   for (const Slot* s = registry_->head.load(std::memory_order_acquire); s != nullptr; s = s->next) {
     if (s->calls.load(std::memory_order_seq_cst) > 0) {
-      oldest = std::min(oldest, s->epoch.load(std::memory_order_relaxed));
+      oldest = std::min(oldest, s->epoch.load(std::memory_order_acquire));
     }
   }
   return oldest;

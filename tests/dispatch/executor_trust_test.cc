@@ -454,9 +454,16 @@ TEST(FunctionExecutorBulkhead, CountersReportPerFunctionQuarantine) {
                             })
                   .ok());
   ASSERT_THAT(executor.Register("echo", Echo()), ::framekit::testing::IsOk());
-  auto result = executor.Invoke(Frame(), "stuck", "", {{"timeout_ms", std::int64_t{50}}});
+  // Warm up: an idle worker exists, so the handler starts well before its deadline. (With
+  // 50 ms and no warm-up, a loaded ThreadSanitizer run once started the worker after the
+  // deadline: the handler never ran, and waiting for it hung the test.)
+  ASSERT_THAT(executor.Invoke(Frame(), "echo", "", kLongTimeout), ::framekit::testing::IsOk());
+  auto result = executor.Invoke(Frame(), "stuck", "", {{"timeout_ms", std::int64_t{500}}});
   EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded) << result.status();
-  started.wait();
+  for (int i = 0; i < 10000 && !started.try_wait(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(started.try_wait()) << "the worker never started the handler";
   EXPECT_EQ(executor.Counters("stuck")->quarantined, 1);
   EXPECT_EQ(executor.Counters("echo")->quarantined, 0);
   gate.Open();

@@ -83,7 +83,9 @@ class CallerSlots {
     Slot* slot = hot_.serial == serial_ ? hot_.slot : Claim();
     const int calls = slot->calls.load(std::memory_order_relaxed);
     if (calls == 0) {
-      slot->epoch.store(epoch.load(std::memory_order_seq_cst), std::memory_order_relaxed);
+      // Release: a writer that reads this epoch may free what this thread's previous call
+      // read, so that call's reads must happen before (ThreadSanitizer caught it relaxed).
+      slot->epoch.store(epoch.load(std::memory_order_seq_cst), std::memory_order_release);
     }
     if (asymmetric_) {
       slot->calls.store(calls + 1, std::memory_order_release);
