@@ -5,12 +5,15 @@
 //       payload and deadline) to a bare callback service that echoes on gRPC's own thread
 //   BM_RpcUnaryFramekitNativeHandler              as above, the echo a native handler (the
 //       executor runs deadline calls of native code on a worker: one more thread handoff)
+//   The unary cases also report the whole process's CPU time (all threads: client, gRPC's and
+//   the server's) and context switches per call (getrusage), beside the calling thread's CPU.
 //   BM_RpcCodec8Pairs                             what the wire adds to a call's frame: encode 8
 //       portable string pairs into the header value as RemoteNode does (EncodeFrameHeader) and
 //       decode them back as Server does (DecodeFramePairViews + PortableKeys::DecodeView)
 //   BM_RpcCodec8PairsCopying                      the same through the copying forms
 //       (PortableKeys::Encode + EncodeFramePairs, DecodeFramePairs + PortableKeys::Decode)
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <memory>
@@ -56,6 +59,35 @@ class PreemptiveEcho : public framekit::dispatch::Code {
   }
 };
 
+// The whole process's CPU time and context switches from construction to Report().
+class ProcessScope {
+ public:
+  ProcessScope() : start_(Now()) {}
+  void Report(benchmark::State& state) const {
+    const Usage end = Now();
+    state.counters["proc_cpu_us/iter"] =
+        benchmark::Counter(end.cpu_us - start_.cpu_us, benchmark::Counter::kAvgIterations);
+    state.counters["ctxsw/iter"] =
+        benchmark::Counter(end.switches - start_.switches, benchmark::Counter::kAvgIterations);
+  }
+
+ private:
+  struct Usage {
+    double cpu_us = 0;
+    double switches = 0;
+  };
+  static Usage Now() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    const auto us = [](const timeval& t) {
+      return 1e6 * static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec);
+    };
+    return {.cpu_us = us(usage.ru_utime) + us(usage.ru_stime),
+            .switches = static_cast<double>(usage.ru_nvcsw + usage.ru_nivcsw)};
+  }
+  Usage start_;
+};
+
 std::shared_ptr<const framekit::PortableKeys> BenchPortable() {
   auto portable = std::make_shared<framekit::PortableKeys>();
   (void)portable->Add(kBenchTenant);
@@ -99,12 +131,14 @@ void FramekitUnary(benchmark::State& state, bool native) {
                  framekit::Pair::Of(framekit::dispatch::TraceIdKey(),
                                     std::string("4bf92f3577b34da6a3ce929d0e0e4736"))});
   NullSink sink;
+  const ProcessScope process;
   for (auto _ : state) {
     framekit::dispatch::RunStats stats;
     absl::Status status =
         echo->Run(frame.WithTimeout(std::chrono::seconds(10)), kPayload, sink, stats);
     if (!status.ok()) return state.SkipWithError("call failed");
   }
+  process.Report(state);
 }
 
 void BM_RpcUnaryFramekit(benchmark::State& state) { FramekitUnary(state, /*native=*/false); }
@@ -140,6 +174,7 @@ void BM_RpcUnaryBareGrpc(benchmark::State& state) {
   v1::InvokeRequest request;
   request.set_function("echo");
   request.set_payload(kPayload);
+  const ProcessScope process;
   for (auto _ : state) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -148,6 +183,7 @@ void BM_RpcUnaryBareGrpc(benchmark::State& state) {
     if (!status.ok()) return state.SkipWithError("call failed");
     benchmark::DoNotOptimize(reply.output().data());
   }
+  process.Report(state);
   server->Shutdown();
 }
 BENCHMARK(BM_RpcUnaryBareGrpc)->UseRealTime();
