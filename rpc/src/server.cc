@@ -1,7 +1,6 @@
 #include "framekit/rpc/server.h"
 
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/support/server_interceptor.h>
 
 #include <atomic>
 #include <chrono>
@@ -32,8 +31,10 @@
 namespace framekit::rpc {
 namespace {
 
-// The full name of the unary Invoke method, as interceptors see it.
-constexpr std::string_view kInvokeMethod = "/framekit.rpc.v1.Functions/Invoke";
+// How often the running inline calls are checked for their close, and how long the watcher
+// keeps checking once none runs before it sleeps until the next one starts.
+constexpr auto kInlinePoll = std::chrono::milliseconds(2);
+constexpr int kIdlePollsBeforeSleep = 100;
 
 grpc::Status ToGrpc(const absl::Status& status) {
   WireStatus wire = ToWireStatus(status);
@@ -178,7 +179,11 @@ struct Server::Impl {
 
   // Inline calls: preemptive code run on the gRPC thread that delivered the call. gRPC calls a
   // reactor's OnCancel only after the method handler returns, so while an inline call runs,
-  // its cancellation comes from the interceptor's POST_RECV_CLOSE (see CancelOnClose).
+  // its close (the client's cancellation, its deadline, Shutdown) is seen by the watcher
+  // thread, which polls the running inline calls' contexts every kInlinePoll (WatchInline).
+  // (A server interceptor seeing POST_RECV_CLOSE would be immediate, but any interceptor makes
+  // gRPC complete every batch of every call a second time through its executor thread: a
+  // thread hop and ~10% of a loopback call.)
   bool TakeInlineSlot(std::string_view function) {
     if (options.max_inline_calls <= 0) return false;
     if (inline_running.fetch_add(1, std::memory_order_relaxed) >= options.max_inline_calls) {
@@ -198,6 +203,10 @@ struct Server::Impl {
     {
       std::lock_guard<std::mutex> lock(inline_mu);
       running_inline.emplace(ctx, canceller);
+      if (watcher_asleep) {
+        watcher_asleep = false;
+        inline_cv.notify_one();
+      }
     }
     if (ctx->IsCancelled()) canceller.Cancel();
   }
@@ -205,11 +214,37 @@ struct Server::Impl {
     std::lock_guard<std::mutex> lock(inline_mu);
     running_inline.erase(ctx);
   }
-  // The call of `ctx` is over (cancelled, by the client, its deadline or Shutdown, or done):
-  // an inline call still running is cancelled.
-  void CancelOnClose(const grpc::ServerContextBase* ctx) {
-    std::lock_guard<std::mutex> lock(inline_mu);
-    if (auto it = running_inline.find(ctx); it != running_inline.end()) it->second.Cancel();
+  // The watcher thread: cancels each running inline call whose gRPC call is over (cancelled,
+  // by the client, its deadline or Shutdown). IsCancelled is thread-safe in the callback API,
+  // and a context in the map is alive (EndInline removes it before its handler returns).
+  void WatchInline() {
+    std::unique_lock<std::mutex> lock(inline_mu);
+    int idle_polls = 0;
+    while (!watcher_stop) {
+      if (running_inline.empty() && idle_polls >= kIdlePollsBeforeSleep) {
+        watcher_asleep = true;
+        inline_cv.wait(lock, [this] { return watcher_stop || !watcher_asleep; });
+        idle_polls = 0;
+        continue;
+      }
+      inline_cv.wait_for(lock, kInlinePoll, [this] { return watcher_stop; });
+      if (running_inline.empty()) {
+        ++idle_polls;
+        continue;
+      }
+      idle_polls = 0;
+      for (auto& [ctx, canceller] : running_inline) {
+        if (!canceller.cancelled() && ctx->IsCancelled()) canceller.Cancel();
+      }
+    }
+  }
+  void StopWatcher() {
+    {
+      std::lock_guard<std::mutex> lock(inline_mu);
+      watcher_stop = true;
+    }
+    inline_cv.notify_all();
+    if (watcher.joinable()) watcher.join();
   }
   void Refused(const absl::Status& status) {
     counters.refused.fetch_add(1, std::memory_order_relaxed);
@@ -232,8 +267,12 @@ struct Server::Impl {
   std::atomic<int> in_flight{0};
   std::atomic<int> inline_running{0};
   std::mutex inline_mu;
-  absl::flat_hash_map<const grpc::ServerContextBase*, Canceller> running_inline
+  std::condition_variable inline_cv;
+  absl::flat_hash_map<grpc::CallbackServerContext*, Canceller> running_inline
       ABSL_GUARDED_BY(inline_mu);
+  bool watcher_asleep ABSL_GUARDED_BY(inline_mu) = false;
+  bool watcher_stop ABSL_GUARDED_BY(inline_mu) = false;
+  std::thread watcher;  // WatchInline, while max_inline_calls > 0
   Counters counters;
   CallThreads threads;
   std::unique_ptr<v1::Functions::CallbackService> service;
@@ -297,52 +336,6 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 
   Canceller canceller_;  // set before any callback can run
   HandOff handoff_;
-};
-
-// Sees each unary Invoke's close (POST_RECV_CLOSE: the call cancelled or done), so that an
-// inline call is cancelled while its handler still runs.
-class CloseInterceptor final : public grpc::experimental::Interceptor {
- public:
-  CloseInterceptor(Impl& impl, grpc::experimental::ServerRpcInfo* info) : impl_(impl), info_(info) {
-    handoff_.Publish();
-  }
-  ~CloseInterceptor() override { handoff_.Receive(); }
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    handoff_.Receive();
-    if (methods->QueryInterceptionHookPoint(
-            grpc::experimental::InterceptionHookPoints::POST_RECV_CLOSE)) {
-      impl_.CancelOnClose(info_->server_context());
-    }
-    handoff_.Publish();
-    methods->Proceed();
-  }
-
- private:
-  Impl& impl_;
-  grpc::experimental::ServerRpcInfo* const info_;
-  HandOff handoff_;
-};
-
-class CloseInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
-  HandOff started_;  // its own fields, to gRPC's threads
-
- public:
-  explicit CloseInterceptorFactory(Impl& impl) : impl_(impl) { started_.Publish(); }
-  grpc::experimental::Interceptor* CreateServerInterceptor(
-      grpc::experimental::ServerRpcInfo* info) override {
-    started_.Receive();
-    impl_.started.Receive();
-    // Only unary Invoke runs inline.
-    if (impl_.options.max_inline_calls <= 0 ||
-        info->type() != grpc::experimental::ServerRpcInfo::Type::UNARY ||
-        std::string_view(info->method()) != kInvokeMethod) {
-      return nullptr;
-    }
-    return new CloseInterceptor(impl_, info);
-  }
-
- private:
-  Impl& impl_;
 };
 
 // One streaming Invoke: the executor writes chunks through this Sink, one write at a time.
@@ -547,15 +540,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(dispatch::FunctionExecutor
   builder.AddListeningPort(impl->options.address, std::move(credentials), &impl->port);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(impl->options.max_message_bytes);
-  // Also without inline calls: the factory is the first framekit code every call reaches, so
-  // ThreadSanitizer sees Start happen before gRPC's threads read the service (see HandOff).
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-  creators.push_back(std::make_unique<CloseInterceptorFactory>(*impl));
-  builder.experimental().SetInterceptorCreators(std::move(creators));
   impl->started.Publish();
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on \"", impl->options.address, "\""));
+  }
+  if (impl->options.max_inline_calls > 0) {
+    Impl* watched = impl.get();
+    impl->watcher = std::thread([watched] { watched->WatchInline(); });
   }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
@@ -572,9 +564,10 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     // the executor returns, and the call threads finish them; Shutdown returns when all are done.
     impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
     impl_->server->Wait();
-    // gRPC's threads are done with the inline-call map; taking its lock once makes that visible
-    // (to ThreadSanitizer too) before the map is destroyed.
-    { std::lock_guard<std::mutex> lock(impl_->inline_mu); }
+    // No inline call runs any more (the watcher saw them through Shutdown's cancellation); the
+    // watcher's join and its lock make gRPC's threads' last use of the map visible (to
+    // ThreadSanitizer too) before the map is destroyed.
+    impl_->StopWatcher();
     impl_->threads.Stop();
   });
 }
