@@ -285,31 +285,29 @@ namespace {
 
 using Impl = Server::Impl;
 
-// One unary Invoke: runs on a call thread, finishes the reactor as its last act.
+// Invokes a unary call's function; the call no longer holds its slot once this returns.
+grpc::Status InvokeUnary(Impl& impl, const Frame& frame, const v1::InvokeRequest& request,
+                         v1::InvokeReply& reply) {
+  absl::StatusOr<std::string> out =
+      impl.executor.Invoke(frame, request.function(), request.payload());
+  impl.Release();
+  if (!out.ok()) return ToGrpc(out.status());
+  reply.set_output(*std::move(out));
+  return grpc::Status::OK;
+}
+
+// A unary Invoke handed to a call thread: finishes the reactor as its last act, and cancels the
+// frame's scope when the call is cancelled (OnCancel) while it runs there.
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(Impl& impl, grpc::CallbackServerContext* ctx, const v1::InvokeRequest* request,
-            v1::InvokeReply* reply) {
-    absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl.Admit(*ctx);
-    if (!admitted.ok()) {
-      handoff_.Publish();
-      Finish(ToGrpc(admitted.status()));
-      return;
-    }
-    canceller_ = admitted->second;
+  UnaryCall(Impl& impl, std::pair<Frame, Canceller> admitted, const v1::InvokeRequest* request,
+            v1::InvokeReply* reply)
+      : canceller_(std::move(admitted.second)) {
     handoff_.Publish();
-    if (impl.TakeInlineSlot(request->function())) {
-      // Preemptive code returns by the frame's deadline (and at its cancellation) by itself:
-      // it runs here, without a hand-off to a call thread.
-      impl.counters.inline_calls.fetch_add(1, std::memory_order_relaxed);
-      impl.StartInline(ctx, canceller_);
-      Run(impl, admitted->first, request, reply);
-      impl.EndInline(ctx);
-      impl.ReleaseInlineSlot();
-      return;
-    }
-    impl.threads.Submit([this, &impl, frame = std::move(admitted->first), request, reply] {
-      Run(impl, frame, request, reply);
+    impl.threads.Submit([this, &impl, frame = std::move(admitted.first), request, reply] {
+      grpc::Status status = InvokeUnary(impl, frame, *request, *reply);
+      handoff_.Publish();
+      Finish(std::move(status));
     });
   }
   void OnCancel() override {
@@ -322,19 +320,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   }
 
  private:
-  // Invokes the function and finishes the reactor as its last act.
-  void Run(Impl& impl, const Frame& frame, const v1::InvokeRequest* request,
-           v1::InvokeReply* reply) {
-    absl::StatusOr<std::string> out =
-        impl.executor.Invoke(frame, request->function(), request->payload());
-    impl.Release();
-    grpc::Status status = out.ok() ? grpc::Status::OK : ToGrpc(out.status());
-    if (out.ok()) reply->set_output(*std::move(out));
-    handoff_.Publish();
-    Finish(std::move(status));
-  }
-
-  Canceller canceller_;  // set before any callback can run
+  const Canceller canceller_;  // set before any callback can run
   HandOff handoff_;
 };
 
@@ -425,7 +411,30 @@ class Service final : public v1::Functions::CallbackService {
                                    v1::InvokeReply* reply) override {
     started_.Receive();
     impl_.started.Receive();
-    return new UnaryCall(impl_, ctx, request, reply);
+    absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl_.Admit(*ctx);
+    if (admitted.ok() && !impl_.TakeInlineSlot(request->function())) {
+      return new UnaryCall(impl_, *std::move(admitted), request, reply);
+    }
+    // A refused call, and an inline call, finish before this returns, through the context's
+    // default reactor: its reactions are gRPC's own and run where the call completes. A reactor
+    // of ours would have gRPC run its OnDone on gRPC's executor thread (reactions of user
+    // reactors are never run inline): one more thread hop for every call.
+    grpc::Status status;
+    if (!admitted.ok()) {
+      status = ToGrpc(admitted.status());
+    } else {
+      // Preemptive code returns by the frame's deadline (and at its cancellation) by itself: it
+      // runs here, without a hand-off to a call thread. Its close reaches it through the
+      // watcher (see StartInline).
+      impl_.counters.inline_calls.fetch_add(1, std::memory_order_relaxed);
+      impl_.StartInline(ctx, admitted->second);
+      status = InvokeUnary(impl_, admitted->first, *request, *reply);
+      impl_.EndInline(ctx);
+      impl_.ReleaseInlineSlot();
+    }
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(std::move(status));
+    return reactor;
   }
   grpc::ServerWriteReactor<v1::Chunk>* InvokeStream(grpc::CallbackServerContext* ctx,
                                                     const v1::InvokeRequest* request) override {
