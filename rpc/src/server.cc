@@ -218,6 +218,7 @@ struct Server::Impl {
   // by the client, its deadline or Shutdown). IsCancelled is thread-safe in the callback API,
   // and a context in the map is alive (EndInline removes it before its handler returns).
   void WatchInline() {
+    std::vector<Canceller> closed;
     std::unique_lock<std::mutex> lock(inline_mu);
     int idle_polls = 0;
     while (!watcher_stop) {
@@ -234,8 +235,15 @@ struct Server::Impl {
       }
       idle_polls = 0;
       for (auto& [ctx, canceller] : running_inline) {
-        if (!canceller.cancelled() && ctx->IsCancelled()) canceller.Cancel();
+        if (!canceller.cancelled() && ctx->IsCancelled()) closed.push_back(canceller);
       }
+      if (closed.empty()) continue;
+      // Cancelled outside the lock: a stop callback may call into gRPC (a chained remote
+      // call's TryCancel), and gRPC may run a new call's handler (StartInline) on its way out.
+      lock.unlock();
+      for (const Canceller& canceller : closed) canceller.Cancel();
+      closed.clear();
+      lock.lock();
     }
   }
   void StopWatcher() {
