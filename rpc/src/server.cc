@@ -182,8 +182,8 @@ struct Server::Impl {
   // its close (the client's cancellation, its deadline, Shutdown) is seen by the watcher
   // thread, which polls the running inline calls' contexts every kInlinePoll (WatchInline).
   // (A server interceptor seeing POST_RECV_CLOSE would be immediate, but any interceptor makes
-  // gRPC complete every batch of every call a second time through its executor thread: a
-  // thread hop and ~10% of a loopback call.)
+  // gRPC complete every batch of every call a second time through its executor thread: one
+  // more thread hop for every call, inline or not.)
   bool TakeInlineSlot(std::string_view function) {
     if (options.max_inline_calls <= 0) return false;
     if (inline_running.fetch_add(1, std::memory_order_relaxed) >= options.max_inline_calls) {
