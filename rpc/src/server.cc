@@ -177,6 +177,12 @@ struct Server::Impl {
     return accepted->frame.WithCancel();
   }
   void Release() { in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  // The last touch of the service, the hook factory and this Impl by a method handler (or the
+  // hook factory): Shutdown's acquire after gRPC's Wait makes all of them visible (to
+  // ThreadSanitizer too, which cannot see gRPC's own synchronisation) before they are
+  // destroyed. A read-modify-write, so that the acquire synchronises with every release, not
+  // only the last one's.
+  void CallbackReturns() { handlers_returned.fetch_add(1, std::memory_order_release); }
 
   // Inline calls: preemptive code run on the gRPC thread that delivered the call. gRPC calls a
   // reactor's OnCancel only after the method handler returns, so while an inline call runs,
@@ -274,6 +280,7 @@ struct Server::Impl {
   HandOff started;  // published by Start before gRPC runs any callback of this server
   const bool verifies_clients = options.tls.has_value() && !options.tls->client_ca_file.empty();
   std::atomic<int> in_flight{0};
+  std::atomic<std::uint64_t> handlers_returned{0};
   std::atomic<int> inline_running{0};
   std::mutex inline_mu;
   std::condition_variable inline_cv;
@@ -363,6 +370,7 @@ class StartedHookFactory final : public grpc::experimental::ServerInterceptorFac
       grpc::experimental::ServerRpcInfo*) override {
     started_.Receive();
     impl_.started.Receive();
+    impl_.CallbackReturns();
     return nullptr;
   }
 
@@ -459,7 +467,9 @@ class Service final : public v1::Functions::CallbackService {
     impl_.started.Receive();
     absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl_.Admit(*ctx);
     if (admitted.ok() && !impl_.TakeInlineSlot(request->function())) {
-      return new UnaryCall(impl_, *std::move(admitted), request, reply);
+      grpc::ServerUnaryReactor* call = new UnaryCall(impl_, *std::move(admitted), request, reply);
+      impl_.CallbackReturns();
+      return call;
     }
     // A refused call, and an inline call, finish before this returns, through the context's
     // default reactor: its reactions are gRPC's own and run where the call completes. A reactor
@@ -478,6 +488,7 @@ class Service final : public v1::Functions::CallbackService {
       impl_.EndInline(ctx);
       impl_.ReleaseInlineSlot();
     }
+    impl_.CallbackReturns();
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     reactor->Finish(std::move(status));
     return reactor;
@@ -486,13 +497,16 @@ class Service final : public v1::Functions::CallbackService {
                                                     const v1::InvokeRequest* request) override {
     started_.Receive();
     impl_.started.Receive();
-    return new StreamCall(impl_, ctx, request);
+    grpc::ServerWriteReactor<v1::Chunk>* call = new StreamCall(impl_, ctx, request);
+    impl_.CallbackReturns();
+    return call;
   }
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx, const v1::ListRequest*,
                                  v1::ListReply* reply) override {
     started_.Receive();
     impl_.started.Receive();
     for (std::string& name : impl_.executor.List()) reply->add_functions(std::move(name));
+    impl_.CallbackReturns();
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -624,6 +638,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     // the executor returns, and the call threads finish them; Shutdown returns when all are done.
     impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
     impl_->server->Wait();
+    (void)impl_->handlers_returned.load(std::memory_order_acquire);
     // No inline call runs any more (the watcher saw them through Shutdown's cancellation); the
     // watcher's join and its lock make gRPC's threads' last use of the map visible (to
     // ThreadSanitizer too) before the map is destroyed.
