@@ -216,10 +216,11 @@ void BareUnary(benchmark::State& state, bool headers) {
   process.Report(state);
   if (headers) {
     // The header bytes each call carries beside the bare call's (names and values).
-    state.counters["extra_header_bytes"] =
-        static_cast<double>(framekit::rpc::kFrameHeader.size() + frame_header.size() +
-                            framekit::rpc::kTraceParentHeader.size() + 55 +
-                            framekit::rpc::kPeerTokenHeader.size() + sizeof(kToken) - 1);
+    state.counters["extra_header_bytes"] = static_cast<double>(
+        framekit::rpc::kFrameHeader.size() + frame_header.size() +
+        framekit::rpc::kTraceParentHeader.size() +
+        framekit::rpc::FormatTraceParent(kBenchTrace, "0000000000000001", 0x01).size() +
+        framekit::rpc::kPeerTokenHeader.size() + sizeof(kToken) - 1);
   }
   server->Shutdown();
 }
