@@ -3,16 +3,24 @@
 //       portable pairs with a caller, a W3C trace, a deadline, a peer token) through RemoteNode,
 //       Server and the executor to preemptive echo Code, vs the same generated stub call (same
 //       payload and deadline) to a bare callback service that echoes on gRPC's own thread
+//   BM_RpcUnaryBareGrpcFramekitHeaders            the bare call carrying the same header bytes as
+//       framekit's (frame header, traceparent, peer token), unread: how much of the gap to the
+//       bare call is the payload the issue asks framekit to carry, not framekit's own work
 //   BM_RpcUnaryFramekitNativeHandler              as above, the echo a native handler (the
 //       executor runs deadline calls of native code on a worker: one more thread handoff)
+//   The unary cases also report the whole process's CPU time (all threads: client, gRPC's and
+//   the server's) and context switches per call (getrusage), beside the calling thread's CPU.
 //   BM_RpcCodec8Pairs                             what the wire adds to a call's frame: encode 8
 //       portable string pairs into the header value as RemoteNode does (EncodeFrameHeader) and
 //       decode them back as Server does (DecodeFramePairViews + PortableKeys::DecodeView)
 //   BM_RpcCodec8PairsCopying                      the same through the copying forms
 //       (PortableKeys::Encode + EncodeFramePairs, DecodeFramePairs + PortableKeys::Decode)
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 
 #include <chrono>
+#include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <span>
 #include <string>
@@ -56,6 +64,35 @@ class PreemptiveEcho : public framekit::dispatch::Code {
   }
 };
 
+// The whole process's CPU time and context switches from construction to Report().
+class ProcessScope {
+ public:
+  ProcessScope() : start_(Now()) {}
+  void Report(benchmark::State& state) const {
+    const Usage end = Now();
+    state.counters["proc_cpu_us/iter"] =
+        benchmark::Counter(end.cpu_us - start_.cpu_us, benchmark::Counter::kAvgIterations);
+    state.counters["ctxsw/iter"] =
+        benchmark::Counter(end.switches - start_.switches, benchmark::Counter::kAvgIterations);
+  }
+
+ private:
+  struct Usage {
+    double cpu_us = 0;
+    double switches = 0;
+  };
+  static Usage Now() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    const auto us = [](const timeval& t) {
+      return 1e6 * static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec);
+    };
+    return {.cpu_us = us(usage.ru_utime) + us(usage.ru_stime),
+            .switches = static_cast<double>(usage.ru_nvcsw + usage.ru_nivcsw)};
+  }
+  Usage start_;
+};
+
 std::shared_ptr<const framekit::PortableKeys> BenchPortable() {
   auto portable = std::make_shared<framekit::PortableKeys>();
   (void)portable->Add(kBenchTenant);
@@ -63,6 +100,17 @@ std::shared_ptr<const framekit::PortableKeys> BenchPortable() {
   (void)portable->Add(kBenchPlan);
   (void)portable->Add(framekit::CallerKey());
   return portable;
+}
+
+constexpr char kBenchTrace[] = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+// The frame each framekit call carries: a caller, three portable pairs and a W3C trace.
+framekit::Frame BenchFrame() {
+  return framekit::WithCaller(framekit::Frame(), {.user_id = "alice", .tenant_id = "acme"})
+      .With({framekit::Pair::Of(kBenchTenant, std::string("acme")),
+             framekit::Pair::Of(kBenchRegion, std::string("eu-west")),
+             framekit::Pair::Of(kBenchPlan, std::string("gold")),
+             framekit::Pair::Of(framekit::dispatch::TraceIdKey(), std::string(kBenchTrace))});
 }
 
 void FramekitUnary(benchmark::State& state, bool native) {
@@ -91,20 +139,16 @@ void FramekitUnary(benchmark::State& state, bool native) {
        .peer_token = kToken});
   if (!node.ok()) return state.SkipWithError("connect");
   std::shared_ptr<framekit::dispatch::Code> echo = (*node)->Function("echo");
-  const framekit::Frame frame =
-      framekit::WithCaller(framekit::Frame(), {.user_id = "alice", .tenant_id = "acme"})
-          .With({framekit::Pair::Of(kBenchTenant, std::string("acme")),
-                 framekit::Pair::Of(kBenchRegion, std::string("eu-west")),
-                 framekit::Pair::Of(kBenchPlan, std::string("gold")),
-                 framekit::Pair::Of(framekit::dispatch::TraceIdKey(),
-                                    std::string("4bf92f3577b34da6a3ce929d0e0e4736"))});
+  const framekit::Frame frame = BenchFrame();
   NullSink sink;
+  const ProcessScope process;
   for (auto _ : state) {
     framekit::dispatch::RunStats stats;
     absl::Status status =
         echo->Run(frame.WithTimeout(std::chrono::seconds(10)), kPayload, sink, stats);
     if (!status.ok()) return state.SkipWithError("call failed");
   }
+  process.Report(state);
 }
 
 void BM_RpcUnaryFramekit(benchmark::State& state) { FramekitUnary(state, /*native=*/false); }
@@ -126,7 +170,9 @@ class BareEcho final : public v1::Functions::CallbackService {
   }
 };
 
-void BM_RpcUnaryBareGrpc(benchmark::State& state) {
+// The bare call; with `headers`, it also carries the bytes framekit's call carries (the frame
+// header, a traceparent with a new span id per call, the peer token), none of them read.
+void BareUnary(benchmark::State& state, bool headers) {
   BareEcho service;
   grpc::ServerBuilder builder;
   int port = 0;
@@ -140,17 +186,52 @@ void BM_RpcUnaryBareGrpc(benchmark::State& state) {
   v1::InvokeRequest request;
   request.set_function("echo");
   request.set_payload(kPayload);
+  std::string frame_header;
+  if (headers) {
+    const std::shared_ptr<const framekit::PortableKeys> portable = BenchPortable();
+    absl::StatusOr<std::string> encoded = framekit::rpc::EncodeFrameHeader(
+        *portable, BenchFrame().WithTimeout(std::chrono::seconds(10)),
+        [](std::string_view name) { return name == framekit::dispatch::TraceIdKey().name(); });
+    if (!encoded.ok()) return state.SkipWithError("frame header");
+    frame_header = *std::move(encoded);
+  }
+  std::uint64_t span = 1;
+  const ProcessScope process;
   for (auto _ : state) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (headers) {
+      char span_id[17];
+      std::snprintf(span_id, sizeof span_id, "%016llx", static_cast<unsigned long long>(span++));
+      ctx.AddMetadata(std::string(framekit::rpc::kFrameHeader), frame_header);
+      ctx.AddMetadata(std::string(framekit::rpc::kTraceParentHeader),
+                      framekit::rpc::FormatTraceParent(kBenchTrace, span_id, 0x01));
+      ctx.AddMetadata(std::string(framekit::rpc::kPeerTokenHeader), kToken);
+    }
     v1::InvokeReply reply;
     grpc::Status status = stub->Invoke(&ctx, request, &reply);
     if (!status.ok()) return state.SkipWithError("call failed");
     benchmark::DoNotOptimize(reply.output().data());
   }
+  process.Report(state);
+  if (headers) {
+    // The header bytes each call carries beside the bare call's (names and values).
+    state.counters["extra_header_bytes"] = static_cast<double>(
+        framekit::rpc::kFrameHeader.size() + frame_header.size() +
+        framekit::rpc::kTraceParentHeader.size() +
+        framekit::rpc::FormatTraceParent(kBenchTrace, "0000000000000001", 0x01).size() +
+        framekit::rpc::kPeerTokenHeader.size() + sizeof(kToken) - 1);
+  }
   server->Shutdown();
 }
+
+void BM_RpcUnaryBareGrpc(benchmark::State& state) { BareUnary(state, /*headers=*/false); }
 BENCHMARK(BM_RpcUnaryBareGrpc)->UseRealTime();
+
+void BM_RpcUnaryBareGrpcFramekitHeaders(benchmark::State& state) {
+  BareUnary(state, /*headers=*/true);
+}
+BENCHMARK(BM_RpcUnaryBareGrpcFramekitHeaders)->UseRealTime();
 
 // Eight portable string keys and a frame carrying them with a deadline.
 struct CodecFixture {

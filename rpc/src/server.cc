@@ -32,8 +32,10 @@
 namespace framekit::rpc {
 namespace {
 
-// The full name of the unary Invoke method, as interceptors see it.
-constexpr std::string_view kInvokeMethod = "/framekit.rpc.v1.Functions/Invoke";
+// How often the running inline calls are checked for their close, and how long the watcher
+// keeps checking once none runs before it sleeps until the next one starts.
+constexpr auto kInlinePoll = std::chrono::milliseconds(2);
+constexpr int kIdlePollsBeforeSleep = 100;
 
 grpc::Status ToGrpc(const absl::Status& status) {
   WireStatus wire = ToWireStatus(status);
@@ -175,10 +177,20 @@ struct Server::Impl {
     return accepted->frame.WithCancel();
   }
   void Release() { in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  // The last touch of the service, the hook factory and this Impl by a method handler (or the
+  // hook factory): Shutdown's acquire after gRPC's Wait makes all of them visible (to
+  // ThreadSanitizer too, which cannot see gRPC's own synchronisation) before they are
+  // destroyed. A read-modify-write, so that the acquire synchronises with every release, not
+  // only the last one's.
+  void CallbackReturns() { handlers_returned.fetch_add(1, std::memory_order_release); }
 
   // Inline calls: preemptive code run on the gRPC thread that delivered the call. gRPC calls a
   // reactor's OnCancel only after the method handler returns, so while an inline call runs,
-  // its cancellation comes from the interceptor's POST_RECV_CLOSE (see CancelOnClose).
+  // its close (the client's cancellation, its deadline, Shutdown) is seen by the watcher
+  // thread, which polls the running inline calls' contexts every kInlinePoll (WatchInline).
+  // (An interceptor seeing POST_RECV_CLOSE would be immediate, but an interceptor on a call
+  // makes gRPC complete every batch of it a second time through its executor thread: one more
+  // thread hop for every call; see StartedHookFactory.)
   bool TakeInlineSlot(std::string_view function) {
     if (options.max_inline_calls <= 0) return false;
     if (inline_running.fetch_add(1, std::memory_order_relaxed) >= options.max_inline_calls) {
@@ -198,6 +210,10 @@ struct Server::Impl {
     {
       std::lock_guard<std::mutex> lock(inline_mu);
       running_inline.emplace(ctx, canceller);
+      if (watcher_asleep) {
+        watcher_asleep = false;
+        inline_cv.notify_one();
+      }
     }
     if (ctx->IsCancelled()) canceller.Cancel();
   }
@@ -205,11 +221,45 @@ struct Server::Impl {
     std::lock_guard<std::mutex> lock(inline_mu);
     running_inline.erase(ctx);
   }
-  // The call of `ctx` is over (cancelled, by the client, its deadline or Shutdown, or done):
-  // an inline call still running is cancelled.
-  void CancelOnClose(const grpc::ServerContextBase* ctx) {
-    std::lock_guard<std::mutex> lock(inline_mu);
-    if (auto it = running_inline.find(ctx); it != running_inline.end()) it->second.Cancel();
+  // The watcher thread: cancels each running inline call whose gRPC call is over (cancelled,
+  // by the client, its deadline or Shutdown). IsCancelled is thread-safe in the callback API,
+  // and a context in the map is alive (EndInline removes it before its handler returns).
+  void WatchInline() {
+    std::vector<Canceller> closed;
+    std::unique_lock<std::mutex> lock(inline_mu);
+    int idle_polls = 0;
+    while (!watcher_stop) {
+      if (running_inline.empty() && idle_polls >= kIdlePollsBeforeSleep) {
+        watcher_asleep = true;
+        inline_cv.wait(lock, [this] { return watcher_stop || !watcher_asleep; });
+        idle_polls = 0;
+        continue;
+      }
+      inline_cv.wait_for(lock, kInlinePoll, [this] { return watcher_stop; });
+      if (running_inline.empty()) {
+        ++idle_polls;
+        continue;
+      }
+      idle_polls = 0;
+      for (auto& [ctx, canceller] : running_inline) {
+        if (!canceller.cancelled() && ctx->IsCancelled()) closed.push_back(canceller);
+      }
+      if (closed.empty()) continue;
+      // Cancelled outside the lock: a stop callback may call into gRPC (a chained remote
+      // call's TryCancel), and gRPC may run a new call's handler (StartInline) on its way out.
+      lock.unlock();
+      for (const Canceller& canceller : closed) canceller.Cancel();
+      closed.clear();
+      lock.lock();
+    }
+  }
+  void StopWatcher() {
+    {
+      std::lock_guard<std::mutex> lock(inline_mu);
+      watcher_stop = true;
+    }
+    inline_cv.notify_all();
+    if (watcher.joinable()) watcher.join();
   }
   void Refused(const absl::Status& status) {
     counters.refused.fetch_add(1, std::memory_order_relaxed);
@@ -230,10 +280,15 @@ struct Server::Impl {
   HandOff started;  // published by Start before gRPC runs any callback of this server
   const bool verifies_clients = options.tls.has_value() && !options.tls->client_ca_file.empty();
   std::atomic<int> in_flight{0};
+  std::atomic<std::uint64_t> handlers_returned{0};
   std::atomic<int> inline_running{0};
   std::mutex inline_mu;
-  absl::flat_hash_map<const grpc::ServerContextBase*, Canceller> running_inline
+  std::condition_variable inline_cv;
+  absl::flat_hash_map<grpc::CallbackServerContext*, Canceller> running_inline
       ABSL_GUARDED_BY(inline_mu);
+  bool watcher_asleep ABSL_GUARDED_BY(inline_mu) = false;
+  bool watcher_stop ABSL_GUARDED_BY(inline_mu) = false;
+  std::thread watcher;  // WatchInline, while max_inline_calls > 0
   Counters counters;
   CallThreads threads;
   std::unique_ptr<v1::Functions::CallbackService> service;
@@ -246,31 +301,29 @@ namespace {
 
 using Impl = Server::Impl;
 
-// One unary Invoke: runs on a call thread, finishes the reactor as its last act.
+// Invokes a unary call's function; the call no longer holds its slot once this returns.
+grpc::Status InvokeUnary(Impl& impl, const Frame& frame, const v1::InvokeRequest& request,
+                         v1::InvokeReply& reply) {
+  absl::StatusOr<std::string> out =
+      impl.executor.Invoke(frame, request.function(), request.payload());
+  impl.Release();
+  if (!out.ok()) return ToGrpc(out.status());
+  reply.set_output(*std::move(out));
+  return grpc::Status::OK;
+}
+
+// A unary Invoke handed to a call thread: finishes the reactor as its last act, and cancels the
+// frame's scope when the call is cancelled (OnCancel) while it runs there.
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(Impl& impl, grpc::CallbackServerContext* ctx, const v1::InvokeRequest* request,
-            v1::InvokeReply* reply) {
-    absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl.Admit(*ctx);
-    if (!admitted.ok()) {
-      handoff_.Publish();
-      Finish(ToGrpc(admitted.status()));
-      return;
-    }
-    canceller_ = admitted->second;
+  UnaryCall(Impl& impl, std::pair<Frame, Canceller> admitted, const v1::InvokeRequest* request,
+            v1::InvokeReply* reply)
+      : canceller_(std::move(admitted.second)) {
     handoff_.Publish();
-    if (impl.TakeInlineSlot(request->function())) {
-      // Preemptive code returns by the frame's deadline (and at its cancellation) by itself:
-      // it runs here, without a hand-off to a call thread.
-      impl.counters.inline_calls.fetch_add(1, std::memory_order_relaxed);
-      impl.StartInline(ctx, canceller_);
-      Run(impl, admitted->first, request, reply);
-      impl.EndInline(ctx);
-      impl.ReleaseInlineSlot();
-      return;
-    }
-    impl.threads.Submit([this, &impl, frame = std::move(admitted->first), request, reply] {
-      Run(impl, frame, request, reply);
+    impl.threads.Submit([this, &impl, frame = std::move(admitted.first), request, reply] {
+      grpc::Status status = InvokeUnary(impl, frame, *request, *reply);
+      handoff_.Publish();
+      Finish(std::move(status));
     });
   }
   void OnCancel() override {
@@ -283,62 +336,42 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   }
 
  private:
-  // Invokes the function and finishes the reactor as its last act.
-  void Run(Impl& impl, const Frame& frame, const v1::InvokeRequest* request,
-           v1::InvokeReply* reply) {
-    absl::StatusOr<std::string> out =
-        impl.executor.Invoke(frame, request->function(), request->payload());
-    impl.Release();
-    grpc::Status status = out.ok() ? grpc::Status::OK : ToGrpc(out.status());
-    if (out.ok()) reply->set_output(*std::move(out));
-    handoff_.Publish();
-    Finish(std::move(status));
-  }
-
-  Canceller canceller_;  // set before any callback can run
+  const Canceller canceller_;  // set before any callback can run
   HandOff handoff_;
 };
 
-// Sees each unary Invoke's close (POST_RECV_CLOSE: the call cancelled or done), so that an
-// inline call is cancelled while its handler still runs.
-class CloseInterceptor final : public grpc::experimental::Interceptor {
- public:
-  CloseInterceptor(Impl& impl, grpc::experimental::ServerRpcInfo* info) : impl_(impl), info_(info) {
-    handoff_.Publish();
-  }
-  ~CloseInterceptor() override { handoff_.Receive(); }
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    handoff_.Receive();
-    if (methods->QueryInterceptionHookPoint(
-            grpc::experimental::InterceptionHookPoints::POST_RECV_CLOSE)) {
-      impl_.CancelOnClose(info_->server_context());
-    }
-    handoff_.Publish();
-    methods->Proceed();
-  }
+// Whether this build registers StartedHookFactory: ThreadSanitizer builds only.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kStartedHook = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kStartedHook = true;
+#else
+constexpr bool kStartedHook = false;
+#endif
+#else
+constexpr bool kStartedHook = false;
+#endif
 
- private:
-  Impl& impl_;
-  grpc::experimental::ServerRpcInfo* const info_;
-  HandOff handoff_;
-};
-
-class CloseInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+// Creates no interceptor. gRPC calls the factory at the start of every call, on the thread that
+// then runs the method's handler, before it reads the service's handlers (std::function members
+// of the generated service, written by Start): the factory's receive shows ThreadSanitizer that
+// Start happened before (see HandOff). Registered in ThreadSanitizer builds only: with any
+// interceptor factory registered, even one that never creates an interceptor, gRPC 1.51 runs
+// each call's handler and completions through its executor thread (one more thread hop per
+// call, and ~18 more allocations). gRPC orders Start before the handlers by itself; only
+// ThreadSanitizer, which cannot see gRPC's synchronisation, needs the hook.
+class StartedHookFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
   HandOff started_;  // its own fields, to gRPC's threads
 
  public:
-  explicit CloseInterceptorFactory(Impl& impl) : impl_(impl) { started_.Publish(); }
+  explicit StartedHookFactory(Impl& impl) : impl_(impl) { started_.Publish(); }
   grpc::experimental::Interceptor* CreateServerInterceptor(
-      grpc::experimental::ServerRpcInfo* info) override {
+      grpc::experimental::ServerRpcInfo*) override {
     started_.Receive();
     impl_.started.Receive();
-    // Only unary Invoke runs inline.
-    if (impl_.options.max_inline_calls <= 0 ||
-        info->type() != grpc::experimental::ServerRpcInfo::Type::UNARY ||
-        std::string_view(info->method()) != kInvokeMethod) {
-      return nullptr;
-    }
-    return new CloseInterceptor(impl_, info);
+    impl_.CallbackReturns();
+    return nullptr;
   }
 
  private:
@@ -432,19 +465,48 @@ class Service final : public v1::Functions::CallbackService {
                                    v1::InvokeReply* reply) override {
     started_.Receive();
     impl_.started.Receive();
-    return new UnaryCall(impl_, ctx, request, reply);
+    absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl_.Admit(*ctx);
+    if (admitted.ok() && !impl_.TakeInlineSlot(request->function())) {
+      grpc::ServerUnaryReactor* call = new UnaryCall(impl_, *std::move(admitted), request, reply);
+      impl_.CallbackReturns();
+      return call;
+    }
+    // A refused call, and an inline call, finish before this returns, through the context's
+    // default reactor: its reactions are gRPC's own and run where the call completes. A reactor
+    // of ours would have gRPC run its OnDone on gRPC's executor thread (reactions of user
+    // reactors are never run inline): one more thread hop for every call.
+    grpc::Status status;
+    if (!admitted.ok()) {
+      status = ToGrpc(admitted.status());
+    } else {
+      // Preemptive code returns by the frame's deadline (and at its cancellation) by itself: it
+      // runs here, without a hand-off to a call thread. Its close reaches it through the
+      // watcher (see StartInline).
+      impl_.counters.inline_calls.fetch_add(1, std::memory_order_relaxed);
+      impl_.StartInline(ctx, admitted->second);
+      status = InvokeUnary(impl_, admitted->first, *request, *reply);
+      impl_.EndInline(ctx);
+      impl_.ReleaseInlineSlot();
+    }
+    impl_.CallbackReturns();
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(std::move(status));
+    return reactor;
   }
   grpc::ServerWriteReactor<v1::Chunk>* InvokeStream(grpc::CallbackServerContext* ctx,
                                                     const v1::InvokeRequest* request) override {
     started_.Receive();
     impl_.started.Receive();
-    return new StreamCall(impl_, ctx, request);
+    grpc::ServerWriteReactor<v1::Chunk>* call = new StreamCall(impl_, ctx, request);
+    impl_.CallbackReturns();
+    return call;
   }
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx, const v1::ListRequest*,
                                  v1::ListReply* reply) override {
     started_.Receive();
     impl_.started.Receive();
     for (std::string& name : impl_.executor.List()) reply->add_functions(std::move(name));
+    impl_.CallbackReturns();
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -547,15 +609,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(dispatch::FunctionExecutor
   builder.AddListeningPort(impl->options.address, std::move(credentials), &impl->port);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(impl->options.max_message_bytes);
-  // Also without inline calls: the factory is the first framekit code every call reaches, so
-  // ThreadSanitizer sees Start happen before gRPC's threads read the service (see HandOff).
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-  creators.push_back(std::make_unique<CloseInterceptorFactory>(*impl));
-  builder.experimental().SetInterceptorCreators(std::move(creators));
+  if (kStartedHook) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(std::make_unique<StartedHookFactory>(*impl));
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   impl->started.Publish();
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on \"", impl->options.address, "\""));
+  }
+  if (impl->options.max_inline_calls > 0) {
+    Impl* watched = impl.get();
+    impl->watcher = std::thread([watched] { watched->WatchInline(); });
   }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
@@ -572,9 +638,11 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     // the executor returns, and the call threads finish them; Shutdown returns when all are done.
     impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
     impl_->server->Wait();
-    // gRPC's threads are done with the inline-call map; taking its lock once makes that visible
-    // (to ThreadSanitizer too) before the map is destroyed.
-    { std::lock_guard<std::mutex> lock(impl_->inline_mu); }
+    (void)impl_->handlers_returned.load(std::memory_order_acquire);
+    // No inline call runs any more (the watcher saw them through Shutdown's cancellation); the
+    // watcher's join and its lock make gRPC's threads' last use of the map visible (to
+    // ThreadSanitizer too) before the map is destroyed.
+    impl_->StopWatcher();
     impl_->threads.Stop();
   });
 }
