@@ -4,6 +4,7 @@
 #include <bit>
 #include <condition_variable>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <stop_token>
 #include <thread>
@@ -642,6 +643,7 @@ absl::Status ValidateOptions(const FunctionExecutorOptions& o) {
     return bad("records_per_function", "> 0", o.records_per_function);
   }
   if (o.max_nesting <= 0) return bad("max_nesting", "> 0", o.max_nesting);
+  if (o.versions_kept <= 0) return bad("versions_kept", "> 0", o.versions_kept);
   if (o.shutdown_grace.count() < 0) return bad("shutdown_grace", ">= 0", o.shutdown_grace.count());
   return absl::OkStatus();
 }
@@ -654,6 +656,7 @@ FunctionExecutorOptions Clamp(FunctionExecutorOptions o) {
   o.max_in_flight_per_function = std::max(1, o.max_in_flight_per_function);
   o.records_per_function = std::max(1, o.records_per_function);
   o.max_nesting = std::max(1, o.max_nesting);
+  o.versions_kept = std::max(1, o.versions_kept);
   o.shutdown_grace = std::max(o.shutdown_grace, std::chrono::milliseconds::zero());
   return o;
 }
@@ -777,14 +780,27 @@ absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, Handler hand
 
 absl::StatusOr<int> FunctionExecutor::Deploy(std::string_view name, std::shared_ptr<Code> code) {
   FRAMEKIT_RETURN_IF_ERROR(CheckCode(name, code));
-  std::vector<RetiredTable> freed;  // destroyed after the lock
+  std::vector<RetiredTable> freed;                // destroyed after the lock
+  std::vector<std::shared_ptr<Version>> dropped;  // so is their code (user destructors)
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<std::shared_ptr<Function>> found = FindLocked(name);
   if (!found.ok()) return found.status();
   Function& function = **found;
-  const int number = static_cast<int>(function.versions.size()) + 1;
+  if (function.active->number == std::numeric_limits<int>::max()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("function \"", AsAbsl(name), "\": version numbers are exhausted"));
+  }
+  const int number = function.active->number + 1;
   function.active = Version::Make(name, number, std::move(code));
   function.versions.push_back(function.active);
+  // The oldest versions past the bound go; a call still running one holds it.
+  const std::size_t kept = static_cast<std::size_t>(options_.versions_kept);
+  if (function.versions.size() > kept) {
+    const auto end = function.versions.end() - static_cast<std::ptrdiff_t>(kept);
+    dropped.assign(std::make_move_iterator(function.versions.begin()),
+                   std::make_move_iterator(end));
+    function.versions.erase(function.versions.begin(), end);
+  }
   PublishLocked(freed);
   return number;
 }

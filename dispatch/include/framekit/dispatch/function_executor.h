@@ -179,6 +179,10 @@ struct FunctionExecutorOptions {
   // overflowing its thread's stack and taking the host down with it. Each level costs about
   // 1.5 KiB of stack in framekit, plus the handler's own frames.
   int max_nesting = 128;
+  // Versions kept per function (> 0), the active one included: Deploy drops the oldest past
+  // this, and its code is freed once no call still runs it. Without a bound a host that
+  // deploys on every change would keep every version's code (a Lua state each) forever.
+  int versions_kept = 16;
   // How long the destructor's Shutdown waits for calls in flight (>= 0).
   std::chrono::milliseconds shutdown_grace{1000};
   // Whether a "caller" option may name the caller of a call whose frame has none. Off: options
@@ -208,8 +212,8 @@ class FunctionExecutor {
  public:
   // Validates `options`: InvalidArgument naming the field for deadline_workers <= 0,
   // max_quarantined < 0, max_quarantined_per_function < 0, max_in_flight <= 0,
-  // max_in_flight_per_function <= 0, records_per_function <= 0, max_nesting <= 0 or
-  // shutdown_grace < 0.
+  // max_in_flight_per_function <= 0, records_per_function <= 0, max_nesting <= 0,
+  // versions_kept <= 0 or shutdown_grace < 0.
   // `app` supplies the FrameResolvers (read at each call) and must outlive the executor.
   static absl::StatusOr<std::unique_ptr<FunctionExecutor>> Create(
       const AppContext& app, FunctionExecutorOptions options = {});
@@ -236,12 +240,14 @@ class FunctionExecutor {
   // Register(name, NativeCode(handler), defaults); InvalidArgument for an empty handler.
   absl::Status Register(std::string name, Handler handler, Options defaults = {});
   // Records `code` as the next version of `name` and makes it active (re-enabling the
-  // function if the fault policy had disabled it). Returns the new version number.
-  // NotFound for an unknown name; InvalidArgument for null code.
+  // function if the fault policy had disabled it). Returns the new version number; the oldest
+  // version is dropped past options.versions_kept. NotFound for an unknown name;
+  // InvalidArgument for null code; ResourceExhausted once version numbers run out (INT_MAX).
   absl::StatusOr<int> Deploy(std::string_view name, std::shared_ptr<Code> code);
   // Deploy(name, NativeCode(handler)); InvalidArgument for an empty handler.
   absl::StatusOr<int> Deploy(std::string_view name, Handler handler);
-  // Every version of `name`, oldest first. NotFound for an unknown name.
+  // The versions of `name` kept (at most options.versions_kept, the newest), oldest first.
+  // NotFound for an unknown name.
   absl::StatusOr<std::vector<FunctionVersion>> ListVersions(std::string_view name) const;
   absl::StatusOr<FunctionInfo> Get(std::string_view name) const;
   // Registered names, sorted.
