@@ -975,7 +975,10 @@ void SetUpWorld(World& world) {
       world.app, FunctionExecutorOptions{.interceptors = world.interceptors,
                                          .monitor = world.monitor.get(),
                                          .deadline_workers = world.config.deadline_workers,
-                                         .max_quarantined = world.config.max_quarantined});
+                                         .max_quarantined = world.config.max_quarantined,
+                                         // Every version kept: the model checks each one's
+                                         // state (the bound is DispatchAttack's to test).
+                                         .versions_kept = 1 << 20});
   FunctionExecutor& executor = *world.executor;
   for (int i = 0; i < world.config.healthy_functions; ++i) {
     expect(executor.Register(HealthyName(i), HealthyHandler(&world, i)), "register healthy");
