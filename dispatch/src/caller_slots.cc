@@ -38,7 +38,6 @@ struct CallerSlots::Registry {
   std::mutex mu;                     // claims and the list's growth
   std::atomic<Slot*> head{nullptr};  // pushed at the front, under mu; read without it
   std::atomic<bool> alive{true};     // false once the executor is destroyed
-  std::atomic<int> slots{0};
 };
 
 namespace {
@@ -175,7 +174,6 @@ CallerSlots::Slot* CallerSlots::Claim() {
       slot->owned.store(true, std::memory_order_relaxed);
       slot->next = registry_->head.load(std::memory_order_relaxed);
       registry_->head.store(slot, std::memory_order_release);
-      registry_->slots.fetch_add(1, std::memory_order_relaxed);
     }
   }
   slot->transient = transient;
@@ -215,6 +213,12 @@ std::uint64_t CallerSlots::OldestEpoch() const {
   return oldest;
 }
 
-int CallerSlots::SlotCount() const { return registry_->slots.load(std::memory_order_relaxed); }
+int CallerSlots::SlotCount() const {
+  int n = 0;
+  for (const Slot* s = registry_->head.load(std::memory_order_acquire); s != nullptr; s = s->next) {
+    ++n;
+  }
+  return n;
+}
 
 }  // namespace framekit::dispatch_internal
