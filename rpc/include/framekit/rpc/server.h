@@ -120,7 +120,8 @@ struct ServerOptions {
   // wait on a native handler). 0: every call goes to a call thread. While an inline call runs,
   // its close (the client's cancellation, Shutdown) reaches its frame's scope within ~2 ms (a
   // watcher thread polls the running inline calls; it sleeps while none has run for a while);
-  // its deadline is the frame's own.
+  // its deadline is the frame's own. The process bounds them too, over all its servers (see
+  // ProcessInlineLimit): a call beyond that bound runs on a call thread.
   int max_inline_calls = 1;
   // Largest request message accepted (bytes, > 0).
   int max_message_bytes = 4 << 20;
@@ -137,6 +138,14 @@ struct ServerCounters {
   std::uint64_t dropped_pairs = 0;      // pairs the peer's policy does not accept, or unknown keys
   std::uint64_t bad_trace = 0;          // a traceparent / framekit-trace-id that did not parse
 };
+
+// The most calls that run inline (ServerOptions::max_inline_calls) at once in this process,
+// over all its servers: one less than the threads on which gRPC runs the callbacks of every
+// call of the process (clamp(cores / 2, 2, 16) in gRPC 1.51), so that one is always free. While
+// inline calls held all of them, no callback would run, not even the one that records a call's
+// close: a client's cancellation would not reach an inline call blocked in a remote call of its
+// own (a chain of nodes), nor would any new call start. Computed once; at least 1.
+int ProcessInlineLimit();
 
 // A running gRPC server over one executor.
 //
