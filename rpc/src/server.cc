@@ -134,6 +134,7 @@ struct Counters {
   std::atomic<std::uint64_t> malformed{0};
   std::atomic<std::uint64_t> dropped_pairs{0};
   std::atomic<std::uint64_t> bad_trace{0};
+  std::atomic<std::uint64_t> hops_exceeded{0};
 };
 
 }  // namespace
@@ -287,6 +288,9 @@ struct Server::Impl {
         break;
       case absl::StatusCode::kPermissionDenied:
         counters.identity_rejected.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case absl::StatusCode::kFailedPrecondition:
+        counters.hops_exceeded.fetch_add(1, std::memory_order_relaxed);
         break;
       default:
         counters.malformed.fetch_add(1, std::memory_order_relaxed);
@@ -584,6 +588,7 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("max_message_bytes must be > 0");
   }
+  if (options.max_hops <= 0) return absl::InvalidArgumentError("max_hops must be > 0");
   return absl::OkStatus();
 }
 
@@ -681,7 +686,10 @@ ServerCounters Server::counters() const {
           .identity_rejected = c.identity_rejected.load(std::memory_order_relaxed),
           .malformed = c.malformed.load(std::memory_order_relaxed),
           .dropped_pairs = c.dropped_pairs.load(std::memory_order_relaxed),
-          .bad_trace = c.bad_trace.load(std::memory_order_relaxed)};
+          .bad_trace = c.bad_trace.load(std::memory_order_relaxed),
+          .hops_exceeded = c.hops_exceeded.load(std::memory_order_relaxed),
+          .running = static_cast<std::uint64_t>(
+              std::max(0, impl_->in_flight.load(std::memory_order_relaxed)))};
 }
 
 }  // namespace framekit::rpc
