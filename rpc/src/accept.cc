@@ -26,6 +26,11 @@ const Key<std::int64_t>& TraceFlagsKey() {
   return key;
 }
 
+const Key<std::int64_t>& HopsKey() {
+  static const Key<std::int64_t> key{"framekit.rpc.hops"};
+  return key;
+}
+
 const Key<std::string>& TraceStateKey() {
   static const Key<std::string> key{"framekit.rpc.trace_state"};
   return key;
@@ -112,7 +117,12 @@ absl::Status FilterPairs(const rpc::ServerOptions& options, const rpc::PeerPolic
   absl::StatusOr<rpc::WirePairViews> pairs = rpc::DecodeFramePairViews(*header, limits);
   if (!pairs.ok()) return pairs.status();
   const std::string_view caller = CallerKey().name();
+  const std::string_view hops = rpc::HopsKey().name();
   for (const auto& [name, value] : *pairs) {
+    if (name == hops) {  // only "framekit-hops" sets it: a peer may not lower it here
+      ++dropped;
+      continue;
+    }
     if (name == caller) {
       if (!policy.identity) {
         return absl::PermissionDeniedError(
@@ -175,6 +185,24 @@ PairList ReadTrace(std::span<const MetadataEntry> metadata, bool& bad) {
   return out;
 }
 
+// The call's hop count from "framekit-hops" (1 without it), refused beyond options.max_hops.
+absl::StatusOr<std::int64_t> ReadHops(const rpc::ServerOptions& options,
+                                      std::span<const MetadataEntry> metadata) {
+  bool repeated = false;
+  std::optional<std::string_view> header = Single(metadata, rpc::kHopsHeader, &repeated);
+  if (repeated) return absl::InvalidArgumentError("more than one framekit-hops header");
+  if (!header.has_value()) return 1;
+  absl::StatusOr<std::int64_t> hops = rpc::ParseHops(*header);
+  if (!hops.ok()) return hops.status();
+  if (*hops > options.max_hops) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("refused: the call has crossed ", *hops,
+                     " calls between nodes (framekit-hops), more than this node's max_hops of ",
+                     options.max_hops, "; a loop of remote functions between nodes?"));
+  }
+  return *hops;
+}
+
 }  // namespace
 
 absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
@@ -185,6 +213,9 @@ absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
       IdentifyPeer(options, metadata, certificate_identities);
   if (!peer.ok()) return peer.status();
   Accepted out{.frame = Frame(), .peer = *peer};
+  absl::StatusOr<std::int64_t> hops = ReadHops(options, metadata);
+  if (!hops.ok()) return hops.status();
+  out.hops = *hops;
 
   // default_timeout capped in milliseconds first: near its maximum it overflows nanoseconds.
   Clock::duration remaining_time = remaining.value_or(std::min<std::chrono::milliseconds>(
@@ -195,7 +226,8 @@ absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
   absl::Status filtered = FilterPairs(options, **peer, metadata, pairs, out.dropped_pairs);
   if (!filtered.ok()) return filtered;
   // The trace arrives as inherited, like every value the node was sent, and in the same step.
-  const PairList trace = ReadTrace(metadata, out.bad_trace);
+  PairList trace = ReadTrace(metadata, out.bad_trace);
+  trace.push_back(Pair::Of(rpc::HopsKey(), out.hops));
   if (options.portable != nullptr) {
     absl::StatusOr<DecodedFrame> decoded = options.portable->DecodeView(
         {.pairs = std::span<const PortablePairView>(pairs.data(), pairs.size()),

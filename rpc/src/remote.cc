@@ -66,11 +66,12 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
                    std::chrono::duration_cast<std::chrono::system_clock::duration>(remaining));
 
   if (node.options.portable != nullptr) {
-    // The trace travels in its own headers.
+    // The trace and the hop count travel in their own headers.
     absl::StatusOr<std::string> header =
         EncodeFrameHeader(*node.options.portable, frame, [](std::string_view name) {
           return name == dispatch::TraceIdKey().name() || name == ParentSpanKey().name() ||
-                 name == TraceFlagsKey().name() || name == TraceStateKey().name();
+                 name == TraceFlagsKey().name() || name == TraceStateKey().name() ||
+                 name == HopsKey().name();
         });
     if (!header.ok()) return header.status();
     if (!header->empty()) {
@@ -104,6 +105,8 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
   if (!node.options.peer_token.empty()) {
     ctx.AddMetadata(std::string(kPeerTokenHeader), node.options.peer_token);
   }
+  const std::int64_t* hops = frame.Find(HopsKey());
+  ctx.AddMetadata(std::string(kHopsHeader), FormatHops(hops != nullptr ? *hops : 0));
   return absl::OkStatus();
 }
 

@@ -1,8 +1,10 @@
 #include "framekit/rpc/server.h"
 
+#include <grpc/support/cpu.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/server_interceptor.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -36,6 +38,9 @@ namespace {
 // keeps checking once none runs before it sleeps until the next one starts.
 constexpr auto kInlinePoll = std::chrono::milliseconds(2);
 constexpr int kIdlePollsBeforeSleep = 100;
+
+// Inline calls running now in this process, over all servers (see ProcessInlineLimit).
+std::atomic<int> g_process_inline{0};
 
 grpc::Status ToGrpc(const absl::Status& status) {
   WireStatus wire = ToWireStatus(status);
@@ -129,6 +134,7 @@ struct Counters {
   std::atomic<std::uint64_t> malformed{0};
   std::atomic<std::uint64_t> dropped_pairs{0};
   std::atomic<std::uint64_t> bad_trace{0};
+  std::atomic<std::uint64_t> hops_exceeded{0};
 };
 
 }  // namespace
@@ -191,19 +197,32 @@ struct Server::Impl {
   // (An interceptor seeing POST_RECV_CLOSE would be immediate, but an interceptor on a call
   // makes gRPC complete every batch of it a second time through its executor thread: one more
   // thread hop for every call; see StartedHookFactory.)
+  //
+  // An inline call takes a slot of this server (max_inline_calls) and one of the process
+  // (ProcessInlineLimit): gRPC runs every callback of the process, of all its servers, on a few
+  // threads of its own, and while inline calls hold all of them no callback runs at all, not
+  // even the one that records a call's close (so the watcher never sees it).
   bool TakeInlineSlot(std::string_view function) {
     if (options.max_inline_calls <= 0) return false;
     if (inline_running.fetch_add(1, std::memory_order_relaxed) >= options.max_inline_calls) {
       inline_running.fetch_sub(1, std::memory_order_relaxed);
       return false;
     }
-    if (!executor.Preemptive(function)) {
+    if (g_process_inline.fetch_add(1, std::memory_order_relaxed) >= ProcessInlineLimit()) {
+      g_process_inline.fetch_sub(1, std::memory_order_relaxed);
       inline_running.fetch_sub(1, std::memory_order_relaxed);
+      return false;
+    }
+    if (!executor.Preemptive(function)) {
+      ReleaseInlineSlot();
       return false;
     }
     return true;
   }
-  void ReleaseInlineSlot() { inline_running.fetch_sub(1, std::memory_order_relaxed); }
+  void ReleaseInlineSlot() {
+    g_process_inline.fetch_sub(1, std::memory_order_relaxed);
+    inline_running.fetch_sub(1, std::memory_order_relaxed);
+  }
   // Makes `canceller` reachable from the call's close: a close seen before this (a call
   // cancelled early) is caught by the IsCancelled check after it.
   void StartInline(grpc::CallbackServerContext* ctx, const Canceller& canceller) {
@@ -269,6 +288,9 @@ struct Server::Impl {
         break;
       case absl::StatusCode::kPermissionDenied:
         counters.identity_rejected.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case absl::StatusCode::kFailedPrecondition:
+        counters.hops_exceeded.fetch_add(1, std::memory_order_relaxed);
         break;
       default:
         counters.malformed.fetch_add(1, std::memory_order_relaxed);
@@ -566,6 +588,7 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("max_message_bytes must be > 0");
   }
+  if (options.max_hops <= 0) return absl::InvalidArgumentError("max_hops must be > 0");
   return absl::OkStatus();
 }
 
@@ -626,6 +649,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(dispatch::FunctionExecutor
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
+int ProcessInlineLimit() {
+  // gRPC 1.51 (with its epoll1 poller) runs the callback API's events of the whole process on
+  // clamp(cores / 2, 2, 16) threads ("nexting" threads); inline calls leave one of them free.
+  static const int limit = static_cast<int>(std::clamp(gpr_cpu_num_cores() / 2, 2u, 16u)) - 1;
+  return limit;
+}
+
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() { Shutdown(); }
@@ -656,7 +686,10 @@ ServerCounters Server::counters() const {
           .identity_rejected = c.identity_rejected.load(std::memory_order_relaxed),
           .malformed = c.malformed.load(std::memory_order_relaxed),
           .dropped_pairs = c.dropped_pairs.load(std::memory_order_relaxed),
-          .bad_trace = c.bad_trace.load(std::memory_order_relaxed)};
+          .bad_trace = c.bad_trace.load(std::memory_order_relaxed),
+          .hops_exceeded = c.hops_exceeded.load(std::memory_order_relaxed),
+          .running = static_cast<std::uint64_t>(
+              std::max(0, impl_->in_flight.load(std::memory_order_relaxed)))};
 }
 
 }  // namespace framekit::rpc

@@ -283,6 +283,27 @@ absl::StatusOr<std::string> ParseTraceState(std::string_view header) {
 
 bool IsW3CTraceId(std::string_view id) { return id.size() == 32 && IsLowerHex(id) && !AllZero(id); }
 
+absl::StatusOr<std::int64_t> ParseHops(std::string_view header) {
+  const bool digits =
+      !header.empty() && header.size() <= 9 &&
+      std::all_of(header.begin(), header.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+      (header.size() == 1 || header[0] != '0');
+  if (!digits) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("framekit-hops is not a hop count (0 to 999999999 in decimal digits, no sign "
+                     "or leading zero): \"",
+                     base_internal::Echo(header), "\""));
+  }
+  std::int64_t hops = 0;
+  for (char c : header) hops = hops * 10 + (c - '0');
+  return hops;
+}
+
+std::string FormatHops(std::int64_t hops) {
+  const std::int64_t next = hops < 0 ? 1 : (hops >= kMaxWireHops ? kMaxWireHops : hops + 1);
+  return absl::StrCat(next);
+}
+
 bool IsPeerToken(std::string_view token) {
   if (token.empty() || token.size() > 1024) return false;
   return std::all_of(token.begin(), token.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });

@@ -1,9 +1,11 @@
 // Fuzzes what a node reads from a call's metadata before any function runs: the frame header,
-// the trace headers (traceparent, tracestate), the peer token and the status details, through
-// the server's arrival step (AcceptFrame) and the wire decoders. Properties: no crash;
-// AcceptFrame fails only with Unauthenticated, PermissionDenied or InvalidArgument; an accepted
-// frame holds only inherited values, a caller only from a peer allowed to assert one, a
-// tracestate only in its normal form, and a deadline no later than the time the call had left;
+// the trace headers (traceparent, tracestate), the peer token, the hop count and the status
+// details, through the server's arrival step (AcceptFrame) and the wire decoders. Properties: no
+// crash; AcceptFrame fails only with Unauthenticated, PermissionDenied, InvalidArgument or
+// FailedPrecondition (only for one well-formed hop count beyond max_hops); an accepted frame
+// holds only inherited values, a caller only from a peer allowed to assert one, a tracestate only
+// in its normal form, a hop count from 0 to max_hops (1 without the header), and a deadline no
+// later than the time the call had left; a parsed hop count prints back to its header;
 // a decoded frame header re-encodes to the same bytes, and the borrowing decoder agrees with the
 // copying one; a parsed traceparent formats back to its first 55 characters; a parsed tracestate
 // is at most 512 characters and parses to itself; a trusted peer's policy applies only when its
@@ -25,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/portable.h"
 #include "framekit/rpc/internal/accept.h"
@@ -50,6 +53,7 @@ const framekit::rpc::ServerOptions& Options() {
     (void)portable->Add(framekit::CallerKey());
     auto* o = new framekit::rpc::ServerOptions;
     o->portable = portable;
+    o->max_hops = 5;
     o->anonymous.accepted_keys = {"app.tenant", "app.quota"};
     o->trusted.push_back(
         {.token = "tok",
@@ -76,7 +80,8 @@ constexpr std::string_view kHeaders[] = {framekit::rpc::kFrameHeader,
                                          framekit::rpc::kPeerTokenHeader,
                                          "user-agent",
                                          framekit::rpc::kTraceStateHeader,
-                                         kIdentitySlot};
+                                         kIdentitySlot,
+                                         framekit::rpc::kHopsHeader};
 
 // A trusted peer's policy was applied only to a call that presented its token and whose
 // handshake verified its certificate identity (each where the peer names one).
@@ -110,6 +115,8 @@ void CheckAccepted(const framekit::rpc_internal::Accepted& in,
   const auto allowed = remaining.value_or(Options().default_timeout);
   if (*in.frame.deadline() > framekit::Clock::now() + allowed) std::abort();
   if (*in.frame.deadline() < before) std::abort();
+  const std::int64_t* hops = in.frame.Find(framekit::rpc::HopsKey());
+  if (hops == nullptr || *hops != in.hops || *hops < 0 || *hops > Options().max_hops) std::abort();
   if (const std::string* state = in.frame.Find(framekit::rpc::TraceStateKey())) {
     absl::StatusOr<std::string> again = framekit::rpc::ParseTraceState(*state);
     if (state->empty() || !again.ok() || *again != *state) std::abort();
@@ -149,6 +156,14 @@ void CheckDecoders(std::string_view value) {
           value.substr(0, 55) &&
       value.substr(0, 2) == "00") {
     std::abort();
+  }
+  absl::StatusOr<std::int64_t> hops = framekit::rpc::ParseHops(value);
+  if (hops.ok()) {
+    if (*hops < 0 || *hops > framekit::rpc::kMaxWireHops || absl::StrCat(*hops) != value) {
+      std::abort();
+    }
+    absl::StatusOr<std::int64_t> next = framekit::rpc::ParseHops(framekit::rpc::FormatHops(*hops));
+    if (!next.ok() || *next != std::min(*hops + 1, framekit::rpc::kMaxWireHops)) std::abort();
   }
   absl::Status status = framekit::rpc::FromWireStatus(13, "m", value);
   if (status.code() != absl::StatusCode::kInternal || status.message() != "m") std::abort();
@@ -191,6 +206,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case absl::StatusCode::kPermissionDenied:
     case absl::StatusCode::kInvalidArgument:
       return 0;
+    case absl::StatusCode::kFailedPrecondition: {
+      // Only one well-formed hop count, beyond the limit.
+      int seen = 0;
+      for (const auto& [key, value] : metadata) {
+        if (key != framekit::rpc::kHopsHeader) continue;
+        ++seen;
+        absl::StatusOr<std::int64_t> hops = framekit::rpc::ParseHops(value);
+        if (!hops.ok() || *hops <= Options().max_hops) std::abort();
+      }
+      if (seen != 1) std::abort();
+      return 0;
+    }
     default:
       std::abort();
   }

@@ -7,7 +7,8 @@
 // for that peer, and the frame's remaining time as the gRPC deadline. It never waits for a
 // connection past that deadline (wait-for-ready is off, and a frame without a deadline gets
 // `default_timeout`), and the frame's cancellation cancels the call. One channel per node is reused
-// by every call.
+// by every call. It also carries its hop count ("framekit-hops", see HopsKey), which ends a
+// loop of calls between nodes at the first server whose max_hops it exceeds.
 //
 // Example:
 //   FRAMEKIT_ASSIGN_OR_RETURN(
@@ -118,6 +119,14 @@ class RemoteNode {
   explicit RemoteNode(std::shared_ptr<Impl> impl);
   std::shared_ptr<Impl> impl_;  // shared with the Code it makes
 };
+
+// How many calls between nodes the call that built this frame is, itself included (1 for a
+// call from a node that was not serving one): set by Server from "framekit-hops" on the frames
+// it builds; RemoteNode sends this + 1 on every call (1 from a frame without it). Servers refuse
+// a call beyond their ServerOptions::max_hops, which ends a loop between nodes (A's function
+// backed by B's, backed by A's) within that many hops. It never travels in "framekit-frame-bin":
+// a peer sets it only through "framekit-hops".
+const Key<std::int64_t>& HopsKey();
 
 // The span id of the caller's span, taken from an incoming "traceparent" (16 lowercase hex
 // digits): set by Server on the frames it builds, so that a handler can log the parent span.

@@ -120,10 +120,21 @@ struct ServerOptions {
   // wait on a native handler). 0: every call goes to a call thread. While an inline call runs,
   // its close (the client's cancellation, Shutdown) reaches its frame's scope within ~2 ms (a
   // watcher thread polls the running inline calls; it sleeps while none has run for a while);
-  // its deadline is the frame's own.
+  // its deadline is the frame's own. The process bounds them too, over all its servers (see
+  // ProcessInlineLimit): a call beyond that bound runs on a call thread.
   int max_inline_calls = 1;
   // Largest request message accepted (bytes, > 0).
   int max_message_bytes = 4 << 20;
+  // Calls between nodes a call may have crossed to arrive here, itself included (> 0): its
+  // "framekit-hops" (see HopsKey, remote.h; a call without one is hop 1). A call beyond it is
+  // refused at once with FailedPrecondition naming the count and the limit: a loop between
+  // nodes (A's function backed by B's, backed by A's) ends there instead of holding a thread
+  // on each node per hop until its deadline. FailedPrecondition, not ResourceExhausted: the
+  // call fails the same way until the nodes' configuration changes, so it is not retried. A
+  // malformed "framekit-hops" (ParseHops, wire.h) is refused with InvalidArgument.
+  // NOTE: loop protection, not security: the count is the caller's word, and a hostile peer can
+  // always send 0 (the node then counts on from there).
+  int max_hops = 16;
 };
 
 // Counters, a snapshot of relaxed atomics.
@@ -133,10 +144,20 @@ struct ServerCounters {
   std::uint64_t refused = 0;            // refused before the executor (any reason below)
   std::uint64_t unauthenticated = 0;    // an unknown peer token, or one from the wrong certificate
   std::uint64_t identity_rejected = 0;  // a caller identity from a peer not allowed to assert it
-  std::uint64_t malformed = 0;          // a "framekit-frame-bin" that did not decode
-  std::uint64_t dropped_pairs = 0;      // pairs the peer's policy does not accept, or unknown keys
-  std::uint64_t bad_trace = 0;          // a traceparent / framekit-trace-id that did not parse
+  std::uint64_t malformed = 0;      // a "framekit-frame-bin" or "framekit-hops" that did not decode
+  std::uint64_t dropped_pairs = 0;  // pairs the peer's policy does not accept, or unknown keys
+  std::uint64_t bad_trace = 0;      // a traceparent / framekit-trace-id that did not parse
+  std::uint64_t hops_exceeded = 0;  // refused: more hops than max_hops (a loop between nodes?)
+  std::uint64_t running = 0;        // calls admitted and not yet returned by the executor
 };
+
+// The most calls that run inline (ServerOptions::max_inline_calls) at once in this process,
+// over all its servers: one less than the threads on which gRPC runs the callbacks of every
+// call of the process (clamp(cores / 2, 2, 16) in gRPC 1.51), so that one is always free. While
+// inline calls held all of them, no callback would run, not even the one that records a call's
+// close: a client's cancellation would not reach an inline call blocked in a remote call of its
+// own (a chain of nodes), nor would any new call start. Computed once; at least 1.
+int ProcessInlineLimit();
 
 // A running gRPC server over one executor.
 //
@@ -150,9 +171,9 @@ class Server {
   // another's, two trusted peers without a token that name the same certificate identity, a
   // certificate identity without ServerTls::client_ca_file, an
   // anonymous policy that allows identity, default_timeout <= 0, max_inline_calls < 0,
-  // max_concurrent_calls <= 0 or max_message_bytes <= 0. For `tls`: NotFound for a file that
-  // does not exist, InvalidArgument for one that cannot be read or is not PEM, or a key that is
-  // not its certificate's, FailedPrecondition for a server certificate out of its validity
+  // max_concurrent_calls <= 0, max_message_bytes <= 0 or max_hops <= 0. For `tls`: NotFound for a
+  // file that does not exist, InvalidArgument for one that cannot be read or is not PEM, or a key
+  // that is not its certificate's, FailedPrecondition for a server certificate out of its validity
   // period. Unavailable when the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Start(dispatch::FunctionExecutor& executor,
                                                        ServerOptions options);

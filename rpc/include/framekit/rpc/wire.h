@@ -13,6 +13,9 @@
 //                         ParseTraceState); the traceparent's flags are forwarded too;
 //   "framekit-trace-id"   the trace id as it is (1-128 of [A-Za-z0-9._:-]);
 //   "framekit-peer-token" the caller node's token, when it has one for this peer;
+//   "framekit-hops"       how many calls between nodes this call is, itself included (the
+//                         caller's HopsKey + 1, in decimal: see FormatHops and ParseHops); a
+//                         server refuses a call beyond its max_hops (a loop between nodes);
 //   gRPC's own deadline   the frame's remaining time (gRPC sends it as "grpc-timeout", a
 //                         duration: clocks of two nodes never meet).
 // A status travels as gRPC's code (the numeric values agree) and message, and its payloads as
@@ -51,6 +54,10 @@ inline constexpr std::string_view kTraceParentHeader = "traceparent";
 inline constexpr std::string_view kTraceStateHeader = "tracestate";
 inline constexpr std::string_view kTraceIdHeader = "framekit-trace-id";
 inline constexpr std::string_view kPeerTokenHeader = "framekit-peer-token";
+inline constexpr std::string_view kHopsHeader = "framekit-hops";
+
+// The largest hop count on the wire: "framekit-hops" has at most 9 decimal digits.
+inline constexpr std::int64_t kMaxWireHops = 999'999'999;
 
 using WirePairs = std::vector<std::pair<std::string, std::string>>;
 // Pairs borrowed from a header value: views into it, valid while it is.
@@ -111,6 +118,15 @@ bool IsTraceId(std::string_view id);
 // Whether `token` can be a "framekit-peer-token": 1-1024 printable ASCII characters (0x20-0x7E),
 // what gRPC allows in a text header value. gRPC aborts the process on any other value.
 bool IsPeerToken(std::string_view token);
+
+// Parses a "framekit-hops" value: "0" or a decimal number without leading zeros, at most 9
+// digits (0 to kMaxWireHops). InvalidArgument for anything else (a sign, a space, a leading
+// zero, more digits), naming the header.
+absl::StatusOr<std::int64_t> ParseHops(std::string_view header);
+
+// The "framekit-hops" value of the next call from a frame whose hop count (HopsKey, remote.h)
+// is `hops`: hops + 1, with a negative count read as 0 and the result capped at kMaxWireHops.
+std::string FormatHops(std::int64_t hops);
 
 // A status as it travels: gRPC's code, message and "grpc-status-details-bin" value.
 struct WireStatus {
