@@ -85,15 +85,6 @@ void BM_InvokeNoDeadline(benchmark::State& state) {
 }
 BENCHMARK(BM_InvokeNoDeadline)->Name("Invoke/no_deadline");
 
-// The same with CallTiming::kCoarse: what the two precise clock reads of a call cost.
-void BM_InvokeNoDeadlineCoarse(benchmark::State& state) {
-  AppContext app;
-  dispatch::FunctionExecutor executor(app, {.call_timing = dispatch::CallTiming::kCoarse});
-  if (!executor.Register("echo", EchoHandler).ok()) state.SkipWithError("Register failed");
-  InvokeEchoLoop(state, executor, Options());
-}
-BENCHMARK(BM_InvokeNoDeadlineCoarse)->Name("Invoke/no_deadline/coarse_timing");
-
 // The strict-options check in the same run as its baseline: Arg 0 is the default (strict),
 // Arg 1 opts out (allow_undeclared_options: no check, the path before strict options). Range 0
 // calls with no options (the check must cost nothing); range 1 with one option a resolver

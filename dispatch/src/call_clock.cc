@@ -1,10 +1,7 @@
 #include "framekit/dispatch/internal/call_clock.h"
 
-#include <time.h>
-
 #include <atomic>
 #include <cstdint>
-#include <type_traits>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -153,18 +150,6 @@ Clock::time_point CallClock::Now() noexcept {
 #if defined(__x86_64__)
   if (CounterClock* clock = TheCounterClock(); clock != nullptr) [[likely]] {
     return FromNanos(clock->Now());
-  }
-#endif
-  return Clock::now();
-}
-
-Clock::time_point CallClock::Coarse() noexcept {
-#if defined(__linux__) && defined(CLOCK_MONOTONIC_COARSE)
-  // Clock (std::chrono::steady_clock) is CLOCK_MONOTONIC on Linux: the same clock and epoch.
-  static_assert(std::is_same_v<Clock, std::chrono::steady_clock>);
-  timespec ts;
-  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0) {
-    return FromNanos(static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec);
   }
 #endif
   return Clock::now();

@@ -644,9 +644,6 @@ absl::Status ValidateOptions(const FunctionExecutorOptions& o) {
   }
   if (o.max_nesting <= 0) return bad("max_nesting", "> 0", o.max_nesting);
   if (o.versions_kept <= 0) return bad("versions_kept", "> 0", o.versions_kept);
-  if (o.call_timing != CallTiming::kPrecise && o.call_timing != CallTiming::kCoarse) {
-    return bad("call_timing", "kPrecise or kCoarse", static_cast<int>(o.call_timing));
-  }
   if (o.shutdown_grace.count() < 0) return bad("shutdown_grace", ">= 0", o.shutdown_grace.count());
   return absl::OkStatus();
 }
@@ -660,7 +657,6 @@ FunctionExecutorOptions Clamp(FunctionExecutorOptions o) {
   o.records_per_function = std::max(1, o.records_per_function);
   o.max_nesting = std::max(1, o.max_nesting);
   o.versions_kept = std::max(1, o.versions_kept);
-  if (o.call_timing != CallTiming::kCoarse) o.call_timing = CallTiming::kPrecise;
   o.shutdown_grace = std::max(o.shutdown_grace, std::chrono::milliseconds::zero());
   return o;
 }
@@ -946,7 +942,7 @@ absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
   FRAMEKIT_RETURN_IF_ERROR(Lookup(call));
   // Records and latencies read the call clock (the counter where it is invariant): two steady
   // clock reads were a third of a short call's overhead.
-  const Clock::time_point start = CallTime();
+  const Clock::time_point start = dispatch_internal::CallClock::Now();
   absl::Status status = entered.self.depth <= options_.max_nesting
                             ? PrepareFrame(call)
                             : NestingRefusal(call.function->name, options_.max_nesting);
@@ -1072,15 +1068,10 @@ absl::Status FunctionExecutor::RunWithDeadline(DispatchCall& call) {
   return state->Await(call, canceller);
 }
 
-Clock::time_point FunctionExecutor::CallTime() const noexcept {
-  return options_.call_timing == CallTiming::kCoarse ? dispatch_internal::CallClock::Coarse()
-                                                     : dispatch_internal::CallClock::Now();
-}
-
 void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& status,
                               Clock::time_point start) {
   Function& function = *call.function;
-  const Clock::time_point end = std::max(start, CallTime());
+  const Clock::time_point end = std::max(start, dispatch_internal::CallClock::Now());
   const int bucket = LatencyBucketOf(end - start);
   const std::uint64_t id = NextId();
   const CallerContext* caller = CallerOf(call.frame);

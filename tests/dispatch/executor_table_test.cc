@@ -26,7 +26,6 @@ using ::framekit::testing::IsOk;
 using ::framekit::testing::StatusIs;
 using ::testing::AnyOf;
 using ::testing::Eq;
-using ::testing::HasSubstr;
 
 // A handler that writes `text` and holds `token` (so the test can see when it is freed).
 Handler Writes(std::string text, std::shared_ptr<int> token) {
@@ -181,78 +180,6 @@ TEST(CallClock, RecordsMeasureTheCall) {
   EXPECT_GE((*records)[0].duration, std::chrono::milliseconds(3) - std::chrono::microseconds(50));
   EXPECT_LT((*records)[0].duration, std::chrono::seconds(5));
   EXPECT_GE((*records)[0].end, (*records)[0].start);
-}
-
-// Tests that the coarse clock is the steady clock at a tick's resolution: never after
-// Clock::now(), and behind it by at most a tick (generous here: 20 ms, for loaded builds).
-TEST(CallClock, CoarseReadsTheSteadyClockToATick) {
-  using dispatch_internal::CallClock;
-  const Clock::time_point until = Clock::now() + std::chrono::milliseconds(30);
-  Clock::time_point previous = CallClock::Coarse();
-  bool moved = false;
-  while (Clock::now() < until) {
-    const Clock::time_point before = Clock::now();
-    const Clock::time_point reading = CallClock::Coarse();
-    const Clock::time_point after = Clock::now();
-    ASSERT_LE(reading, after);
-    ASSERT_GE(reading, before - std::chrono::milliseconds(20));
-    ASSERT_GE(reading, previous);  // monotonic
-    moved = moved || reading != previous;
-    previous = reading;
-  }
-  EXPECT_TRUE(moved) << "the coarse clock did not advance in 30 ms";
-}
-
-// Tests CallTiming::kCoarse end to end: records carry coarse times that bracket the call to
-// within a tick, durations are whole ticks apart at most, and the histogram counts every call.
-TEST(CallClock, CoarseTimingRecordsTheCall) {
-  AppContext app;
-  absl::StatusOr<std::unique_ptr<FunctionExecutor>> executor =
-      FunctionExecutor::Create(app, {.call_timing = CallTiming::kCoarse});
-  ASSERT_THAT(executor, IsOk());
-  ASSERT_THAT((*executor)->Register("nap",
-                                    [](const Frame&, std::string_view, Sink&) {
-                                      std::this_thread::sleep_for(std::chrono::milliseconds(30));
-                                      return absl::OkStatus();
-                                    }),
-              IsOk());
-  ASSERT_THAT((*executor)->Register(
-                  "quick", [](const Frame&, std::string_view, Sink&) { return absl::OkStatus(); }),
-              IsOk());
-  const Clock::time_point before = Clock::now();
-  ASSERT_THAT((*executor)->Invoke(Frame(), "nap", ""), IsOk());
-  for (int i = 0; i < 100; ++i) ASSERT_THAT((*executor)->Invoke(Frame(), "quick", ""), IsOk());
-  const Clock::time_point after = Clock::now();
-  auto naps = (*executor)->ListInvocations("nap");
-  ASSERT_THAT(naps, IsOk());
-  ASSERT_EQ(naps->size(), 1u);
-  const InvocationRecord& nap = (*naps)[0];
-  EXPECT_GE(nap.start, before - std::chrono::milliseconds(20));
-  EXPECT_LE(nap.end, after);
-  EXPECT_GE(nap.end, nap.start);
-  // A 30 ms sleep reads as at least 30 ms less one tick (at most 4 ms; 20 ms allowed).
-  EXPECT_GE(nap.duration, std::chrono::milliseconds(10));
-  auto quick = (*executor)->ListInvocations("quick");
-  ASSERT_THAT(quick, IsOk());
-  EXPECT_EQ(quick->size(), 100u);
-  for (const InvocationRecord& r : *quick) EXPECT_GE(r.end, r.start);
-  auto counters = (*executor)->Counters("quick");
-  ASSERT_THAT(counters, IsOk());
-  std::uint64_t counted = 0;
-  for (std::uint64_t n : counters->latency) counted += n;
-  EXPECT_EQ(counted, 100u);
-}
-
-TEST(CallClock, CreateRefusesAnUnknownCallTiming) {
-  AppContext app;
-  EXPECT_THAT(FunctionExecutor::Create(app, {.call_timing = static_cast<CallTiming>(7)}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("call_timing")));
-  // The constructor clamps it to the default.
-  FunctionExecutor executor(app, {.call_timing = static_cast<CallTiming>(7)});
-  ASSERT_THAT(executor.Register(
-                  "f", [](const Frame&, std::string_view, Sink&) { return absl::OkStatus(); }),
-              IsOk());
-  EXPECT_THAT(executor.Invoke(Frame(), "f", ""), IsOk());
 }
 
 }  // namespace

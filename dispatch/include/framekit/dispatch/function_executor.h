@@ -151,20 +151,6 @@ struct FunctionCounters {
   std::array<std::uint64_t, kLatencyBuckets> latency{};  // calls per latency bucket
 };
 
-// How the executor times each call, for its invocation records and latency histogram.
-enum class CallTiming {
-  // The CPU's time-stamp counter where it is invariant (x86-64), else the steady clock:
-  // nanosecond resolution. Two reads per call; on some CPUs a read costs ~10 ns (measured: one
-  // `rdtsc` 12 ns on an AMD EPYC virtual machine), a third of a short call's overhead.
-  kPrecise,
-  // The kernel's coarse monotonic clock (CLOCK_MONOTONIC_COARSE, the same clock as the steady
-  // clock, read without the counter: ~3 ns). Its resolution is the kernel tick (1-4 ms):
-  // records keep when calls ran to within a tick, and their durations (and the latency
-  // histogram) are multiples of a tick, so calls shorter than a tick mostly read 0. For hosts
-  // whose calls are short and many, and who measure latency elsewhere.
-  kCoarse,
-};
-
 struct FunctionExecutorOptions {
   // Run around every call; nullptr for none.
   std::shared_ptr<const Interceptors> interceptors = nullptr;
@@ -197,9 +183,6 @@ struct FunctionExecutorOptions {
   // this, and its code is freed once no call still runs it. Without a bound a host that
   // deploys on every change would keep every version's code (a Lua state each) forever.
   int versions_kept = 16;
-  // How calls are timed (see CallTiming). Deadlines are unaffected: they always read the
-  // steady clock.
-  CallTiming call_timing = CallTiming::kPrecise;
   // How long the destructor's Shutdown waits for calls in flight (>= 0).
   std::chrono::milliseconds shutdown_grace{1000};
   // Whether a "caller" option may name the caller of a call whose frame has none. Off: options
@@ -230,7 +213,7 @@ class FunctionExecutor {
   // Validates `options`: InvalidArgument naming the field for deadline_workers <= 0,
   // max_quarantined < 0, max_quarantined_per_function < 0, max_in_flight <= 0,
   // max_in_flight_per_function <= 0, records_per_function <= 0, max_nesting <= 0,
-  // versions_kept <= 0, a call_timing that is not a CallTiming or shutdown_grace < 0.
+  // versions_kept <= 0 or shutdown_grace < 0.
   // `app` supplies the FrameResolvers (read at each call) and must outlive the executor.
   static absl::StatusOr<std::unique_ptr<FunctionExecutor>> Create(
       const AppContext& app, FunctionExecutorOptions options = {});
@@ -334,8 +317,6 @@ class FunctionExecutor {
   absl::Status RunPreemptive(DispatchCall& call);
   absl::Status RunWithDeadline(DispatchCall& call);
   void Record(const DispatchCall& call, const absl::Status& status, Clock::time_point start);
-  // Now, by options_.call_timing.
-  Clock::time_point CallTime() const noexcept;
   // A new invocation id: from the calling thread's block of ids of this executor, taking the
   // next block from next_id_ (one atomic read-modify-write per kIdBlock calls, not per call).
   std::uint64_t NextId();

@@ -43,10 +43,6 @@ class CallClock {
 
   // Now, as a steady-clock time point (see the file comment for its accuracy).
   static Clock::time_point Now() noexcept;
-  // The same clock at the kernel tick's resolution (1-4 ms): CLOCK_MONOTONIC_COARSE, which
-  // the vDSO reads without the counter (~3 ns). A reading is at most one tick behind
-  // Clock::now() and never after it. Elsewhere than Linux, Clock::now().
-  static Clock::time_point Coarse() noexcept;
   // Whether Now() reads the time-stamp counter (false: it is Clock::now()).
   static bool UsesCounter() noexcept;
 };
