@@ -566,9 +566,11 @@ TEST(LuaAttack, TimerDoesNotOutliveTheCall) {
       for (int i = 0; i < 20; ++i) {
         StringSink sink;
         dispatch::RunStats stats;
-        EXPECT_THAT(quick->Run(Frame().WithTimeout(5ms), "", sink, stats), IsOk());
+        // 30 ms: long enough for a trivial call on a loaded sanitizer build (5 ms failed once in
+        // a loaded TSan run), and short enough that a timer left armed fires inside the sleep.
+        EXPECT_THAT(quick->Run(Frame().WithTimeout(30ms), "", sink, stats), IsOk());
       }
-      timespec ts{0, 40 * 1000 * 1000};
+      timespec ts{0, 100 * 1000 * 1000};
       if (nanosleep(&ts, nullptr) != 0) interrupted.fetch_add(1);
     }
   });
