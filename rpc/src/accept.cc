@@ -225,7 +225,8 @@ absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
   rpc::WirePairViews pairs;
   absl::Status filtered = FilterPairs(options, **peer, metadata, pairs, out.dropped_pairs);
   if (!filtered.ok()) return filtered;
-  // The trace arrives as inherited, like every value the node was sent, and in the same step.
+  // The trace and the hop count arrive as inherited, like every value the node was sent, and in
+  // the same step.
   PairList trace = ReadTrace(metadata, out.bad_trace);
   trace.push_back(Pair::Of(rpc::HopsKey(), out.hops));
   if (options.portable != nullptr) {

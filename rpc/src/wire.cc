@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "boost/container/small_vector.hpp"
 #include "framekit/base/internal/echo.h"
@@ -295,7 +296,7 @@ absl::StatusOr<std::int64_t> ParseHops(std::string_view header) {
                      base_internal::Echo(header), "\""));
   }
   std::int64_t hops = 0;
-  for (char c : header) hops = hops * 10 + (c - '0');
+  (void)absl::SimpleAtoi(AsAbsl(header), &hops);  // cannot fail: at most 9 digits, checked above
   return hops;
 }
 

@@ -807,6 +807,22 @@ TEST(Rpc, InlineCallsStayCancellable) {
   EXPECT_LT(Clock::now() - deadline_start, std::chrono::seconds(2) * rpc_testing::kSlowdown);
 }
 
+// Calls `function` on `node` with a cancellable frame, cancels it once `wait` has started at the
+// end of the chain, and expects the caller to see Cancelled and `wait` to stop, in time.
+void ExpectCancellingTheCallerStops(RemoteNode& node, const std::string& function,
+                                    const PreemptiveWait& wait) {
+  auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
+  absl::Status status;
+  const auto start = Clock::now();
+  std::thread calling([&, frame = frame] { status = Call(node, function, frame).status(); });
+  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return wait.started.load() > 0; }));
+  canceller.Cancel();
+  calling.join();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return wait.stopped.load() == 1; }));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
+}
+
 // B serves a remote function of C inline (a RemoteCode is preemptive): the caller's
 // cancellation reaches B's inline call while its handler is blocked in its call to C, and from
 // its frame C's call. gRPC runs the callbacks of every call of the process on a few threads of
@@ -821,17 +837,7 @@ TEST(Rpc, CancellationReachesAChainedCallThroughAnInlineCall) {
   TestNode b;
   ASSERT_THAT(b.start_status, IsOk());
   ASSERT_THAT(b.executor->Register("c.pwait", Connect(c.target())->Function("pwait")), IsOk());
-  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
-  auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
-  absl::Status status;
-  const auto start = Clock::now();
-  std::thread calling([&, frame = frame] { status = Call(*to_b, "c.pwait", frame).status(); });
-  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return wait->started.load() > 0; }));
-  canceller.Cancel();
-  calling.join();
-  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
-  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return wait->stopped.load() == 1; }));
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
+  ExpectCancellingTheCallerStops(*Connect(b.target()), "c.pwait", *wait);
   // B's call ran inline; C's too where the process has room for two (6 cores or more).
   EXPECT_EQ(b.server->counters().inline_calls, 1u);
   EXPECT_EQ(c.server->counters().inline_calls, ProcessInlineLimit() >= 2 ? 1u : 0u);
@@ -850,17 +856,7 @@ TEST(Rpc, CancellationReachesTheEndOfALongerChain) {
   TestNode b;
   ASSERT_THAT(b.start_status, IsOk());
   ASSERT_THAT(b.executor->Register("c.d.pwait", Connect(c.target())->Function("d.pwait")), IsOk());
-  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
-  auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
-  absl::Status status;
-  const auto start = Clock::now();
-  std::thread calling([&, frame = frame] { status = Call(*to_b, "c.d.pwait", frame).status(); });
-  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return wait->started.load() > 0; }));
-  canceller.Cancel();
-  calling.join();
-  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
-  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return wait->stopped.load() == 1; }));
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
+  ExpectCancellingTheCallerStops(*Connect(b.target()), "c.d.pwait", *wait);
   const std::uint64_t inline_calls = b.server->counters().inline_calls +
                                      c.server->counters().inline_calls +
                                      d.server->counters().inline_calls;
