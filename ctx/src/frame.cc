@@ -413,8 +413,7 @@ Frame Frame::WithPairs(const Pair* pairs, std::size_t count, Pair* movable) cons
   return result;
 }
 
-Frame Frame::Fork() const {
-  if (node_ == nullptr) return Frame();
+Frame Frame::ForkNode() const {
   std::size_t kept = 0;
   for (std::uint32_t i = 0; i < node_->index_size; ++i) {
     if (node_->keys[i]->inherit()) ++kept;

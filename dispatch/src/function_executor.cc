@@ -21,6 +21,7 @@
 #include "framekit/dispatch/guard.h"
 #include "framekit/dispatch/internal/call_clock.h"
 #include "framekit/dispatch/internal/call_identity.h"
+#include "framekit/dispatch/internal/function_names.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "worker_pool.h"
 
@@ -165,6 +166,7 @@ std::chrono::nanoseconds LatencyBucketBound(int bucket) {
 struct FunctionExecutor::Version {
   int number = 0;
   std::shared_ptr<Code> code;  // never null
+  bool preemptive = false;     // code->preemptive(), read once (see Code::preemptive)
   Clock::time_point deployed{};
   std::string guard_name;  // "NAME@vN": a redeploy starts a fresh fault-policy history
   std::atomic<bool> disabled{false};
@@ -174,6 +176,7 @@ struct FunctionExecutor::Version {
     auto version = std::make_shared<Version>();
     version->number = number;
     version->code = std::move(code);
+    version->preemptive = version->code->preemptive();
     version->deployed = Clock::now();
     version->guard_name = absl::StrCat(AsAbsl(function), "@v", number);
     return version;
@@ -189,12 +192,9 @@ struct FunctionExecutor::Version {
   Outcome Run(const Interceptors* interceptors, FaultMonitor& monitor, Call& call, Sink& sink,
               RunStats& stats) {
     Outcome out;
-    bool handler_ran = false;
-    absl::Status handler_status;
     const ExtRef ext(guard_name, monitor);
-    out.status = RunInterceptors(interceptors, call, [&](Call& c) {
-      handler_ran = true;
-      handler_status = Guard(
+    auto guarded = [&](Call& c) {
+      return Guard(
           ext, Phase::kInvoke,
           [&]() -> absl::Status { return code->Run(c.frame, c.payload, sink, stats); },
           [&](FaultReport&& report) -> absl::Status {
@@ -204,6 +204,18 @@ struct FunctionExecutor::Version {
             }
             return PanicStatus(report.panic);
           });
+    };
+    if (interceptors == nullptr) {
+      // No chain to run: the guarded code alone, without the chain's type-erased terminal and
+      // the copy of the handler's status it keeps to tell an interceptor's fault from its own.
+      out.status = guarded(call);
+      return out;
+    }
+    bool handler_ran = false;
+    absl::Status handler_status;
+    out.status = interceptors->Run(call, [&](Call& c) {
+      handler_ran = true;
+      handler_status = guarded(c);
       return handler_status;
     });
     out.faulted = out.faulted || InterceptorFaulted(out.status, handler_ran, handler_status);
@@ -259,61 +271,10 @@ struct FunctionExecutor::Table {
     std::shared_ptr<Function> function;
     std::shared_ptr<Version> active;
   };
-  // Function names are short: hashed inline, a word at a time. absl::Hash's out-of-line
-  // combine and its equality's memcmp call were 15% of an Invoke's overhead. The names are the
-  // application's (Register's), so a weak hash cannot be flooded by callers: a caller's
-  // unknown name costs its own lookup one probe sequence.
-  struct NameHash {
-    static std::uint64_t Mix(std::uint64_t h) {
-      h ^= h >> 33;  // MurmurHash3's 64-bit finaliser
-      h *= 0xff51afd7ed558ccdULL;
-      h ^= h >> 33;
-      h *= 0xc4ceb9fe1a85ec53ULL;
-      h ^= h >> 33;
-      return h;
-    }
-    std::size_t operator()(absl::string_view name) const noexcept {
-      const char* p = name.data();
-      std::size_t n = name.size();
-      std::uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
-      for (; n >= 8; n -= 8, p += 8) {
-        std::uint64_t word;
-        std::memcpy(&word, p, 8);
-        h = (h ^ word) * 0x100000001b3ULL;
-        h ^= h >> 29;
-      }
-      std::uint64_t tail = 0;
-      if (n >= 4) {
-        std::uint32_t lo, hi;
-        std::memcpy(&lo, p, 4);
-        std::memcpy(&hi, p + n - 4, 4);
-        tail = (std::uint64_t{hi} << 32) | lo;
-      } else if (n > 0) {
-        tail = (std::uint64_t{static_cast<unsigned char>(p[0])} << 16) |
-               (std::uint64_t{static_cast<unsigned char>(p[n / 2])} << 8) |
-               static_cast<unsigned char>(p[n - 1]);
-      }
-      return Mix(h ^ tail);
-    }
-  };
-  struct NameEq {
-    bool operator()(absl::string_view a, absl::string_view b) const noexcept {
-      if (a.size() != b.size()) return false;
-      // Short names compare inline; memcmp only past 16 bytes.
-      const std::size_t n = a.size();
-      const char* x = a.data();
-      const char* y = b.data();
-      if (n <= 16) {
-        for (std::size_t i = 0; i < n; ++i) {
-          if (x[i] != y[i]) return false;
-        }
-        return true;
-      }
-      return std::memcmp(x, y, n) == 0;
-    }
-  };
   // Keys view the functions' names, which the entries keep alive.
-  absl::flat_hash_map<absl::string_view, Entry, NameHash, NameEq> functions;
+  absl::flat_hash_map<absl::string_view, Entry, dispatch_internal::NameHash,
+                      dispatch_internal::NameEq>
+      functions;
 };
 
 struct FunctionExecutor::RetiredTable {
@@ -899,7 +860,7 @@ bool FunctionExecutor::Preemptive(std::string_view name) {
   dispatch_internal::CallerSlots::Slot* slot = Enter();
   const Table& table = *table_.load();
   const auto it = table.functions.find(AsAbsl(name));
-  const bool preemptive = it != table.functions.end() && it->second.active->code->preemptive();
+  const bool preemptive = it != table.functions.end() && it->second.active->preemptive;
   dispatch_internal::CallerSlots::Leave(slot);
   return preemptive;
 }
@@ -907,11 +868,16 @@ bool FunctionExecutor::Preemptive(std::string_view name) {
 absl::StatusOr<std::string> FunctionExecutor::Invoke(const Frame& parent, std::string_view name,
                                                      std::string_view payload,
                                                      const Options& options) {
-  std::string output;
+  // The output is written into the result itself: moving a string into a StatusOr on return
+  // cost as much as a short handler.
+  absl::StatusOr<std::string> result(absl::in_place);
+  std::string& output = *result;
   StringSink sink(output);
   DispatchCall call(parent, name, payload, options, CallKind::kInvoke, &sink, &output);
-  FRAMEKIT_RETURN_IF_ERROR(Dispatch(call));
-  return output;
+  if (absl::Status status = Dispatch(call); !status.ok()) [[unlikely]] {
+    result = std::move(status);
+  }
+  return result;
 }
 
 absl::Status FunctionExecutor::InvokeStream(const Frame& parent, std::string_view name,
@@ -947,7 +913,7 @@ absl::Status FunctionExecutor::Dispatch(DispatchCall& call) {
                             ? PrepareFrame(call)
                             : NestingRefusal(call.function->name, options_.max_nesting);
   if (status.ok()) {
-    if (call.version->code->preemptive()) {
+    if (call.version->preemptive) {
       status = RunPreemptive(call);
     } else {
       status = call.frame.deadline() ? RunWithDeadline(call) : RunInline(call);
@@ -986,7 +952,9 @@ absl::Status FunctionExecutor::PrepareFrame(DispatchCall& call) {
   PairList pairs;
   FRAMEKIT_RETURN_IF_ERROR(
       framekit::Resolve(app_.frame_resolvers(), call.frame, *call.merged, pairs));
-  FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::AppendCallIdentity(identity, pairs));
+  if (identity.caller.has_value() || identity.trace_id.has_value()) {
+    FRAMEKIT_RETURN_IF_ERROR(dispatch_internal::AppendCallIdentity(identity, pairs));
+  }
   if (!pairs.empty()) call.frame = call.frame.With(std::move(pairs));
   const OptionValue* timeout = call.merged->empty() ? nullptr : call.merged->Get(kTimeoutOption);
   if (timeout != nullptr) {
@@ -1068,14 +1036,25 @@ absl::Status FunctionExecutor::RunWithDeadline(DispatchCall& call) {
   return state->Await(call, canceller);
 }
 
+// Inline: only Record calls it, once per call.
+inline std::uint64_t FunctionExecutor::NextId() {
+  IdBlock& block = tls_ids;
+  if (block.executor != serial_ || block.next == block.end) [[unlikely]] {
+    block.next = next_id_.fetch_add(kIdBlock, std::memory_order_relaxed);
+    block.end = block.next + kIdBlock;
+    block.executor = serial_;
+  }
+  return block.next++;
+}
+
 void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& status,
                               Clock::time_point start) {
   Function& function = *call.function;
   const Clock::time_point end = std::max(start, dispatch_internal::CallClock::Now());
   const int bucket = LatencyBucketOf(end - start);
   const std::uint64_t id = NextId();
-  const CallerContext* caller = CallerOf(call.frame);
-  const std::string* trace = call.frame.Find(TraceIdKey());
+  const CallerContext* caller = call.frame.Find(caller_key_);
+  const std::string* trace = call.frame.Find(trace_key_);
   std::lock_guard<RecordLock> lock(function.records_mu);
   Bump(function.calls);
   Bump(function.latency[bucket]);
@@ -1091,7 +1070,7 @@ void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& stat
   slot.version = call.version->number;
   slot.start = start;
   slot.end = end;
-  slot.error_code = status.code();
+  slot.error_code = status.ok() ? absl::StatusCode::kOk : status.code();  // code() is a call
   if (status.ok()) {
     slot.error_message.clear();
   } else {
@@ -1110,16 +1089,6 @@ void FunctionExecutor::Record(const DispatchCall& call, const absl::Status& stat
   } else {
     slot.trace_id.clear();
   }
-}
-
-std::uint64_t FunctionExecutor::NextId() {
-  IdBlock& block = tls_ids;
-  if (block.executor != serial_ || block.next == block.end) [[unlikely]] {
-    block.next = next_id_.fetch_add(kIdBlock, std::memory_order_relaxed);
-    block.end = block.next + kIdBlock;
-    block.executor = serial_;
-  }
-  return block.next++;
 }
 
 absl::StatusOr<std::vector<InvocationRecord>> FunctionExecutor::ListInvocations(

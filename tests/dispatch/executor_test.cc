@@ -18,6 +18,7 @@
 #include "framekit/dispatch/fault_monitor.h"
 #include "framekit/dispatch/function_executor.h"
 #include "framekit/dispatch/interceptors.h"
+#include "framekit/dispatch/internal/function_names.h"
 #include "framekit/resolvers/frame_resolvers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -101,6 +102,58 @@ TEST(FunctionExecutor, RegistryLifecycle) {
   ASSERT_THAT(executor.Remove("f"), IsOk());
   EXPECT_EQ(executor.Remove("f").code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(executor.Invoke(Frame(), "f", "").status().code(), absl::StatusCode::kNotFound);
+}
+
+// The function table compares names a word at a time (overlapping loads for 4 to 16 bytes):
+// names of every length up to 40 that differ in exactly one byte, at each position, are unequal
+// whatever their hashes; equal names are equal and hash alike.
+TEST(FunctionExecutor, NameEqualityTellsApartNamesDifferingInOneByteAnywhere) {
+  const dispatch_internal::NameEq eq;
+  const dispatch_internal::NameHash hash;
+  for (std::size_t length = 0; length <= 40; ++length) {
+    // Distinct buffers, so that equality never short-cuts on the address.
+    const std::string a(length, 'a');
+    const std::string same(length, 'a');
+    EXPECT_TRUE(eq(a, same)) << length;
+    EXPECT_EQ(hash(a), hash(same)) << length;
+    EXPECT_FALSE(eq(a, std::string(length + 1, 'a'))) << length;
+    for (std::size_t i = 0; i < length; ++i) {
+      std::string variant = a;
+      variant[i] = 'b';
+      EXPECT_FALSE(eq(a, variant)) << "length " << length << ", byte " << i;
+      EXPECT_FALSE(eq(variant, a)) << "length " << length << ", byte " << i;
+    }
+  }
+}
+
+// End to end: such names each reach their own function.
+TEST(FunctionExecutor, NamesDifferingInOneByteAtAnyPositionAreDistinct) {
+  AppContext app;
+  FunctionExecutor executor(app);
+  std::vector<std::string> names;
+  for (std::size_t length = 1; length <= 24; ++length) {
+    const std::string base(length, 'a');
+    names.push_back(base);
+    for (std::size_t i = 0; i < length; ++i) {
+      std::string variant = base;
+      variant[i] = 'b';
+      names.push_back(variant);
+    }
+  }
+  for (const std::string& name : names) {
+    ASSERT_THAT(executor.Register(name, [name](const Frame&, std::string_view,
+                                               Sink& out) { return out.Write(name); }),
+                IsOk())
+        << name;
+  }
+  for (const std::string& name : names) {
+    EXPECT_EQ(executor.Invoke(Frame(), name, "").value_or("<error>"), name);
+  }
+  EXPECT_EQ(executor.Invoke(Frame(), std::string(25, 'a'), "").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(executor.Invoke(Frame(), "aaaaaaaaaaaaaaaac", "").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(executor.Invoke(Frame(), "aaac", "").status().code(), absl::StatusCode::kNotFound);
 }
 
 // Tests the generic contract: a resolver registered at boot puts its pair on the handler's

@@ -171,7 +171,7 @@ class Frame {
 
   // A child frame for a new call: keeps only the pairs whose key inherit()s, all of them now
   // ValueOrigin::kInherited; keeps the deadline and the cancellation scope.
-  Frame Fork() const;
+  Frame Fork() const { return node_ == nullptr ? Frame() : ForkNode(); }
 
   // The value of `key`, or nullptr when absent. Never allocates; does not walk the chain.
   template <class T>
@@ -241,6 +241,8 @@ class Frame {
   explicit Frame(const ctx_internal::FrameNode* node) noexcept : node_(node) {}
   // With over `count` pairs; moves from `movable` (the same array) when it is not null.
   Frame WithPairs(const Pair* pairs, std::size_t count, Pair* movable = nullptr) const;
+  // Fork of a frame that has a node.
+  Frame ForkNode() const;
   static bool PlainPair(const Pair& pair);
   void AddRef() const noexcept {
     if (node_ != nullptr) node_->refs.fetch_add(1, std::memory_order_relaxed);

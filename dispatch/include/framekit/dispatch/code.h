@@ -56,7 +56,8 @@ class Code {
 
   // True when Run returns by the frame's deadline, and promptly after its cancellation,
   // whatever the code does. The executor runs such code on the caller's thread: no worker
-  // handoff, no quarantine.
+  // handoff, no quarantine. Read once, when the code is registered or deployed: the answer
+  // must not change.
   virtual bool preemptive() const = 0;
 
   // Runs the code for one call: reads `frame` and `payload`, writes output to `out`, fills

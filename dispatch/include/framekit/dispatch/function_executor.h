@@ -66,6 +66,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "framekit/app/app_context.h"
+#include "framekit/ctx/caller.h"
 #include "framekit/ctx/frame.h"
 #include "framekit/ctx/key.h"
 #include "framekit/ctx/options.h"
@@ -235,7 +236,7 @@ class FunctionExecutor {
   // Registers `name` with `code` as version 1 and `defaults` as its default options.
   // InvalidArgument for an invalid name (1-128 of [A-Za-z0-9_.-], starting with a letter or
   // digit) or null code; AlreadyExists when `name` is registered.
-  // NOTE: the executor calls code->preemptive() at every call; it must not change.
+  // NOTE: the executor reads code->preemptive() once, here (and in Deploy); it must not change.
   absl::Status Register(std::string name, std::shared_ptr<Code> code, Options defaults = {});
   // Register(name, NativeCode(handler), defaults); InvalidArgument for an empty handler.
   absl::Status Register(std::string name, Handler handler, Options defaults = {});
@@ -365,6 +366,10 @@ class FunctionExecutor {
   std::vector<RetiredTable> retired_ ABSL_GUARDED_BY(mu_);
   // The keys strict options accept besides the resolvers': the executor's and options_'s.
   const std::vector<std::string_view> own_option_keys_ = OwnOptionKeys(options_);
+  // The keys every call's record reads, looked up once (each accessor checks its static's
+  // guard on every call).
+  const Key<CallerContext>& caller_key_ = CallerKey();
+  const Key<std::string>& trace_key_ = TraceIdKey();
   static std::vector<std::string_view> OwnOptionKeys(const FunctionExecutorOptions& options);
 };
 
