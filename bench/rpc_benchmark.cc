@@ -171,8 +171,8 @@ class BareEcho final : public v1::Functions::CallbackService {
 };
 
 // The bare call; with `headers`, it also carries the bytes framekit's call carries (the frame
-// header, a traceparent with a new span id per call, the peer token, the hop count), none of them
-// read.
+// header, a traceparent with a new span id per call, the peer token; a first hop sends no hop
+// count), none of them read.
 void BareUnary(benchmark::State& state, bool headers) {
   BareEcho service;
   grpc::ServerBuilder builder;
@@ -208,7 +208,6 @@ void BareUnary(benchmark::State& state, bool headers) {
       ctx.AddMetadata(std::string(framekit::rpc::kTraceParentHeader),
                       framekit::rpc::FormatTraceParent(kBenchTrace, span_id, 0x01));
       ctx.AddMetadata(std::string(framekit::rpc::kPeerTokenHeader), kToken);
-      ctx.AddMetadata(std::string(framekit::rpc::kHopsHeader), framekit::rpc::FormatHops(0));
     }
     v1::InvokeReply reply;
     grpc::Status status = stub->Invoke(&ctx, request, &reply);
@@ -222,8 +221,7 @@ void BareUnary(benchmark::State& state, bool headers) {
         framekit::rpc::kFrameHeader.size() + frame_header.size() +
         framekit::rpc::kTraceParentHeader.size() +
         framekit::rpc::FormatTraceParent(kBenchTrace, "0000000000000001", 0x01).size() +
-        framekit::rpc::kPeerTokenHeader.size() + sizeof(kToken) - 1 +
-        framekit::rpc::kHopsHeader.size() + framekit::rpc::FormatHops(0).size());
+        framekit::rpc::kPeerTokenHeader.size() + sizeof(kToken) - 1);
   }
   server->Shutdown();
 }

@@ -105,8 +105,11 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
   if (!node.options.peer_token.empty()) {
     ctx.AddMetadata(std::string(kPeerTokenHeader), node.options.peer_token);
   }
-  const std::int64_t* hops = frame.Find(HopsKey());
-  ctx.AddMetadata(std::string(kHopsHeader), FormatHops(hops != nullptr ? *hops : 0));
+  // The first hop sends no count: a server reads a call without one as hop 1, the count it
+  // would carry (one header less on every call that starts at this node).
+  if (const std::int64_t* hops = frame.Find(HopsKey()); hops != nullptr && *hops > 0) {
+    ctx.AddMetadata(std::string(kHopsHeader), FormatHops(*hops));
+  }
   return absl::OkStatus();
 }
 

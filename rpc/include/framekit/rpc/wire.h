@@ -16,6 +16,8 @@
 //   "framekit-hops"       how many calls between nodes this call is, itself included (the
 //                         caller's HopsKey + 1, in decimal: see FormatHops and ParseHops); a
 //                         server refuses a call beyond its max_hops (a loop between nodes);
+//                         left out on the first hop (a frame without HopsKey), which a server
+//                         reads as hop 1, as it reads a call without the header;
 //   gRPC's own deadline   the frame's remaining time (gRPC sends it as "grpc-timeout", a
 //                         duration: clocks of two nodes never meet).
 // A status travels as gRPC's code (the numeric values agree) and message, and its payloads as
