@@ -10,6 +10,10 @@
 //       executor runs deadline calls of native code on a worker: one more thread handoff)
 //   The unary cases also report the whole process's CPU time (all threads: client, gRPC's and
 //   the server's) and context switches per call (getrusage), beside the calling thread's CPU.
+//   BM_RpcServerAccept                            the server's own arrival work for one call of
+//       BM_RpcUnaryFramekit, without gRPC: the headers that call carries (frame header,
+//       traceparent, peer token) made into the call's parent frame (AcceptFrame: peer, policy,
+//       decode, trace, deadline) and its cancellation scope, as Server does on gRPC's thread
 //   BM_RpcCodec8Pairs                             what the wire adds to a call's frame: encode 8
 //       portable string pairs into the header value as RemoteNode does (EncodeFrameHeader) and
 //       decode them back as Server does (DecodeFramePairViews + PortableKeys::DecodeView)
@@ -33,6 +37,7 @@
 #include "framekit/ctx/portable.h"
 #include "framekit/dispatch/function_executor.h"
 #include "framekit/rpc/remote.h"
+#include "framekit/rpc/internal/accept.h"
 #include "framekit/rpc/server.h"
 #include "framekit/rpc/wire.h"
 #include "framekit_rpc.grpc.pb.h"
@@ -113,6 +118,46 @@ framekit::Frame BenchFrame() {
              framekit::Pair::Of(framekit::dispatch::TraceIdKey(), std::string(kBenchTrace))});
 }
 
+
+// The ServerOptions of the framekit unary benchmarks: the bench portable keys, one trusted
+// peer whose token the client sends.
+framekit::rpc::ServerOptions BenchServerOptions() {
+  framekit::rpc::ServerOptions options;
+  options.portable = BenchPortable();
+  options.trusted.push_back(
+      {.token = kToken,
+       .policy = {.name = "bench",
+                  .accepted_keys = {"bench.tenant", "bench.region", "bench.plan"},
+                  .identity = true}});
+  return options;
+}
+
+void BM_RpcServerAccept(benchmark::State& state) {
+  const framekit::rpc::ServerOptions options = BenchServerOptions();
+  absl::StatusOr<std::string> header = framekit::rpc::EncodeFrameHeader(
+      *options.portable, BenchFrame(),
+      [](std::string_view name) { return name == framekit::dispatch::TraceIdKey().name(); });
+  if (!header.ok()) return state.SkipWithError("frame header");
+  const std::string traceparent =
+      framekit::rpc::FormatTraceParent(kBenchTrace, "00f067aa0ba902b7", 0x01);
+  // What gRPC hands the server: its own user-agent beside framekit's headers.
+  const framekit::rpc_internal::MetadataEntry metadata[] = {
+      {"user-agent", "grpc-c++/1.51.1 grpc-c/29.0.0 (linux; chttp2)"},
+      {framekit::rpc::kFrameHeader, *header},
+      {framekit::rpc::kTraceParentHeader, traceparent},
+      {framekit::rpc::kPeerTokenHeader, kToken}};
+  framekit::bench::AllocationScope allocations;
+  for (auto _ : state) {
+    absl::StatusOr<framekit::rpc_internal::Accepted> accepted =
+        framekit::rpc_internal::AcceptFrame(options, metadata, std::chrono::seconds(10));
+    if (!accepted.ok()) return state.SkipWithError("accept");
+    std::pair<framekit::Frame, framekit::Canceller> call = accepted->frame.WithCancel();
+    benchmark::DoNotOptimize(call);
+  }
+  allocations.Report(state);
+}
+BENCHMARK(BM_RpcServerAccept);
+
 void FramekitUnary(benchmark::State& state, bool native) {
   framekit::AppContext app;
   app.Seal();
@@ -124,14 +169,7 @@ void FramekitUnary(benchmark::State& state, bool native) {
   } else {
     (void)executor.Register("echo", std::make_shared<PreemptiveEcho>());
   }
-  framekit::rpc::ServerOptions options;
-  options.portable = BenchPortable();
-  options.trusted.push_back(
-      {.token = kToken,
-       .policy = {.name = "bench",
-                  .accepted_keys = {"bench.tenant", "bench.region", "bench.plan"},
-                  .identity = true}});
-  auto server = framekit::rpc::Server::Start(executor, std::move(options));
+  auto server = framekit::rpc::Server::Start(executor, BenchServerOptions());
   if (!server.ok()) return state.SkipWithError("server");
   auto node = framekit::rpc::RemoteNode::Connect(
       {.target = "127.0.0.1:" + std::to_string((*server)->port()),

@@ -151,7 +151,8 @@ struct Server::Impl {
       return absl::ResourceExhaustedError(
           absl::StrCat("more than ", options.max_concurrent_calls, " calls at once"));
     }
-    std::vector<rpc_internal::MetadataEntry> metadata;
+    // Inline room for what a framekit client sends (gRPC's user-agent beside framekit's four).
+    boost::container::small_vector<rpc_internal::MetadataEntry, 8> metadata;
     metadata.reserve(ctx.client_metadata().size());
     for (const auto& [key, value] : ctx.client_metadata()) {
       metadata.emplace_back(std::string_view(key.data(), key.size()),
@@ -170,8 +171,8 @@ struct Server::Impl {
       }
     }
     absl::StatusOr<rpc_internal::Accepted> accepted = rpc_internal::AcceptFrame(
-        options, metadata, Remaining(ctx),
-        std::span<const std::string_view>(identities.data(), identities.size()));
+        options, std::span<const rpc_internal::MetadataEntry>(metadata.data(), metadata.size()),
+        Remaining(ctx), std::span<const std::string_view>(identities.data(), identities.size()));
     if (!accepted.ok()) {
       Release();
       Refused(accepted.status());
