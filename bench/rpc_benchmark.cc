@@ -36,8 +36,8 @@
 #include "framekit/ctx/caller.h"
 #include "framekit/ctx/portable.h"
 #include "framekit/dispatch/function_executor.h"
-#include "framekit/rpc/remote.h"
 #include "framekit/rpc/internal/accept.h"
+#include "framekit/rpc/remote.h"
 #include "framekit/rpc/server.h"
 #include "framekit/rpc/wire.h"
 #include "framekit_rpc.grpc.pb.h"
@@ -117,7 +117,6 @@ framekit::Frame BenchFrame() {
              framekit::Pair::Of(kBenchPlan, std::string("gold")),
              framekit::Pair::Of(framekit::dispatch::TraceIdKey(), std::string(kBenchTrace))});
 }
-
 
 // The ServerOptions of the framekit unary benchmarks: the bench portable keys, one trusted
 // peer whose token the client sends.
