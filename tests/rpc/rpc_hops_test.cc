@@ -212,6 +212,8 @@ TEST(Hops, AChainWorksUpToTheLimitAndNotOneHopMore) {
               StatusIs(absl::StatusCode::kFailedPrecondition));
   // A count set out of range by local code: negative starts over, huge is capped (and refused).
   EXPECT_EQ(Call(*to_d, "hops", Frame().With(HopsKey(), std::int64_t{-5})).value_or("error"), "1");
+  // A count of 0 sends no header (as a frame without one): the server still reads hop 1.
+  EXPECT_EQ(Call(*to_d, "hops", Frame().With(HopsKey(), std::int64_t{0})).value_or("error"), "1");
   EXPECT_THAT(Call(*to_d, "hops", Frame().With(HopsKey(), std::numeric_limits<std::int64_t>::max()))
                   .status(),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("999999999")));
