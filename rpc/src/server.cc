@@ -191,7 +191,13 @@ struct Server::Impl {
   // only the last one's.
   void CallbackReturns() { handlers_returned.fetch_add(1, std::memory_order_release); }
 
-  // Inline calls: preemptive code run on the gRPC thread that delivered the call. gRPC calls a
+  // Inline calls: calls that return by their frame's deadline, run on the gRPC thread that
+  // delivered them. That is preemptive code, which returns by it itself, and any code under a
+  // frame with a deadline (every call a server admits has one, but for a timeout too large to
+  // be a deadline): the executor runs native code on one of its workers, and its caller waits
+  // for it no longer than the deadline, the frame's cancellation or the executor's shutdown.
+  // So a native handler costs one hand-off (gRPC's thread to the executor's worker) instead of
+  // two (to a call thread, then to the worker). gRPC calls a
   // reactor's OnCancel only after the method handler returns, so while an inline call runs,
   // its close (the client's cancellation, its deadline, Shutdown) is seen by the watcher
   // thread, which polls the running inline calls' contexts every kInlinePoll (WatchInline).
@@ -203,7 +209,7 @@ struct Server::Impl {
   // (ProcessInlineLimit): gRPC runs every callback of the process, of all its servers, on a few
   // threads of its own, and while inline calls hold all of them no callback runs at all, not
   // even the one that records a call's close (so the watcher never sees it).
-  bool TakeInlineSlot(std::string_view function) {
+  bool TakeInlineSlot(std::string_view function, bool has_deadline) {
     if (options.max_inline_calls <= 0) return false;
     if (inline_running.fetch_add(1, std::memory_order_relaxed) >= options.max_inline_calls) {
       inline_running.fetch_sub(1, std::memory_order_relaxed);
@@ -214,7 +220,7 @@ struct Server::Impl {
       inline_running.fetch_sub(1, std::memory_order_relaxed);
       return false;
     }
-    if (!executor.Preemptive(function)) {
+    if (!has_deadline && !executor.Preemptive(function)) {
       ReleaseInlineSlot();
       return false;
     }
@@ -489,7 +495,8 @@ class Service final : public v1::Functions::CallbackService {
     started_.Receive();
     impl_.started.Receive();
     absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl_.Admit(*ctx);
-    if (admitted.ok() && !impl_.TakeInlineSlot(request->function())) {
+    if (admitted.ok() &&
+        !impl_.TakeInlineSlot(request->function(), admitted->first.deadline().has_value())) {
       grpc::ServerUnaryReactor* call = new UnaryCall(impl_, *std::move(admitted), request, reply);
       impl_.CallbackReturns();
       return call;
@@ -502,9 +509,9 @@ class Service final : public v1::Functions::CallbackService {
     if (!admitted.ok()) {
       status = ToGrpc(admitted.status());
     } else {
-      // Preemptive code returns by the frame's deadline (and at its cancellation) by itself: it
-      // runs here, without a hand-off to a call thread. Its close reaches it through the
-      // watcher (see StartInline).
+      // The call returns by the frame's deadline (and at its cancellation): it runs here,
+      // without a hand-off to a call thread (see TakeInlineSlot). Its close reaches it through
+      // the watcher (see StartInline).
       impl_.counters.inline_calls.fetch_add(1, std::memory_order_relaxed);
       impl_.StartInline(ctx, admitted->second);
       status = InvokeUnary(impl_, admitted->first, *request, *reply);

@@ -755,14 +755,16 @@ class PreemptiveEcho final : public dispatch::Code {
   }
 };
 
-TEST(Rpc, PreemptiveCallsRunInlineWithinTheirBound) {
+TEST(Rpc, CallsRunInlineWithinTheirBound) {
   TestNode b;
   ASSERT_THAT(b.start_status, IsOk());
   ASSERT_THAT(b.executor->Register("pecho", std::make_shared<PreemptiveEcho>()), IsOk());
   std::shared_ptr<RemoteNode> to_b = Connect(b.target());
   EXPECT_THAT(Call(*to_b, "pecho", Frame(), "hi"), OkWith(std::string("hi")));
+  // A native handler too: the executor runs it on a worker, the gRPC thread waits at most
+  // until the deadline (the server's default_timeout when the caller sets none).
   EXPECT_THAT(Call(*to_b, "echo", Frame(), "native"), OkWith(std::string("native")));
-  EXPECT_EQ(b.server->counters().inline_calls, 1u);  // the native handler went to a call thread
+  EXPECT_EQ(b.server->counters().inline_calls, 2u);
   EXPECT_EQ(b.server->counters().calls, 2u);
   // With the bound at 0 nothing runs inline.
   ServerOptions none;
@@ -772,6 +774,53 @@ TEST(Rpc, PreemptiveCallsRunInlineWithinTheirBound) {
   ASSERT_THAT(d.executor->Register("pecho", std::make_shared<PreemptiveEcho>()), IsOk());
   EXPECT_THAT(Call(*Connect(d.target()), "pecho", Frame(), "hi"), OkWith(std::string("hi")));
   EXPECT_EQ(d.server->counters().inline_calls, 0u);
+}
+
+// A native handler that ignores its frame, run inline: the gRPC thread waits for it only until
+// the deadline, a call of another function is served meanwhile, and the cancellation of a second
+// such call reaches its caller, whether it ran inline or on a call thread.
+TEST(Rpc, AnInlineNativeCallThatHangsEndsAtItsDeadline) {
+  // Shared with the handler: an abandoned worker may outlive the test's frame.
+  struct Hang {
+    std::atomic<bool> release{false};
+    std::atomic<int> started{0};
+  };
+  auto hang = std::make_shared<Hang>();
+  std::atomic<int>& started = hang->started;
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  ASSERT_THAT(b.executor->Register("hang",
+                                   [hang](const Frame&, std::string_view, dispatch::Sink&) {
+                                     hang->started.fetch_add(1);
+                                     while (!hang->release.load()) {
+                                       std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                                     }
+                                     return absl::OkStatus();
+                                   }),
+              IsOk());
+  ASSERT_THAT(b.executor->Register("pecho", std::make_shared<PreemptiveEcho>()), IsOk());
+  std::shared_ptr<RemoteNode> to_b = Connect(b.target());
+  const auto start = Clock::now();
+  absl::Status hung;
+  std::thread calling([&] {
+    hung = Call(*to_b, "hang", Frame().WithTimeout(std::chrono::milliseconds(300))).status();
+  });
+  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return started.load() == 1; }));
+  EXPECT_EQ(b.server->counters().inline_calls, 1u);  // the hanging call holds the gRPC thread
+  EXPECT_THAT(Call(*to_b, "pecho", Frame().WithTimeout(std::chrono::seconds(5)), "hi"),
+              OkWith(std::string("hi")));
+  auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
+  absl::Status cancelled;
+  std::thread second([&, frame = frame] { cancelled = Call(*to_b, "hang", frame).status(); });
+  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return started.load() == 2; }));
+  canceller.Cancel();
+  calling.join();
+  second.join();
+  EXPECT_THAT(hung, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(cancelled, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3) * rpc_testing::kSlowdown);
+  EXPECT_GE(b.server->counters().inline_calls, 1u);
+  hang->release.store(true);
 }
 
 TEST(Rpc, InlineCallsStayCancellable) {

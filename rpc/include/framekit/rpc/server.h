@@ -113,12 +113,14 @@ struct ServerOptions {
   std::chrono::milliseconds default_timeout{30000};
   // Calls run at once at most (> 0); more are refused with ResourceExhausted.
   int max_concurrent_calls = 64;
-  // Unary calls of preemptive code (Code::preemptive(): Lua, a remote function) run at once on
-  // gRPC's own threads at most (>= 0): such code returns by its frame's deadline and promptly
-  // after its cancellation, so the call needs no hand-off to one of the server's call threads.
-  // Beyond this many, and for every other call, a call thread runs it (gRPC's threads never
-  // wait on a native handler). 0: every call goes to a call thread. While an inline call runs,
-  // its close (the client's cancellation, Shutdown) reaches its frame's scope within ~2 ms (a
+  // Unary calls run at once on gRPC's own threads at most (>= 0), without a hand-off to one of
+  // the server's call threads: such a call returns by its frame's deadline and promptly after
+  // its cancellation. Preemptive code (Code::preemptive(): Lua, a remote function) returns by
+  // them itself; native code runs on the executor's worker, and the gRPC thread waits for it
+  // no longer than that (every admitted call has a deadline: its own, or default_timeout). A
+  // native call whose timeout is too large to be a deadline never runs inline. Beyond this
+  // many, a call thread runs the call. 0: every call goes to a call thread. While an inline call
+  // runs, its close (the client's cancellation, Shutdown) reaches its frame's scope within ~2 ms (a
   // watcher thread polls the running inline calls; it sleeps while none has run for a while);
   // its deadline is the frame's own. The process bounds them too, over all its servers (see
   // ProcessInlineLimit): a call beyond that bound runs on a call thread.
