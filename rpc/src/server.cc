@@ -197,10 +197,12 @@ struct Server::Impl {
   // be a deadline): the executor runs native code on one of its workers, and its caller waits
   // for it no longer than the deadline, the frame's cancellation or the executor's shutdown.
   // So a native handler costs one hand-off (gRPC's thread to the executor's worker) instead of
-  // two (to a call thread, then to the worker). gRPC calls a
-  // reactor's OnCancel only after the method handler returns, so while an inline call runs,
-  // its close (the client's cancellation, its deadline, Shutdown) is seen by the watcher
-  // thread, which polls the running inline calls' contexts every kInlinePoll (WatchInline).
+  // two (to a call thread, then to the worker).
+  //
+  // gRPC calls a reactor's OnCancel only after the method handler returns, so while an inline
+  // call runs, its close (the client's cancellation, its deadline, Shutdown) is seen by the
+  // watcher thread, which polls the running inline calls' contexts every kInlinePoll
+  // (WatchInline).
   // (An interceptor seeing POST_RECV_CLOSE would be immediate, but an interceptor on a call
   // makes gRPC complete every batch of it a second time through its executor thread: one more
   // thread hop for every call; see StartedHookFactory.)

@@ -786,7 +786,6 @@ TEST(Rpc, AnInlineNativeCallThatHangsEndsAtItsDeadline) {
     std::atomic<int> started{0};
   };
   auto hang = std::make_shared<Hang>();
-  std::atomic<int>& started = hang->started;
   TestNode b;
   ASSERT_THAT(b.start_status, IsOk());
   ASSERT_THAT(b.executor->Register("hang",
@@ -805,14 +804,14 @@ TEST(Rpc, AnInlineNativeCallThatHangsEndsAtItsDeadline) {
   std::thread calling([&] {
     hung = Call(*to_b, "hang", Frame().WithTimeout(std::chrono::milliseconds(300))).status();
   });
-  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return started.load() == 1; }));
+  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return hang->started.load() == 1; }));
   EXPECT_EQ(b.server->counters().inline_calls, 1u);  // the hanging call holds the gRPC thread
   EXPECT_THAT(Call(*to_b, "pecho", Frame().WithTimeout(std::chrono::seconds(5)), "hi"),
               OkWith(std::string("hi")));
   auto [frame, canceller] = Frame().WithTimeout(std::chrono::seconds(20)).WithCancel();
   absl::Status cancelled;
   std::thread second([&, frame = frame] { cancelled = Call(*to_b, "hang", frame).status(); });
-  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return started.load() == 2; }));
+  EXPECT_TRUE(rpc_testing::WaitUntil([&] { return hang->started.load() == 2; }));
   canceller.Cancel();
   calling.join();
   second.join();

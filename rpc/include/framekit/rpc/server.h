@@ -120,8 +120,8 @@ struct ServerOptions {
   // no longer than that (every admitted call has a deadline: its own, or default_timeout). A
   // native call whose timeout is too large to be a deadline never runs inline. Beyond this
   // many, a call thread runs the call. 0: every call goes to a call thread. While an inline call
-  // runs, its close (the client's cancellation, Shutdown) reaches its frame's scope within ~2 ms (a
-  // watcher thread polls the running inline calls; it sleeps while none has run for a while);
+  // runs, its close (the client's cancellation, Shutdown) reaches its frame's scope within ~2 ms
+  // (a watcher thread polls the running inline calls; it sleeps while none has run for a while);
   // its deadline is the frame's own. The process bounds them too, over all its servers (see
   // ProcessInlineLimit): a call beyond that bound runs on a call thread.
   int max_inline_calls = 1;

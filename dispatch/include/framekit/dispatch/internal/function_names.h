@@ -57,12 +57,11 @@ struct NameEq {
   }
   bool operator()(absl::string_view a, absl::string_view b) const noexcept {
     if (a.size() != b.size()) return false;
-    // Short names compare inline; memcmp only past 16 bytes.
+    // Names up to 16 bytes compare inline: two overlapping loads of each cover 4 to 16 bytes (a
+    // byte loop cost 7 instructions a byte), shorter ones byte by byte; memcmp beyond.
     const std::size_t n = a.size();
     const char* x = a.data();
     const char* y = b.data();
-    // Two overlapping loads of each cover 4 to 16 bytes (a byte loop cost 7 instructions a
-    // byte); shorter names compare byte by byte.
     if (n >= 8 && n <= 16) {
       return Load<std::uint64_t>(x) == Load<std::uint64_t>(y) &&
              Load<std::uint64_t>(x + n - 8) == Load<std::uint64_t>(y + n - 8);
