@@ -822,6 +822,31 @@ TEST(Rpc, AnInlineNativeCallThatHangsEndsAtItsDeadline) {
   hang->release.store(true);
 }
 
+// A native handler run inline that calls back into its own server (a careless re-entrant
+// handler): the gRPC thread it holds waits on the executor's worker, and the nested call finds
+// gRPC's other thread free (the process bound), so both finish well within the deadline.
+TEST(Rpc, AnInlineNativeCallThatCallsItsOwnServerFinishes) {
+  TestNode b;
+  ASSERT_THAT(b.start_status, IsOk());
+  std::shared_ptr<RemoteNode> self = Connect(b.target());
+  ASSERT_THAT(b.executor->Register("relay",
+                                   [self](const Frame& frame, std::string_view payload,
+                                          dispatch::Sink& out) -> absl::Status {
+                                     absl::StatusOr<std::string> echoed =
+                                         Call(*self, "echo", frame, payload);
+                                     if (!echoed.ok()) return echoed.status();
+                                     return out.Write(*echoed);
+                                   }),
+              IsOk());
+  const auto start = Clock::now();
+  EXPECT_THAT(Call(*Connect(b.target()), "relay",
+                   Frame().WithTimeout(std::chrono::seconds(10) * rpc_testing::kSlowdown), "x"),
+              OkWith(std::string("x")));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5) * rpc_testing::kSlowdown);
+  EXPECT_EQ(b.server->counters().calls, 2u);
+  EXPECT_GE(b.server->counters().inline_calls, 1u);
+}
+
 TEST(Rpc, InlineCallsStayCancellable) {
   TestNode b;
   ASSERT_THAT(b.start_status, IsOk());
