@@ -1736,10 +1736,18 @@ TEST(StressLifecycle, ConcurrentStartStopAndFaultsKeepTablesBounded) {
         auto pid = (*manager)->Start(Frame(), std::move(spec));
         if (!pid.ok()) {
           ++failures;
+          ADD_FAILURE() << "Start: " << pid.status();
           continue;
         }
         (void)(*manager)->Send(*pid, "m");
-        if (!(*manager)->Stop(*pid, std::chrono::seconds(30)).ok()) ++failures;
+        // A faulty process exits by itself; by the time Stop comes, the other thread's cycles
+        // may have reaped it (the manager keeps the last 16 exited): NotFound for a pid this
+        // thread started means it is gone, which is what Stop asks for.
+        if (absl::Status stopped = (*manager)->Stop(*pid, std::chrono::seconds(30));
+            !stopped.ok() && !absl::IsNotFound(stopped)) {
+          ++failures;
+          ADD_FAILURE() << "Stop: " << stopped;
+        }
         // Monitor churn beside the manager: a faulting function, redeployed and removed.
         ExtensionPanic panic;
         panic.extension = absl::StrCat("fn", local() % 5000, "@v", local() % 8);
