@@ -10,6 +10,9 @@
 //       executor runs deadline calls of native code on a worker: one more thread handoff)
 //   The unary cases also report the whole process's CPU time (all threads: client, gRPC's and
 //   the server's) and context switches per call (getrusage), beside the calling thread's CPU.
+//   BM_RpcUnaryPaired                             BM_RpcUnaryFramekit's call and
+//       BM_RpcUnaryBareGrpc's, alternated call by call in one loop and each timed on its own:
+//       framekit/bare with the machine's drift between runs taken out
 //   BM_RpcServerAccept                            the server's own arrival work for one call of
 //       BM_RpcUnaryFramekit, without gRPC: the headers that call carries (frame header,
 //       traceparent, peer token) made into the call's parent frame (AcceptFrame: peer, policy,
@@ -145,10 +148,12 @@ void BM_RpcServerAccept(benchmark::State& state) {
       {framekit::rpc::kFrameHeader, *header},
       {framekit::rpc::kTraceParentHeader, traceparent},
       {framekit::rpc::kPeerTokenHeader, kToken}};
+  framekit::rpc_internal::FrameHeaderCache cache;  // the server's: every call after the first
+                                                   // finds the header decoded
   framekit::bench::AllocationScope allocations;
   for (auto _ : state) {
-    absl::StatusOr<framekit::rpc_internal::Accepted> accepted =
-        framekit::rpc_internal::AcceptFrame(options, metadata, std::chrono::seconds(10));
+    absl::StatusOr<framekit::rpc_internal::Accepted> accepted = framekit::rpc_internal::AcceptFrame(
+        options, metadata, std::chrono::seconds(10), {}, &cache);
     if (!accepted.ok()) return state.SkipWithError("accept");
     std::pair<framekit::Frame, framekit::Canceller> call = accepted->frame.WithCancel();
     benchmark::DoNotOptimize(call);
@@ -157,33 +162,48 @@ void BM_RpcServerAccept(benchmark::State& state) {
 }
 BENCHMARK(BM_RpcServerAccept);
 
-void FramekitUnary(benchmark::State& state, bool native) {
-  framekit::AppContext app;
-  app.Seal();
-  framekit::dispatch::FunctionExecutor executor(app);
-  if (native) {
-    (void)executor.Register("echo",
-                            [](const framekit::Frame&, std::string_view payload,
-                               framekit::dispatch::Sink& out) { return out.Write(payload); });
-  } else {
-    (void)executor.Register("echo", std::make_shared<PreemptiveEcho>());
+// A framekit server for the echo function (preemptive Code, or a native handler) and the
+// remote Code that calls it.
+struct FramekitEcho {
+  explicit FramekitEcho(bool native) : executor(app) {
+    app.Seal();
+    if (native) {
+      (void)executor.Register("echo",
+                              [](const framekit::Frame&, std::string_view payload,
+                                 framekit::dispatch::Sink& out) { return out.Write(payload); });
+    } else {
+      (void)executor.Register("echo", std::make_shared<PreemptiveEcho>());
+    }
+    absl::StatusOr<std::unique_ptr<framekit::rpc::Server>> started =
+        framekit::rpc::Server::Start(executor, BenchServerOptions());
+    if (!started.ok()) return;
+    server = *std::move(started);
+    absl::StatusOr<std::shared_ptr<framekit::rpc::RemoteNode>> node =
+        framekit::rpc::RemoteNode::Connect({.target = "127.0.0.1:" + std::to_string(server->port()),
+                                            .portable = BenchPortable(),
+                                            .peer_token = kToken});
+    if (node.ok()) echo = (*node)->Function("echo");
   }
-  auto server = framekit::rpc::Server::Start(executor, BenchServerOptions());
-  if (!server.ok()) return state.SkipWithError("server");
-  auto node = framekit::rpc::RemoteNode::Connect(
-      {.target = "127.0.0.1:" + std::to_string((*server)->port()),
-       .portable = BenchPortable(),
-       .peer_token = kToken});
-  if (!node.ok()) return state.SkipWithError("connect");
-  std::shared_ptr<framekit::dispatch::Code> echo = (*node)->Function("echo");
+  // One call under the bench frame with a 10 s deadline.
+  bool Call() {
+    framekit::dispatch::RunStats stats;
+    return echo->Run(frame.WithTimeout(std::chrono::seconds(10)), kPayload, sink, stats).ok();
+  }
+
+  framekit::AppContext app;
+  framekit::dispatch::FunctionExecutor executor;
+  std::unique_ptr<framekit::rpc::Server> server;
+  std::shared_ptr<framekit::dispatch::Code> echo;  // null when the server or node failed
   const framekit::Frame frame = BenchFrame();
   NullSink sink;
+};
+
+void FramekitUnary(benchmark::State& state, bool native) {
+  FramekitEcho echo(native);
+  if (echo.echo == nullptr) return state.SkipWithError("server or connect");
   const ProcessScope process;
   for (auto _ : state) {
-    framekit::dispatch::RunStats stats;
-    absl::Status status =
-        echo->Run(frame.WithTimeout(std::chrono::seconds(10)), kPayload, sink, stats);
-    if (!status.ok()) return state.SkipWithError("call failed");
+    if (!echo.Call()) return state.SkipWithError("call failed");
   }
   process.Report(state);
 }
@@ -207,35 +227,38 @@ class BareEcho final : public v1::Functions::CallbackService {
   }
 };
 
-// The bare call; with `headers`, it also carries the bytes framekit's call carries (the frame
-// header, a traceparent with a new span id per call, the peer token; a first hop sends no hop
-// count), none of them read.
-void BareUnary(benchmark::State& state, bool headers) {
-  BareEcho service;
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr) return state.SkipWithError("server");
-  auto channel =
-      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
-  std::unique_ptr<v1::Functions::Stub> stub = v1::Functions::NewStub(channel);
-  v1::InvokeRequest request;
-  request.set_function("echo");
-  request.set_payload(kPayload);
-  std::string frame_header;
-  if (headers) {
-    const std::shared_ptr<const framekit::PortableKeys> portable = BenchPortable();
-    absl::StatusOr<std::string> encoded = framekit::rpc::EncodeFrameHeader(
-        *portable, BenchFrame().WithTimeout(std::chrono::seconds(10)),
-        [](std::string_view name) { return name == framekit::dispatch::TraceIdKey().name(); });
-    if (!encoded.ok()) return state.SkipWithError("frame header");
-    frame_header = *std::move(encoded);
+// A bare callback server that echoes on gRPC's own thread, and a generated stub to call it;
+// with `headers`, each call also carries the bytes framekit's call carries (the frame header, a
+// traceparent with a new span id per call, the peer token; a first hop sends no hop count),
+// none of them read.
+struct BareServer {
+  explicit BareServer(bool with_headers) : headers(with_headers) {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    if (server == nullptr) return;
+    stub = v1::Functions::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                                      grpc::InsecureChannelCredentials()));
+    request.set_function("echo");
+    request.set_payload(kPayload);
+    if (headers) {
+      absl::StatusOr<std::string> encoded = framekit::rpc::EncodeFrameHeader(
+          *BenchPortable(), BenchFrame().WithTimeout(std::chrono::seconds(10)),
+          [](std::string_view name) { return name == framekit::dispatch::TraceIdKey().name(); });
+      if (!encoded.ok()) {
+        stub = nullptr;
+        return;
+      }
+      frame_header = *std::move(encoded);
+    }
   }
-  std::uint64_t span = 1;
-  const ProcessScope process;
-  for (auto _ : state) {
+  ~BareServer() {
+    if (server != nullptr) server->Shutdown();
+  }
+  // One call with a 10 s deadline.
+  bool Call() {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     if (headers) {
@@ -248,19 +271,35 @@ void BareUnary(benchmark::State& state, bool headers) {
     }
     v1::InvokeReply reply;
     grpc::Status status = stub->Invoke(&ctx, request, &reply);
-    if (!status.ok()) return state.SkipWithError("call failed");
     benchmark::DoNotOptimize(reply.output().data());
+    return status.ok();
+  }
+  // The header bytes each call carries beside the bare call's (names and values).
+  std::size_t ExtraHeaderBytes() const {
+    return framekit::rpc::kFrameHeader.size() + frame_header.size() +
+           framekit::rpc::kTraceParentHeader.size() +
+           framekit::rpc::FormatTraceParent(kBenchTrace, "0000000000000001", 0x01).size() +
+           framekit::rpc::kPeerTokenHeader.size() + sizeof(kToken) - 1;
+  }
+
+  const bool headers;
+  BareEcho service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<v1::Functions::Stub> stub;  // null when the server failed
+  v1::InvokeRequest request;
+  std::string frame_header;
+  std::uint64_t span = 1;
+};
+
+void BareUnary(benchmark::State& state, bool headers) {
+  BareServer bare(headers);
+  if (bare.stub == nullptr) return state.SkipWithError("server");
+  const ProcessScope process;
+  for (auto _ : state) {
+    if (!bare.Call()) return state.SkipWithError("call failed");
   }
   process.Report(state);
-  if (headers) {
-    // The header bytes each call carries beside the bare call's (names and values).
-    state.counters["extra_header_bytes"] = static_cast<double>(
-        framekit::rpc::kFrameHeader.size() + frame_header.size() +
-        framekit::rpc::kTraceParentHeader.size() +
-        framekit::rpc::FormatTraceParent(kBenchTrace, "0000000000000001", 0x01).size() +
-        framekit::rpc::kPeerTokenHeader.size() + sizeof(kToken) - 1);
-  }
-  server->Shutdown();
+  if (headers) state.counters["extra_header_bytes"] = static_cast<double>(bare.ExtraHeaderBytes());
 }
 
 void BM_RpcUnaryBareGrpc(benchmark::State& state) { BareUnary(state, /*headers=*/false); }
@@ -270,6 +309,43 @@ void BM_RpcUnaryBareGrpcFramekitHeaders(benchmark::State& state) {
   BareUnary(state, /*headers=*/true);
 }
 BENCHMARK(BM_RpcUnaryBareGrpcFramekitHeaders)->UseRealTime();
+
+// The framekit call and the bare call of the cases above, alternated call by call in one loop
+// (each iteration is one of each, in alternating order), each timed on its own: the machine's
+// drift between benchmark runs, which on a loaded host moves a whole run by 10-20 %, reaches
+// both the same way. Reports each call's mean wall time and framekit/bare, the ratio of their
+// sums.
+void BM_RpcUnaryPaired(benchmark::State& state) {
+  FramekitEcho framekit_echo(/*native=*/false);
+  BareServer bare(/*with_headers=*/false);
+  if (framekit_echo.echo == nullptr || bare.stub == nullptr) {
+    return state.SkipWithError("server or connect");
+  }
+  using WallClock = std::chrono::steady_clock;
+  WallClock::duration framekit_time{};
+  WallClock::duration bare_time{};
+  bool framekit_first = false;
+  for (auto _ : state) {
+    framekit_first = !framekit_first;
+    for (int i = 0; i < 2; ++i) {
+      const bool framekit = (i == 0) == framekit_first;
+      const WallClock::time_point start = WallClock::now();
+      if (!(framekit ? framekit_echo.Call() : bare.Call())) {
+        return state.SkipWithError("call failed");
+      }
+      (framekit ? framekit_time : bare_time) += WallClock::now() - start;
+    }
+  }
+  const auto us = [&](WallClock::duration d) {
+    return std::chrono::duration<double, std::micro>(d).count() /
+           static_cast<double>(state.iterations());
+  };
+  state.counters["framekit_us"] = us(framekit_time);
+  state.counters["bare_us"] = us(bare_time);
+  state.counters["framekit/bare"] =
+      static_cast<double>(framekit_time.count()) / static_cast<double>(bare_time.count());
+}
+BENCHMARK(BM_RpcUnaryPaired)->UseRealTime();
 
 // Eight portable string keys and a frame carrying them with a deadline.
 struct CodecFixture {

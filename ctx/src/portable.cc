@@ -97,6 +97,10 @@ PortableCodec<double> DoubleCodec() {
 PortableCodec<CallerContext> CallerCodec() {
   return {[](const CallerContext& caller) {
             std::string out;
+            std::size_t size = 5 * 4 + caller.user_id.size() + caller.role.size() +
+                               caller.tenant_id.size() + caller.email.size();
+            for (const std::string& group : caller.groups) size += 4 + group.size();
+            out.reserve(size);
             for (const std::string* field :
                  {&caller.user_id, &caller.role, &caller.tenant_id, &caller.email}) {
               PutString(out, *field);

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "framekit/base/internal/echo.h"
@@ -103,24 +104,22 @@ bool Accepts(const rpc::PeerPolicy& policy, std::string_view name) {
          policy.accepted_keys.end();
 }
 
-// The pairs of the frame header that `policy` accepts; identity from a peer that may not
-// assert it is PermissionDenied.
-absl::Status FilterPairs(const rpc::ServerOptions& options, const rpc::PeerPolicy& policy,
-                         std::span<const MetadataEntry> metadata, rpc::WirePairViews& in,
-                         std::size_t& dropped) {
-  bool repeated = false;
-  std::optional<std::string_view> header = Single(metadata, rpc::kFrameHeader, &repeated);
-  if (repeated) return absl::InvalidArgumentError("more than one frame header");
-  if (!header.has_value()) return absl::OkStatus();
+// The pairs of `header` that `policy` accepts, decoded into an inherited frame; identity from a
+// peer that may not assert it is PermissionDenied.
+absl::StatusOr<FrameHeaderCache::Entry> DecodeHeader(const rpc::ServerOptions& options,
+                                                     const rpc::PeerPolicy& policy,
+                                                     std::string_view header) {
+  FrameHeaderCache::Entry out;
   const PortableLimits limits =
       options.portable != nullptr ? options.portable->limits() : PortableLimits{};
-  absl::StatusOr<rpc::WirePairViews> pairs = rpc::DecodeFramePairViews(*header, limits);
+  absl::StatusOr<rpc::WirePairViews> pairs = rpc::DecodeFramePairViews(header, limits);
   if (!pairs.ok()) return pairs.status();
   const std::string_view caller = CallerKey().name();
   const std::string_view hops = rpc::HopsKey().name();
+  rpc::WirePairViews accepted;
   for (const auto& [name, value] : *pairs) {
     if (name == hops) {  // only "framekit-hops" sets it: a peer may not lower it here
-      ++dropped;
+      ++out.dropped_pairs;
       continue;
     }
     if (name == caller) {
@@ -129,16 +128,23 @@ absl::Status FilterPairs(const rpc::ServerOptions& options, const rpc::PeerPolic
             absl::StrCat("peer \"", policy.name, "\" may not assert the caller identity"));
       }
     } else if (!Accepts(policy, name)) {
-      ++dropped;
+      ++out.dropped_pairs;
       continue;
     }
     if (options.portable == nullptr) {
-      ++dropped;
+      ++out.dropped_pairs;
       continue;
     }
-    in.emplace_back(name, value);
+    accepted.emplace_back(name, value);
   }
-  return absl::OkStatus();
+  if (options.portable == nullptr || accepted.empty()) return out;
+  absl::StatusOr<DecodedFrame> decoded = options.portable->DecodeView(
+      {.pairs = std::span<const PortablePairView>(accepted.data(), accepted.size()),
+       .remaining = std::nullopt});
+  if (!decoded.ok()) return decoded.status();
+  out.pairs = std::move(decoded->frame);
+  out.dropped_pairs += decoded->dropped_unknown;
+  return out;
 }
 
 // The trace pairs from "traceparent" (with its flags and any "tracestate") or
@@ -208,7 +214,8 @@ absl::StatusOr<std::int64_t> ReadHops(const rpc::ServerOptions& options,
 absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
                                      std::span<const MetadataEntry> metadata,
                                      std::optional<Clock::duration> remaining,
-                                     std::span<const std::string_view> certificate_identities) {
+                                     std::span<const std::string_view> certificate_identities,
+                                     FrameHeaderCache* cache) {
   absl::StatusOr<const rpc::PeerPolicy*> peer =
       IdentifyPeer(options, metadata, certificate_identities);
   if (!peer.ok()) return peer.status();
@@ -222,25 +229,52 @@ absl::StatusOr<Accepted> AcceptFrame(const rpc::ServerOptions& options,
       options.default_timeout,
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::duration::max() / 2)));
   if (remaining_time < Clock::duration::zero()) remaining_time = Clock::duration::zero();
-  rpc::WirePairViews pairs;
-  absl::Status filtered = FilterPairs(options, **peer, metadata, pairs, out.dropped_pairs);
-  if (!filtered.ok()) return filtered;
-  // The trace and the hop count arrive as inherited, like every value the node was sent, and in
-  // the same step.
+
+  Frame pairs;  // the header's accepted pairs, inherited
+  bool repeated = false;
+  std::optional<std::string_view> header = Single(metadata, rpc::kFrameHeader, &repeated);
+  if (repeated) return absl::InvalidArgumentError("more than one frame header");
+  if (header.has_value()) {
+    std::optional<FrameHeaderCache::Entry> kept =
+        cache != nullptr ? cache->Find(*peer, *header) : std::nullopt;
+    if (!kept.has_value()) {
+      absl::StatusOr<FrameHeaderCache::Entry> decoded = DecodeHeader(options, **peer, *header);
+      if (!decoded.ok()) return decoded.status();
+      if (cache != nullptr) cache->Insert(*peer, *header, *decoded);
+      kept = *std::move(decoded);
+    }
+    pairs = std::move(kept->pairs);
+    out.dropped_pairs = kept->dropped_pairs;
+  }
+  // The trace and the hop count arrive as inherited, like every value the node was sent (and
+  // over the header's pairs: the trace headers are the trace).
   PairList trace = ReadTrace(metadata, out.bad_trace);
   trace.push_back(Pair::Of(rpc::HopsKey(), out.hops));
-  if (options.portable != nullptr) {
-    absl::StatusOr<DecodedFrame> decoded = options.portable->DecodeView(
-        {.pairs = std::span<const PortablePairView>(pairs.data(), pairs.size()),
-         .remaining = remaining_time},
-        Frame(), std::span<const Pair>(trace.data(), trace.size()));
-    if (!decoded.ok()) return decoded.status();
-    out.frame = std::move(decoded->frame);
-    out.dropped_pairs += decoded->dropped_unknown;
-  } else {
-    out.frame = Frame().With(trace).WithTimeout(remaining_time).Fork();
-  }
+  out.frame = pairs.With(std::move(trace)).WithTimeout(remaining_time).Fork();
   return out;
+}
+
+std::optional<FrameHeaderCache::Entry> FrameHeaderCache::Find(const rpc::PeerPolicy* policy,
+                                                              std::string_view header) const {
+  if (header.size() > kMaxHeaderBytes) return std::nullopt;
+  const Slot& slot = slots_[SlotOf(policy, header)];
+  std::lock_guard<std::mutex> lock(slot.mu);
+  if (slot.policy != policy || slot.header != header) return std::nullopt;
+  return slot.entry;
+}
+
+void FrameHeaderCache::Insert(const rpc::PeerPolicy* policy, std::string_view header, Entry entry) {
+  if (header.size() > kMaxHeaderBytes) return;
+  Slot& slot = slots_[SlotOf(policy, header)];
+  Entry old;  // released outside the lock
+  std::lock_guard<std::mutex> lock(slot.mu);
+  slot.policy = policy;
+  slot.header.assign(header);
+  old = std::exchange(slot.entry, std::move(entry));
+}
+
+std::size_t FrameHeaderCache::SlotOf(const rpc::PeerPolicy* policy, std::string_view header) {
+  return absl::HashOf(policy, absl::string_view(header.data(), header.size())) % kSlots;
 }
 
 }  // namespace framekit::rpc_internal

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <stop_token>
@@ -67,11 +68,13 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
 
   if (node.options.portable != nullptr) {
     // The trace and the hop count travel in their own headers.
+    // Looked up once: the skip runs for every portable pair of every call.
+    static const std::array<std::string_view, 5> kOwnHeaders = {
+        dispatch::TraceIdKey().name(), ParentSpanKey().name(), TraceFlagsKey().name(),
+        TraceStateKey().name(), HopsKey().name()};
     absl::StatusOr<std::string> header =
         EncodeFrameHeader(*node.options.portable, frame, [](std::string_view name) {
-          return name == dispatch::TraceIdKey().name() || name == ParentSpanKey().name() ||
-                 name == TraceFlagsKey().name() || name == TraceStateKey().name() ||
-                 name == HopsKey().name();
+          return std::find(kOwnHeaders.begin(), kOwnHeaders.end(), name) != kOwnHeaders.end();
         });
     if (!header.ok()) return header.status();
     if (!header->empty()) {

@@ -172,7 +172,8 @@ struct Server::Impl {
     }
     absl::StatusOr<rpc_internal::Accepted> accepted = rpc_internal::AcceptFrame(
         options, std::span<const rpc_internal::MetadataEntry>(metadata.data(), metadata.size()),
-        Remaining(ctx), std::span<const std::string_view>(identities.data(), identities.size()));
+        Remaining(ctx), std::span<const std::string_view>(identities.data(), identities.size()),
+        &header_cache);
     if (!accepted.ok()) {
       Release();
       Refused(accepted.status());
@@ -311,6 +312,7 @@ struct Server::Impl {
   HandOff started;  // published by Start before gRPC runs any callback of this server
   const bool verifies_clients = options.tls.has_value() && !options.tls->client_ca_file.empty();
   std::atomic<int> in_flight{0};
+  rpc_internal::FrameHeaderCache header_cache;  // the frame headers decoded lately
   std::atomic<std::uint64_t> handlers_returned{0};
   std::atomic<int> inline_running{0};
   std::mutex inline_mu;

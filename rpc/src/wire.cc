@@ -28,7 +28,9 @@ constexpr int kMaxGrpcCode = 16;  // UNAUTHENTICATED: the last code both sides d
 
 void PutU32(std::string& out, std::size_t n) {
   const auto v = static_cast<std::uint32_t>(n);
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  const char le[4] = {static_cast<char>(v & 0xff), static_cast<char>((v >> 8) & 0xff),
+                      static_cast<char>((v >> 16) & 0xff), static_cast<char>((v >> 24) & 0xff)};
+  out.append(le, 4);
 }
 
 // Reads a 4-byte little-endian length and that many bytes from `in`, advancing it.

@@ -9,7 +9,8 @@
 // a decoded frame header re-encodes to the same bytes, and the borrowing decoder agrees with the
 // copying one; a parsed traceparent formats back to its first 55 characters; a parsed tracestate
 // is at most 512 characters and parses to itself; a trusted peer's policy applies only when its
-// token was presented and its certificate identity verified.
+// token was presented and its certificate identity verified; the server's frame header cache,
+// kept across inputs, changes no outcome.
 //
 // Input: records of [1 byte header selector][2 bytes little-endian length][value]; the first
 // byte picks the time left (none, or 0-254 ms). One selector adds the value to the identities
@@ -196,6 +197,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto before = framekit::Clock::now();
   absl::StatusOr<framekit::rpc_internal::Accepted> accepted =
       framekit::rpc_internal::AcceptFrame(Options(), metadata, remaining, identities);
+  // The server's header cache (kept across inputs, like a server's across calls) changes
+  // nothing: the same status, or the same frame, peer and counts.
+  static framekit::rpc_internal::FrameHeaderCache cache;
+  for (int pass = 0; pass < 2; ++pass) {  // the first may fill the slot, the second reads it
+    absl::StatusOr<framekit::rpc_internal::Accepted> cached =
+        framekit::rpc_internal::AcceptFrame(Options(), metadata, remaining, identities, &cache);
+    if (cached.ok() != accepted.ok()) std::abort();
+    if (!cached.ok()) {
+      if (cached.status() != accepted.status()) std::abort();
+      continue;
+    }
+    if (cached->frame.DebugString() != accepted->frame.DebugString() ||
+        cached->peer != accepted->peer || cached->dropped_pairs != accepted->dropped_pairs ||
+        cached->bad_trace != accepted->bad_trace || cached->hops != accepted->hops) {
+      std::abort();
+    }
+  }
   if (accepted.ok()) {
     CheckAccepted(*accepted, remaining, before);
     CheckPeer(*accepted, metadata, identities);

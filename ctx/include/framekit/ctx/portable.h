@@ -61,7 +61,9 @@ namespace framekit {
 
 // How values of type T cross the process boundary. `decode` returns InvalidArgument (or any
 // non-OK status) for bytes it cannot read; PortableKeys prefixes the key name.
-// Both are copied into the registry and called concurrently: they must be thread-safe.
+// Both are copied into the registry and called concurrently: they must be thread-safe. Each is
+// a pure function of its input: a receiver may reuse what the same bytes decoded to before
+// (rpc::Server does), so a decode's side effects happen once per distinct bytes, not per call.
 template <class T>
 struct PortableCodec {
   std::function<std::string(const T&)> encode;

@@ -12,7 +12,11 @@
 //      whose key the policy does not accept is dropped and counted; the caller identity
 //      (CallerKey) from a peer whose policy does not allow identity fails the call with
 //      PermissionDenied (a claimed identity the node cannot believe is refused, not ignored);
-//      the rest are decoded (PortableKeys::Decode) and arrive as ValueOrigin::kInherited;
+//      the rest are decoded (PortableKeys::Decode) and arrive as ValueOrigin::kInherited.
+//      The server keeps what its latest distinct headers (64, of up to 1 KiB each) decoded to,
+//      each with the policy it was decoded under: a call repeating a header's bytes under the
+//      same policy is not decoded again (a host's calls mostly carry the same caller and
+//      pairs), so a codec's decode must be a pure function of its bytes (PortableCodec);
 //   3. the trace id comes from "traceparent" (or "framekit-trace-id"); a malformed one is
 //      ignored and counted, as W3C asks;
 //   4. gRPC's deadline (the caller's remaining time) becomes the frame's deadline; a call with
@@ -20,9 +24,10 @@
 //   5. the frame gets a cancellation scope that the client's cancellation (or the gRPC
 //      deadline, or Shutdown) cancels;
 //   6. the executor invokes the function with that frame as the parent: it forks it and
-//      re-resolves through this node's own FrameResolvers, as for a local call. A unary call of
-//      preemptive code runs on the gRPC thread that delivered it (up to max_inline_calls at
-//      once); every other call runs on one of the server's call threads.
+//      re-resolves through this node's own FrameResolvers, as for a local call. A unary call
+//      that returns by its deadline (preemptive code, or any code under a deadline) runs on the
+//      gRPC thread that delivered it (up to max_inline_calls at once); every other call runs on
+//      one of the server's call threads.
 // The default policy (anonymous peers, and trusted peers that name no keys) accepts the trace
 // id and the deadline only.
 //
