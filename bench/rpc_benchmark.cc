@@ -13,6 +13,9 @@
 //   BM_RpcUnaryPaired                             BM_RpcUnaryFramekit's call and
 //       BM_RpcUnaryBareGrpc's, alternated call by call in one loop and each timed on its own:
 //       framekit/bare with the machine's drift between runs taken out
+//   BM_RpcUnaryPairedHeadersOnly                  the same with
+//   BM_RpcUnaryBareGrpcFramekitHeaders's
+//       call in framekit's place: headers/bare, the header bytes' share of framekit/bare
 //   BM_RpcServerAccept                            the server's own arrival work for one call of
 //       BM_RpcUnaryFramekit, without gRPC: the headers that call carries (frame header,
 //       traceparent, peer token) made into the call's parent frame (AcceptFrame: peer, policy,
@@ -310,42 +313,55 @@ void BM_RpcUnaryBareGrpcFramekitHeaders(benchmark::State& state) {
 }
 BENCHMARK(BM_RpcUnaryBareGrpcFramekitHeaders)->UseRealTime();
 
-// The framekit call and the bare call of the cases above, alternated call by call in one loop
-// (each iteration is one of each, in alternating order), each timed on its own: the machine's
-// drift between benchmark runs, which on a loaded host moves a whole run by 10-20 %, reaches
-// both the same way. Reports each call's mean wall time and framekit/bare, the ratio of their
-// sums.
-void BM_RpcUnaryPaired(benchmark::State& state) {
-  FramekitEcho framekit_echo(/*native=*/false);
+// Two calls alternated call by call in one loop (each iteration is one of each, in alternating
+// order), each timed on its own: the machine's drift between benchmark runs, which on a loaded
+// host moves a whole run by 10-20 %, reaches both the same way. Reports each call's mean wall
+// time (`name`_us, bare_us) and `name`/bare, the ratio of their sums.
+template <class Case>
+void PairedWithBare(benchmark::State& state, Case& measured, const std::string& name) {
   BareServer bare(/*with_headers=*/false);
-  if (framekit_echo.echo == nullptr || bare.stub == nullptr) {
-    return state.SkipWithError("server or connect");
-  }
+  if (bare.stub == nullptr) return state.SkipWithError("bare server");
   using WallClock = std::chrono::steady_clock;
-  WallClock::duration framekit_time{};
+  WallClock::duration measured_time{};
   WallClock::duration bare_time{};
-  bool framekit_first = false;
+  bool measured_first = false;
   for (auto _ : state) {
-    framekit_first = !framekit_first;
+    measured_first = !measured_first;
     for (int i = 0; i < 2; ++i) {
-      const bool framekit = (i == 0) == framekit_first;
+      const bool is_measured = (i == 0) == measured_first;
       const WallClock::time_point start = WallClock::now();
-      if (!(framekit ? framekit_echo.Call() : bare.Call())) {
+      if (!(is_measured ? measured.Call() : bare.Call())) {
         return state.SkipWithError("call failed");
       }
-      (framekit ? framekit_time : bare_time) += WallClock::now() - start;
+      (is_measured ? measured_time : bare_time) += WallClock::now() - start;
     }
   }
   const auto us = [&](WallClock::duration d) {
     return std::chrono::duration<double, std::micro>(d).count() /
            static_cast<double>(state.iterations());
   };
-  state.counters["framekit_us"] = us(framekit_time);
+  state.counters[name + "_us"] = us(measured_time);
   state.counters["bare_us"] = us(bare_time);
-  state.counters["framekit/bare"] =
-      static_cast<double>(framekit_time.count()) / static_cast<double>(bare_time.count());
+  state.counters[name + "/bare"] =
+      static_cast<double>(measured_time.count()) / static_cast<double>(bare_time.count());
+}
+
+// BM_RpcUnaryFramekit's call against BM_RpcUnaryBareGrpc's.
+void BM_RpcUnaryPaired(benchmark::State& state) {
+  FramekitEcho framekit_echo(/*native=*/false);
+  if (framekit_echo.echo == nullptr) return state.SkipWithError("server or connect");
+  PairedWithBare(state, framekit_echo, "framekit");
 }
 BENCHMARK(BM_RpcUnaryPaired)->UseRealTime();
+
+// BM_RpcUnaryBareGrpcFramekitHeaders's call against BM_RpcUnaryBareGrpc's: the part of
+// BM_RpcUnaryPaired's ratio that is the header bytes framekit's call carries.
+void BM_RpcUnaryPairedHeadersOnly(benchmark::State& state) {
+  BareServer headers(/*with_headers=*/true);
+  if (headers.stub == nullptr) return state.SkipWithError("server");
+  PairedWithBare(state, headers, "headers");
+}
+BENCHMARK(BM_RpcUnaryPairedHeadersOnly)->UseRealTime();
 
 // Eight portable string keys and a frame carrying them with a deadline.
 struct CodecFixture {

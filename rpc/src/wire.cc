@@ -47,10 +47,13 @@ bool TakeField(std::string_view& in, std::size_t max, std::string_view& field) {
 }
 
 bool IsLowerHex(std::string_view s) {
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  // Without a branch per character (ids are checked on every call, and are valid).
+  bool all = true;
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    all &= static_cast<unsigned char>(u - '0') < 10 || static_cast<unsigned char>(u - 'a') < 6;
   }
-  return true;
+  return all;
 }
 
 bool AllZero(std::string_view s) { return s.find_first_not_of('0') == std::string_view::npos; }
