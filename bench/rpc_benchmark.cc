@@ -13,13 +13,14 @@
 //   BM_RpcUnaryPaired                             BM_RpcUnaryFramekit's call and
 //       BM_RpcUnaryBareGrpc's, alternated call by call in one loop and each timed on its own:
 //       framekit/bare with the machine's drift between runs taken out
-//   BM_RpcUnaryPairedHeadersOnly                  the same with
-//   BM_RpcUnaryBareGrpcFramekitHeaders's
-//       call in framekit's place: headers/bare, the header bytes' share of framekit/bare
+//   BM_RpcUnaryPairedHeadersOnly                  the same with the call of
+//       BM_RpcUnaryBareGrpcFramekitHeaders in framekit's place: headers/bare, the header bytes'
+//       share of framekit/bare
 //   BM_RpcServerAccept                            the server's own arrival work for one call of
 //       BM_RpcUnaryFramekit, without gRPC: the headers that call carries (frame header,
 //       traceparent, peer token) made into the call's parent frame (AcceptFrame: peer, policy,
-//       decode, trace, deadline) and its cancellation scope, as Server does on gRPC's thread
+//       the frame header from the server's header cache, trace, deadline) and its cancellation
+//       scope, as Server does on gRPC's thread for every call after the first
 //   BM_RpcCodec8Pairs                             what the wire adds to a call's frame: encode 8
 //       portable string pairs into the header value as RemoteNode does (EncodeFrameHeader) and
 //       decode them back as Server does (DecodeFramePairViews + PortableKeys::DecodeView)
