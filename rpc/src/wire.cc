@@ -1,6 +1,7 @@
 #include "framekit/rpc/wire.h"
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -46,13 +47,17 @@ bool TakeField(std::string_view& in, std::size_t max, std::string_view& field) {
   return true;
 }
 
+// Lowercase hex digits: ids are checked on every call, one table load per character.
+constexpr std::array<bool, 256> kLowerHex = [] {
+  std::array<bool, 256> table{};
+  for (char c = '0'; c <= '9'; ++c) table[static_cast<unsigned char>(c)] = true;
+  for (char c = 'a'; c <= 'f'; ++c) table[static_cast<unsigned char>(c)] = true;
+  return table;
+}();
+
 bool IsLowerHex(std::string_view s) {
-  // Without a branch per character (ids are checked on every call, and are valid).
   bool all = true;
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    all &= static_cast<unsigned char>(u - '0') < 10 || static_cast<unsigned char>(u - 'a') < 6;
-  }
+  for (const char c : s) all &= kLowerHex[static_cast<unsigned char>(c)];
   return all;
 }
 
