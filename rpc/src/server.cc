@@ -539,10 +539,19 @@ class Service final : public v1::Functions::CallbackService {
                                  v1::ListReply* reply) override {
     started_.Receive();
     impl_.started.Receive();
-    for (std::string& name : impl_.executor.List()) reply->add_functions(std::move(name));
+    // The same arrival as a call's (peer token, frame header, hop count, a slot), refused and
+    // counted the same way: the names are the node's to show only to whom it serves.
+    absl::StatusOr<std::pair<Frame, Canceller>> admitted = impl_.Admit(*ctx);
+    grpc::Status status;
+    if (admitted.ok()) {
+      for (std::string& name : impl_.executor.List()) reply->add_functions(std::move(name));
+      impl_.Release();
+    } else {
+      status = ToGrpc(admitted.status());
+    }
     impl_.CallbackReturns();
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    reactor->Finish(std::move(status));
     return reactor;
   }
 
@@ -644,6 +653,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(dispatch::FunctionExecutor
   builder.AddListeningPort(impl->options.address, std::move(credentials), &impl->port);
   builder.RegisterService(impl->service.get());
   builder.SetMaxReceiveMessageSize(impl->options.max_message_bytes);
+  // The port is this server's alone: gRPC would set SO_REUSEPORT, and another server (of this
+  // process, or any process of the same user) could then bind the same port and receive a
+  // share of the connections, with the peer tokens and frames they carry.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   if (kStartedHook) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
     creators.push_back(std::make_unique<StartedHookFactory>(*impl));

@@ -1,7 +1,13 @@
 // The rpc module: the wire format, the arrival policy, and calls between in-process nodes on
 // loopback (frame propagation, deadlines, cancellation, trust, traces, statuses, bad peers).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -256,6 +262,32 @@ TEST(Server, StartRejectsBadOptions) {
   EXPECT_THAT(RemoteNode::Connect({.target = ""}), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// A server's port is its own: neither a second server nor another socket asking for
+// SO_REUSEPORT (as any process of the same user could) can bind it and take a share of its
+// connections, with the peer tokens and frames they carry.
+TEST(Server, ItsPortCannotBeSharedBySO_REUSEPORT) {
+  TestNode a;
+  ASSERT_THAT(a.start_status, IsOk());
+  const std::string address = absl::StrCat("127.0.0.1:", a.server->port());
+  TestNode b;
+  EXPECT_THAT(Server::Start(*b.executor, {.address = address}),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(address)));
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  const int on = 1;
+  ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on), 0);
+  ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on), 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<std::uint16_t>(a.server->port()));
+  EXPECT_NE(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0);
+  EXPECT_EQ(errno, EADDRINUSE);
+  ::close(fd);
+  // The first server still serves every call.
+  EXPECT_THAT(Call(*Connect(a.target()), "echo", Frame(), "still here"), IsOk());
+}
+
 // ---- two nodes on loopback --------------------------------------------------------------------
 
 TEST(Rpc, TrustedPeerCarriesFrameAndReceiverReResolves) {
@@ -437,6 +469,28 @@ TEST(Rpc, StreamingDeliversChunksAndListNamesFunctions) {
   absl::StatusOr<std::vector<std::string>> names = to_b->List();
   ASSERT_THAT(names, IsOk());
   EXPECT_THAT(*names, ElementsAre("chunks", "echo", "fail", "throw", "wait", "whoami"));
+}
+
+// List is admitted like a call: a wrong token, an identity the peer may not assert and a hop
+// count beyond the limit are refused and counted, as for Invoke.
+TEST(Rpc, ListIsAdmittedLikeACall) {
+  TestNode b(TrustingA());
+  ASSERT_THAT(b.start_status, IsOk());
+  absl::StatusOr<std::vector<std::string>> names = Connect(b.target(), kToken)->List();
+  ASSERT_THAT(names, IsOk());
+  EXPECT_THAT(*names, ::testing::Contains("echo"));
+  EXPECT_THAT(Connect(b.target(), "not-the-token")->List(),
+              StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("unknown peer token")));
+  EXPECT_THAT(Connect(b.target())->List(WithCaller(Frame(), {.user_id = "mallory"})),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(Connect(b.target(), kToken)->List(Frame().With(HopsKey(), std::int64_t{999})),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  const ServerCounters counters = b.server->counters();
+  EXPECT_EQ(counters.unauthenticated, 1u);
+  EXPECT_EQ(counters.identity_rejected, 1u);
+  EXPECT_EQ(counters.hops_exceeded, 1u);
+  EXPECT_EQ(counters.refused, 3u);
+  EXPECT_EQ(counters.running, 0u);  // the admitted List gave its slot back
 }
 
 TEST(Rpc, RemoteFunctionBehindTheLocalExecutor) {

@@ -20,7 +20,8 @@
 //   3. the trace id comes from "traceparent" (or "framekit-trace-id"); a malformed one is
 //      ignored and counted, as W3C asks;
 //   4. gRPC's deadline (the caller's remaining time) becomes the frame's deadline; a call with
-//      no deadline gets `default_timeout`, so that every call can be cancelled;
+//      no deadline gets `default_timeout`, so that every call can be cancelled (a deadline more
+//      than a year away counts as none: gRPC reports "none" as a time far in the future);
 //   5. the frame gets a cancellation scope that the client's cancellation (or the gRPC
 //      deadline, or Shutdown) cancels;
 //   6. the executor invokes the function with that frame as the parent: it forks it and
@@ -29,7 +30,8 @@
 //      gRPC thread that delivered it (up to max_inline_calls at once); every other call runs on
 //      one of the server's call threads.
 // The default policy (anonymous peers, and trusted peers that name no keys) accepts the trace
-// id and the deadline only.
+// id and the deadline only. List arrives the same way (steps 1-4, the hop count, a slot of
+// max_concurrent_calls): a call that would be refused is refused, and counted, for List too.
 //
 // Example:
 //   framekit::rpc::ServerOptions options;
@@ -103,7 +105,9 @@ struct ServerTls {
 };
 
 struct ServerOptions {
-  // "host:port" to listen on; port 0 picks a free one (see Server::port()).
+  // "host:port" to listen on; port 0 picks a free one (see Server::port()). The port is the
+  // server's alone (no SO_REUSEPORT): an address another server, of this process or any other,
+  // listens on already cannot be bound (Start fails with Unavailable).
   std::string address = "127.0.0.1:0";
   // TLS (and mutual TLS) on the port. nullopt: plaintext, where a peer token is readable by
   // anyone on the network (loopback or a private link only).
