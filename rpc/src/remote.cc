@@ -37,14 +37,25 @@ constexpr auto kLongestTimeout = std::chrono::hours(24 * 365);
 // W3C trace flags: sampled.
 constexpr std::int64_t kSampledFlag = 0x01;
 
-std::string NewSpanId() {
-  thread_local absl::BitGen gen;
-  std::uint64_t id = 0;
-  while (id == 0) id = absl::Uniform<std::uint64_t>(gen);
-  constexpr char kHex[] = "0123456789abcdef";
-  std::string out(16, '0');
-  for (int i = 15; i >= 0; --i, id >>= 4) out[static_cast<std::size_t>(i)] = kHex[id & 0xf];
-  return out;
+// A new random span id (W3C: 16 lowercase hex digits, not all zero), in place.
+struct SpanId {
+  SpanId() {
+    thread_local absl::BitGen gen;
+    std::uint64_t id = 0;
+    while (id == 0) id = absl::Uniform<std::uint64_t>(gen);
+    constexpr char kHex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; --i, id >>= 4) digits[i] = kHex[id & 0xf];
+  }
+  std::string_view view() const { return std::string_view(digits, sizeof digits); }
+  char digits[16];
+};
+
+// A header's name as the std::string gRPC's AddMetadata takes, made once per name (most are
+// longer than a short string's inline room: a temporary would allocate on every call).
+template <const std::string_view& kName>
+const std::string& HeaderName() {
+  static const std::string name(kName);
+  return name;
 }
 
 // Fills `ctx` for a call under `frame`: the remaining time as the gRPC deadline (never waiting
@@ -83,7 +94,7 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
                                                          header->size(), " bytes; the limit is ",
                                                          node.options.max_frame_header_bytes));
       }
-      ctx.AddMetadata(std::string(kFrameHeader), *std::move(header));
+      ctx.AddMetadata(HeaderName<kFrameHeader>(), *std::move(header));
     }
   }
   if (const std::string* trace = frame.Find(dispatch::TraceIdKey())) {
@@ -92,26 +103,26 @@ absl::Status PrepareContext(const Impl& node, const Frame& frame, grpc::ClientCo
       const std::int64_t* flags = frame.Find(TraceFlagsKey());
       const auto sent_flags =
           static_cast<std::uint8_t>(flags != nullptr ? (*flags & 0xff) : kSampledFlag);
-      ctx.AddMetadata(std::string(kTraceParentHeader),
-                      FormatTraceParent(*trace, NewSpanId(), sent_flags));
+      ctx.AddMetadata(HeaderName<kTraceParentHeader>(),
+                      FormatTraceParent(*trace, SpanId().view(), sent_flags));
       // A tracestate goes with it when it is valid (the application may have set it).
       if (const std::string* state = frame.Find(TraceStateKey()); state != nullptr) {
         absl::StatusOr<std::string> valid = ParseTraceState(*state);
         if (valid.ok() && !valid->empty()) {
-          ctx.AddMetadata(std::string(kTraceStateHeader), *std::move(valid));
+          ctx.AddMetadata(HeaderName<kTraceStateHeader>(), *std::move(valid));
         }
       }
     } else if (IsTraceId(*trace)) {
-      ctx.AddMetadata(std::string(kTraceIdHeader), *trace);
+      ctx.AddMetadata(HeaderName<kTraceIdHeader>(), *trace);
     }
   }
   if (!node.options.peer_token.empty()) {
-    ctx.AddMetadata(std::string(kPeerTokenHeader), node.options.peer_token);
+    ctx.AddMetadata(HeaderName<kPeerTokenHeader>(), node.options.peer_token);
   }
   // The first hop sends no count: a server reads a call without one as hop 1, the count it
   // would carry (one header less on every call that starts at this node).
   if (const std::int64_t* hops = frame.Find(HopsKey()); hops != nullptr && *hops > 0) {
-    ctx.AddMetadata(std::string(kHopsHeader), FormatHops(*hops));
+    ctx.AddMetadata(HeaderName<kHopsHeader>(), FormatHops(*hops));
   }
   return absl::OkStatus();
 }
