@@ -202,14 +202,20 @@ struct FramekitEcho {
   NullSink sink;
 };
 
+// One call of `unary` per iteration, with the process's CPU and context switches.
+template <class Case>
+void UnaryCalls(benchmark::State& state, Case& unary) {
+  const ProcessScope process;
+  for (auto _ : state) {
+    if (!unary.Call()) return state.SkipWithError("call failed");
+  }
+  process.Report(state);
+}
+
 void FramekitUnary(benchmark::State& state, bool native) {
   FramekitEcho echo(native);
   if (echo.echo == nullptr) return state.SkipWithError("server or connect");
-  const ProcessScope process;
-  for (auto _ : state) {
-    if (!echo.Call()) return state.SkipWithError("call failed");
-  }
-  process.Report(state);
+  UnaryCalls(state, echo);
 }
 
 void BM_RpcUnaryFramekit(benchmark::State& state) { FramekitUnary(state, /*native=*/false); }
@@ -298,11 +304,7 @@ struct BareServer {
 void BareUnary(benchmark::State& state, bool headers) {
   BareServer bare(headers);
   if (bare.stub == nullptr) return state.SkipWithError("server");
-  const ProcessScope process;
-  for (auto _ : state) {
-    if (!bare.Call()) return state.SkipWithError("call failed");
-  }
-  process.Report(state);
+  UnaryCalls(state, bare);
   if (headers) state.counters["extra_header_bytes"] = static_cast<double>(bare.ExtraHeaderBytes());
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "boost/container/small_vector.hpp"
+#include "framekit/base/internal/strings.h"
 
 namespace framekit {
 namespace {
@@ -24,10 +25,7 @@ absl::Status Malformed(std::string_view what, std::string_view bytes) {
 }
 
 void PutString(std::string& out, std::string_view value) {
-  const auto n = static_cast<std::uint32_t>(value.size());
-  const char le[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
-                      static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
-  out.append(le, 4);
+  base_internal::AppendUint32Le(out, static_cast<std::uint32_t>(value.size()));
   out.append(value);
 }
 

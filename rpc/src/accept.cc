@@ -137,7 +137,7 @@ absl::StatusOr<FrameHeaderCache::Entry> DecodeHeader(const rpc::ServerOptions& o
     }
     accepted.emplace_back(name, value);
   }
-  if (options.portable == nullptr || accepted.empty()) return out;
+  if (accepted.empty()) return out;  // also without portable keys: nothing was accepted
   absl::StatusOr<DecodedFrame> decoded = options.portable->DecodeView(
       {.pairs = std::span<const PortablePairView>(accepted.data(), accepted.size()),
        .remaining = std::nullopt});

@@ -28,10 +28,7 @@ constexpr std::size_t kMaxDetailsBytes = 1 << 20;
 constexpr int kMaxGrpcCode = 16;  // UNAUTHENTICATED: the last code both sides define
 
 void PutU32(std::string& out, std::size_t n) {
-  const auto v = static_cast<std::uint32_t>(n);
-  const char le[4] = {static_cast<char>(v & 0xff), static_cast<char>((v >> 8) & 0xff),
-                      static_cast<char>((v >> 16) & 0xff), static_cast<char>((v >> 24) & 0xff)};
-  out.append(le, 4);
+  base_internal::AppendUint32Le(out, static_cast<std::uint32_t>(n));
 }
 
 // Reads a 4-byte little-endian length and that many bytes from `in`, advancing it.
